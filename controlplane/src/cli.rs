@@ -1,0 +1,617 @@
+//! The docker-style command line. Every command but `daemon`, `shim` and `whoami` is a client of
+//! the daemon's API; `exec` joins the container's namespaces itself.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{self, Client, ContainerCreate, NetworkConnect, NetworkCreate},
+    daemon::{self, DaemonConfig},
+    humanize,
+};
+
+#[derive(Parser)]
+#[command(name = "netbee", version, about = "eBPF container networking: daemon and docker-style CLI")]
+struct Cli {
+    /// Daemon socket to connect to (unix:///path); also NETBEE_HOST.
+    #[arg(short = 'H', long = "host", global = true)]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon (as root).
+    Daemon(DaemonArgs),
+    /// Show the client and daemon versions.
+    Version,
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Create and start a container.
+    Run(RunArgs),
+    /// Create a container without starting it.
+    Create(RunArgs),
+    /// Start stopped containers.
+    Start { #[arg(required = true)] containers: Vec<String> },
+    /// Stop running containers (SIGTERM, then SIGKILL after the timeout).
+    Stop {
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to running containers.
+    Kill {
+        #[arg(short = 's', long = "signal", default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        #[arg(short = 'a', long = "all")]
+        all: bool,
+        #[arg(short = 'q', long = "quiet")]
+        quiet: bool,
+        #[arg(long = "format")]
+        format: Option<String>,
+    },
+    /// Show a container's output.
+    Logs {
+        #[arg(short = 'f', long = "follow")]
+        follow: bool,
+        container: String,
+    },
+    /// Run a command inside a running container.
+    Exec {
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Show low-level information on containers (JSON).
+    Inspect {
+        #[arg(long = "format")]
+        format: Option<String>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List a container's port mappings.
+    Port { container: String },
+    /// Inspect the eBPF datapath.
+    #[command(subcommand)]
+    Datapath(DatapathCmd),
+    /// Serve hostname, addresses and the client address over HTTP and UDP (for tests and demos).
+    Whoami {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    #[command(hide = true)]
+    Shim { spec: PathBuf },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// State directory (store, container files, namespaces).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// API socket.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links (mounted if needed).
+    #[arg(long)]
+    bpffs: Option<PathBuf>,
+    /// One directory for everything: DIR/state, DIR/netbee.sock, DIR/bpffs (lets several daemons
+    /// run side by side).
+    #[arg(long)]
+    node_dir: Option<PathBuf>,
+    /// The node's uplink interface (default: the default route's).
+    #[arg(long)]
+    uplink: Option<String>,
+    /// cgroup v2 directory whose processes get socket-level load balancing (default: the root
+    /// of the cgroup v2 hierarchy).
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum NetworkCmd {
+    /// Create a network.
+    Create {
+        #[arg(short = 'd', long, default_value = "bridge")]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long = "ip-range")]
+        ip_range: Option<String>,
+        #[arg(long)]
+        internal: bool,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show networks (JSON).
+    Inspect {
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks.
+    #[command(alias = "remove")]
+    Rm { #[arg(required = true)] networks: Vec<String> },
+    /// Connect a container to a network.
+    Connect {
+        #[arg(long)]
+        ip: Option<String>,
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        network: String,
+        container: String,
+    },
+    /// Disconnect a container from a network.
+    Disconnect { network: String, container: String },
+}
+
+#[derive(Subcommand)]
+enum DatapathCmd {
+    /// Per-program counters, drop reasons and conntrack occupancy.
+    Stats {
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[arg(short = 'd', long)]
+    detach: bool,
+    #[arg(long)]
+    rm: bool,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    #[arg(short = 'h', long)]
+    hostname: Option<String>,
+    #[arg(long = "network", alias = "net")]
+    network: Option<String>,
+    #[arg(long = "network-alias")]
+    network_aliases: Vec<String>,
+    #[arg(long)]
+    ip: Option<String>,
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    #[arg(long)]
+    expose: Vec<String>,
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    #[arg(short = 'l', long = "label")]
+    labels: Vec<String>,
+    /// Program and arguments (a host binary).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    cmd: Vec<String>,
+}
+
+pub fn main() -> i32 {
+    // `-h` is docker's --hostname for run/create; help stays on --help
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 125 } else { 0 };
+        }
+    };
+    let host = cli.host.clone();
+    let result = match cli.cmd {
+        Cmd::Shim { spec } => crate::runtime::shim::main(&spec),
+        Cmd::Daemon(a) => run_daemon(a),
+        Cmd::Whoami { port } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(crate::whoami::run(port)))
+            .map(|_| 0),
+        Cmd::Exec { env, workdir, container, cmd } => exec(host.as_deref(), &container, &cmd, &env, workdir.as_deref()),
+        other => client_command(host.as_deref(), other),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e:#}");
+            1
+        }
+    }
+}
+
+fn run_daemon(a: DaemonArgs) -> Result<i32> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let (root, socket, bpffs) = match &a.node_dir {
+        Some(d) => (d.join("state"), d.join("netbee.sock"), d.join("bpffs")),
+        None => (PathBuf::from("/var/lib/netbee"), PathBuf::from(api::DEFAULT_SOCKET), PathBuf::from("/sys/fs/bpf")),
+    };
+    let cfg = DaemonConfig {
+        root: a.root.unwrap_or(root),
+        socket: a.socket.unwrap_or(socket),
+        bpffs: a.bpffs.unwrap_or(bpffs),
+        uplink: a.uplink,
+        cgroup: a.cgroup,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(daemon::run(cfg))?;
+    Ok(0)
+}
+
+fn rt() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn client(host: Option<&str>) -> Result<Client> {
+    Ok(Client::new(api::socket_path(host)?))
+}
+
+fn enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn json_only(format: &Option<String>) -> Result<bool> {
+    match format.as_deref() {
+        None | Some("table") => Ok(false),
+        Some("json") | Some("{{json .}}") => Ok(true),
+        Some(f) => bail!("unsupported --format {f:?}: use json or table"),
+    }
+}
+
+fn labels(v: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
+    v.iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("invalid label {l:?}: expected key=value"))
+        })
+        .collect()
+}
+
+fn exec(host: Option<&str>, container: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<i32> {
+    let info = {
+        let rt = rt()?;
+        rt.block_on(client(host)?.get(&format!("/containers/{}/json", enc(container))))?
+    };
+    if info["State"]["Running"] != json!(true) {
+        bail!("Error response from daemon: container {container} is not running");
+    }
+    let pid = info["State"]["Pid"].as_i64().ok_or_else(|| anyhow!("daemon did not report the container's PID"))? as i32;
+    let mut full_env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
+    if let Some(arr) = info["Config"]["Env"].as_array() {
+        full_env.extend(arr.iter().filter_map(|v| v.as_str().map(String::from)));
+    }
+    full_env.push(format!("HOSTNAME={}", info["Config"]["Hostname"].as_str().unwrap_or_default()));
+    full_env.extend(env.iter().cloned());
+    crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir)
+}
+
+fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
+    let rt = rt()?;
+    let c = client(host)?;
+    rt.block_on(async move {
+        match cmd {
+            Cmd::Version => {
+                println!("Client: netbee {}", env!("CARGO_PKG_VERSION"));
+                let v = c.get("/version").await?;
+                println!("Server: netbee {}", v["Version"].as_str().unwrap_or("?"));
+                Ok(0)
+            }
+            Cmd::Network(n) => network(&c, n).await,
+            Cmd::Run(a) => run(&c, a, true).await,
+            Cmd::Create(a) => run(&c, a, false).await,
+            Cmd::Start { containers } => for_each(&containers, |id| {
+                let c = &c;
+                async move { c.post(&format!("/containers/{}/start", enc(&id)), &Value::Null).await.map(|_| ()) }
+            })
+            .await,
+            Cmd::Stop { time, containers } => for_each(&containers, |id| {
+                let c = &c;
+                async move { c.post(&format!("/containers/{}/stop?t={time}", enc(&id)), &Value::Null).await.map(|_| ()) }
+            })
+            .await,
+            Cmd::Kill { signal, containers } => for_each(&containers, |id| {
+                let (c, signal) = (&c, &signal);
+                async move {
+                    c.post(&format!("/containers/{}/kill?signal={}", enc(&id), enc(signal)), &Value::Null).await.map(|_| ())
+                }
+            })
+            .await,
+            Cmd::Rm { force, containers } => for_each(&containers, |id| {
+                let c = &c;
+                async move { c.delete(&format!("/containers/{}?force={}", enc(&id), force as u8)).await.map(|_| ()) }
+            })
+            .await,
+            Cmd::Ps { all, quiet, format } => ps(&c, all, quiet, &format).await,
+            Cmd::Logs { follow, container } => logs(&c, &container, follow).await.map(|_| 0),
+            Cmd::Inspect { format, containers } => {
+                json_only(&format)?;
+                let mut out = Vec::new();
+                for id in containers {
+                    out.push(c.get(&format!("/containers/{}/json", enc(&id))).await?);
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
+                Ok(0)
+            }
+            Cmd::Port { container } => {
+                let v = c.get(&format!("/containers/{}/json", enc(&container))).await?;
+                if let Some(ports) = v["NetworkSettings"]["Ports"].as_object() {
+                    for (k, b) in ports {
+                        for e in b.as_array().into_iter().flatten() {
+                            println!("{k} -> {}:{}", e["HostIp"].as_str().unwrap_or(""), e["HostPort"].as_str().unwrap_or(""));
+                        }
+                    }
+                }
+                Ok(0)
+            }
+            Cmd::Datapath(DatapathCmd::Stats { format }) => {
+                let v = c.get("/datapath/stats").await?;
+                if json_only(&format)? {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    let mut rows = Vec::new();
+                    for (sec, key) in [("counter", "Counters"), ("drop", "Drops")] {
+                        for (k, n) in v[key].as_object().into_iter().flatten() {
+                            rows.push(vec![sec.to_string(), k.clone(), n.to_string()]);
+                        }
+                    }
+                    for (k, n) in v["Conntrack"].as_object().into_iter().flatten() {
+                        rows.push(vec!["conntrack".into(), k.clone(), n.to_string()]);
+                    }
+                    print!("{}", humanize::format_table(&["KIND", "NAME", "VALUE"], &rows));
+                }
+                Ok(0)
+            }
+            Cmd::Daemon(_) | Cmd::Whoami { .. } | Cmd::Shim { .. } | Cmd::Exec { .. } => unreachable!(),
+        }
+    })
+}
+
+/// Applies `f` to every name, printing each name that succeeded (docker's output) and failing
+/// with the first error after trying them all.
+async fn for_each<F, Fut>(ids: &[String], f: F) -> Result<i32>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut failed = false;
+    for id in ids {
+        match f(id.clone()).await {
+            Ok(()) => println!("{id}"),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
+    match cmd {
+        NetworkCmd::Create { driver, subnet, gateway, ip_range, internal, labels: l, name } => {
+            let req = NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal, labels: labels(&l)? };
+            let v = c.post("/networks/create", &serde_json::to_value(req)?).await?;
+            println!("{}", v["Id"].as_str().unwrap_or_default());
+            Ok(0)
+        }
+        NetworkCmd::Ls { quiet, format } => {
+            let v = c.get("/networks").await?;
+            let nets = v.as_array().cloned().unwrap_or_default();
+            if json_only(&format)? {
+                for n in &nets {
+                    println!("{}", serde_json::to_string(&json!({
+                        "ID": short(&n["Id"]), "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"],
+                        "Internal": n["Internal"], "CreatedAt": n["Created"],
+                    }))?);
+                }
+            } else if quiet {
+                for n in &nets {
+                    println!("{}", short(&n["Id"]));
+                }
+            } else {
+                let mut rows: Vec<Vec<String>> = nets
+                    .iter()
+                    .map(|n| vec![short(&n["Id"]), s(&n["Name"]), s(&n["Driver"]), s(&n["Scope"])])
+                    .collect();
+                rows.sort_by(|a, b| a[1].cmp(&b[1]));
+                print!("{}", humanize::format_table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
+            }
+            Ok(0)
+        }
+        NetworkCmd::Inspect { format, networks } => {
+            json_only(&format)?;
+            let mut out = Vec::new();
+            for n in networks {
+                out.push(c.get(&format!("/networks/{}", enc(&n))).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        NetworkCmd::Rm { networks } => for_each(&networks, |n| async move {
+            c.delete(&format!("/networks/{}", enc(&n))).await.map(|_| ())
+        })
+        .await,
+        NetworkCmd::Connect { ip, aliases, network, container } => {
+            let req = NetworkConnect { container, ip_address: ip, aliases };
+            c.post(&format!("/networks/{}/connect", enc(&network)), &serde_json::to_value(req)?).await?;
+            Ok(0)
+        }
+        NetworkCmd::Disconnect { network, container } => {
+            let req = NetworkConnect { container, ..Default::default() };
+            c.post(&format!("/networks/{}/disconnect", enc(&network)), &serde_json::to_value(req)?).await?;
+            Ok(0)
+        }
+    }
+}
+
+fn s(v: &Value) -> String {
+    v.as_str().unwrap_or_default().to_string()
+}
+
+fn short(v: &Value) -> String {
+    s(v).chars().take(12).collect()
+}
+
+async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
+    let req = ContainerCreate {
+        name: a.name,
+        cmd: a.cmd,
+        env: a
+            .env
+            .into_iter()
+            .map(|e| if e.contains('=') { e } else { format!("{e}={}", std::env::var(&e).unwrap_or_default()) })
+            .collect(),
+        hostname: a.hostname,
+        network: a.network,
+        ip: a.ip,
+        network_aliases: a.network_aliases,
+        publish: a.publish,
+        expose: a.expose,
+        publish_all: a.publish_all,
+        auto_remove: a.rm,
+        workdir: a.workdir,
+        labels: labels(&a.labels)?,
+    };
+    let v = c.post("/containers/create", &serde_json::to_value(req)?).await?;
+    let id = s(&v["Id"]);
+    if !start {
+        println!("{id}");
+        return Ok(0);
+    }
+    if let Err(e) = c.post(&format!("/containers/{id}/start"), &Value::Null).await {
+        // docker leaves the created container behind on a failed start; --rm cleans it up
+        if a.rm {
+            let _ = c.delete(&format!("/containers/{id}?force=1")).await;
+        }
+        return Err(e);
+    }
+    if a.detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    logs(c, &id, true).await
+}
+
+/// Prints the container's output; with `follow`, until it exits, returning its exit code.
+async fn logs(c: &Client, id: &str, follow: bool) -> Result<i32> {
+    use std::io::Write as _;
+    let (mut so, mut se) = (0u64, 0u64);
+    loop {
+        let v = match c.get(&format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id))).await {
+            Ok(v) => v,
+            // an auto-removed container is gone once it has exited
+            Err(_) if so + se > 0 || follow => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        print!("{}", v["Stdout"].as_str().unwrap_or_default());
+        eprint!("{}", v["Stderr"].as_str().unwrap_or_default());
+        let _ = std::io::stdout().flush();
+        so = v["StdoutOffset"].as_u64().unwrap_or(so);
+        se = v["StderrOffset"].as_u64().unwrap_or(se);
+        if !follow {
+            return Ok(0);
+        }
+        if v["Running"] != json!(true) {
+            // one more read: output written just before the exit
+            let v = c.get(&format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id))).await;
+            if let Ok(v) = v {
+                print!("{}", v["Stdout"].as_str().unwrap_or_default());
+                eprint!("{}", v["Stderr"].as_str().unwrap_or_default());
+            }
+            return Ok(v_exit(c, id).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn v_exit(c: &Client, id: &str) -> i32 {
+    match c.get(&format!("/containers/{}/json", enc(id))).await {
+        Ok(v) => v["State"]["ExitCode"].as_i64().unwrap_or(0) as i32,
+        Err(_) => 0,
+    }
+}
+
+async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Result<i32> {
+    let v = c.get(&format!("/containers/json?all={}", all as u8)).await?;
+    let list = v.as_array().cloned().unwrap_or_default();
+    if json_only(format)? {
+        for x in &list {
+            println!("{}", serde_json::to_string(&json!({
+                "ID": short(&x["Id"]), "Image": x["Image"], "Command": x["Command"], "Status": x["Status"],
+                "State": x["State"], "Ports": x["Ports"], "Names": x["Names"][0].as_str().unwrap_or("").trim_start_matches('/'),
+                "Networks": x["Networks"],
+            }))?);
+        }
+        return Ok(0);
+    }
+    if quiet {
+        for x in &list {
+            println!("{}", short(&x["Id"]));
+        }
+        return Ok(0);
+    }
+    let now = chrono::Utc::now().timestamp();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|x| {
+            let mut cmd = format!("\"{}\"", s(&x["Command"]));
+            if cmd.chars().count() > 22 {
+                cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
+            }
+            let age = Duration::from_secs((now - x["Created"].as_i64().unwrap_or(now)).max(0) as u64);
+            vec![
+                short(&x["Id"]),
+                s(&x["Image"]),
+                cmd,
+                format!("{} ago", humanize::human_duration(age)),
+                s(&x["Status"]),
+                s(&x["Ports"]),
+                x["Names"][0].as_str().unwrap_or("").trim_start_matches('/').to_string(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        humanize::format_table(&["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], &rows)
+    );
+    Ok(0)
+}
+

@@ -1,0 +1,598 @@
+//! Container lifecycle: create, start, stop, kill, rm, and the exit monitor.
+use std::{
+    io::BufRead as _,
+    os::fd::{FromRawFd as _, OwnedFd},
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+use tracing::{info, warn};
+
+use super::Daemon;
+use crate::{
+    api::{ApiError, ApiResult, ContainerCreate},
+    humanize,
+    model::{
+        Attachment, ContainerConfig, ContainerRecord, ContainerState, Driver, NetworkMode, NetworkRecord, Status,
+        mac_string,
+    },
+    names, netns,
+    portspec::{self, Proto},
+    runtime::{self, ExitRecord, ShimSpec},
+    store,
+};
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl Daemon {
+    pub async fn container_create(&self, req: ContainerCreate) -> ApiResult<ContainerRecord> {
+        let _g = self.op.lock().await;
+        if req.cmd.is_empty() {
+            return Err(ApiError::bad_request("no command specified: give the program to run after the options"));
+        }
+        let all = self.containers()?;
+        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
+            Some(n) => {
+                let n = n.trim_start_matches('/');
+                names::validate_name(n).map_err(ApiError::bad_request)?;
+                if let Some(o) = all.iter().find(|c| c.name == n) {
+                    return Err(ApiError::conflict(format!(
+                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                        o.id
+                    )));
+                }
+                n.to_string()
+            }
+            None => names::generate_name(&|n| all.iter().any(|c| c.name == n)),
+        };
+        for e in &req.env {
+            if e.is_empty() || e.starts_with('=') {
+                return Err(ApiError::bad_request(format!("invalid environment variable {e:?}: expected KEY=VALUE")));
+            }
+        }
+        let mut publish = Vec::new();
+        for p in &req.publish {
+            publish.extend(portspec::parse_publish(p).map_err(|e| ApiError::bad_request(e.to_string()))?);
+        }
+        let mut expose: Vec<(u16, Proto)> = Vec::new();
+        for e in &req.expose {
+            expose.extend(portspec::parse_expose(e).map_err(|e| ApiError::bad_request(e.to_string()))?);
+        }
+        let ip = req
+            .ip
+            .as_deref()
+            .map(|s| s.parse().map_err(|_| ApiError::bad_request(format!("invalid IP address {s:?} for --ip"))))
+            .transpose()?;
+        let network = req.network.clone().unwrap_or_else(|| "bridge".into());
+        let (mode, attachments) = match network.as_str() {
+            "host" | "none" => {
+                if ip.is_some() {
+                    return Err(ApiError::bad_request(format!("--ip cannot be used with --network {network}")));
+                }
+                if !publish.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "published ports need a bridge network; --network {network} has none"
+                    )));
+                }
+                (if network == "host" { NetworkMode::Host } else { NetworkMode::None }, vec![])
+            }
+            key => {
+                let net = self.find_network(key)?;
+                if net.driver != Driver::Bridge {
+                    return Err(ApiError::bad_request(format!("network {} cannot take containers", net.name)));
+                }
+                if let Some(ip) = ip {
+                    let mut probe = net.ipam.clone().expect("bridge network has IPAM");
+                    probe.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    if let Some(o) = all.iter().find(|c| c.attachments.iter().any(|a| a.ip == Some(ip))) {
+                        return Err(ApiError::conflict(format!("address {ip} is already reserved by container {}", o.name)));
+                    }
+                }
+                (NetworkMode::Bridge, vec![Attachment { network_id: net.id, ip, aliases: req.network_aliases.clone() }])
+            }
+        };
+        let id = names::new_id();
+        let hostname = req.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| id[..12].to_string());
+        let rec = ContainerRecord {
+            id: id.clone(),
+            name,
+            created: chrono::Utc::now(),
+            config: ContainerConfig {
+                cmd: req.cmd,
+                env: req.env,
+                hostname,
+                network_mode: mode,
+                publish,
+                expose,
+                publish_all: req.publish_all,
+                auto_remove: req.auto_remove,
+                workdir: req.workdir,
+                labels: req.labels,
+            },
+            attachments,
+            state: ContainerState {
+                status: Status::Created,
+                pid: 0,
+                shim_pid: 0,
+                shim_start: 0,
+                started_at: None,
+                finished_at: None,
+                exit_code: 0,
+                error: String::new(),
+            },
+            endpoints: vec![],
+            ports: vec![],
+        };
+        std::fs::create_dir_all(self.container_dir(&id)).context("creating the container directory")?;
+        self.put_container(&rec)?;
+        Ok(rec)
+    }
+
+    pub async fn container_start(self: &Arc<Self>, key: &str) -> ApiResult<()> {
+        let _g = self.op.lock().await;
+        let mut c = self.find_container(key)?;
+        if c.state.status == Status::Running {
+            return Ok(());
+        }
+        for a in &c.attachments {
+            self.store.get::<NetworkRecord>(store::NETWORKS, &a.network_id)?.ok_or_else(|| {
+                ApiError::not_found(format!("network {} attached to {} no longer exists", a.network_id, c.name))
+            })?;
+        }
+        let bindings = self.compute_bindings(&c)?;
+        match self.start_inner(&mut c, &bindings).await {
+            Ok(()) => {
+                let d = self.clone();
+                let (id, shim) = (c.id.clone(), c.state.shim_pid);
+                tokio::spawn(async move { d.watch(id, shim).await });
+                Ok(())
+            }
+            Err(e) => {
+                warn!(container = %c.name, "start failed: {e:#}");
+                self.teardown(&mut c).await;
+                c.state.error = format!("{e:#}");
+                c.state.status = if c.state.started_at.is_some() { Status::Exited } else { Status::Created };
+                c.state.exit_code = 128;
+                self.put_container(&c)?;
+                Err(ApiError::from(e.context(format!("starting container {}", c.name))))
+            }
+        }
+    }
+
+    async fn start_inner(&self, c: &mut ContainerRecord, bindings: &[portspec::PortBinding]) -> Result<()> {
+        let dir = self.container_dir(&c.id);
+        std::fs::create_dir_all(&dir)?;
+        let _ = std::fs::remove_file(dir.join("exit.json"));
+        let ns = match c.config.network_mode {
+            NetworkMode::Host => None,
+            _ => {
+                let p = self.netns_path(&c.id);
+                netns::remove(&p)?;
+                netns::create(&p)?;
+                Some(p)
+            }
+        };
+        if ns.is_some() && c.config.network_mode == NetworkMode::None {
+            netns::run_in(self.netns_path(&c.id), || async {
+                let nl = crate::netlink::Netlink::open()?;
+                let lo = nl.require_link("lo").await?;
+                nl.set_up(lo.index).await
+            })?;
+        }
+        for (i, att) in c.attachments.clone().iter().enumerate() {
+            let ep = self.attach_running(c, att, i).await.map_err(|e| anyhow!("{e}"))?;
+            c.endpoints.push(ep);
+            self.put_container(c)?;
+        }
+        // files the container sees as /etc/hosts, /etc/resolv.conf, /etc/hostname
+        let hostname = &c.config.hostname;
+        let mut hosts = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        for ep in &c.endpoints {
+            hosts.push_str(&format!("{}\t{}\t{}\n", ep.ip, hostname, c.name));
+        }
+        std::fs::write(dir.join("hosts"), hosts)?;
+        std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        let mut env = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
+        env.extend(c.config.env.iter().cloned());
+        let spec = ShimSpec {
+            cmd: c.config.cmd.clone(),
+            env,
+            hostname: hostname.clone(),
+            netns: ns,
+            hosts: dir.join("hosts"),
+            resolv: dir.join("resolv.conf"),
+            hostname_file: dir.join("hostname"),
+            stdout: dir.join("stdout.log"),
+            stderr: dir.join("stderr.log"),
+            workdir: c.config.workdir.clone(),
+            exit_file: dir.join("exit.json"),
+        };
+        let spec_path = dir.join("shim.json");
+        std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
+        let (shim_pid, init_pid) = tokio::task::spawn_blocking(move || spawn_shim(&spec_path)).await??;
+        c.state = ContainerState {
+            status: Status::Running,
+            pid: init_pid,
+            shim_pid,
+            shim_start: runtime::process_start_time(shim_pid).unwrap_or(0),
+            started_at: Some(chrono::Utc::now()),
+            finished_at: None,
+            exit_code: 0,
+            error: String::new(),
+        };
+        self.put_container(c)?;
+        self.publish(c, bindings)?;
+        info!(container = %c.name, pid = init_pid, "started");
+        Ok(())
+    }
+
+    /// Removes the container's kernel objects and address leases (best effort, idempotent).
+    pub(super) async fn teardown(&self, c: &mut ContainerRecord) {
+        if let Err(e) = self.unpublish(c) {
+            warn!(container = %c.name, "unpublishing: {e:#}");
+        }
+        for ep in std::mem::take(&mut c.endpoints) {
+            if let Err(e) = self.release_endpoint(&ep, None).await {
+                warn!(container = %c.name, "removing {}: {e:#}", ep.host_ifname());
+            }
+        }
+        if let Err(e) = netns::remove(&self.netns_path(&c.id)) {
+            warn!(container = %c.name, "removing netns: {e:#}");
+        }
+    }
+
+    /// Waits for the container's shim to exit (pidfd), then records the exit.
+    pub(super) async fn watch(self: Arc<Self>, id: String, shim_pid: i32) {
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, shim_pid, 0) };
+        if fd >= 0 {
+            let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+            // SAFETY: the AsyncFd owns the pidfd for as long as it is registered
+            if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+                let _ = afd.readable().await;
+            }
+        }
+        if let Err(e) = self.on_exit(&id, shim_pid).await {
+            warn!(container = %id, "recording exit: {e:#}");
+        }
+    }
+
+    pub(super) async fn on_exit(self: &Arc<Self>, id: &str, shim_pid: i32) -> Result<()> {
+        let _g = self.op.lock().await;
+        let Some(mut c) = self.store.get::<ContainerRecord>(store::CONTAINERS, id)? else { return Ok(()) };
+        if c.state.status != Status::Running || c.state.shim_pid != shim_pid {
+            return Ok(());
+        }
+        self.record_exit(&mut c).await?;
+        if c.config.auto_remove {
+            self.store.delete(store::CONTAINERS, &c.id)?;
+            let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
+        }
+        Ok(())
+    }
+
+    /// Marks a container whose shim is gone as exited and removes its kernel objects.
+    pub(super) async fn record_exit(&self, c: &mut ContainerRecord) -> Result<()> {
+        let exit: Option<ExitRecord> = std::fs::read(self.container_dir(&c.id).join("exit.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        self.teardown(c).await;
+        c.state.status = Status::Exited;
+        match exit {
+            Some(e) => {
+                c.state.exit_code = e.exit_code;
+                c.state.finished_at = Some(e.finished_at);
+            }
+            None => {
+                c.state.exit_code = 137;
+                c.state.finished_at = Some(chrono::Utc::now());
+                c.state.error = "the container's supervisor died without recording an exit status".into();
+            }
+        }
+        c.state.pid = 0;
+        self.put_container(c)?;
+        info!(container = %c.name, code = c.state.exit_code, "exited");
+        Ok(())
+    }
+
+    fn running(&self, key: &str) -> ApiResult<ContainerRecord> {
+        let c = self.find_container(key)?;
+        if c.state.status != Status::Running {
+            return Err(ApiError::conflict(format!("Container {} is not running", c.name)));
+        }
+        Ok(c)
+    }
+
+    async fn wait_exited(&self, id: &str, timeout: Duration) -> Result<bool> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.store.get::<ContainerRecord>(store::CONTAINERS, id)? {
+                Some(c) if c.state.status == Status::Running => {}
+                _ => return Ok(true),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal_init(&self, c: &ContainerRecord, sig: Signal) -> Result<()> {
+        if c.state.pid > 0 && runtime::process_alive(c.state.shim_pid, c.state.shim_start) {
+            match kill(Pid::from_raw(c.state.pid), sig) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(anyhow!("signalling container {}: {e}", c.name)),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn container_stop(&self, key: &str, timeout: u64) -> ApiResult<()> {
+        let c = self.find_container(key)?;
+        if c.state.status != Status::Running {
+            return Ok(());
+        }
+        self.signal_init(&c, Signal::SIGTERM)?;
+        if !self.wait_exited(&c.id, Duration::from_secs(timeout)).await? {
+            self.signal_init(&c, Signal::SIGKILL)?;
+            if !self.wait_exited(&c.id, Duration::from_secs(10)).await? {
+                return Err(anyhow!("container {} did not exit after SIGKILL", c.name).into());
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn container_kill(&self, key: &str, signal: &str) -> ApiResult<()> {
+        let c = self.running(key)?;
+        let sig = parse_signal(signal).map_err(ApiError::bad_request)?;
+        self.signal_init(&c, sig)?;
+        if sig == Signal::SIGKILL {
+            self.wait_exited(&c.id, Duration::from_secs(10)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn container_remove(&self, key: &str, force: bool) -> ApiResult<()> {
+        let c = self.find_container(key)?;
+        if c.state.status == Status::Running {
+            if !force {
+                return Err(ApiError::conflict(format!(
+                    "You cannot remove a running container {}. Stop the container before attempting removal or force remove",
+                    c.id
+                )));
+            }
+            self.signal_init(&c, Signal::SIGKILL)?;
+            if !self.wait_exited(&c.id, Duration::from_secs(10)).await? {
+                return Err(anyhow!("container {} did not exit after SIGKILL", c.name).into());
+            }
+        }
+        let _g = self.op.lock().await;
+        if let Some(mut c) = self.store.get::<ContainerRecord>(store::CONTAINERS, &c.id)? {
+            self.teardown(&mut c).await;
+            self.store.delete(store::CONTAINERS, &c.id)?;
+        }
+        let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
+        Ok(())
+    }
+
+    pub fn container_summary(&self, c: &ContainerRecord, nets: &[NetworkRecord]) -> Value {
+        let now = chrono::Utc::now();
+        let status = match c.state.status {
+            Status::Created => humanize::status_created(),
+            Status::Running => humanize::status_running(
+                (now - c.state.started_at.unwrap_or(now)).to_std().unwrap_or_default(),
+            ),
+            Status::Exited => humanize::status_exited(
+                c.state.exit_code,
+                (now - c.state.finished_at.unwrap_or(now)).to_std().unwrap_or_default(),
+            ),
+        };
+        let bindings: Vec<portspec::PortBinding> = c.ports.iter().map(|p| p.binding).collect();
+        let unpublished: Vec<(u16, Proto)> = c.config.expose.clone();
+        let networks: Vec<String> = c
+            .attachments
+            .iter()
+            .filter_map(|a| nets.iter().find(|n| n.id == a.network_id).map(|n| n.name.clone()))
+            .collect();
+        json!({
+            "Id": c.id,
+            "Names": [format!("/{}", c.name)],
+            "Image": "host",
+            "Command": c.config.cmd.join(" "),
+            "Created": c.created.timestamp(),
+            "State": status_str(&c.state.status),
+            "Status": status,
+            "Ports": portspec::format_ports(&bindings, &unpublished),
+            "Networks": networks,
+        })
+    }
+
+    pub fn container_inspect(&self, c: &ContainerRecord) -> Result<Value> {
+        let nets = self.networks()?;
+        let mut ports = serde_json::Map::new();
+        for (port, proto) in &c.config.expose {
+            ports.insert(format!("{port}/{proto}"), Value::Null);
+        }
+        for s in &c.config.publish {
+            ports.entry(format!("{}/{}", s.container_port, s.proto)).or_insert(Value::Null);
+        }
+        for p in &c.ports {
+            let k = format!("{}/{}", p.binding.container_port, p.binding.proto);
+            let entry = json!({ "HostIp": p.binding.host_ip.to_string(), "HostPort": p.binding.host_port.to_string() });
+            match ports.get_mut(&k) {
+                Some(Value::Array(a)) => a.push(entry),
+                _ => {
+                    ports.insert(k, json!([entry]));
+                }
+            }
+        }
+        let mut port_bindings = serde_json::Map::new();
+        for s in &c.config.publish {
+            let host_port = match s.host_ports {
+                Some((lo, hi)) if lo == hi => lo.to_string(),
+                Some((lo, hi)) => format!("{lo}-{hi}"),
+                None => String::new(),
+            };
+            let e = json!({ "HostIp": s.host_ip.map(|i| i.to_string()).unwrap_or_default(), "HostPort": host_port });
+            match port_bindings.get_mut(&format!("{}/{}", s.container_port, s.proto)) {
+                Some(Value::Array(a)) => a.push(e),
+                _ => {
+                    port_bindings.insert(format!("{}/{}", s.container_port, s.proto), json!([e]));
+                }
+            }
+        }
+        let mut networks = serde_json::Map::new();
+        let mut primary = json!({"IPAddress": "", "Gateway": "", "MacAddress": "", "IPPrefixLen": 0});
+        for (i, a) in c.attachments.iter().enumerate() {
+            let Some(net) = nets.iter().find(|n| n.id == a.network_id) else { continue };
+            let ep = c.endpoints.iter().find(|e| e.network_id == a.network_id);
+            let cfg = net.ipam.as_ref().map(|i| i.config());
+            let v = json!({
+                "NetworkID": net.id,
+                "EndpointID": ep.map(|e| e.endpoint_id.clone()).unwrap_or_default(),
+                "Gateway": if ep.is_some() { cfg.map(|c| c.gateway.to_string()).unwrap_or_default() } else { String::new() },
+                "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
+                "IPPrefixLen": if ep.is_some() { cfg.map(|c| c.subnet.prefix()).unwrap_or(0) } else { 0 },
+                "MacAddress": ep.map(|e| mac_string(&e.mac)).unwrap_or_default(),
+                "Aliases": a.aliases,
+                "IPAMConfig": a.ip.map(|ip| json!({"IPv4Address": ip.to_string()})),
+            });
+            if i == 0 {
+                primary = v.clone();
+            }
+            networks.insert(net.name.clone(), v);
+        }
+        let mode = match c.config.network_mode {
+            NetworkMode::Host => "host".to_string(),
+            NetworkMode::None => "none".to_string(),
+            NetworkMode::Bridge => c
+                .attachments
+                .first()
+                .and_then(|a| nets.iter().find(|n| n.id == a.network_id))
+                .map(|n| if n.name == "bridge" { "default".to_string() } else { n.name.clone() })
+                .unwrap_or_default(),
+        };
+        let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
+            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+        };
+        let dir = self.container_dir(&c.id);
+        Ok(json!({
+            "Id": c.id,
+            "Created": c.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "Path": c.config.cmd.first(),
+            "Args": c.config.cmd.iter().skip(1).collect::<Vec<_>>(),
+            "State": {
+                "Status": status_str(&c.state.status),
+                "Running": c.state.status == Status::Running,
+                "Paused": false, "Restarting": false, "OOMKilled": false, "Dead": false,
+                "Pid": c.state.pid,
+                "ExitCode": c.state.exit_code,
+                "Error": c.state.error,
+                "StartedAt": ts(c.state.started_at),
+                "FinishedAt": ts(c.state.finished_at),
+            },
+            "Name": format!("/{}", c.name),
+            "LogPath": dir.join("stdout.log"),
+            "HostConfig": {
+                "NetworkMode": mode,
+                "PortBindings": port_bindings,
+                "PublishAllPorts": c.config.publish_all,
+                "AutoRemove": c.config.auto_remove,
+            },
+            "Config": {
+                "Hostname": c.config.hostname,
+                "Env": c.config.env,
+                "Cmd": c.config.cmd,
+                "WorkingDir": c.config.workdir.clone().unwrap_or_default(),
+                "ExposedPorts": c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), json!({}))).collect::<serde_json::Map<_, _>>(),
+                "Labels": c.config.labels,
+            },
+            "NetworkSettings": {
+                "Ports": ports,
+                "IPAddress": primary["IPAddress"],
+                "IPPrefixLen": primary["IPPrefixLen"],
+                "Gateway": primary["Gateway"],
+                "MacAddress": primary["MacAddress"],
+                "Networks": networks,
+            },
+        }))
+    }
+
+    pub fn container_logs(&self, c: &ContainerRecord, out_off: u64, err_off: u64) -> Result<Value> {
+        let dir = self.container_dir(&c.id);
+        let read_from = |name: &str, off: u64| -> (String, u64) {
+            let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
+            let start = (off as usize).min(bytes.len());
+            (String::from_utf8_lossy(&bytes[start..]).into_owned(), bytes.len() as u64)
+        };
+        let (stdout, so) = read_from("stdout.log", out_off);
+        let (stderr, se) = read_from("stderr.log", err_off);
+        Ok(json!({
+            "Stdout": stdout, "Stderr": stderr, "StdoutOffset": so, "StderrOffset": se,
+            "Running": c.state.status == Status::Running, "ExitCode": c.state.exit_code,
+        }))
+    }
+
+    pub(super) async fn start_monitors(self: &Arc<Self>) -> Result<()> {
+        for c in self.containers()? {
+            if c.state.status == Status::Running {
+                let d = self.clone();
+                tokio::spawn(async move { d.watch(c.id, c.state.shim_pid).await });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status_str(s: &Status) -> &'static str {
+    match s {
+        Status::Created => "created",
+        Status::Running => "running",
+        Status::Exited => "exited",
+    }
+}
+
+fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
+    let s = s.trim().to_uppercase();
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| format!("invalid signal: {s}"));
+    }
+    let name = if s.starts_with("SIG") { s.clone() } else { format!("SIG{s}") };
+    name.parse::<Signal>().map_err(|_| format!("invalid signal: {s}"))
+}
+
+/// Runs `netbee shim` detached and returns (shim pid, container init pid).
+fn spawn_shim(spec_path: &std::path::Path) -> Result<(i32, i32)> {
+    let exe = std::env::current_exe().context("locating the netbee binary")?;
+    let mut child = std::process::Command::new(exe)
+        .arg("shim")
+        .arg(spec_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("spawning the container shim")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let status = child.wait()?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let line = line.trim();
+    if let Some(err) = line.strip_prefix("error: ") {
+        return Err(anyhow!("{err}"));
+    }
+    if !status.success() {
+        return Err(anyhow!("container shim failed ({status})"));
+    }
+    let pids: Vec<i32> = line.split(' ').filter_map(|p| p.parse().ok()).collect();
+    match pids[..] {
+        [shim, init] => Ok((shim, init)),
+        _ => Err(anyhow!("unexpected shim output {line:?}")),
+    }
+}

@@ -1,0 +1,261 @@
+//! Making the kernel match the store, at start-up and after any crash: what the store says exists
+//! is (re)made exactly once, what the kernel has that the store does not know is removed. Also
+//! the conntrack garbage collector.
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Result;
+use netbee_abi::{CtEntry, CtKey, IPPROTO_TCP, config, ct_flags};
+use tracing::{info, warn};
+
+use super::{Daemon, ports};
+use crate::{
+    datapath::{ignore_missing, ip_be},
+    model::{ContainerRecord, Driver, NetworkRecord, Status, host_ifname},
+    netns,
+    network::bridge,
+    runtime, store,
+};
+
+impl Daemon {
+    pub(super) async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        let nets = self.networks()?;
+        for n in nets.iter().filter(|n| n.driver == Driver::Bridge) {
+            bridge::setup_network(&self.nl, &self.dp, n).await?;
+        }
+        for mut c in self.containers()? {
+            if c.state.status == Status::Running {
+                if runtime::process_alive(c.state.shim_pid, c.state.shim_start) {
+                    if let Err(e) = self.restore_running(&mut c, &nets).await {
+                        warn!(container = %c.name, "restoring its network: {e:#}");
+                    }
+                    continue;
+                }
+                info!(container = %c.name, "exited while the daemon was away");
+                self.record_exit(&mut c).await?;
+                if c.config.auto_remove {
+                    self.store.delete(store::CONTAINERS, &c.id)?;
+                    let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
+                }
+            } else if !c.endpoints.is_empty() || !c.ports.is_empty() || self.netns_path(&c.id).exists() {
+                // interrupted start or stop: finish undoing it
+                self.teardown(&mut c).await;
+                self.put_container(&c)?;
+            }
+        }
+        self.remove_orphans().await
+    }
+
+    async fn restore_running(&self, c: &mut ContainerRecord, nets: &[NetworkRecord]) -> Result<()> {
+        for (i, ep) in c.endpoints.clone().iter().enumerate() {
+            let Some(net) = nets.iter().find(|n| n.id == ep.network_id) else { continue };
+            if self.nl.link(&ep.host_ifname()).await?.is_some() {
+                bridge::program_endpoint(&self.nl, &self.dp, net, ep).await?;
+            } else {
+                let default_route = i == 0 && !net.internal;
+                bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), net, ep, default_route).await?;
+            }
+        }
+        if let Some(ep) = c.endpoints.first() {
+            let mut dp = self.dp.lock().unwrap();
+            for p in &c.ports {
+                ports::program_frontend(&mut dp, p, ep.ip)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remove_orphans(&self) -> Result<()> {
+        let nets = self.networks()?;
+        let containers = self.containers()?;
+        let running: Vec<&ContainerRecord> =
+            containers.iter().filter(|c| c.state.status == Status::Running).collect();
+        let endpoints: Vec<&crate::model::Endpoint> = running.iter().flat_map(|c| c.endpoints.iter()).collect();
+
+        // addresses: exactly those of running endpoints stay allocated
+        for mut n in nets.clone() {
+            let Some(ipam) = n.ipam.as_mut() else { continue };
+            let want: HashSet<_> = endpoints.iter().filter(|e| e.network_id == n.id).map(|e| e.ip).collect();
+            let stale: Vec<_> = ipam.allocated().filter(|ip| !want.contains(ip)).collect();
+            let missing: Vec<_> = want.iter().filter(|ip| !ipam.is_allocated(**ip)).copied().collect();
+            if !stale.is_empty() || !missing.is_empty() {
+                for ip in stale {
+                    ipam.release(ip);
+                }
+                for ip in missing {
+                    let _ = ipam.reserve(ip);
+                }
+                self.put_network(&n)?;
+            }
+        }
+
+        let want_links: HashSet<String> = endpoints
+            .iter()
+            .map(|e| e.host_ifname())
+            .chain(nets.iter().filter(|n| n.driver == Driver::Bridge).map(|n| n.device()))
+            .collect();
+        let links = self.nl.links().await?;
+        for l in &links {
+            let ours = ["nbe", "nbp", "nbn"].iter().any(|p| l.name.starts_with(p)) && l.name.len() == 15;
+            if ours && !want_links.contains(&l.name) {
+                info!(link = %l.name, "removing orphaned interface");
+                self.nl.delete_link(l.index).await?;
+            }
+        }
+        let want_ns: HashSet<String> = containers
+            .iter()
+            .filter(|c| c.state.status == Status::Running)
+            .map(|c| c.id.clone())
+            .collect();
+        if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("netns")) {
+            for e in dir.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !want_ns.contains(&name) {
+                    info!(netns = %name, "removing orphaned network namespace");
+                    netns::remove(&e.path())?;
+                }
+            }
+        }
+
+        let mut dp = self.dp.lock().unwrap();
+        let want_pins: HashSet<String> =
+            endpoints.iter().map(|e| bridge::endpoint_pin(&host_ifname(&e.endpoint_id))).collect();
+        for pin in dp.pinned_links()? {
+            if pin.starts_with("ep-") && !want_pins.contains(&pin) {
+                dp.detach(&pin)?;
+            }
+        }
+        let want_ips: HashSet<u32> = endpoints.iter().map(|e| ip_be(e.ip)).collect();
+        let stale: Vec<u32> = dp
+            .endpoints
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| v.node_ip == 0 && !want_ips.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            ignore_missing(dp.endpoints.remove(&k))?;
+        }
+        let ifindexes: HashSet<u32> =
+            links.iter().filter(|l| want_links.contains(&l.name)).map(|l| l.index).collect();
+        let stale: Vec<u32> =
+            dp.ifaces.keys().filter_map(|k| k.ok()).filter(|k| !ifindexes.contains(k)).collect();
+        for k in stale {
+            ignore_missing(dp.ifaces.remove(&k))?;
+        }
+        let want_nets: HashSet<u32> = nets.iter().filter(|n| n.ipam.is_some()).map(|n| n.net_id).collect();
+        let stale: Vec<u32> =
+            dp.networks.keys().filter_map(|k| k.ok()).filter(|k| !want_nets.contains(k)).collect();
+        for k in stale {
+            ignore_missing(dp.networks.remove(&k))?;
+        }
+        let want_subnets: HashSet<(u32, u32)> = nets
+            .iter()
+            .filter_map(|n| n.ipam.as_ref())
+            .map(|i| (i.config().subnet.prefix() as u32, ip_be(i.config().subnet.network())))
+            .collect();
+        for (plen, addr) in dp.subnets() {
+            if !want_subnets.contains(&(plen, addr)) {
+                dp.remove_subnet(ipnetwork::Ipv4Network::new(crate::datapath::ip_from_be(addr), plen as u8)?)?;
+            }
+        }
+        let published: Vec<&crate::model::PublishedPort> = running.iter().flat_map(|c| c.ports.iter()).collect();
+        let want_fe: HashSet<_> = published.iter().map(|p| ports::frontend_key(&p.binding)).collect();
+        let stale: Vec<_> = dp.frontends.keys().filter_map(|k| k.ok()).filter(|k| !want_fe.contains(k)).collect();
+        for k in stale {
+            ignore_missing(dp.frontends.remove(&k))?;
+        }
+        let want_be: HashSet<u32> = published.iter().map(|p| p.service_id).collect();
+        let stale: Vec<_> =
+            dp.backends.keys().filter_map(|k| k.ok()).filter(|k| !want_be.contains(&k.service)).collect();
+        for k in stale {
+            ignore_missing(dp.backends.remove(&k))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The key of the other direction of the flow an entry belongs to (None for single entries).
+pub fn paired_key(k: &CtKey, e: &CtEntry) -> Option<CtKey> {
+    let rewrites_dst = e.flags & (ct_flags::DNAT | ct_flags::SNAT_REV) != 0;
+    let rewrites_src = e.flags & (ct_flags::REVNAT | ct_flags::SNAT) != 0;
+    if rewrites_dst {
+        Some(CtKey { saddr: e.nat_addr, daddr: k.saddr, sport: e.nat_port, dport: k.sport, proto: k.proto, _pad: [0; 3] })
+    } else if rewrites_src {
+        Some(CtKey { saddr: k.daddr, daddr: e.nat_addr, sport: k.dport, dport: e.nat_port, proto: k.proto, _pad: [0; 3] })
+    } else {
+        None
+    }
+}
+
+/// Idle timeout of a flow from the flags of its entries (both directions when paired).
+pub fn flow_timeout(proto: u8, flags: u16, timeouts: &[u64; 4]) -> u64 {
+    let [syn, est, closing, udp] = *timeouts;
+    if proto != IPPROTO_TCP {
+        return udp;
+    }
+    if flags & (ct_flags::SEEN_RST | ct_flags::SEEN_FIN) != 0 {
+        closing
+    } else if flags & ct_flags::SYN_ONLY != 0 {
+        syn
+    } else {
+        est
+    }
+}
+
+/// Deletes flows idle longer than their state allows; both entries of a flow go together.
+pub async fn conntrack_gc(d: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        match d.gc_once() {
+            Ok((removed, live)) if removed > 0 => info!(removed, live, "conntrack garbage collected"),
+            Ok(_) => {}
+            Err(e) => warn!("conntrack gc: {e:#}"),
+        }
+    }
+}
+
+impl Daemon {
+    pub fn gc_once(&self) -> Result<(u64, u64)> {
+        let mut dp = self.dp.lock().unwrap();
+        let timeouts = [
+            dp.config_value(config::CT_TIMEOUT_SYN),
+            dp.config_value(config::CT_TIMEOUT_ESTABLISHED),
+            dp.config_value(config::CT_TIMEOUT_CLOSING),
+            dp.config_value(config::CT_TIMEOUT_UDP),
+        ];
+        let entries: HashMap<CtKey, CtEntry> = dp.ct.iter().filter_map(|r| r.ok()).collect();
+        let now = monotonic_ns();
+        let mut doomed = Vec::new();
+        for (k, e) in &entries {
+            let pair = paired_key(k, e).and_then(|pk| entries.get(&pk).map(|pe| (pk, *pe)));
+            let (flags, last) = match &pair {
+                Some((_, pe)) => (e.flags | pe.flags, e.last_seen.max(pe.last_seen)),
+                None => (e.flags, e.last_seen),
+            };
+            // SYN_ONLY counts only while neither direction has moved past it
+            let flags = match &pair {
+                Some((_, pe)) if e.flags & pe.flags & ct_flags::SYN_ONLY == 0 => flags & !ct_flags::SYN_ONLY,
+                _ => flags,
+            };
+            if now.saturating_sub(last) > flow_timeout(k.proto, flags, &timeouts) {
+                doomed.push(*k);
+            }
+        }
+        for k in &doomed {
+            ignore_missing(dp.ct.remove(k))?;
+        }
+        let removed = doomed.len() as u64;
+        self.ct_gc_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
+        Ok((removed, (entries.len() as u64).saturating_sub(removed)))
+    }
+}

@@ -1,0 +1,243 @@
+//! The user side of the eBPF datapath: loads the embedded object with its maps pinned under the
+//! node's bpffs, attaches programs through pinned TCX/cgroup links, and offers typed map updates.
+//! Because maps and links are pinned, forwarding continues while the daemon is down; a restarted
+//! daemon reuses the pinned maps and swaps its freshly loaded programs into the pinned links
+//! atomically (bpf_link_update), so no packet meets a half-replaced datapath.
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
+        links::{FdLink, PinnedLink},
+        tc::TcAttachOptions,
+    },
+};
+use netbee_abi::{
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, Network,
+    Service, config, drop_reason, stat,
+};
+
+const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
+
+pub const TC_PROGRAMS: [&str; 4] =
+    ["tc_from_container", "tc_uplink_ingress", "tc_uplink_egress", "tc_overlay_ingress"];
+pub const SOCK_PROGRAMS: [&str; 4] =
+    ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
+
+pub fn ip_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub fn ip_from_be(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+pub struct Datapath {
+    bpf: Ebpf,
+    links_dir: PathBuf,
+    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    pub ifaces: HashMap<MapData, u32, Iface>,
+    pub networks: HashMap<MapData, u32, Network>,
+    pub subnets: LpmTrie<MapData, u32, u32>,
+    pub node_addrs: HashMap<MapData, u32, u32>,
+    pub frontends: HashMap<MapData, FrontendKey, Service>,
+    pub backends: HashMap<MapData, BackendKey, Backend>,
+    pub ct: HashMap<MapData, CtKey, CtEntry>,
+    config: Array<MapData, u64>,
+    stats: PerCpuArray<MapData, u64>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(bpf: &mut Ebpf, name: &str) -> Result<T> {
+    let m = bpf.take_map(name).ok_or_else(|| anyhow!("datapath object has no map {name}"))?;
+    T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// bpffs magic from linux/magic.h
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Mounts a bpffs instance at `dir` unless one is already there.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(Some("bpf"), dir, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting bpffs at {}", dir.display()))
+}
+
+impl Datapath {
+    /// Loads the programs and opens (or creates) the pinned maps under `bpffs/netbee`.
+    pub fn load(bpffs: &Path) -> Result<Datapath> {
+        ensure_bpffs(bpffs)?;
+        let root = bpffs.join("netbee");
+        let maps_dir = root.join(format!("maps-v{MAP_VERSION}"));
+        let links_dir = root.join("links");
+        fs::create_dir_all(&maps_dir)?;
+        fs::create_dir_all(&links_dir)?;
+        let mut bpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(OBJECT)
+            .context("loading the eBPF datapath object")?;
+        for name in TC_PROGRAMS {
+            let p: &mut SchedClassifier = bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("verifying program {name}"))?;
+        }
+        for name in SOCK_PROGRAMS {
+            let p: &mut CgroupSockAddr = bpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            p.load().with_context(|| format!("verifying program {name}"))?;
+        }
+        Ok(Datapath {
+            endpoints: take(&mut bpf, "ENDPOINTS")?,
+            ifaces: take(&mut bpf, "IFACES")?,
+            networks: take(&mut bpf, "NETWORKS")?,
+            subnets: take(&mut bpf, "SUBNETS")?,
+            node_addrs: take(&mut bpf, "NODE_ADDRS")?,
+            frontends: take(&mut bpf, "FRONTENDS")?,
+            backends: take(&mut bpf, "BACKENDS")?,
+            ct: take(&mut bpf, "CT")?,
+            config: take(&mut bpf, "CONFIG")?,
+            stats: take(&mut bpf, "STATS")?,
+            drops: take(&mut bpf, "DROPS")?,
+            bpf,
+            links_dir,
+        })
+    }
+
+    pub fn links_dir(&self) -> &Path {
+        &self.links_dir
+    }
+
+    pub fn set_config(&mut self, idx: u32, v: u64) -> Result<()> {
+        self.config.set(idx, v, 0).with_context(|| format!("setting datapath config {idx}"))
+    }
+
+    /// Attaches a TC program to `ifname` through a TCX link pinned as `pin`. If the pin already
+    /// holds a link (daemon restart, upgrade), the program inside it is replaced atomically.
+    pub fn attach_tc(&mut self, prog: &str, ifname: &str, dir: TcAttachType, pin: &str) -> Result<()> {
+        let pin_path = self.links_dir.join(pin);
+        let p: &mut SchedClassifier = self
+            .bpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("program {prog} missing"))?
+            .try_into()?;
+        let id = match PinnedLink::from_pin(&pin_path) {
+            Ok(old) => {
+                let link = FdLink::from(old).try_into()?;
+                let id = p.attach_to_link(link).with_context(|| format!("replacing {prog} on {ifname}"))?;
+                fs::remove_file(&pin_path)?;
+                id
+            }
+            Err(_) => p
+                .attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| format!("attaching {prog} to {ifname}"))?,
+        };
+        let link: FdLink = p.take_link(id)?.try_into()?;
+        link.pin(&pin_path).with_context(|| format!("pinning link {}", pin_path.display()))?;
+        Ok(())
+    }
+
+    /// Attaches the socket hooks to a cgroup v2 directory. A new link is created before the old
+    /// one is released so node-local connections are translated throughout.
+    pub fn attach_sock_hooks(&mut self, cgroup: &Path) -> Result<()> {
+        let cg = fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in SOCK_PROGRAMS {
+            let pin_path = self.links_dir.join(format!("cgroup-{name}"));
+            let p: &mut CgroupSockAddr =
+                self.bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
+            // a bpf link on a cgroup is always multi-attach; link_create wants flags 0 (Single)
+            let id = p
+                .attach(&cg, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+            let link: FdLink = p.take_link(id)?.try_into()?;
+            let _ = fs::remove_file(&pin_path);
+            link.pin(&pin_path)?;
+        }
+        Ok(())
+    }
+
+    /// Unpinning drops the last reference to the link, which detaches the program.
+    pub fn detach(&self, pin: &str) -> Result<()> {
+        let p = self.links_dir.join(pin);
+        match fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("unpinning {}", p.display())),
+        }
+    }
+
+    pub fn pinned_links(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(&self.links_dir)? {
+            out.push(e?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(out)
+    }
+
+    pub fn set_subnet(&mut self, subnet: ipnetwork::Ipv4Network, net_id: u32) -> Result<()> {
+        let key = Key::new(subnet.prefix() as u32, ip_be(subnet.network()));
+        self.subnets.insert(&key, net_id, 0).context("updating SUBNETS")
+    }
+
+    pub fn remove_subnet(&mut self, subnet: ipnetwork::Ipv4Network) -> Result<()> {
+        let key = Key::new(subnet.prefix() as u32, ip_be(subnet.network()));
+        ignore_missing(self.subnets.remove(&key))
+    }
+
+    pub fn subnets(&self) -> Vec<(u32, u32)> {
+        self.subnets.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect()
+    }
+
+    pub fn counters(&self) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+        let mut stats = Vec::new();
+        for (i, name) in stat::NAMES.iter().enumerate() {
+            let v: u64 = self.stats.get(&(i as u32), 0)?.iter().sum();
+            stats.push((name.to_string(), v));
+        }
+        let mut drops = Vec::new();
+        for (i, name) in drop_reason::NAMES.iter().enumerate() {
+            let v: u64 = self.drops.get(&(i as u32), 0)?.iter().sum();
+            drops.push((name.to_string(), v));
+        }
+        Ok((stats, drops))
+    }
+
+    pub fn config_value(&self, idx: u32) -> u64 {
+        self.config.get(&idx, 0).unwrap_or(0)
+    }
+}
+
+/// Map removals of entries that are already gone are not errors for a reconciler.
+pub fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Default conntrack idle timeouts (nanoseconds). Established flows live for hours: IPVS's
+/// 900 s default that drops idle docker connections is a known complaint (moby#31208).
+pub fn default_timeouts() -> [(u32, u64); 4] {
+    const S: u64 = 1_000_000_000;
+    [
+        (config::CT_TIMEOUT_SYN, 60 * S),
+        (config::CT_TIMEOUT_ESTABLISHED, 6 * 3600 * S),
+        (config::CT_TIMEOUT_CLOSING, 10 * S),
+        (config::CT_TIMEOUT_UDP, 120 * S),
+    ]
+}

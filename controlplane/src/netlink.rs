@@ -1,0 +1,212 @@
+//! rtnetlink operations the drivers need, on the namespace the handle was opened in.
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{Context as _, Result, anyhow};
+use futures::TryStreamExt as _;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{InfoKind, LinkAttribute, LinkInfo},
+    neighbour::NeighbourState,
+    route::RouteScope,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+#[derive(Clone)]
+pub struct Netlink {
+    h: Handle,
+}
+
+#[derive(Clone, Debug)]
+pub struct LinkInfoLite {
+    pub index: u32,
+    pub name: String,
+    pub kind: Option<String>,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -libc::EEXIST)
+}
+
+fn is_not_found(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.raw_code() == -libc::ENODEV || m.raw_code() == -libc::ENOENT || m.raw_code() == -libc::ESRCH)
+}
+
+impl Netlink {
+    /// Opens a netlink socket in the calling thread's current network namespace; the connection
+    /// task runs on the current tokio runtime.
+    pub fn open() -> Result<Netlink> {
+        let (conn, h, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+        tokio::spawn(conn);
+        Ok(Netlink { h })
+    }
+
+    pub async fn links(&self) -> Result<Vec<LinkInfoLite>> {
+        let mut out = Vec::new();
+        let mut s = self.h.link().get().execute();
+        while let Some(m) = s.try_next().await? {
+            let mut l = LinkInfoLite { index: m.header.index, name: String::new(), kind: None, mac: None };
+            for a in m.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => l.name = n,
+                    LinkAttribute::Address(a) if a.len() == 6 => {
+                        l.mac = Some(a.try_into().unwrap_or_default())
+                    }
+                    LinkAttribute::LinkInfo(infos) => {
+                        for i in infos {
+                            if let LinkInfo::Kind(k) = i {
+                                l.kind = Some(match k {
+                                    InfoKind::Veth => "veth".into(),
+                                    InfoKind::Bridge => "bridge".into(),
+                                    InfoKind::Vxlan => "vxlan".into(),
+                                    other => format!("{other:?}").to_lowercase(),
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            out.push(l);
+        }
+        Ok(out)
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfoLite>> {
+        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<LinkInfoLite> {
+        self.link(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
+    }
+
+    /// Creates a veth pair; an existing `host` end (left by an interrupted attempt) is replaced.
+    pub async fn create_veth(&self, host: &str, peer: &str, mtu: u32) -> Result<()> {
+        for name in [host, peer] {
+            if let Some(l) = self.link(name).await? {
+                self.delete_link(l.index).await?;
+            }
+        }
+        self.h
+            .link()
+            .add(LinkVeth::new(host, peer).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth pair {host}/{peer}"))
+    }
+
+    /// A bridge with no ports: it only holds a network's gateway address on the node.
+    pub async fn ensure_gateway_device(&self, name: &str) -> Result<u32> {
+        if let Some(l) = self.link(name).await? {
+            return Ok(l.index);
+        }
+        match self.h.link().add(LinkBridge::new(name).build()).execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating device {name}")),
+        }
+        let l = self.require_link(name).await?;
+        self.set_up(l.index).await?;
+        Ok(l.index)
+    }
+
+    pub async fn move_to_netns(&self, index: u32, fd: std::os::fd::RawFd) -> Result<()> {
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(index).setns_by_fd(fd).build())
+            .execute()
+            .await
+            .context("moving interface into the container's namespace")
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("bringing up interface {index}"))
+    }
+
+    pub async fn rename_and_set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<()> {
+        self.h
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(name.to_string()).address(mac.to_vec()).build())
+            .execute()
+            .await
+            .with_context(|| format!("naming interface {name}"))
+    }
+
+    pub async fn delete_link(&self, index: u32) -> Result<()> {
+        match self.h.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("deleting interface {index}")),
+        }
+    }
+
+    pub async fn delete_link_named(&self, name: &str) -> Result<()> {
+        if let Some(l) = self.link(name).await? {
+            self.delete_link(l.index).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn add_addr(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
+        match self.h.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding address {ip}/{prefix}")),
+        }
+    }
+
+    /// IPv4 addresses per interface index.
+    pub async fn ipv4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let mut out = Vec::new();
+        let mut s = self.h.address().get().execute();
+        while let Some(m) = s.try_next().await? {
+            for a in &m.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                    out.push((m.header.index, *ip, m.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A /32 route to a container through its host-side veth, sourced from the gateway.
+    pub async fn add_host_route(&self, ip: Ipv4Addr, index: u32, src: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(index)
+            .pref_source(src)
+            .scope(RouteScope::Link)
+            .build();
+        match self.h.route().add(msg).replace().execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding route to {ip}")),
+        }
+    }
+
+    pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        match self.h.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_exists(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding default route via {gateway}")),
+        }
+    }
+
+    pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.h
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("adding neighbour {ip}"))
+    }
+}

@@ -1,0 +1,48 @@
+//! Containers as plain Linux namespaces around host binaries. The daemon never is the parent of a
+//! container: a detached shim creates the namespaces, forks the container's init (PID 1 inside,
+//! which forwards signals and reaps orphans), waits for it and records its exit status in a file.
+//! The daemon can therefore stop, crash or upgrade while containers keep running, and re-adopt
+//! them from the store, the shim's PID and the exit file.
+pub mod exec;
+pub mod shim;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything the shim needs, written by the daemon to `<container dir>/shim.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub hostname: String,
+    /// Network namespace to join; None keeps the node's (`--network host`).
+    pub netns: Option<PathBuf>,
+    pub hosts: PathBuf,
+    pub resolv: PathBuf,
+    pub hostname_file: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub workdir: Option<String>,
+    pub exit_file: PathBuf,
+}
+
+/// How the container's main process ended, as the shim records it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat): with the PID
+/// it identifies a process even after PID reuse.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: fields start after the last ')'
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+pub fn process_alive(pid: i32, start_time: u64) -> bool {
+    pid > 0 && process_start_time(pid) == Some(start_time)
+}

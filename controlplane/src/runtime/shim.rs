@@ -1,0 +1,181 @@
+//! `netbee shim SPEC`: the per-container supervisor. Runs before any async runtime exists (it
+//! must be single-threaded to unshare a mount namespace).
+use std::{
+    ffi::CString,
+    fs::{File, OpenOptions},
+    io::Write as _,
+    os::fd::{AsRawFd as _, IntoRawFd as _},
+    path::Path,
+    sync::atomic::{AtomicI32, Ordering},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use nix::{
+    mount::{MsFlags, mount},
+    sched::{CloneFlags, setns, unshare},
+    sys::{
+        signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
+        wait::{WaitStatus, waitpid},
+    },
+    unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid},
+};
+
+use super::{ExitRecord, ShimSpec};
+
+/// Entry point. Reports "SHIM_PID INIT_PID" (host PIDs) or "error: ..." as one line on stdout.
+pub fn main(spec_path: &Path) -> ! {
+    let spec: ShimSpec = match std::fs::read(spec_path)
+        .map_err(anyhow::Error::from)
+        .and_then(|b| serde_json::from_slice(&b).map_err(Into::into))
+    {
+        Ok(s) => s,
+        Err(e) => report_and_exit(&format!("error: reading {}: {e}", spec_path.display())),
+    };
+    // Detach: the daemon waits for this first process only; the real shim is reparented to init
+    // (or the nearest subreaper) and survives the daemon.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => std::process::exit(0),
+        Ok(ForkResult::Child) => {}
+        Err(e) => report_and_exit(&format!("error: fork: {e}")),
+    }
+    let _ = setsid();
+    match supervise(&spec) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => report_and_exit(&format!("error: {e:#}")),
+    }
+}
+
+fn report_and_exit(line: &str) -> ! {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+    std::process::exit(1)
+}
+
+fn supervise(spec: &ShimSpec) -> Result<i32> {
+    if let Some(ns) = &spec.netns {
+        let f = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
+        setns(&f, CloneFlags::CLONE_NEWNET).context("joining the container's network namespace")?;
+    }
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
+        .context("creating mount/uts/ipc/pid namespaces")?;
+    let init = match unsafe { fork() }.context("forking the container's init")? {
+        ForkResult::Child => {
+            let code = match container_init(spec) {
+                Ok(code) => code,
+                Err(e) => {
+                    let _ = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&spec.stderr)
+                        .and_then(|mut f| writeln!(f, "netbee: {e:#}"));
+                    127
+                }
+            };
+            std::process::exit(code)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    {
+        let mut out = std::io::stdout();
+        writeln!(out, "{} {}", std::process::id(), init.as_raw())?;
+        out.flush()?;
+    }
+    // Nobody reads our stdout any more; keep the fd valid but disconnected from the daemon.
+    let devnull = File::open("/dev/null")?;
+    dup2_stdout(&devnull)?;
+    dup2_stderr(&devnull)?;
+    let code = loop {
+        match waitpid(init, None) {
+            Ok(WaitStatus::Exited(_, c)) => break c,
+            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(anyhow!("waiting for the container's init: {e}")),
+        }
+    };
+    let rec = ExitRecord { exit_code: code, finished_at: chrono::Utc::now() };
+    let tmp = spec.exit_file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&rec)?)?;
+    std::fs::rename(&tmp, &spec.exit_file)?;
+    Ok(0)
+}
+
+static MAIN_PID: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = MAIN_PID.load(Ordering::Relaxed);
+    if pid > 0 {
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// PID 1 of the container: prepares the filesystem view, starts the command and forwards signals
+/// to it (the kernel ignores signals a PID 1 has no handler for, so `stop` would otherwise wait
+/// for its timeout on programs like `sleep`).
+fn container_init(spec: &ShimSpec) -> Result<i32> {
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .context("making / private")?;
+    nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
+    for (src, dst) in [(&spec.hosts, "/etc/hosts"), (&spec.resolv, "/etc/resolv.conf"), (&spec.hostname_file, "/etc/hostname")] {
+        mount(Some(src.as_path()), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting {} on {dst}", src.display()))?;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).context("mounting /proc")?;
+    // sysfs shows the namespace's own interfaces; not essential, so failure is tolerated
+    let _ = mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>);
+
+    let argv: Vec<CString> = spec.cmd.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    if argv.is_empty() {
+        return Err(anyhow!("no command given"));
+    }
+    let open_log = |p: &Path| OpenOptions::new().create(true).append(true).open(p);
+    let stdout = open_log(&spec.stdout).context("opening the stdout log")?;
+    let stderr = open_log(&spec.stderr).context("opening the stderr log")?;
+
+    let handler = SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty());
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+        unsafe { sigaction(s, &handler) }?;
+    }
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            let dflt = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+            for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+                let _ = unsafe { sigaction(s, &dflt) };
+            }
+            let devnull = File::open("/dev/null")?;
+            dup2_stdin(&devnull)?;
+            dup2_stdout(&stdout)?;
+            dup2_stderr(&stderr)?;
+            let _ = stdout.into_raw_fd();
+            let _ = stderr.into_raw_fd();
+            let _ = devnull.as_raw_fd();
+            let dir = spec.workdir.as_deref().unwrap_or("/");
+            std::env::set_current_dir(dir).with_context(|| format!("changing to working directory {dir}"))?;
+            let err = nix::unistd::execvpe(&argv[0], &argv, &envp).unwrap_err();
+            eprintln!("netbee: cannot run {:?}: {err}", spec.cmd[0]);
+            std::process::exit(if err == nix::errno::Errno::ENOENT { 127 } else { 126 })
+        }
+        ForkResult::Parent { child } => {
+            MAIN_PID.store(child.as_raw(), Ordering::Relaxed);
+            drop(stdout);
+            drop(stderr);
+            reap_until(child)
+        }
+    }
+}
+
+/// Reaps every child (orphans are re-parented to PID 1) until the main process exits.
+fn reap_until(main: Pid) -> Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(p, c)) if p == main => return Ok(c),
+            Ok(WaitStatus::Signaled(p, s, _)) if p == main => return Ok(128 + s as i32),
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(anyhow!("waiting for the main process: {e}")),
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The contract between netbee's eBPF datapath and its control plane: every map's key and value
+//! layout, counter indices and flag bits. Both sides depend on this crate so a layout is written
+//! once. Addresses and ports are kept in network byte order (as they sit in packets) unless a
+//! field says otherwise.
+#![no_std]
+
+/// Bumped whenever a pinned map changes layout; the loader pins maps under `maps-v<VERSION>` so an
+/// upgrade never reinterprets an old map with a new layout (Cilium PR #10289).
+pub const MAP_VERSION: u32 = 1;
+
+pub const MAX_ENDPOINTS: u32 = 65536;
+pub const MAX_NETWORKS: u32 = 4096;
+pub const MAX_IFACES: u32 = 65536;
+pub const MAX_NODE_ADDRS: u32 = 256;
+pub const MAX_FRONTENDS: u32 = 65536;
+pub const MAX_SERVICES: u32 = 65536;
+pub const MAX_BACKEND_SLOTS: u32 = 262144;
+pub const CT_DEFAULT_SIZE: u32 = 262144;
+pub const MAX_SOCK_REVNAT: u32 = 65536;
+
+/// Per-CPU packet counters (`STATS` array index).
+pub mod stat {
+    pub const FROM_CONTAINER: u32 = 0;
+    pub const REDIRECT_LOCAL: u32 = 1;
+    pub const TO_STACK: u32 = 2;
+    pub const ARP_REPLY: u32 = 3;
+    pub const UPLINK_IN: u32 = 4;
+    pub const UPLINK_OUT: u32 = 5;
+    pub const DNAT_NEW: u32 = 6;
+    pub const DNAT_EST: u32 = 7;
+    pub const REVNAT: u32 = 8;
+    pub const SNAT_NEW: u32 = 9;
+    pub const SNAT_EST: u32 = 10;
+    pub const SNAT_REV: u32 = 11;
+    pub const ENCAP: u32 = 12;
+    pub const DECAP: u32 = 13;
+    pub const REDIRECT_UPLINK: u32 = 14;
+    pub const SOCK_LB: u32 = 15;
+    pub const CT_CREATED: u32 = 16;
+    pub const TUNNEL_RETURN: u32 = 17;
+    pub const N: u32 = 32;
+
+    /// Names in index order, for `netbee datapath stats`.
+    pub const NAMES: [&str; 18] = [
+        "from_container",
+        "redirect_local",
+        "to_stack",
+        "arp_reply",
+        "uplink_in",
+        "uplink_out",
+        "dnat_new",
+        "dnat_established",
+        "revnat",
+        "snat_new",
+        "snat_established",
+        "snat_reverse",
+        "encap",
+        "decap",
+        "redirect_uplink",
+        "sock_lb",
+        "ct_created",
+        "tunnel_return",
+    ];
+}
+
+/// Per-CPU drop counters by reason (`DROPS` array index).
+pub mod drop_reason {
+    pub const SPOOFED_MAC: u32 = 0;
+    pub const SPOOFED_IP: u32 = 1;
+    pub const SPOOFED_ARP: u32 = 2;
+    pub const CROSS_NETWORK: u32 = 3;
+    pub const NO_SUCH_HOST: u32 = 4;
+    pub const INTERNAL_NETWORK: u32 = 5;
+    pub const UNKNOWN_IFACE: u32 = 6;
+    pub const MALFORMED: u32 = 7;
+    pub const UNSUPPORTED_L3: u32 = 8;
+    pub const NO_BACKEND: u32 = 9;
+    pub const NAT_PORTS_EXHAUSTED: u32 = 10;
+    pub const CT_INSERT_FAILED: u32 = 11;
+    pub const REDIRECT_FAILED: u32 = 12;
+    pub const FRAGMENT: u32 = 13;
+    pub const N: u32 = 16;
+
+    pub const NAMES: [&str; 14] = [
+        "spoofed_mac",
+        "spoofed_ip",
+        "spoofed_arp",
+        "cross_network",
+        "no_such_host",
+        "internal_network",
+        "unknown_interface",
+        "malformed",
+        "unsupported_l3",
+        "no_backend",
+        "nat_ports_exhausted",
+        "ct_insert_failed",
+        "redirect_failed",
+        "fragment",
+    ];
+}
+
+/// Indices of the `CONFIG` array (u64 values, host byte order unless noted).
+pub mod config {
+    /// ifindex of the node's uplink.
+    pub const UPLINK_IFINDEX: u32 = 0;
+    /// Node's primary uplink IPv4, network byte order in the low 32 bits (masquerade source).
+    pub const UPLINK_IP: u32 = 1;
+    /// ifindex of the collect_md VXLAN device (0 = no overlay on this node).
+    pub const VXLAN_IFINDEX: u32 = 2;
+    /// netns cookie of the node's namespace: socket hooks act only on the node's own sockets.
+    pub const NODE_NETNS_COOKIE: u32 = 3;
+    /// Conntrack idle timeouts in nanoseconds.
+    pub const CT_TIMEOUT_SYN: u32 = 4;
+    pub const CT_TIMEOUT_ESTABLISHED: u32 = 5;
+    pub const CT_TIMEOUT_CLOSING: u32 = 6;
+    pub const CT_TIMEOUT_UDP: u32 = 7;
+    /// Underlay IPv4 of this node, host byte order (compared with tunnel keys).
+    pub const NODE_UNDERLAY_IP: u32 = 8;
+    pub const N: u32 = 16;
+}
+
+/// Where a local or remote container interface lives. Key: its IPv4 (network order). Container
+/// addresses are unique per node (local subnets never overlap) and cluster-wide on overlays.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Endpoint {
+    /// Host-side veth ifindex; 0 for an endpoint on another node.
+    pub ifindex: u32,
+    pub net_id: u32,
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth: the source MAC of frames delivered into the container.
+    pub host_mac: [u8; 6],
+    /// Underlay IPv4 of the node that hosts a remote endpoint, host byte order (as
+    /// bpf_tunnel_key.remote_ipv4 wants it). 0 for a local endpoint.
+    pub node_ip: u32,
+    pub flags: u32,
+}
+
+/// Attached to each host-side veth: who may send from it. Key: ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Iface {
+    pub ip: u32,
+    pub net_id: u32,
+    pub mac: [u8; 6],
+    pub host_mac: [u8; 6],
+}
+
+pub mod net_flags {
+    /// `--internal`: nothing leaves the network but traffic to its gateway.
+    pub const INTERNAL: u32 = 1;
+    pub const OVERLAY: u32 = 2;
+}
+
+/// A network as the datapath sees it. Key: net_id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Network {
+    pub subnet: u32,
+    pub mask: u32,
+    pub gateway: u32,
+    pub flags: u32,
+    pub vni: u32,
+    pub _pad: u32,
+}
+
+/// LPM key for the `SUBNETS` trie (prefix length + address in network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SubnetKey {
+    pub prefixlen: u32,
+    pub addr: u32,
+}
+
+/// A load-balanced frontend: a published port (`addr` = a node address, 127.0.0.1, or 0 for
+/// every node address) or a service VIP:port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FrontendKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+pub mod svc_flags {
+    /// Only reachable from the node itself (socket hook), never from the wire.
+    pub const LOCAL_ONLY: u32 = 1;
+    /// Frontend is a VIP scoped to `net_id`.
+    pub const VIP: u32 = 2;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index into `RR` and the first half of every `BackendKey` of this service.
+    pub id: u32,
+    /// Number of active backend slots (1..=count) a new connection may pick.
+    pub count: u32,
+    pub net_id: u32,
+    pub flags: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct BackendKey {
+    pub service: u32,
+    pub slot: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// A flow as seen in one direction. ICMP echo uses the identifier as `sport` on requests and as
+/// `dport` on replies so both directions key like TCP/UDP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+pub mod ct_flags {
+    /// Rewrite the destination to (nat_addr, nat_port): forward direction of a DNAT flow.
+    pub const DNAT: u16 = 1;
+    /// Rewrite the source to (nat_addr, nat_port): reply direction of a DNAT flow.
+    pub const REVNAT: u16 = 2;
+    /// Rewrite the source: forward direction of a masqueraded flow.
+    pub const SNAT: u16 = 4;
+    /// Rewrite the destination: reply direction of a masqueraded flow.
+    pub const SNAT_REV: u16 = 8;
+    /// Replies of this flow go back through the tunnel to `tunnel_node` (routing mesh).
+    pub const TUNNEL_RETURN: u16 = 16;
+    pub const SEEN_FIN: u16 = 32;
+    pub const SEEN_RST: u16 = 64;
+    /// Only a SYN seen so far in this direction.
+    pub const SYN_ONLY: u16 = 128;
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    pub nat_addr: u32,
+    pub nat_port: u16,
+    pub flags: u16,
+    /// Underlay IPv4 (host order) of the node that must see this flow's packets next.
+    pub tunnel_node: u32,
+    pub vni: u32,
+    /// bpf_ktime_get_ns() of the last packet (refreshed at most once a second).
+    pub last_seen: u64,
+    pub created: u64,
+}
+
+/// Socket-hook reverse translation: which frontend a connected/sent-to socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SockKey {
+    pub cookie: u64,
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockRevNat {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Source ports the masquerade allocates from: above Linux's default ephemeral range
+/// (32768-60999) so they never collide with the node's own sockets or with published ports
+/// chosen from that range.
+pub const SNAT_PORT_MIN: u16 = 61000;
+pub const SNAT_PORT_MAX: u16 = 65535;
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Endpoint {}
+    unsafe impl aya::Pod for Iface {}
+    unsafe impl aya::Pod for Network {}
+    unsafe impl aya::Pod for SubnetKey {}
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for BackendKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for SockRevNat {}
+}

@@ -1,0 +1,89 @@
+//! Connection tracking for translated flows. Each translated flow has two entries, one per
+//! direction, each saying how to rewrite packets travelling that way. The datapath never expires
+//! entries itself: it records the last time and TCP flags seen, and the daemon's garbage
+//! collector removes a flow once both directions have been idle longer than their state allows
+//! (seconds once closed, hours while established). A full table evicts least-recently-used flows.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use netbee_abi::{CtEntry, CtKey, IPPROTO_TCP, ct_flags, stat};
+
+use crate::{
+    maps::{CT, count},
+    packet::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+};
+
+/// Refresh last_seen at most this often: a write per packet would bounce the cache line between
+/// CPUs for nothing, while a second is far below any timeout.
+const REFRESH_NS: u64 = 1_000_000_000;
+
+#[inline(always)]
+pub fn is_syn(l4: &L4) -> bool {
+    l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Looks up the entry for this direction and records the packet in it. A TCP SYN on an entry
+/// whose flow was closed starts a new flow: the caller then creates fresh entries.
+#[inline(always)]
+pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
+    let e = CT.get_ptr_mut(key)?;
+    let entry = unsafe { &mut *e };
+    if key.proto == IPPROTO_TCP {
+        if is_syn(l4) && entry.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST) != 0 {
+            return None;
+        }
+        let mut flags = entry.flags;
+        if l4.tcp_flags & TCP_FIN != 0 {
+            flags |= ct_flags::SEEN_FIN;
+        }
+        if l4.tcp_flags & TCP_RST != 0 {
+            flags |= ct_flags::SEEN_RST;
+        }
+        if l4.tcp_flags & TCP_SYN == 0 {
+            flags &= !ct_flags::SYN_ONLY;
+        }
+        if flags != entry.flags {
+            entry.flags = flags;
+        }
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if now.wrapping_sub(entry.last_seen) > REFRESH_NS {
+        entry.last_seen = now;
+    }
+    Some(*entry)
+}
+
+#[inline(always)]
+pub fn new_entry(nat_addr: u32, nat_port: u16, flags: u16, l4: &L4, proto: u8) -> CtEntry {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let mut flags = flags;
+    if proto == IPPROTO_TCP && is_syn(l4) {
+        flags |= ct_flags::SYN_ONLY;
+    }
+    CtEntry { nat_addr, nat_port, flags, tunnel_node: 0, vni: 0, last_seen: now, created: now }
+}
+
+/// Inserts both directions of a flow; the forward entry goes last so a packet never finds a
+/// forward entry whose reply entry is missing.
+#[inline(always)]
+pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) -> Option<()> {
+    CT.insert(rev_key, rev, 0).ok()?;
+    if CT.insert(fwd_key, fwd, 0).is_err() {
+        let _ = CT.remove(rev_key);
+        return None;
+    }
+    count(stat::CT_CREATED);
+    Some(())
+}
+
+/// The key of packets flowing the other way once `key` has been rewritten to (addr, port) on
+/// its destination side.
+#[inline(always)]
+pub fn reply_key(key: &CtKey, new_daddr: u32, new_dport: u16) -> CtKey {
+    CtKey {
+        saddr: new_daddr,
+        daddr: key.saddr,
+        sport: new_dport,
+        dport: key.sport,
+        proto: key.proto,
+        _pad: [0; 3],
+    }
+}

@@ -1,0 +1,124 @@
+//! Where a packet goes once its final destination is known: straight into a local container
+//! (bpf_redirect_peer, skipping the host-side veth's backlog), through the collect_md VXLAN device
+//! to another node, or out of the uplink after a FIB lookup. The Linux bridge and netfilter are
+//! never on these paths.
+use core::mem::{self, size_of};
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_tunnel_key,
+    },
+    helpers::{
+        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
+        bpf_skb_set_tunnel_key,
+    },
+    programs::TcContext,
+};
+use netbee_abi::{Endpoint, config, drop_reason, stat};
+
+use crate::{
+    maps::{NETWORKS, config, count, count_drop},
+    packet::ifindex,
+};
+
+const AF_INET: u8 = 2;
+
+#[inline(always)]
+pub fn drop(reason: u32) -> i32 {
+    count_drop(reason);
+    TC_ACT_SHOT as i32
+}
+
+#[inline(always)]
+fn redirected(ret: i64) -> i32 {
+    if ret == TC_ACT_REDIRECT as i64 {
+        ret as i32
+    } else {
+        drop(drop_reason::REDIRECT_FAILED)
+    }
+}
+
+#[inline(always)]
+fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0).ok()
+}
+
+/// Delivers to a container interface, local or on another node.
+#[inline(always)]
+pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> i32 {
+    if ep.ifindex == 0 {
+        let vni = match unsafe { NETWORKS.get(&ep.net_id) } {
+            Some(n) => n.vni,
+            None => return drop(drop_reason::NO_SUCH_HOST),
+        };
+        return encap(ctx, ep.node_ip, vni, Some(&ep.mac));
+    }
+    if set_macs(ctx, &ep.mac, &ep.host_mac).is_none() {
+        return drop(drop_reason::MALFORMED);
+    }
+    count(stat::REDIRECT_LOCAL);
+    redirected(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
+}
+
+/// Sends the packet to another node through the collect_md VXLAN device.
+#[inline(always)]
+pub fn encap(ctx: &TcContext, node_ip: u32, vni: u32, dst_mac: Option<&[u8; 6]>) -> i32 {
+    let vx = config(config::VXLAN_IFINDEX) as u32;
+    if vx == 0 || node_ip == 0 {
+        return drop(drop_reason::NO_SUCH_HOST);
+    }
+    if let Some(mac) = dst_mac
+        && ctx.store(0, mac, 0).is_err()
+    {
+        return drop(drop_reason::MALFORMED);
+    }
+    let mut key: bpf_tunnel_key = unsafe { mem::zeroed() };
+    key.tunnel_id = vni;
+    key.__bindgen_anon_1.remote_ipv4 = node_ip;
+    key.tunnel_ttl = 64;
+    let rc = unsafe {
+        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if rc != 0 {
+        return drop(drop_reason::REDIRECT_FAILED);
+    }
+    count(stat::ENCAP);
+    redirected(unsafe { bpf_redirect(vx, 0) })
+}
+
+/// Routes a packet leaving the node (a reply to an outside client) without the stack's forwarding
+/// path. Anything the FIB cannot resolve on its own is handed to the stack unchanged.
+#[inline(always)]
+pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    p.family = AF_INET;
+    // tot_len 0: let the kernel check the MTU against the skb itself (GSO-aware)
+    p.__bindgen_anon_1.tot_len = 0;
+    p.ifindex = ifindex(ctx);
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if set_macs(ctx, &p.dmac, &p.smac).is_none() {
+            return drop(drop_reason::MALFORMED);
+        }
+        count(stat::REDIRECT_UPLINK);
+        redirected(unsafe { bpf_redirect(p.ifindex, 0) })
+    } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
+        nh.nh_family = AF_INET as u32;
+        nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
+        count(stat::REDIRECT_UPLINK);
+        redirected(unsafe {
+            bpf_redirect_neigh(p.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+        })
+    } else {
+        count(stat::TO_STACK);
+        TC_ACT_OK as i32
+    }
+}

@@ -1,0 +1,322 @@
+//! Program entry points. Each attaches to one hook and reads top to bottom as the packet's path.
+//!
+//! - `tc_from_container`: ingress of every container's host-side veth (what a container sends).
+//! - `tc_uplink_ingress` / `tc_uplink_egress`: the node's uplink (published ports, masquerade).
+//! - `tc_overlay_ingress`: the collect_md VXLAN device (packets from other nodes).
+use core::mem::{self, size_of};
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_OK, bpf_tunnel_key},
+    helpers::bpf_skb_get_tunnel_key,
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use netbee_abi::{
+    CtEntry, CtKey, Iface, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
+    net_flags, stat, svc_flags,
+};
+
+use crate::{
+    arp, conntrack,
+    deliver::{drop, encap, to_endpoint, to_uplink},
+    lb,
+    maps::{CT, ENDPOINTS, IFACES, NETWORKS, SUBNETS, config, count},
+    nat,
+    packet::{ETH_P_ARP, ETH_P_IP, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
+};
+
+const PASS: i32 = TC_ACT_OK as i32;
+
+#[classifier]
+pub fn tc_from_container(ctx: TcContext) -> i32 {
+    from_container(&ctx)
+}
+
+#[classifier]
+pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
+    uplink_ingress(&ctx)
+}
+
+#[classifier]
+pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
+    uplink_egress(&ctx)
+}
+
+#[classifier]
+pub fn tc_overlay_ingress(ctx: TcContext) -> i32 {
+    overlay_ingress(&ctx)
+}
+
+#[inline(always)]
+fn from_container(ctx: &TcContext) -> i32 {
+    count(stat::FROM_CONTAINER);
+    let ifx = ifindex(ctx);
+    let Some(iface) = (unsafe { IFACES.get(&ifx) }).copied() else {
+        return drop(drop_reason::UNKNOWN_IFACE);
+    };
+    let Some(eth) = eth(ctx) else {
+        return drop(drop_reason::MALFORMED);
+    };
+    if eth.src != iface.mac {
+        return drop(drop_reason::SPOOFED_MAC);
+    }
+    match u16::from_be(eth.proto) {
+        ETH_P_IP => {}
+        ETH_P_ARP => return arp::from_container(ctx, &iface, ifx),
+        _ => return drop(drop_reason::UNSUPPORTED_L3),
+    }
+    let Some(ip) = ipv4(ctx) else {
+        return drop(drop_reason::MALFORMED);
+    };
+    if ip.saddr != iface.ip {
+        return drop(drop_reason::SPOOFED_IP);
+    }
+    if let Some(l4) = l4(ctx, &ip) {
+        let key = flow_key(&ip, &l4);
+        if let Some(ct) = conntrack::lookup(&key, &l4) {
+            return translated(ctx, &ip, &l4, &ct);
+        }
+        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
+            // a VIP answers only inside its own network
+            if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
+                if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
+                    return verdict;
+                }
+            }
+        }
+    }
+    forward(ctx, &ip, &iface)
+}
+
+/// Plain (untranslated) traffic from a container.
+#[inline(always)]
+fn forward(ctx: &TcContext, ip: &Ip4, iface: &Iface) -> i32 {
+    if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
+        if ep.net_id != iface.net_id {
+            return drop(drop_reason::CROSS_NETWORK);
+        }
+        return to_endpoint(ctx, ep);
+    }
+    let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
+        return drop(drop_reason::UNKNOWN_IFACE);
+    };
+    if ip.daddr & net.mask == net.subnet {
+        if ip.daddr == net.gateway {
+            count(stat::TO_STACK);
+            return PASS;
+        }
+        return drop(drop_reason::NO_SUCH_HOST);
+    }
+    if SUBNETS.get(Key::new(32, ip.daddr)).is_some() {
+        return drop(drop_reason::CROSS_NETWORK);
+    }
+    if net.flags & net_flags::INTERNAL != 0 {
+        return drop(drop_reason::INTERNAL_NETWORK);
+    }
+    // leaves the node: routed by the stack, masqueraded on the uplink
+    count(stat::TO_STACK);
+    PASS
+}
+
+/// Applies an existing conntrack entry and sends the packet on.
+#[inline(always)]
+fn translated(ctx: &TcContext, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
+    let f = ct.flags;
+    if f & ct_flags::DNAT != 0 {
+        count(stat::DNAT_EST);
+        if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
+            return drop(drop_reason::MALFORMED);
+        }
+        return to_backend(ctx, ct.nat_addr);
+    }
+    if f & ct_flags::REVNAT != 0 {
+        count(stat::REVNAT);
+        if nat::rewrite_src(ctx, l4, ip.saddr, ct.nat_addr, ct.nat_port).is_none() {
+            return drop(drop_reason::MALFORMED);
+        }
+        return match unsafe { ENDPOINTS.get(&ip.daddr) } {
+            Some(ep) => to_endpoint(ctx, ep),
+            None => to_uplink(ctx, ct.nat_addr, ip.daddr),
+        };
+    }
+    if f & ct_flags::SNAT_REV != 0 {
+        count(stat::SNAT_REV);
+        if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
+            return drop(drop_reason::MALFORMED);
+        }
+        return to_backend(ctx, ct.nat_addr);
+    }
+    if f & ct_flags::TUNNEL_RETURN != 0 {
+        count(stat::TUNNEL_RETURN);
+        return encap(ctx, ct.tunnel_node, ct.vni, None);
+    }
+    // SNAT entries only matter on the uplink's egress
+    PASS
+}
+
+#[inline(always)]
+fn to_backend(ctx: &TcContext, addr: u32) -> i32 {
+    match unsafe { ENDPOINTS.get(&addr) } {
+        Some(ep) => to_endpoint(ctx, ep),
+        None => drop(drop_reason::NO_BACKEND),
+    }
+}
+
+/// First packet of a connection to a frontend: pick a backend, remember the choice for both
+/// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
+/// without SYN): the caller treats it as ordinary traffic.
+#[inline(always)]
+fn new_dnat(ctx: &TcContext, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> Option<i32> {
+    if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
+        return None;
+    }
+    let Some(be) = lb::select_backend(svc) else {
+        return Some(drop(drop_reason::NO_BACKEND));
+    };
+    let fwd = conntrack::new_entry(be.addr, be.port, ct_flags::DNAT, l4, ip.proto);
+    let rev_key = conntrack::reply_key(key, be.addr, be.port);
+    let rev = conntrack::new_entry(ip.daddr, l4.dport, ct_flags::REVNAT, l4, ip.proto);
+    if conntrack::create(key, &fwd, &rev_key, &rev).is_none() {
+        return Some(drop(drop_reason::CT_INSERT_FAILED));
+    }
+    count(stat::DNAT_NEW);
+    if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
+        return Some(drop(drop_reason::MALFORMED));
+    }
+    Some(to_backend(ctx, be.addr))
+}
+
+#[inline(always)]
+fn uplink_ingress(ctx: &TcContext) -> i32 {
+    count(stat::UPLINK_IN);
+    let Some(eth) = eth(ctx) else { return PASS };
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        return PASS;
+    }
+    let Some(ip) = ipv4(ctx) else { return PASS };
+    let Some(l4) = l4(ctx, &ip) else { return PASS };
+    let key = flow_key(&ip, &l4);
+    if let Some(ct) = conntrack::lookup(&key, &l4) {
+        return translated(ctx, &ip, &l4, &ct);
+    }
+    if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
+        if svc.flags & svc_flags::VIP == 0 {
+            if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
+                return verdict;
+            }
+        }
+    }
+    PASS
+}
+
+/// Masquerade: connections that containers open to the outside leave with the node's address
+/// and a source port from the SNAT range.
+#[inline(always)]
+fn uplink_egress(ctx: &TcContext) -> i32 {
+    count(stat::UPLINK_OUT);
+    let Some(eth) = eth(ctx) else { return PASS };
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        return PASS;
+    }
+    let Some(ip) = ipv4(ctx) else { return PASS };
+    let Some(l4) = l4(ctx, &ip) else { return PASS };
+    let key = flow_key(&ip, &l4);
+    if let Some(ct) = conntrack::lookup(&key, &l4) {
+        if ct.flags & ct_flags::SNAT != 0 {
+            count(stat::SNAT_EST);
+            if nat::rewrite_src(ctx, &l4, ip.saddr, ct.nat_addr, ct.nat_port).is_none() {
+                return drop(drop_reason::MALFORMED);
+            }
+        }
+        return PASS;
+    }
+    if SUBNETS.get(Key::new(32, ip.saddr)).is_none() {
+        return PASS;
+    }
+    let node_ip = config(config::UPLINK_IP) as u32;
+    let Some(port) = allocate_snat_port(&key, &ip, &l4, node_ip) else {
+        return drop(drop_reason::NAT_PORTS_EXHAUSTED);
+    };
+    count(stat::SNAT_NEW);
+    if nat::rewrite_src(ctx, &l4, ip.saddr, node_ip, port).is_none() {
+        return drop(drop_reason::MALFORMED);
+    }
+    PASS
+}
+
+/// Claims a free (node_ip, port) for the flow by inserting its reply entry with BPF_NOEXIST;
+/// the reply key includes the remote end, so ports only collide per destination.
+#[inline(always)]
+fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u16> {
+    let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let seed = key.saddr ^ key.daddr.rotate_left(7) ^ ((key.sport as u32) << 16 | key.dport as u32);
+    let rev = conntrack::new_entry(ip.saddr, l4.sport, ct_flags::SNAT_REV, l4, ip.proto);
+    for i in 0..16u32 {
+        let port = (SNAT_PORT_MIN as u32 + seed.wrapping_add(i.wrapping_mul(4099)) % range) as u16;
+        let port = port.to_be();
+        let rev_key = conntrack::reply_key(key, key.daddr, key.dport);
+        let rev_key = CtKey { daddr: node_ip, dport: port, ..rev_key };
+        if CT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok() {
+            let fwd = conntrack::new_entry(node_ip, port, ct_flags::SNAT, l4, ip.proto);
+            if CT.insert(key, &fwd, 0).is_err() {
+                let _ = CT.remove(&rev_key);
+                return None;
+            }
+            count(stat::CT_CREATED);
+            return Some(port);
+        }
+    }
+    None
+}
+
+#[inline(always)]
+fn overlay_ingress(ctx: &TcContext) -> i32 {
+    count(stat::DECAP);
+    let mut tk: bpf_tunnel_key = unsafe { mem::zeroed() };
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut tk, size_of::<bpf_tunnel_key>() as u32, 0)
+    };
+    if rc != 0 {
+        return drop(drop_reason::MALFORMED);
+    }
+    let Some(eth) = eth(ctx) else {
+        return drop(drop_reason::MALFORMED);
+    };
+    if u16::from_be(eth.proto) != ETH_P_IP {
+        return drop(drop_reason::UNSUPPORTED_L3);
+    }
+    let Some(ip) = ipv4(ctx) else {
+        return drop(drop_reason::MALFORMED);
+    };
+    let l4 = l4(ctx, &ip);
+    if let Some(l4) = &l4 {
+        let key = flow_key(&ip, l4);
+        if let Some(ct) = conntrack::lookup(&key, l4) {
+            return translated(ctx, &ip, l4, &ct);
+        }
+    }
+    let Some(ep) = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied() else {
+        return drop(drop_reason::NO_SUCH_HOST);
+    };
+    let vni_ok = matches!(unsafe { NETWORKS.get(&ep.net_id) }, Some(n) if n.vni == tk.tunnel_id);
+    if ep.ifindex == 0 || !vni_ok {
+        return drop(drop_reason::CROSS_NETWORK);
+    }
+    if let Some(l4) = &l4 {
+        // A routing-mesh connection from outside the overlay: its replies must return through
+        // the node that received it, which holds the translation.
+        let from_outside = unsafe { ENDPOINTS.get(&ip.saddr) }.is_none();
+        if from_outside && (ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4)) {
+            let key = flow_key(&ip, l4);
+            let rev_key = conntrack::reply_key(&key, ip.daddr, l4.dport);
+            let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN, l4, ip.proto);
+            e.tunnel_node = unsafe { tk.__bindgen_anon_1.remote_ipv4 };
+            e.vni = tk.tunnel_id;
+            if CT.insert(&rev_key, &e, 0).is_ok() {
+                count(stat::CT_CREATED);
+            }
+        }
+    }
+    to_endpoint(ctx, &ep)
+}

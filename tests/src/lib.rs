@@ -1,0 +1,350 @@
+//! The netbee test lab: a whole cluster on one machine, built from network
+//! namespaces.
+//!
+//! A [`Lab`] owns:
+//! * an *underlay* namespace `<prefix>u` holding a Linux bridge `br0`, which
+//!   plays the physical network;
+//! * *nodes* (`<prefix>n1`, ...), each a namespace whose `eth0` is plugged
+//!   into the bridge with address `10.77.0.(11+k)/24`, with its own state dir
+//!   and cgroup, running one `netbee daemon`;
+//! * *external clients* (`<prefix>x1`, ...) on the same bridge with addresses
+//!   `10.77.0.(101+k)/24`.
+//!
+//! Nothing touches the machine's own interfaces, routes or firewall: links
+//! are created directly inside lab namespaces (`ip -n <underlay> link add`),
+//! so traffic never leaves them. Dropping the `Lab` (also while a test
+//! panics) removes everything it made; [`sweep_stale`] removes what labs of
+//! crashed test processes left behind. Each lab has a random prefix, so labs
+//! from concurrently running tests never collide.
+//!
+//! Requires root (namespaces, cgroups, mounts).
+
+mod cgroup;
+mod cleanup;
+mod mounts;
+mod node;
+mod ns;
+mod util;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rand::Rng;
+
+pub use cgroup::cgroup2_root;
+pub use cleanup::sweep_stale;
+pub use node::Node;
+pub use ns::Ns;
+
+/// Parent of every lab's directory.
+pub(crate) const LAB_ROOT: &str = "/tmp/netbee-lab";
+/// Parent, below the cgroup2 root, of every lab's cgroup.
+pub(crate) const CGROUP_PARENT: &str = "netbee-lab";
+pub(crate) const PREFIX_LEN: usize = 8;
+
+const UNDERLAY_BRIDGE: &str = "br0";
+const NODE_HOST_BASE: u8 = 11;
+const EXTERNAL_HOST_BASE: u8 = 101;
+const LINK_UP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `netbee` binary under test: `$NETBEE_BIN`, else the workspace's
+/// `target/release/netbee`.
+pub fn netbee_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NETBEE_BIN") {
+        return PathBuf::from(p);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .unwrap_or(manifest)
+        .join("target/release/netbee")
+}
+
+/// Polls `f` every 50 ms until it returns true, or fails after `timeout`
+/// with an error naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if f() {
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A lab: underlay, nodes and external clients. Dropping it tears all of it
+/// down.
+pub struct Lab {
+    prefix: String,
+    test_name: String,
+    dir: PathBuf,
+    cgroup_base: PathBuf,
+    underlay: Ns,
+    nodes: Vec<Node>,
+    externals: Vec<Ns>,
+}
+
+impl Lab {
+    /// Creates an empty lab (just the underlay bridge). `test_name` is only
+    /// used in diagnostics. Sweeps leftovers of dead labs first.
+    pub fn new(test_name: &str) -> Result<Lab> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("the netbee lab needs root (network namespaces, cgroups, mounts)");
+        }
+        if let Err(e) = sweep_stale() {
+            eprintln!("netbee-lab: sweeping stale labs: {e:#}");
+        }
+        let cgroup_root = cgroup2_root()?;
+        std::fs::create_dir_all(LAB_ROOT).with_context(|| format!("mkdir {LAB_ROOT}"))?;
+
+        let (prefix, dir) = create_lab_dir(test_name)?;
+        let mut lab = Lab {
+            underlay: Ns::new(format!("{prefix}u"), None, None),
+            cgroup_base: cgroup_root.join(CGROUP_PARENT).join(&prefix),
+            prefix,
+            test_name: test_name.to_string(),
+            dir,
+            nodes: Vec::new(),
+            externals: Vec::new(),
+        };
+        // From here on any error drops `lab`, which removes what was made.
+        lab.setup_underlay()?;
+        Ok(lab)
+    }
+
+    fn setup_underlay(&mut self) -> Result<()> {
+        std::fs::create_dir_all(&self.cgroup_base)
+            .with_context(|| format!("mkdir {}", self.cgroup_base.display()))?;
+        let u = self.underlay.name().to_string();
+        util::ip(&["netns", "add", &u])?;
+        util::ip(&["-n", &u, "link", "set", "lo", "up"])?;
+        util::ip(&["-n", &u, "link", "add", UNDERLAY_BRIDGE, "type", "bridge"])?;
+        util::ip(&["-n", &u, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        Ok(())
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `/tmp/netbee-lab/<prefix>/`, holding `owner.pid` and one dir per node.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn test_name(&self) -> &str {
+        &self.test_name
+    }
+
+    /// The namespace holding the underlay bridge `br0`.
+    pub fn underlay(&self) -> &Ns {
+        &self.underlay
+    }
+
+    /// Adds node `name` (e.g. "n1"): namespace `<prefix><name>`, underlay
+    /// address `10.77.0.(11+k)/24` on `eth0` for the k-th node (from 0),
+    /// IPv4 forwarding on, state dir `<lab dir>/<name>/` and cgroup
+    /// `<cgroup2>/netbee-lab/<prefix>/<name>`. No daemon is started.
+    pub fn add_node(&mut self, name: &str) -> Result<&Node> {
+        self.check_new_name(name)?;
+        let k = self.nodes.len();
+        if k >= usize::from(EXTERNAL_HOST_BASE - NODE_HOST_BASE) {
+            bail!("too many nodes");
+        }
+        let addr = Ipv4Addr::new(10, 77, 0, NODE_HOST_BASE + k as u8);
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        let cg = self.cgroup_base.join(name);
+        std::fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
+        let ns = Ns::new(
+            format!("{}{name}", self.prefix),
+            Some(addr),
+            Some(cg.clone()),
+        );
+        self.plug(&ns, name)?;
+        util::ip(&[
+            "netns",
+            "exec",
+            ns.name(),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])?;
+        self.nodes.push(Node::new(ns, name.to_string(), dir, cg));
+        Ok(self.nodes.last().expect("just pushed"))
+    }
+
+    /// Adds external client `name` (e.g. "x1"): namespace `<prefix><name>`
+    /// with `10.77.0.(101+k)/24` on `eth0` for the k-th external (from 0).
+    pub fn add_external(&mut self, name: &str) -> Result<&Ns> {
+        self.check_new_name(name)?;
+        let k = self.externals.len();
+        if k >= usize::from(255 - EXTERNAL_HOST_BASE) {
+            bail!("too many external clients");
+        }
+        let addr = Ipv4Addr::new(10, 77, 0, EXTERNAL_HOST_BASE + k as u8);
+        let ns = Ns::new(format!("{}{name}", self.prefix), Some(addr), None);
+        self.plug(&ns, name)?;
+        self.externals.push(ns);
+        Ok(self.externals.last().expect("just pushed"))
+    }
+
+    /// The node called `name`; panics if there is none.
+    pub fn node(&self, name: &str) -> &Node {
+        self.nodes
+            .iter()
+            .find(|n| n.short_name() == name)
+            .unwrap_or_else(|| {
+                let known: Vec<&str> = self.nodes.iter().map(|n| n.short_name()).collect();
+                panic!(
+                    "lab {} has no node {name:?} (nodes: {known:?})",
+                    self.prefix
+                )
+            })
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    /// The external client called `name`; panics if there is none.
+    pub fn external(&self, name: &str) -> &Ns {
+        let full = format!("{}{name}", self.prefix);
+        self.externals
+            .iter()
+            .find(|x| x.name() == full)
+            .unwrap_or_else(|| panic!("lab {} has no external client {name:?}", self.prefix))
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<()> {
+        // The name doubles as the veth name inside the underlay (<= 15
+        // bytes) and must not clash with the bridge or the underlay netns.
+        let valid = !name.is_empty()
+            && name.len() <= 7
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && !["u", "lo", UNDERLAY_BRIDGE].contains(&name);
+        if !valid {
+            bail!("invalid lab member name {name:?}: use 1-7 of [a-z0-9], not u/lo/br0");
+        }
+        let full = format!("{}{name}", self.prefix);
+        if self.nodes.iter().any(|n| n.name() == full)
+            || self.externals.iter().any(|x| x.name() == full)
+        {
+            bail!("lab {} already has a member {name:?}", self.prefix);
+        }
+        Ok(())
+    }
+
+    /// Creates namespace `ns` and plugs its `eth0` into the underlay bridge
+    /// through a veth whose underlay end is called `host_if`.
+    fn plug(&self, ns: &Ns, host_if: &str) -> Result<()> {
+        let u = self.underlay.name();
+        let n = ns.name();
+        util::ip(&["netns", "add", n])?;
+        // Created from inside the underlay namespace, so the pair never
+        // exists in the machine's own namespace.
+        util::ip(&[
+            "-n", u, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", n,
+        ])?;
+        util::ip(&[
+            "-n",
+            u,
+            "link",
+            "set",
+            host_if,
+            "master",
+            UNDERLAY_BRIDGE,
+            "up",
+        ])?;
+        util::ip(&["-n", n, "link", "set", "lo", "up"])?;
+        let cidr = format!("{}/24", ns.addr());
+        util::ip(&["-n", n, "addr", "add", &cidr, "dev", "eth0"])?;
+        util::ip(&["-n", n, "link", "set", "eth0", "up"])?;
+        wait_until(LINK_UP_TIMEOUT, &format!("eth0 in {n} to be up"), || {
+            util::ip(&["-n", n, "-o", "link", "show", "eth0"])
+                .map(|s| s.contains("state UP"))
+                .unwrap_or(false)
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                eprintln!(
+                    "===== netbee-lab {} ({}): last 60 lines of daemon.log of node {} =====",
+                    self.prefix,
+                    self.test_name,
+                    node.short_name()
+                );
+                let log = node.dir().join("daemon.log");
+                if log.exists() {
+                    eprintln!("{}", util::tail_lines(&log, 60));
+                } else {
+                    eprintln!("(no daemon.log)");
+                }
+            }
+        }
+        cleanup::Teardown {
+            prefix: &self.prefix,
+            dir: self.dir.clone(),
+            cgroup_base: Some(self.cgroup_base.clone()),
+            nodes: &self.nodes,
+        }
+        .run();
+    }
+}
+
+/// Picks an unused prefix and creates its lab dir with `owner.pid` already
+/// inside: the dir is filled under a temporary name and renamed into place,
+/// so `sweep_stale` in another process never sees a lab without an owner.
+fn create_lab_dir(test_name: &str) -> Result<(String, PathBuf)> {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let me = std::process::id();
+    for _ in 0..100 {
+        let suffix: String = (0..PREFIX_LEN - 3)
+            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+            .collect();
+        let prefix = format!("nbl{suffix}");
+        let dir = Path::new(LAB_ROOT).join(&prefix);
+        if dir.exists() || !cleanup::lab_namespaces(&prefix).is_empty() {
+            continue;
+        }
+        let tmp = Path::new(LAB_ROOT).join(format!(".{prefix}.{me}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).with_context(|| format!("mkdir {}", tmp.display()))?;
+        let fill = || -> std::io::Result<()> {
+            std::fs::write(tmp.join("owner.pid"), format!("{me}\n"))?;
+            if let Some(start) = cleanup::process_start_time(me) {
+                std::fs::write(tmp.join("owner.start"), format!("{start}\n"))?;
+            }
+            std::fs::write(tmp.join("test_name"), format!("{test_name}\n"))?;
+            Ok(())
+        };
+        if let Err(e) = fill() {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e).context("writing lab owner files");
+        }
+        // rename(2) onto an existing non-empty dir fails, so a prefix raced
+        // by another process is simply retried.
+        match std::fs::rename(&tmp, &dir) {
+            Ok(()) => return Ok((prefix, dir)),
+            Err(_) => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+        }
+    }
+    bail!("could not find a free lab prefix")
+}
