@@ -73,6 +73,8 @@ enum Cmd {
         follow: bool,
         container: String,
     },
+    /// Block until containers stop, then print their exit codes.
+    Wait { #[arg(required = true)] containers: Vec<String> },
     /// Run a command inside a running container.
     Exec {
         #[arg(short = 'e', long = "env")]
@@ -361,6 +363,16 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             .await,
             Cmd::Ps { all, quiet, format } => ps(&c, all, quiet, &format).await,
             Cmd::Logs { follow, container } => logs(&c, &container, follow).await.map(|_| 0),
+            Cmd::Wait { containers } => {
+                let mut last = 0;
+                for id in containers {
+                    let v = c.post(&format!("/containers/{}/wait", enc(&id)), &Value::Null).await?;
+                    last = v["StatusCode"].as_i64().unwrap_or(0);
+                    println!("{last}");
+                }
+                let _ = last;
+                Ok(0)
+            }
             Cmd::Inspect { format, containers } => {
                 json_only(&format)?;
                 let mut out = Vec::new();
@@ -506,7 +518,8 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         publish: a.publish,
         expose: a.expose,
         publish_all: a.publish_all,
-        auto_remove: a.rm,
+        // attached: the CLI removes the container once it has read all output and the exit code
+        auto_remove: a.rm && (a.detach || !start),
         workdir: a.workdir,
         labels: labels(&a.labels)?,
     };
@@ -527,18 +540,23 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         println!("{id}");
         return Ok(0);
     }
-    logs(c, &id, true).await
+    logs(c, &id, true).await?;
+    let v = c.post(&format!("/containers/{id}/wait"), &Value::Null).await?;
+    if a.rm {
+        c.delete(&format!("/containers/{id}?force=1")).await?;
+    }
+    Ok(v["StatusCode"].as_i64().unwrap_or(0) as i32)
 }
 
-/// Prints the container's output; with `follow`, until it exits, returning its exit code.
-async fn logs(c: &Client, id: &str, follow: bool) -> Result<i32> {
+/// Prints the container's output; with `follow`, until it exits.
+async fn logs(c: &Client, id: &str, follow: bool) -> Result<()> {
     use std::io::Write as _;
     let (mut so, mut se) = (0u64, 0u64);
     loop {
         let v = match c.get(&format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id))).await {
             Ok(v) => v,
             // an auto-removed container is gone once it has exited
-            Err(_) if so + se > 0 || follow => return Ok(0),
+            Err(_) if so + se > 0 || follow => return Ok(()),
             Err(e) => return Err(e),
         };
         print!("{}", v["Stdout"].as_str().unwrap_or_default());
@@ -547,7 +565,7 @@ async fn logs(c: &Client, id: &str, follow: bool) -> Result<i32> {
         so = v["StdoutOffset"].as_u64().unwrap_or(so);
         se = v["StderrOffset"].as_u64().unwrap_or(se);
         if !follow {
-            return Ok(0);
+            return Ok(());
         }
         if v["Running"] != json!(true) {
             // one more read: output written just before the exit
@@ -556,16 +574,9 @@ async fn logs(c: &Client, id: &str, follow: bool) -> Result<i32> {
                 print!("{}", v["Stdout"].as_str().unwrap_or_default());
                 eprint!("{}", v["Stderr"].as_str().unwrap_or_default());
             }
-            return Ok(v_exit(c, id).await);
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn v_exit(c: &Client, id: &str) -> i32 {
-    match c.get(&format!("/containers/{}/json", enc(id))).await {
-        Ok(v) => v["State"]["ExitCode"].as_i64().unwrap_or(0) as i32,
-        Err(_) => 0,
     }
 }
 

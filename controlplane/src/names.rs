@@ -242,6 +242,20 @@ pub fn validate_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// Network names: docker accepts a single character too.
+pub fn validate_network_name(s: &str) -> Result<(), String> {
+    let b = s.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b[0].is_ascii_alphanumeric()
+        && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid network name {s:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"))
+    }
+}
+
 /// 64 lowercase hex characters. As in docker, IDs whose 12-character short form is all
 /// digits are regenerated, because such a prefix could be mistaken for a number.
 pub fn new_id() -> String {

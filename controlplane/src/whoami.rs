@@ -34,11 +34,14 @@ pub async fn run(port: u16) -> Result<()> {
         let mut buf = [0u8; 2048];
         loop {
             if let Ok((_, from)) = udp.recv_from(&mut buf).await {
+                println!("udp from {from}");
                 let _ = udp.send_to(describe(from).as_bytes(), from).await;
             }
         }
     });
     let app = Router::new().fallback(get(|ConnectInfo(remote): ConnectInfo<SocketAddr>, headers: HeaderMap| async move {
+        // one line per request: tests read the log to see who reached this server
+        println!("http from {remote}");
         let mut body = describe(remote);
         if let Some(h) = headers.get("host").and_then(|h| h.to_str().ok()) {
             body.push_str(&format!("Host: {h}\n"));

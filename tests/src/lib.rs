@@ -22,6 +22,7 @@
 mod cgroup;
 mod cleanup;
 mod mounts;
+mod netbee;
 mod node;
 mod ns;
 mod util;
@@ -38,6 +39,7 @@ use rand::Rng;
 
 pub use cgroup::cgroup2_root;
 pub use cleanup::sweep_stale;
+pub use netbee::whoami_field;
 pub use node::Node;
 pub use ns::Ns;
 

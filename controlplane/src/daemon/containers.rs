@@ -271,10 +271,41 @@ impl Daemon {
         }
         self.record_exit(&mut c).await?;
         if c.config.auto_remove {
+            let mut exits = self.removed_exits.lock().unwrap();
+            if exits.len() > 1024 {
+                exits.clear();
+            }
+            exits.insert(c.id.clone(), c.state.exit_code);
+            drop(exits);
             self.store.delete(store::CONTAINERS, &c.id)?;
             let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         }
         Ok(())
+    }
+
+    /// Blocks until the container is not running and returns its exit code (also for a
+    /// container removed by --rm meanwhile).
+    pub async fn container_wait(&self, key: &str) -> ApiResult<i32> {
+        let id = match self.find_container(key) {
+            Ok(c) => c.id,
+            Err(e) => {
+                let exits = self.removed_exits.lock().unwrap();
+                return exits.get(key).copied().ok_or(e);
+            }
+        };
+        loop {
+            match self.store.get::<ContainerRecord>(store::CONTAINERS, &id)? {
+                Some(c) if c.state.status == Status::Running => {}
+                Some(c) => return Ok(c.state.exit_code),
+                None => {
+                    if let Some(code) = self.removed_exits.lock().unwrap().get(&id) {
+                        return Ok(*code);
+                    }
+                    return Err(ApiError::not_found(format!("No such container: {key}")));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Marks a container whose shim is gone as exited and removes its kernel objects.

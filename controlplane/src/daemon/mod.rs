@@ -50,6 +50,8 @@ pub struct Daemon {
     pub node: NodeInfo,
     /// Conntrack entries the garbage collector removed since start.
     pub ct_gc_removed: std::sync::atomic::AtomicU64,
+    /// Exit codes of auto-removed containers, for `wait` callers that arrive after the removal.
+    pub removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -94,6 +96,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         op: tokio::sync::Mutex::new(()),
         node: NodeInfo { uplink, uplink_ip },
         ct_gc_removed: Default::default(),
+        removed_exits: Default::default(),
     });
     daemon.ensure_predefined_networks().await?;
     daemon.reconcile().await.context("reconciling the kernel with the store")?;

@@ -59,7 +59,7 @@ impl Daemon {
         if name.is_empty() {
             return Err(ApiError::bad_request("network name must not be empty"));
         }
-        names::validate_name(&name).map_err(|e| ApiError::bad_request(e.replace("container name", "network name")))?;
+        names::validate_network_name(&name).map_err(ApiError::bad_request)?;
         let all = self.networks()?;
         if all.iter().any(|n| n.name == name) {
             return Err(ApiError::conflict(format!("network with name {name} already exists")));

@@ -59,6 +59,7 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/stop", post(container_stop))
         .route("/containers/{id}/kill", post(container_kill))
         .route("/containers/{id}/logs", get(container_logs))
+        .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
         .route("/datapath/stats", get(datapath_stats))
         .with_state(d);
@@ -159,6 +160,11 @@ async fn container_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> A
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
     d.container_remove(&id, force).await?;
     Ok(Json(Value::Null))
+}
+
+async fn container_wait(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let code = d.container_wait(&id).await?;
+    Ok(Json(json!({ "StatusCode": code })))
 }
 
 async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {

@@ -1,0 +1,77 @@
+//! netbee-specific conveniences on top of the lab: inspect output, addresses, datapath counters.
+use anyhow::{Context as _, Result, anyhow};
+use serde_json::Value;
+
+use crate::Node;
+
+impl Node {
+    /// `netbee inspect NAME` (first element).
+    pub fn inspect(&self, container: &str) -> Result<Value> {
+        let out = self.netbee(&["inspect", container])?;
+        let v: Value = serde_json::from_str(&out).context("inspect output is not JSON")?;
+        v.get(0).cloned().ok_or_else(|| anyhow!("empty inspect output"))
+    }
+
+    pub fn network_inspect(&self, network: &str) -> Result<Value> {
+        let out = self.netbee(&["network", "inspect", network])?;
+        let v: Value = serde_json::from_str(&out).context("network inspect output is not JSON")?;
+        v.get(0).cloned().ok_or_else(|| anyhow!("empty network inspect output"))
+    }
+
+    /// The container's IPv4 address on `network`.
+    pub fn container_ip(&self, container: &str, network: &str) -> Result<String> {
+        let v = self.inspect(container)?;
+        v["NetworkSettings"]["Networks"][network]["IPAddress"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("container {container} has no address on {network}"))
+    }
+
+    pub fn datapath_stats(&self) -> Result<Value> {
+        let out = self.netbee(&["datapath", "stats", "--format", "json"])?;
+        serde_json::from_str(&out).context("datapath stats output is not JSON")
+    }
+
+    pub fn counter(&self, name: &str) -> Result<u64> {
+        self.datapath_stats()?["Counters"][name].as_u64().ok_or_else(|| anyhow!("no counter {name}"))
+    }
+
+    pub fn drops(&self, reason: &str) -> Result<u64> {
+        self.datapath_stats()?["Drops"][reason].as_u64().ok_or_else(|| anyhow!("no drop reason {reason}"))
+    }
+
+    /// Runs a command in a container with `netbee exec`, returning stdout (Err on non-zero exit).
+    pub fn exec(&self, container: &str, cmd: &[&str]) -> Result<String> {
+        let mut args = vec!["exec", container];
+        args.extend_from_slice(cmd);
+        self.netbee(&args)
+    }
+
+    /// True when the command inside the container exits 0.
+    pub fn exec_ok(&self, container: &str, cmd: &[&str]) -> bool {
+        let mut args = vec!["exec", container];
+        args.extend_from_slice(cmd);
+        self.netbee_output(&args).status.success()
+    }
+
+    /// Starts a `netbee whoami` container and waits until it answers on `port`.
+    pub fn run_whoami(&self, name: &str, extra: &[&str], port: u16) -> Result<String> {
+        let bin = crate::netbee_bin();
+        let port_s = port.to_string();
+        let mut args = vec!["run", "-d", "--name", name];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[bin.to_str().unwrap(), "whoami", "--port", &port_s]);
+        let id = self.netbee(&args)?.trim().to_string();
+        crate::wait_until(std::time::Duration::from_secs(10), &format!("{name} listening"), || {
+            self.netbee(&["logs", name]).map(|l| l.contains("listening")).unwrap_or(false)
+                || self.netbee_output(&["logs", name]).stderr.windows(9).any(|w| w == b"listening")
+        })?;
+        Ok(id)
+    }
+}
+
+/// Value of `Key: value` in a whoami answer.
+pub fn whoami_field(answer: &str, key: &str) -> Option<String> {
+    answer.lines().find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))
+}
