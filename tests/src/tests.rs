@@ -364,11 +364,11 @@ fn daemon_lifecycle_with_a_fake_netbee() {
         assert_eq!(n1.daemon_pid(), None);
         n1.stop_daemon().unwrap();
         n1.start_daemon().unwrap();
-        std::fs::read_to_string(n1.dir().join("container.pid"))
-            .unwrap()
-            .trim()
-            .parse::<u32>()
-            .unwrap()
+        // the fake daemon writes its container's pid after it answers `version`
+        let pid_file = n1.dir().join("container.pid");
+        let read = || std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        wait_until(Duration::from_secs(5), "container.pid", || read().is_some()).unwrap();
+        read().unwrap()
     }));
     unsafe { std::env::remove_var("NETBEE_BIN") };
     let container = result.unwrap_or_else(|p| std::panic::resume_unwind(p));

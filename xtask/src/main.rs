@@ -184,7 +184,7 @@ fn test(args: &[String]) -> Result<()> {
         .env("NETBEE_BIN", netbee_bin()))?;
     // integration tests: real namespaces, daemons and packets; each test has its own lab
     run(cargo()
-        .args(["test", "--release", "-p", "netbee-tests", "--tests"])
+        .args(["test", "--release", "-p", "netbee-tests", "--test", "*"])
         .args(args)
         .args(["--", "--test-threads=3"])
         .env("NETBEE_BIN", netbee_bin()))?;
