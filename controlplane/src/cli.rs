@@ -128,6 +128,9 @@ struct DaemonArgs {
     /// of the cgroup v2 hierarchy).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Entries of the connection-tracking table (used when the pinned table is first created).
+    #[arg(long, default_value_t = netbee_abi::CT_DEFAULT_SIZE)]
+    conntrack_size: u32,
 }
 
 #[derive(Subcommand)]
@@ -263,6 +266,7 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         bpffs: a.bpffs.unwrap_or(bpffs),
         uplink: a.uplink,
         cgroup: a.cgroup,
+        conntrack_size: a.conntrack_size,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))?;
@@ -530,10 +534,8 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         return Ok(0);
     }
     if let Err(e) = c.post(&format!("/containers/{id}/start"), &Value::Null).await {
-        // docker leaves the created container behind on a failed start; --rm cleans it up
-        if a.rm {
-            let _ = c.delete(&format!("/containers/{id}?force=1")).await;
-        }
+        // `run` that cannot start leaves nothing behind (docker would keep a Created container)
+        let _ = c.delete(&format!("/containers/{id}?force=1")).await;
         return Err(e);
     }
     if a.detach {

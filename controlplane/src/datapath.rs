@@ -53,6 +53,7 @@ pub struct Datapath {
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    ct_size: u32,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(bpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -76,7 +77,8 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 
 impl Datapath {
     /// Loads the programs and opens (or creates) the pinned maps under `bpffs/netbee`.
-    pub fn load(bpffs: &Path) -> Result<Datapath> {
+    /// `ct_size` sizes a newly created conntrack table; an existing pinned one keeps its size.
+    pub fn load(bpffs: &Path, ct_size: u32) -> Result<Datapath> {
         ensure_bpffs(bpffs)?;
         let root = bpffs.join("netbee");
         let maps_dir = root.join(format!("maps-v{MAP_VERSION}"));
@@ -85,6 +87,7 @@ impl Datapath {
         fs::create_dir_all(&links_dir)?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .set_max_entries("CT", ct_size)
             .load(OBJECT)
             .context("loading the eBPF datapath object")?;
         for name in TC_PROGRAMS {
@@ -113,6 +116,7 @@ impl Datapath {
             config: take(&mut bpf, "CONFIG")?,
             stats: take(&mut bpf, "STATS")?,
             drops: take(&mut bpf, "DROPS")?,
+            ct_size: pinned_max_entries(&maps_dir.join("CT")).unwrap_or(ct_size),
             bpf,
             links_dir,
         })
@@ -216,9 +220,17 @@ impl Datapath {
         Ok((stats, drops))
     }
 
+    pub fn ct_capacity(&self) -> u32 {
+        self.ct_size
+    }
+
     pub fn config_value(&self, idx: u32) -> u64 {
         self.config.get(&idx, 0).unwrap_or(0)
     }
+}
+
+fn pinned_max_entries(pin: &Path) -> Option<u32> {
+    aya::maps::MapInfo::from_pin(pin).ok().map(|i| i.max_entries())
 }
 
 /// Map removals of entries that are already gone are not errors for a reconciler.

@@ -36,6 +36,7 @@ pub mod stat {
     pub const DECAP: u32 = 13;
     pub const REDIRECT_UPLINK: u32 = 14;
     pub const SOCK_LB: u32 = 15;
+    /// Conntrack entries inserted (two per translated flow, one per tunnel-return entry).
     pub const CT_CREATED: u32 = 16;
     pub const TUNNEL_RETURN: u32 = 17;
     pub const N: u32 = 32;

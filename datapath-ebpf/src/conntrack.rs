@@ -71,6 +71,7 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
         return None;
     }
     count(stat::CT_CREATED);
+    count(stat::CT_CREATED);
     Some(())
 }
 

@@ -264,6 +264,7 @@ fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u1
                 return None;
             }
             count(stat::CT_CREATED);
+            count(stat::CT_CREATED);
             return Some(port);
         }
     }

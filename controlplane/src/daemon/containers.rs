@@ -128,6 +128,8 @@ impl Daemon {
             endpoints: vec![],
             ports: vec![],
         };
+        // taken host ports are refused now, not at the first start
+        self.compute_bindings(&rec)?;
         std::fs::create_dir_all(self.container_dir(&id)).context("creating the container directory")?;
         self.put_container(&rec)?;
         Ok(rec)

@@ -32,6 +32,7 @@ pub struct DaemonConfig {
     pub bpffs: PathBuf,
     pub uplink: Option<String>,
     pub cgroup: Option<PathBuf>,
+    pub conntrack_size: u32,
 }
 
 pub struct NodeInfo {
@@ -61,7 +62,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let _lock = lock_root(&cfg.root)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let store = Store::open(&cfg.root.join("netbee.redb"))?;
-    let mut dp = Datapath::load(&cfg.bpffs)?;
+    let mut dp = Datapath::load(&cfg.bpffs, cfg.conntrack_size)?;
     let nl = Netlink::open()?;
     let uplink = match &cfg.uplink {
         Some(u) => u.clone(),

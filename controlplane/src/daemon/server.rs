@@ -173,10 +173,10 @@ async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> Api
 }
 
 async fn datapath_stats(State(d): D) -> ApiResult<Json<Value>> {
-    let (stats, drops, ct_entries) = {
+    let (stats, drops, ct_entries, capacity) = {
         let dp = d.dp.lock().unwrap();
         let (s, dr) = dp.counters()?;
-        (s, dr, dp.ct.keys().count())
+        (s, dr, dp.ct.keys().count(), dp.ct_capacity())
     };
     let created = stats.iter().find(|(n, _)| n == "ct_created").map(|(_, v)| *v).unwrap_or(0);
     let removed = d.ct_gc_removed.load(std::sync::atomic::Ordering::Relaxed);
@@ -185,9 +185,12 @@ async fn datapath_stats(State(d): D) -> ApiResult<Json<Value>> {
         "Drops": drops.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
         "Conntrack": {
             "Entries": ct_entries,
-            "Capacity": netbee_abi::CT_DEFAULT_SIZE,
-            "FlowsCreated": created,
+            "Capacity": capacity,
+            "EntriesCreated": created,
             "EntriesCollected": removed,
+            // LRU evictions are silent in the kernel: whatever was created and neither collected
+            // nor still present was evicted to make room
+            "Evicted": created.saturating_sub(removed).saturating_sub(ct_entries as u64),
         },
     })))
 }

@@ -1,0 +1,194 @@
+//! Process plumbing shared by every scenario: where a command runs (a netbee container, a lab
+//! node, a plain namespace), long-running servers that die with their guard, commands with a
+//! deadline, and wall-clock timing of one command.
+//!
+//! Baseline "containers" are plain network namespaces named `<lab prefix><tag>`: the lab's
+//! teardown removes every namespace that starts with its prefix (and kills what runs inside), so
+//! nothing made here outlives the [`netbee_lab::Lab`] it belongs to.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use netbee_lab::{Lab, Node, netbee_bin, wait_until};
+
+/// A network namespace made by the benchmark inside a lab (a baseline's "container" or bridge
+/// host). Commands enter it with `nsenter --net` (network namespace only, like [`Node::cmd`]).
+#[derive(Clone, Debug)]
+pub struct PlainNs {
+    pub name: String,
+}
+
+impl PlainNs {
+    /// Creates `<lab prefix><tag>` with `lo` up. Removed by the lab's teardown.
+    pub fn create(lab: &Lab, tag: &str) -> Result<PlainNs> {
+        let name = format!("{}{tag}", lab.prefix());
+        ip(&["netns", "add", &name])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(PlainNs { name })
+    }
+
+    pub fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name)).arg("--").arg(program);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn sh(&self, script: &str) -> Result<String> {
+        let mut c = self.cmd("bash");
+        c.arg("-c").arg(script);
+        check(c, Duration::from_secs(120))
+    }
+}
+
+/// Where a benchmark client or server command runs.
+pub enum Place<'a> {
+    /// Inside a netbee container, through `netbee exec`.
+    Container { node: &'a Node, name: String },
+    /// In a plain namespace of the lab.
+    Ns(PlainNs),
+}
+
+impl Place<'_> {
+    pub fn cmd(&self, program: &str) -> Command {
+        match self {
+            Place::Container { node, name } => {
+                let mut c = netbee_cmd(node);
+                c.args(["exec", name, program]);
+                c
+            }
+            Place::Ns(ns) => ns.cmd(program),
+        }
+    }
+
+    /// Waits until something listens on TCP `port` here.
+    pub fn wait_listening(&self, port: u16, timeout: Duration) -> Result<()> {
+        let filter = format!("sport = :{port}");
+        wait_until(timeout, &format!("a listener on port {port}"), || {
+            let mut c = self.cmd("ss");
+            c.args(["-Hltn", &filter]);
+            c.output().map(|o| o.status.success() && !o.stdout.trim_ascii().is_empty()).unwrap_or(false)
+        })
+    }
+}
+
+/// `netbee` CLI against a node's daemon, run inside the node's namespace and cgroup (what
+/// [`Node::netbee`] does, but as a [`Command`] we can time or spawn).
+pub fn netbee_cmd(node: &Node) -> Command {
+    let mut c = node.cmd(&netbee_bin().to_string_lossy());
+    c.env("NETBEE_HOST", format!("unix://{}", node.socket().display())).stdin(Stdio::null());
+    c
+}
+
+/// `ip ARGS` (always scoped with `-n` or `netns` by the callers).
+pub fn ip(args: &[&str]) -> Result<String> {
+    let mut c = Command::new("ip");
+    c.args(args);
+    check(c, Duration::from_secs(30))
+}
+
+/// Runs `cmd` with stdout/stderr captured, killing it after `timeout`.
+pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let what = describe(&cmd);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+    let pid = child.id() as i32;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => Ok(out.with_context(|| format!("waiting for {what}"))?),
+        Err(_) => {
+            // SAFETY: plain kill(2) of our own child, which has not been reaped (the waiting
+            // thread still holds it), so the pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            bail!("{what} did not finish within {timeout:?}")
+        }
+    }
+}
+
+/// Runs `cmd`; its stdout on exit 0, an error with both outputs otherwise.
+pub fn check(cmd: Command, timeout: Duration) -> Result<String> {
+    let what = describe(&cmd);
+    let out = output_with_timeout(cmd, timeout)?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Wall-clock seconds of one successful run of `cmd` (spawn to exit).
+pub fn time_cmd(mut cmd: Command) -> Result<f64> {
+    let what = describe(&cmd);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).stdin(Stdio::null());
+    let t0 = Instant::now();
+    let out = cmd.output().with_context(|| format!("spawning {what}"))?;
+    let dt = t0.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim_end());
+    }
+    Ok(dt)
+}
+
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    format!("`{s}`")
+}
+
+/// A background server process, killed (and reaped) when the guard drops. The lab's teardown
+/// would kill it too; the guard just keeps rounds independent.
+pub struct Server {
+    what: String,
+    child: Child,
+}
+
+impl Server {
+    pub fn spawn(mut cmd: Command, log: &Path) -> Result<Server> {
+        let what = describe(&cmd);
+        let f = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null()).stdout(f.try_clone()?).stderr(f);
+        let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+        Ok(Server { what, child })
+    }
+
+    /// Fails if the server has already exited (e.g. could not bind).
+    pub fn check_alive(&mut self) -> Result<()> {
+        if let Some(st) = self.child.try_wait()? {
+            bail!("{} exited early ({st})", self.what);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Retries `f` until it succeeds or `timeout` passes; returns the last error.
+pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let t0 = Instant::now();
+    loop {
+        match f() {
+            Ok(v) => return Ok(v),
+            Err(e) if t0.elapsed() > timeout => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
