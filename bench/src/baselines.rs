@@ -79,8 +79,10 @@ pub fn veth_pair(lab: &Lab) -> Result<Pair> {
     for (ns, cidr) in [(&client, "10.97.0.1/24"), (&server, "10.97.0.2/24")] {
         ip(&["-n", &ns.name, "addr", "add", cidr, "dev", "eth0"])?;
         ip(&["-n", &ns.name, "link", "set", "eth0", "up"])?;
-        link_up(&ns.name, "eth0")?;
     }
+    // A veth end reports UP only once its peer is up too.
+    link_up(&client.name, "eth0")?;
+    link_up(&server.name, "eth0")?;
     reachable(&client, "10.97.0.2")?;
     Ok(Pair { client, server, server_ip: "10.97.0.2".into() })
 }

@@ -73,7 +73,7 @@ impl Metric {
 /// comparison's target, from the design brief), or an absolute target.
 #[derive(Clone, Debug)]
 pub struct MetricDef {
-    pub key: &'static str,
+    pub key: String,
     pub name: String,
     pub unit: &'static str,
     pub better: Better,
@@ -82,8 +82,8 @@ pub struct MetricDef {
 }
 
 impl MetricDef {
-    pub fn new(key: &'static str, name: impl Into<String>, unit: &'static str, better: Better) -> MetricDef {
-        MetricDef { key, name: name.into(), unit, better, baselines: Vec::new(), target: String::new() }
+    pub fn new(key: impl Into<String>, name: impl Into<String>, unit: &'static str, better: Better) -> MetricDef {
+        MetricDef { key: key.into(), name: name.into(), unit, better, baselines: Vec::new(), target: String::new() }
     }
     pub fn vs(mut self, system: &'static str, target: impl Into<String>) -> MetricDef {
         self.baselines.push((system, target.into()));
@@ -101,7 +101,7 @@ pub const NETBEE: &str = "netbee";
 pub struct Collector {
     scenario: String,
     defs: Vec<MetricDef>,
-    samples: BTreeMap<(&'static str, String), Vec<f64>>,
+    samples: BTreeMap<(String, String), Vec<f64>>,
 }
 
 impl Collector {
@@ -109,27 +109,27 @@ impl Collector {
         Collector { scenario: scenario.to_string(), defs, samples: BTreeMap::new() }
     }
 
-    pub fn add(&mut self, key: &'static str, system: &str, value: f64) {
+    pub fn add(&mut self, key: &str, system: &str, value: f64) {
         let def = self.defs.iter().find(|d| d.key == key);
         let (name, unit) = def.map(|d| (d.name.as_str(), d.unit)).unwrap_or((key, ""));
         println!("    {:<14} {:<12} {name}: {} {unit}", self.scenario, system, fmt_num(value));
-        self.samples.entry((key, system.to_string())).or_default().push(value);
+        self.samples.entry((key.to_string(), system.to_string())).or_default().push(value);
     }
 
-    pub fn get(&self, key: &'static str, system: &str) -> &[f64] {
-        self.samples.get(&(key, system.to_string())).map(Vec::as_slice).unwrap_or(&[])
+    pub fn get(&self, key: &str, system: &str) -> &[f64] {
+        self.samples.get(&(key.to_string(), system.to_string())).map(Vec::as_slice).unwrap_or(&[])
     }
 
     pub fn finish(self) -> Vec<Metric> {
         self.defs
             .iter()
             .map(|d| {
-                let netbee = Stats::of(self.get(d.key, NETBEE));
+                let netbee = Stats::of(self.get(&d.key, NETBEE));
                 let baselines = d
                     .baselines
                     .iter()
                     .map(|(sys, target)| {
-                        let stats = Stats::of(self.get(d.key, sys));
+                        let stats = Stats::of(self.get(&d.key, sys));
                         let ratio = match (&netbee, &stats) {
                             (Some(n), Some(b)) if n.median > 0.0 && b.median > 0.0 => Some(match d.better {
                                 Better::Higher => n.median / b.median,
@@ -313,12 +313,17 @@ impl Report {
             .disable_y_mesh()
             .y_labels(n)
             .y_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => labels.get(*i).cloned().unwrap_or_default(),
+                // first bar at the top, in table order
+                SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                    labels.get(n.saturating_sub(1 + *i)).cloned().unwrap_or_default()
+                }
                 SegmentValue::Last => String::new(),
             })
             .x_desc("ratio (log scale)")
             .draw()?;
+        let row = |i: usize| n - 1 - i;
         chart.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
+            let i = row(i);
             let color = if *r >= 1.0 { RGBColor(46, 139, 87) } else { RGBColor(200, 60, 50) };
             let mut bar = Rectangle::new(
                 [(1.0, SegmentValue::Exact(i)), (*r, SegmentValue::Exact(i + 1))],
@@ -328,6 +333,7 @@ impl Report {
             bar
         }))?;
         chart.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
+            let i = row(i);
             Text::new(format!("{r:.2}"), (r.max(1.0) * 1.03, SegmentValue::CenterOf(i)), ("sans-serif", 13))
         }))?;
         chart.draw_series(LineSeries::new(

@@ -94,6 +94,12 @@ enum Cmd {
     },
     /// List a container's port mappings.
     Port { container: String },
+    /// Manage the swarm (cluster).
+    #[command(subcommand)]
+    Swarm(SwarmCmd),
+    /// Manage the swarm's nodes.
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DatapathCmd),
@@ -128,6 +134,12 @@ struct DaemonArgs {
     /// of the cgroup v2 hierarchy).
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Name of this node in the swarm (default: the system hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Shared cluster state: etcd://ADDR:2379[,ADDR:2379...]. Without it the node runs alone.
+    #[arg(long = "cluster-store")]
+    cluster_store: Option<String>,
     /// Entries of the connection-tracking table (used when the pinned table is first created).
     #[arg(long, default_value_t = netbee_abi::CT_DEFAULT_SIZE)]
     conntrack_size: u32,
@@ -180,6 +192,75 @@ enum NetworkCmd {
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
+}
+
+#[derive(Subcommand)]
+enum SwarmCmd {
+    /// Create a swarm with this node as its first manager.
+    Init {
+        #[arg(long = "advertise-addr")]
+        advertise_addr: Option<String>,
+    },
+    /// Join a swarm through one of its managers.
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long = "advertise-addr")]
+        advertise_addr: Option<String>,
+        /// Manager address, IP[:2377].
+        remote: String,
+    },
+    /// Print the join command for a role.
+    #[command(name = "join-token")]
+    JoinToken {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        role: String,
+    },
+    /// Leave the swarm.
+    Leave {
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// Show nodes (JSON).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        #[arg(long)]
+        availability: Option<String>,
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+    /// Make nodes managers.
+    Promote { #[arg(required = true)] nodes: Vec<String> },
+    /// Make nodes workers.
+    Demote { #[arg(required = true)] nodes: Vec<String> },
+    /// Remove nodes from the swarm.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -267,6 +348,8 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         uplink: a.uplink,
         cgroup: a.cgroup,
         conntrack_size: a.conntrack_size,
+        hostname: a.hostname,
+        cluster_store: a.cluster_store.as_deref().map(crate::cluster::parse_store).transpose().map_err(|e| anyhow!(e))?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))?;
@@ -397,6 +480,8 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            Cmd::Swarm(cmd) => swarm(&c, cmd).await,
+            Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Stats { format }) => {
                 let v = c.get("/datapath/stats").await?;
                 if json_only(&format)? {
@@ -628,3 +713,108 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     Ok(0)
 }
 
+
+async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
+    match cmd {
+        SwarmCmd::Init { advertise_addr } => {
+            let v = c.post("/swarm/init", &json!({ "AdvertiseAddr": advertise_addr })).await?;
+            println!("Swarm initialized: current node ({}) is now a manager.\n", s(&v["NodeID"]));
+            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", s(&v["JoinCommand"]));
+            println!("To add a manager to this swarm, run 'netbee swarm join-token manager' and follow the instructions.");
+            Ok(0)
+        }
+        SwarmCmd::Join { token, advertise_addr, remote } => {
+            let v = c
+                .post("/swarm/join", &json!({ "Token": token, "RemoteAddr": remote, "AdvertiseAddr": advertise_addr }))
+                .await?;
+            println!("{}", s(&v["Message"]));
+            Ok(0)
+        }
+        SwarmCmd::JoinToken { quiet, role } => {
+            let v = c.get(&format!("/swarm/join-token?role={}", enc(&role))).await?;
+            if quiet {
+                println!("{}", s(&v["Token"]));
+            } else {
+                println!("To add a {role} to this swarm, run the following command:\n\n    {}\n", s(&v["JoinCommand"]));
+            }
+            Ok(0)
+        }
+        SwarmCmd::Leave { force } => {
+            c.post(&format!("/swarm/leave?force={}", force as u8), &Value::Null).await?;
+            println!("Node left the swarm.");
+            Ok(0)
+        }
+    }
+}
+
+fn title(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
+    match cmd {
+        NodeCmd::Ls { quiet, format } => {
+            let v = c.get("/nodes").await?;
+            let nodes = v.as_array().cloned().unwrap_or_default();
+            if json_only(&format)? {
+                for n in &nodes {
+                    println!("{}", serde_json::to_string(&json!({
+                        "ID": n["ID"], "Hostname": n["Description"]["Hostname"], "Status": title(&s(&n["Status"]["State"])),
+                        "Availability": title(&s(&n["Spec"]["Availability"])), "ManagerStatus": n["ManagerStatus"],
+                        "Self": n["Self"], "Addr": n["Status"]["Addr"], "Role": n["Spec"]["Role"],
+                    }))?);
+                }
+            } else if quiet {
+                for n in &nodes {
+                    println!("{}", s(&n["ID"]));
+                }
+            } else {
+                let rows: Vec<Vec<String>> = nodes
+                    .iter()
+                    .map(|n| {
+                        let id = format!("{}{}", s(&n["ID"]), if n["Self"] == json!(true) { " *" } else { "" });
+                        vec![
+                            id,
+                            s(&n["Description"]["Hostname"]),
+                            title(&s(&n["Status"]["State"])),
+                            title(&s(&n["Spec"]["Availability"])),
+                            s(&n["ManagerStatus"]),
+                        ]
+                    })
+                    .collect();
+                print!("{}", humanize::format_table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"], &rows));
+            }
+            Ok(0)
+        }
+        NodeCmd::Inspect { nodes } => {
+            let mut out = Vec::new();
+            for n in nodes {
+                out.push(c.get(&format!("/nodes/{}", enc(&n))).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        NodeCmd::Update { availability, label_add, label_rm, node } => {
+            c.post(
+                &format!("/nodes/{}/update", enc(&node)),
+                &json!({ "Availability": availability, "LabelAdd": label_add, "LabelRm": label_rm }),
+            )
+            .await?;
+            println!("{node}");
+            Ok(0)
+        }
+        NodeCmd::Promote { nodes } => for_each(&nodes, |n| async move {
+            c.post(&format!("/nodes/{}/promote", enc(&n)), &Value::Null).await.map(|_| ())
+        })
+        .await,
+        NodeCmd::Demote { nodes } => for_each(&nodes, |n| async move {
+            c.post(&format!("/nodes/{}/demote", enc(&n)), &Value::Null).await.map(|_| ())
+        })
+        .await,
+        NodeCmd::Rm { force, nodes } => for_each(&nodes, |n| async move {
+            c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await.map(|_| ())
+        })
+        .await,
+    }
+}

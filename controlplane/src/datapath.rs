@@ -87,7 +87,7 @@ impl Datapath {
         fs::create_dir_all(&links_dir)?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
-            .set_max_entries("CT", ct_size)
+            .map_max_entries("CT", ct_size)
             .load(OBJECT)
             .context("loading the eBPF datapath object")?;
         for name in TC_PROGRAMS {

@@ -2,6 +2,7 @@
 //! per-container shim and the `whoami` test server.
 mod api;
 mod cli;
+mod cluster;
 mod daemon;
 mod datapath;
 mod humanize;

@@ -15,6 +15,7 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     Bridge,
+    Overlay,
     Host,
     Null,
 }
@@ -23,6 +24,7 @@ impl Driver {
     pub fn as_str(&self) -> &'static str {
         match self {
             Driver::Bridge => "bridge",
+            Driver::Overlay => "overlay",
             Driver::Host => "host",
             Driver::Null => "null",
         }
@@ -42,9 +44,26 @@ pub struct NetworkRecord {
     pub ipam: Option<Allocator>,
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// VXLAN network identifier of an overlay (also its datapath id); 0 otherwise.
+    #[serde(default)]
+    pub vni: u32,
 }
 
 impl NetworkRecord {
+    /// Bridge and overlay networks carry containers (host and none are modes, not networks).
+    pub fn carries_containers(&self) -> bool {
+        matches!(self.driver, Driver::Bridge | Driver::Overlay)
+    }
+
+    pub fn scope(&self) -> &'static str {
+        if self.driver == Driver::Overlay { "swarm" } else { "local" }
+    }
+
+    /// Room for the VXLAN header on an overlay (underlay MTU 1500).
+    pub fn mtu(&self) -> u32 {
+        if self.driver == Driver::Overlay { 1450 } else { 1500 }
+    }
+
     /// Name of the node-side device holding the gateway address.
     pub fn device(&self) -> String {
         format!("nbn{}", &self.id[..12])

@@ -9,7 +9,7 @@ use netlink_packet_route::{
     neighbour::NeighbourState,
     route::RouteScope,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 #[derive(Clone)]
 pub struct Netlink {
@@ -111,6 +111,21 @@ impl Netlink {
         Ok(l.index)
     }
 
+    /// The node's collect_md ("external") VXLAN device, created once and kept across restarts so
+    /// overlay traffic never stops.
+    pub async fn ensure_vxlan(&self, name: &str, port: u16, mtu: u32) -> Result<u32> {
+        if let Some(l) = self.link(name).await? {
+            return Ok(l.index);
+        }
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(name).port(port).collect_metadata(true).mtu(mtu).up().build();
+        match self.h.link().add(msg).execute().await {
+            Ok(()) => {}
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("creating VXLAN device {name}")),
+        }
+        Ok(self.require_link(name).await?.index)
+    }
+
     pub async fn move_to_netns(&self, index: u32, fd: std::os::fd::RawFd) -> Result<()> {
         self.h
             .link()
@@ -129,10 +144,10 @@ impl Netlink {
             .with_context(|| format!("bringing up interface {index}"))
     }
 
-    pub async fn rename_and_set_mac(&self, index: u32, name: &str, mac: [u8; 6]) -> Result<()> {
+    pub async fn rename_and_set_mac(&self, index: u32, name: &str, mac: [u8; 6], mtu: u32) -> Result<()> {
         self.h
             .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_string()).address(mac.to_vec()).build())
+            .set(LinkUnspec::new_with_index(index).name(name.to_string()).address(mac.to_vec()).mtu(mtu).build())
             .execute()
             .await
             .with_context(|| format!("naming interface {name}"))

@@ -10,6 +10,9 @@ use serde::{Serialize, de::DeserializeOwned};
 pub const NETWORKS: Table = Table(TableDefinition::new("networks"));
 pub const CONTAINERS: Table = Table(TableDefinition::new("containers"));
 pub const META: Table = Table(TableDefinition::new("meta"));
+/// The overlay networks of the cluster as last seen in etcd, so a daemon that starts while etcd
+/// is unreachable still recognises (and keeps) their kernel objects.
+pub const OVERLAYS: Table = Table(TableDefinition::new("overlays"));
 
 #[derive(Clone, Copy)]
 pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>);
@@ -23,7 +26,7 @@ impl Store {
         let db = Database::create(path)
             .with_context(|| format!("opening the state database {}", path.display()))?;
         let tx = db.begin_write()?;
-        for t in [NETWORKS, CONTAINERS, META] {
+        for t in [NETWORKS, CONTAINERS, META, OVERLAYS] {
             tx.open_table(t.0)?;
         }
         tx.commit()?;

@@ -92,6 +92,15 @@ pub struct Lab {
     underlay: Ns,
     nodes: Vec<Node>,
     externals: Vec<Ns>,
+    etcd: Vec<EtcdMember>,
+}
+
+/// An etcd member of the lab (its process dies with the lab's namespaces on cleanup).
+#[derive(Debug)]
+struct EtcdMember {
+    ns: Ns,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
 }
 
 impl Lab {
@@ -116,6 +125,7 @@ impl Lab {
             dir,
             nodes: Vec::new(),
             externals: Vec::new(),
+            etcd: Vec::new(),
         };
         // From here on any error drops `lab`, which removes what was made.
         lab.setup_underlay()?;
@@ -197,6 +207,93 @@ impl Lab {
         self.plug(&ns, name)?;
         self.externals.push(ns);
         Ok(self.externals.last().expect("just pushed"))
+    }
+
+    /// Starts an etcd cluster of `members` (1 or 3) on the underlay, each member in its own
+    /// namespace `<prefix>e<k>` at 10.77.0.(2+k), data under the lab dir. Returns the
+    /// `--cluster-store` value for daemons (`etcd://ADDR:2379,...`).
+    pub fn start_etcd(&mut self, members: usize) -> Result<String> {
+        let addrs: Vec<Ipv4Addr> = (0..members).map(|k| Ipv4Addr::new(10, 77, 0, 2 + k as u8)).collect();
+        let initial: Vec<String> =
+            addrs.iter().enumerate().map(|(k, a)| format!("e{}=http://{a}:2380", k + 1)).collect();
+        for (k, addr) in addrs.iter().enumerate() {
+            let name = format!("e{}", k + 1);
+            let ns = Ns::new(format!("{}{name}", self.prefix), Some(*addr), None);
+            self.plug(&ns, &name)?;
+            let data = self.dir.join(&name);
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", data.display()),
+                format!("--listen-client-urls=http://{addr}:2379"),
+                format!("--advertise-client-urls=http://{addr}:2379"),
+                format!("--listen-peer-urls=http://{addr}:2380"),
+                format!("--initial-advertise-peer-urls=http://{addr}:2380"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-state=new".to_string(),
+                "--initial-cluster-token=netbee-lab".to_string(),
+            ];
+            self.etcd.push(EtcdMember { ns, args, child: None });
+            self.start_etcd_member(k)?;
+        }
+        let endpoints: Vec<String> = addrs.iter().map(|a| format!("{a}:2379")).collect();
+        let ep = endpoints.join(",");
+        wait_until(Duration::from_secs(20), "etcd healthy", || {
+            std::process::Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &ep, "--dial-timeout=1s", "endpoint", "health"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
+        .or_else(|_| {
+            // etcdctl runs in our namespace, which cannot reach the underlay: ask from inside
+            wait_until(Duration::from_secs(20), "etcd healthy (from its namespace)", || {
+                self.etcd[0]
+                    .ns
+                    .sh(&format!("ETCDCTL_API=3 etcdctl --endpoints {ep} --dial-timeout=1s endpoint health"))
+                    .is_ok()
+            })
+        })?;
+        Ok(format!("etcd://{ep}"))
+    }
+
+    fn start_etcd_member(&mut self, k: usize) -> Result<()> {
+        let m = &mut self.etcd[k];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(format!("etcd{}.log", k + 1)))?;
+        let child = m
+            .ns
+            .cmd("etcd")
+            .args(&m.args)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting etcd (is etcd-server installed? cargo xtask setup)")?;
+        m.child = Some(child);
+        Ok(())
+    }
+
+    /// Kills etcd member `k` (0-based) with SIGKILL.
+    pub fn kill_etcd(&mut self, k: usize) -> Result<()> {
+        if let Some(mut c) = self.etcd[k].child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts a killed etcd member again on its data directory.
+    pub fn restart_etcd(&mut self, k: usize) -> Result<()> {
+        self.kill_etcd(k)?;
+        self.start_etcd_member(k)
+    }
+
+    /// The namespace of etcd member `k` (0-based).
+    pub fn etcd_ns(&self, k: usize) -> &Ns {
+        &self.etcd[k].ns
     }
 
     /// The node called `name`; panics if there is none.
@@ -296,6 +393,12 @@ impl Drop for Lab {
                 } else {
                     eprintln!("(no daemon.log)");
                 }
+            }
+        }
+        for m in &mut self.etcd {
+            if let Some(mut c) = m.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
             }
         }
         cleanup::Teardown {

@@ -26,6 +26,7 @@ pub struct Node {
     dir: PathBuf,
     cgroup: PathBuf,
     daemon: Mutex<Option<Child>>,
+    daemon_args: Mutex<Vec<String>>,
 }
 
 impl Deref for Node {
@@ -43,7 +44,14 @@ impl Node {
             dir,
             cgroup,
             daemon: Mutex::new(None),
+            daemon_args: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Extra arguments for every later `start_daemon` (e.g. `--cluster-store`).
+    pub fn set_daemon_args(&self, args: &[&str]) {
+        *self.daemon_args.lock().unwrap_or_else(|p| p.into_inner()) =
+            args.iter().map(|s| s.to_string()).collect();
     }
 
     /// The node name as given to `Lab::add_node` (e.g. "n1").
@@ -115,6 +123,8 @@ impl Node {
             .args(["--uplink", "eth0"])
             .arg("--cgroup")
             .arg(&self.cgroup)
+            .args(["--hostname", &self.short_name])
+            .args(self.daemon_args.lock().unwrap_or_else(|p| p.into_inner()).iter())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -28,6 +28,8 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "etcd-server",
     "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
     "haproxy",
     "nginx-light",
     "wrk",

@@ -18,7 +18,7 @@ use crate::{
     api::{ApiError, ApiResult, ContainerCreate},
     humanize,
     model::{
-        Attachment, ContainerConfig, ContainerRecord, ContainerState, Driver, NetworkMode, NetworkRecord, Status,
+        Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status,
         mac_string,
     },
     names, netns,
@@ -83,7 +83,7 @@ impl Daemon {
             }
             key => {
                 let net = self.find_network(key)?;
-                if net.driver != Driver::Bridge {
+                if !net.carries_containers() {
                     return Err(ApiError::bad_request(format!("network {} cannot take containers", net.name)));
                 }
                 if let Some(ip) = ip {
@@ -142,7 +142,7 @@ impl Daemon {
             return Ok(());
         }
         for a in &c.attachments {
-            self.store.get::<NetworkRecord>(store::NETWORKS, &a.network_id)?.ok_or_else(|| {
+            self.find_network(&a.network_id).map_err(|_| {
                 ApiError::not_found(format!("network {} attached to {} no longer exists", a.network_id, c.name))
             })?;
         }
@@ -517,6 +517,7 @@ impl Daemon {
         };
         let dir = self.container_dir(&c.id);
         Ok(json!({
+            "Node": self.node_info(),
             "Id": c.id,
             "Created": c.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
             "Path": c.config.cmd.first(),

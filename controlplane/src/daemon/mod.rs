@@ -4,6 +4,7 @@ mod networks;
 mod ports;
 mod reconcile;
 mod server;
+pub mod swarm;
 
 use std::{
     net::Ipv4Addr,
@@ -33,7 +34,15 @@ pub struct DaemonConfig {
     pub uplink: Option<String>,
     pub cgroup: Option<PathBuf>,
     pub conntrack_size: u32,
+    /// Name shown by `node ls` (default: the system hostname).
+    pub hostname: Option<String>,
+    /// etcd endpoints (`--cluster-store`); None runs the node alone on its embedded store.
+    pub cluster_store: Option<Vec<String>>,
 }
+
+/// The collect_md VXLAN device every overlay shares (the VNI travels in the tunnel key).
+pub const VXLAN_DEVICE: &str = "nbvxlan0";
+pub const VXLAN_PORT: u16 = 4789;
 
 pub struct NodeInfo {
     pub uplink: String,
@@ -49,6 +58,7 @@ pub struct Daemon {
     /// commits, with no interleaving to reason about.
     pub op: tokio::sync::Mutex<()>,
     pub node: NodeInfo,
+    pub cluster: Option<Arc<swarm::ClusterState>>,
     /// Conntrack entries the garbage collector removed since start.
     pub ct_gc_removed: std::sync::atomic::AtomicU64,
     /// Exit codes of auto-removed containers, for `wait` callers that arrive after the removal.
@@ -89,6 +99,27 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         Some(cg) => dp.attach_sock_hooks(&cg)?,
         None => warn!("no cgroup v2 hierarchy: node-local clients cannot reach published ports"),
     }
+    let cluster = match &cfg.cluster_store {
+        None => None,
+        Some(eps) => {
+            let vx = nl.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, 1450).await?;
+            dp.set_config(config::VXLAN_IFINDEX, vx as u64)?;
+            dp.attach_tc("tc_overlay_ingress", VXLAN_DEVICE, TcAttachType::Ingress, "overlay-ingress")?;
+            let node_id = match store.get::<String>(store::META, "node_id")? {
+                Some(id) => id,
+                None => {
+                    let id = crate::names::new_id()[..25].to_string();
+                    store.put(store::META, "node_id", &id)?;
+                    id
+                }
+            };
+            let hostname = cfg.hostname.clone().unwrap_or_else(|| {
+                nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
+            });
+            let membership = store.get(store::META, "membership")?;
+            Some(Arc::new(swarm::ClusterState::new(eps.clone(), node_id, hostname, membership)))
+        }
+    };
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         store,
@@ -96,6 +127,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         dp: std::sync::Mutex::new(dp),
         op: tokio::sync::Mutex::new(()),
         node: NodeInfo { uplink, uplink_ip },
+        cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),
     });
@@ -103,6 +135,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     daemon.reconcile().await.context("reconciling the kernel with the store")?;
     daemon.refresh_node_addrs().await?;
     daemon.start_monitors().await?;
+    if daemon.cluster.as_ref().is_some_and(|c| c.member().is_some()) {
+        daemon.start_member_tasks();
+    }
     tokio::spawn(reconcile::conntrack_gc(daemon.clone()));
     info!(root = %cfg.root.display(), socket = %cfg.socket.display(), "netbee daemon ready");
     server::serve(daemon).await
@@ -153,8 +188,11 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 }
 
 impl Daemon {
+    /// Local networks and the cluster's overlays (as last synced from etcd).
     pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
-        self.store.list(store::NETWORKS)
+        let mut all: Vec<NetworkRecord> = self.store.list(store::NETWORKS)?;
+        all.extend(self.store.list::<NetworkRecord>(store::OVERLAYS)?);
+        Ok(all)
     }
 
     pub fn containers(&self) -> Result<Vec<ContainerRecord>> {

@@ -42,6 +42,7 @@ impl Daemon {
                 net_id,
                 ipam,
                 labels: Default::default(),
+                vni: 0,
             };
             self.put_network(&rec)?;
         }
@@ -67,9 +68,16 @@ impl Daemon {
         match req.driver.as_deref().unwrap_or("bridge") {
             "bridge" => {}
             "overlay" => {
-                return Err(ApiError::bad_request(
-                    "overlay networks need a cluster: run `netbee swarm init` first",
-                ));
+                if self.cluster.as_ref().and_then(|c| c.member()).is_none() {
+                    return Err(ApiError::bad_request(
+                        "overlay networks need a swarm: start the daemon with --cluster-store and run `netbee swarm init` or `netbee swarm join`",
+                    ));
+                }
+                let mut req = req;
+                req.name = name;
+                let rec = self.overlay_create(req, &all).await?;
+                self.refresh_node_addrs().await?;
+                return Ok(rec);
             }
             "host" | "null" => {
                 return Err(ApiError::bad_request(format!(
@@ -100,6 +108,7 @@ impl Daemon {
             net_id: self.next_net_id()?,
             ipam: Some(Allocator::new(cfg)),
             labels: req.labels,
+            vni: 0,
         };
         // store first: if the daemon dies half-way, reconcile finishes (or the rm undoes) it
         self.put_network(&rec)?;
@@ -120,6 +129,11 @@ impl Daemon {
                 "{} is a pre-defined network and cannot be removed",
                 net.name
             )));
+        }
+        if net.driver == Driver::Overlay {
+            self.overlay_remove(&net).await?;
+            self.refresh_node_addrs().await?;
+            return Ok(());
         }
         let users: Vec<String> = self
             .containers()?
@@ -176,7 +190,7 @@ impl Daemon {
             "Name": net.name,
             "Id": net.id,
             "Created": net.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "Scope": "local",
+            "Scope": net.scope(),
             "Driver": net.driver.as_str(),
             "EnableIPv6": false,
             "IPAM": { "Driver": "default", "Options": {}, "Config": config },
@@ -184,9 +198,11 @@ impl Daemon {
             "Attachable": false,
             "Ingress": false,
             "Containers": containers,
-            "Options": if net.driver == Driver::Bridge {
-                json!({ "com.netbee.network.device": net.device() })
-            } else { json!({}) },
+            "Options": match net.driver {
+                Driver::Bridge => json!({ "com.netbee.network.device": net.device() }),
+                Driver::Overlay => json!({ "com.netbee.network.device": net.device(), "com.docker.network.driver.overlay.vxlanid_list": net.vni.to_string() }),
+                _ => json!({}),
+            },
             "Labels": net.labels,
         }))
     }
@@ -194,7 +210,7 @@ impl Daemon {
     pub async fn network_connect(&self, key: &str, req: NetworkConnect) -> ApiResult<()> {
         let _g = self.op.lock().await;
         let net = self.find_network(key)?;
-        if net.driver != Driver::Bridge {
+        if !net.carries_containers() {
             return Err(ApiError::bad_request(format!(
                 "container cannot be disconnected from or connected to network {} ({} driver)",
                 net.name,
@@ -262,18 +278,21 @@ impl Daemon {
         att: &Attachment,
         index: usize,
     ) -> ApiResult<Endpoint> {
-        let mut net = self.store.get::<NetworkRecord>(store::NETWORKS, &att.network_id)?.ok_or_else(|| {
-            ApiError::not_found(format!("network {} not found", att.network_id))
-        })?;
-        let ipam = net.ipam.as_mut().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
-        let ip = match att.ip {
-            Some(ip) => {
-                ipam.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                ip
-            }
-            None => ipam.allocate().map_err(|e| ApiError::bad_request(e.to_string()))?,
+        let mut net = self.find_network(&att.network_id)?;
+        let ip = if net.driver == Driver::Overlay {
+            self.overlay_allocate(&net, att.ip, &c.id).await?
+        } else {
+            let ipam = net.ipam.as_mut().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
+            let ip = match att.ip {
+                Some(ip) => {
+                    ipam.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    ip
+                }
+                None => ipam.allocate().map_err(|e| ApiError::bad_request(e.to_string()))?,
+            };
+            self.put_network(&net)?;
+            ip
         };
-        self.put_network(&net)?;
         let ep = Endpoint {
             network_id: net.id.clone(),
             endpoint_id: names::new_id(),
@@ -286,11 +305,16 @@ impl Daemon {
         self.put_container(c)?;
         c.endpoints.pop();
         let default_route = index == 0 && !net.internal;
-        if let Err(e) =
-            bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), &net, &ep, default_route).await
-        {
+        let attached = async {
+            bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), &net, &ep, default_route).await?;
+            if net.driver == Driver::Overlay {
+                self.register_endpoint(c, &ep).await?;
+            }
+            anyhow::Ok(())
+        };
+        if let Err(e) = attached.await {
             let _ = bridge::detach_endpoint(&self.nl, &self.dp, &ep).await;
-            self.release_ip(&net.id, ip)?;
+            self.release_ip(&net.id, ip).await?;
             self.put_container(c)?;
             return Err(e.context(format!("connecting {} to network {}", c.name, net.name)).into());
         }
@@ -299,10 +323,13 @@ impl Daemon {
 
     pub(super) async fn release_endpoint(&self, ep: &Endpoint, _att: Option<&Attachment>) -> Result<()> {
         bridge::detach_endpoint(&self.nl, &self.dp, ep).await?;
-        self.release_ip(&ep.network_id, ep.ip)
+        self.release_ip(&ep.network_id, ep.ip).await
     }
 
-    pub(super) fn release_ip(&self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
+    pub(super) async fn release_ip(&self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
+        if self.is_overlay(network_id) {
+            return self.overlay_release(network_id, ip).await;
+        }
         if let Some(mut net) = self.store.get::<NetworkRecord>(store::NETWORKS, network_id)? {
             if let Some(ipam) = net.ipam.as_mut() {
                 ipam.release(ip);

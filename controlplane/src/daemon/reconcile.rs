@@ -23,7 +23,7 @@ use crate::{
 impl Daemon {
     pub(super) async fn reconcile(self: &Arc<Self>) -> Result<()> {
         let nets = self.networks()?;
-        for n in nets.iter().filter(|n| n.driver == Driver::Bridge) {
+        for n in nets.iter().filter(|n| n.carries_containers()) {
             bridge::setup_network(&self.nl, &self.dp, n).await?;
         }
         for mut c in self.containers()? {
@@ -76,7 +76,8 @@ impl Daemon {
         let endpoints: Vec<&crate::model::Endpoint> = running.iter().flat_map(|c| c.endpoints.iter()).collect();
 
         // addresses: exactly those of running endpoints stay allocated
-        for mut n in nets.clone() {
+        // (overlay addresses are leased in etcd, not here)
+        for mut n in nets.clone().into_iter().filter(|n| n.driver == Driver::Bridge) {
             let Some(ipam) = n.ipam.as_mut() else { continue };
             let want: HashSet<_> = endpoints.iter().filter(|e| e.network_id == n.id).map(|e| e.ip).collect();
             let stale: Vec<_> = ipam.allocated().filter(|ip| !want.contains(ip)).collect();
@@ -95,7 +96,7 @@ impl Daemon {
         let want_links: HashSet<String> = endpoints
             .iter()
             .map(|e| e.host_ifname())
-            .chain(nets.iter().filter(|n| n.driver == Driver::Bridge).map(|n| n.device()))
+            .chain(nets.iter().filter(|n| n.carries_containers()).map(|n| n.device()))
             .collect();
         let links = self.nl.links().await?;
         for l in &links {

@@ -62,6 +62,15 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
         .route("/datapath/stats", get(datapath_stats))
+        .route("/swarm/init", post(swarm_init))
+        .route("/swarm/join", post(swarm_join))
+        .route("/swarm/leave", post(swarm_leave))
+        .route("/swarm/join-token", get(swarm_join_token))
+        .route("/nodes", get(node_list))
+        .route("/nodes/{id}", get(node_inspect).delete(node_remove))
+        .route("/nodes/{id}/update", post(node_update))
+        .route("/nodes/{id}/promote", post(node_promote))
+        .route("/nodes/{id}/demote", post(node_demote))
         .with_state(d);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let shutdown = async move {
@@ -193,4 +202,58 @@ async fn datapath_stats(State(d): D) -> ApiResult<Json<Value>> {
             "Evicted": created.saturating_sub(removed).saturating_sub(ct_entries as u64),
         },
     })))
+}
+
+async fn swarm_init(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
+    Ok(Json(d.swarm_init(v["AdvertiseAddr"].as_str()).await?))
+}
+
+async fn swarm_join(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
+    let token = v["Token"].as_str().unwrap_or_default();
+    let remote = v["RemoteAddr"].as_str().unwrap_or_default();
+    if token.is_empty() || remote.is_empty() {
+        return Err(ApiError::bad_request("swarm join needs --token and the manager's address"));
+    }
+    d.swarm_join(token, remote, v["AdvertiseAddr"].as_str()).await?;
+    Ok(Json(json!({ "Message": "This node joined a swarm as a node." })))
+}
+
+async fn swarm_leave(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+    d.swarm_leave(q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn swarm_join_token(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+    Ok(Json(d.join_token(q.get("role").map(String::as_str).unwrap_or("worker")).await?))
+}
+
+async fn node_list(State(d): D) -> ApiResult<Json<Value>> {
+    Ok(Json(Value::Array(d.node_list().await?)))
+}
+
+async fn node_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(d.node_inspect(&id).await?))
+}
+
+async fn node_update(State(d): D, Path(id): Path<String>, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
+    let list = |k: &str| -> Vec<String> {
+        v[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
+    };
+    d.node_update(&id, v["Availability"].as_str(), &list("LabelAdd"), &list("LabelRm")).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn node_promote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    d.node_set_role(&id, crate::cluster::Role::Manager).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn node_demote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    d.node_set_role(&id, crate::cluster::Role::Worker).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn node_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+    d.node_remove(&id, q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
+    Ok(Json(Value::Null))
 }

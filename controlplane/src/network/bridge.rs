@@ -17,8 +17,6 @@ use crate::{
     netns,
 };
 
-pub const BRIDGE_MTU: u32 = 1500;
-
 pub fn endpoint_pin(host_ifname: &str) -> String {
     format!("ep-{host_ifname}")
 }
@@ -35,8 +33,9 @@ pub async fn setup_network(nl: &Netlink, dp: &std::sync::Mutex<Datapath>, net: &
         subnet: ip_be(cfg.subnet.network()),
         mask: ip_be(cfg.subnet.mask()),
         gateway: ip_be(cfg.gateway),
-        flags: if net.internal { net_flags::INTERNAL } else { 0 },
-        vni: 0,
+        flags: (if net.internal { net_flags::INTERNAL } else { 0 })
+            | (if net.driver == crate::model::Driver::Overlay { net_flags::OVERLAY } else { 0 }),
+        vni: net.vni,
         _pad: 0,
     };
     dp.networks.insert(net.net_id, entry, 0).context("updating NETWORKS")?;
@@ -67,11 +66,11 @@ pub async fn attach_endpoint(
     let (gateway, prefix) = (ipam.config().gateway, ipam.config().subnet.prefix());
     let host = ep.host_ifname();
     let peer = format!("nbp{}", &ep.endpoint_id[..12]);
-    nl.create_veth(&host, &peer, BRIDGE_MTU).await?;
+    nl.create_veth(&host, &peer, net.mtu()).await?;
     let peer_idx = nl.require_link(&peer).await?.index;
     let ns = std::fs::File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
     nl.move_to_netns(peer_idx, ns.as_raw_fd()).await?;
-    let (ifname, mac, ip) = (ep.ifname.clone(), ep.mac, ep.ip);
+    let (ifname, mac, ip, mtu) = (ep.ifname.clone(), ep.mac, ep.ip, net.mtu());
     netns::run_in(ns_path.to_path_buf(), move || async move {
         let nl = Netlink::open()?;
         // containers speak IPv4 only; IPv6 autoconfiguration would only produce dropped frames
@@ -80,7 +79,7 @@ pub async fn attach_endpoint(
         let lo = nl.require_link("lo").await?;
         nl.set_up(lo.index).await?;
         let l = nl.require_link(&peer).await?;
-        nl.rename_and_set_mac(l.index, &ifname, mac).await?;
+        nl.rename_and_set_mac(l.index, &ifname, mac, mtu).await?;
         nl.add_addr(l.index, ip, prefix).await?;
         nl.set_up(l.index).await?;
         if default_route {

@@ -1,0 +1,114 @@
+//! The benchmark scenarios, one module each, listed in [`ALL`]. A scenario builds its own lab,
+//! measures netbee and its baselines alternately for `ctx.rounds` rounds and returns its metrics;
+//! the lab (namespaces, daemons, servers) is dropped when it returns, also on error.
+//!
+//! Adding a scenario: write a module with `pub fn run(ctx: &Ctx) -> Result<Vec<Metric>>`, then
+//! give its entry in [`ALL`] `run: Some(module::run)`. Entries with `run: None` are reported as
+//! "not yet available" (never with numbers).
+
+pub mod control_plane;
+pub mod publish_cost;
+pub mod published_port;
+pub mod same_node;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use netbee_lab::{Lab, Node};
+
+use crate::report::Metric;
+
+pub struct Ctx {
+    pub quick: bool,
+    pub rounds: usize,
+}
+
+impl Ctx {
+    /// Length of one throughput/latency/load measurement.
+    pub fn duration(&self) -> Duration {
+        if self.quick { Duration::from_secs(2) } else { Duration::from_secs(6) }
+    }
+
+    pub fn round_banner(&self, scenario: &str, round: usize) {
+        println!("  {scenario}: round {}/{}", round + 1, self.rounds);
+    }
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub run: Option<fn(&Ctx) -> Result<Vec<Metric>>>,
+    /// Why `run` is None.
+    pub pending: &'static str,
+}
+
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "same-node",
+        description: "container↔container on one node: iperf3 throughput (1 and 2 streams) and sockperf \
+                      TCP ping-pong latency; netbee vs a Linux bridge with iptables loaded (docker's model \
+                      minus NAT) and vs a bare veth pair (the physical limit)",
+        run: Some(same_node::run),
+        pending: "",
+    },
+    Scenario {
+        name: "published-port",
+        description: "new connections per second and latency from an external client to a published port \
+                      (wrk, 2 threads, 50 connections, `Connection: close`, nginx answering 200); netbee vs \
+                      iptables DNAT+MASQUERADE behind a Linux bridge and vs a socat userland proxy",
+        run: Some(published_port::run),
+        pending: "",
+    },
+    Scenario {
+        name: "publish-cost",
+        description: "wall time to publish port N when N-1 are published (N up to 10,000): `netbee run -d -p` \
+                      vs appending one DNAT rule with iptables (nf_tables backend), iptables-legacy, and nft",
+        run: Some(publish_cost::run),
+        pending: "",
+    },
+    Scenario {
+        name: "routing-mesh",
+        description: "ingress round robin across 3 nodes: conn/s, fairness and client-address preservation vs \
+                      iptables `statistic --mode nth` DNAT (kube-proxy's model) and haproxy TCP round robin",
+        run: None,
+        pending: "needs the multi-node routing mesh (issue 4), not built yet",
+    },
+    Scenario {
+        name: "overlay",
+        description: "container↔container across two nodes over the overlay: throughput and latency (baselines \
+                      to be chosen with the feature, e.g. a kernel VXLAN setup and the bare underlay)",
+        run: None,
+        pending: "needs the overlay between nodes (issue 5), not built yet",
+    },
+    Scenario {
+        name: "control-plane",
+        description: "time to create 100 containers, daemon restart-to-ready with 100 containers, daemon RSS \
+                      idle with 100 containers, time to create a network (absolute values, no baseline)",
+        run: Some(control_plane::run),
+        pending: "",
+    },
+];
+
+/// A lab with one node `n1` running a netbee daemon and, if `external`, a client `x1`.
+pub fn netbee_lab(name: &str, external: bool) -> Result<Lab> {
+    let mut lab = Lab::new(name)?;
+    lab.add_node("n1")?;
+    if external {
+        lab.add_external("x1")?;
+    }
+    lab.node("n1").start_daemon()?;
+    Ok(lab)
+}
+
+/// A scratch directory inside the lab's own directory (removed with the lab).
+pub fn scratch(lab: &Lab, name: &str) -> Result<PathBuf> {
+    let d = lab.dir().join("bench").join(name);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// `netbee ARGS` on `node`, trimmed stdout.
+pub fn nb(node: &Node, args: &[&str]) -> Result<String> {
+    Ok(node.netbee(args)?.trim().to_string())
+}

@@ -1,0 +1,132 @@
+//! A small typed layer over etcd-client: JSON values, create-if-absent, leases, with timeouts so
+//! an unreachable etcd gives a clear error instead of a hang, and reconnection after failures.
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Serialize, de::DeserializeOwned};
+
+pub struct Etcd {
+    endpoints: Vec<String>,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Etcd {
+    pub fn new(endpoints: Vec<String>) -> Etcd {
+        Etcd { endpoints, client: tokio::sync::Mutex::new(None) }
+    }
+
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(TIMEOUT);
+        let c = tokio::time::timeout(TIMEOUT, Client::connect(&self.endpoints, Some(opts)))
+            .await
+            .map_err(|_| anyhow!("timed out connecting to etcd at {}", self.endpoints.join(",")))?
+            .with_context(|| format!("connecting to etcd at {}", self.endpoints.join(",")))?;
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Forget the connection after an error so the next call dials again.
+    pub async fn reset(&self) {
+        *self.client.lock().await = None;
+    }
+
+    async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let c = self.client().await?;
+        match tokio::time::timeout(TIMEOUT, f(c)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                self.reset().await;
+                Err(anyhow!("etcd {what}: {e}"))
+            }
+            Err(_) => {
+                self.reset().await;
+                Err(anyhow!("etcd {what}: timed out (is etcd at {} reachable?)", self.endpoints.join(",")))
+            }
+        }
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let k = key.to_string();
+        let r = self.run("get", |mut c| async move { c.get(k, None).await }).await?;
+        match r.kvs().first() {
+            Some(kv) => Ok(Some(serde_json::from_slice(kv.value()).with_context(|| format!("decoding {key}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+        let p = prefix.to_string();
+        let r = self.run("list", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await }).await?;
+        let mut out = Vec::new();
+        for kv in r.kvs() {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            match serde_json::from_slice(kv.value()) {
+                Ok(v) => out.push((key, v)),
+                Err(e) => tracing::warn!("skipping undecodable {key}: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let p = prefix.to_string();
+        let r = self
+            .run("list keys", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix().with_keys_only())).await })
+            .await?;
+        Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect())
+    }
+
+    pub async fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
+        let (k, b) = (key.to_string(), serde_json::to_vec(v)?);
+        self.run("put", |mut c| async move { c.put(k, b, None).await }).await.map(|_| ())
+    }
+
+    pub async fn put_leased<T: Serialize>(&self, key: &str, v: &T, lease: i64) -> Result<()> {
+        let (k, b) = (key.to_string(), serde_json::to_vec(v)?);
+        self.run("put", |mut c| async move { c.put(k, b, Some(PutOptions::new().with_lease(lease))).await })
+            .await
+            .map(|_| ())
+    }
+
+    /// Writes `key` only if it does not exist; false when it already did.
+    pub async fn create<T: Serialize>(&self, key: &str, v: &T) -> Result<bool> {
+        let (k, b) = (key.to_string(), serde_json::to_vec(v)?);
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, b, None)]);
+        let r = self.run("create", |mut c| async move { c.txn(txn).await }).await?;
+        Ok(r.succeeded())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        let k = key.to_string();
+        self.run("delete", |mut c| async move { c.delete(k, None).await }).await.map(|_| ())
+    }
+
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
+        let k = prefix.to_string();
+        self.run("delete", |mut c| async move { c.delete(k, Some(DeleteOptions::new().with_prefix())).await })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn grant(&self, ttl: i64) -> Result<i64> {
+        let r = self.run("lease grant", |mut c| async move { c.lease_grant(ttl, None).await }).await?;
+        Ok(r.id())
+    }
+}

@@ -1,0 +1,180 @@
+//! Cluster state in etcd: the cluster record and join tokens, nodes with lease-based liveness,
+//! overlay networks, their address leases and endpoints, and the leader election. Everything a
+//! node needs from its peers comes from here; there is no node-to-node protocol except the join
+//! handshake, which a manager answers on its advertise address (port 2377) to check the token.
+pub mod etcd;
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub const JOIN_PORT: u16 = 2377;
+/// Lease TTL of a node's liveness key: a dead daemon shows Down within this plus one poll.
+pub const LIVENESS_TTL: i64 = 5;
+pub const ELECTION: &str = "/netbee/election/leader";
+/// VNIs start above the node-local network ids so an overlay's datapath id can be its VNI.
+pub const FIRST_VNI: u32 = 4096;
+
+pub fn key_cluster() -> String {
+    "/netbee/cluster".into()
+}
+pub fn key_node(id: &str) -> String {
+    format!("/netbee/nodes/{id}")
+}
+pub fn key_alive(id: &str) -> String {
+    format!("/netbee/alive/{id}")
+}
+pub fn key_network(id: &str) -> String {
+    format!("/netbee/networks/{id}")
+}
+pub fn key_vni(vni: u32) -> String {
+    format!("/netbee/vni/{vni}")
+}
+pub fn key_ipam(net: &str, ip: Ipv4Addr) -> String {
+    format!("/netbee/ipam/{net}/{ip}")
+}
+pub fn key_endpoint(net: &str, ip: Ipv4Addr) -> String {
+    format!("/netbee/endpoints/{net}/{ip}")
+}
+pub const NODES: &str = "/netbee/nodes/";
+pub const ALIVE: &str = "/netbee/alive/";
+pub const NETWORKS: &str = "/netbee/networks/";
+pub const ENDPOINTS: &str = "/netbee/endpoints/";
+pub const WATCH_PREFIX: &str = "/netbee/";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub worker_token: String,
+    pub manager_token: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn parse(s: &str) -> Result<Availability, String> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(format!("invalid availability {s:?}: use active, pause or drain")),
+        }
+    }
+    pub fn title(&self) -> &'static str {
+        match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub hostname: String,
+    pub addr: Ipv4Addr,
+    pub role: Role,
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created: DateTime<Utc>,
+}
+
+/// A container interface on an overlay, as every node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub node_id: String,
+    pub node_addr: Ipv4Addr,
+    pub container_id: String,
+    pub container_name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// This node's membership, kept in the local store so a restarted daemon rejoins by itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Membership {
+    pub cluster_id: String,
+    pub advertise: Ipv4Addr,
+}
+
+pub fn new_token(cluster_id: &str) -> String {
+    let secret = crate::names::new_id();
+    format!("SWMTKN-1-{}-{}", &cluster_id[..25.min(cluster_id.len())], &secret[..25])
+}
+
+/// Splits "HOST[:PORT]" with the join port as default.
+pub fn parse_manager_addr(s: &str) -> Result<(Ipv4Addr, u16), String> {
+    let (h, p) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid port in manager address {s:?}"))?),
+        None => (s, JOIN_PORT),
+    };
+    let ip = h.parse::<Ipv4Addr>().map_err(|_| format!("invalid manager address {s:?}: expected IPv4[:PORT]"))?;
+    Ok((ip, p))
+}
+
+/// Parses `etcd://A:2379[,B:2379...]`.
+pub fn parse_store(s: &str) -> Result<Vec<String>, String> {
+    let rest = s
+        .strip_prefix("etcd://")
+        .ok_or_else(|| format!("invalid cluster store {s:?}: expected etcd://ADDR:2379[,ADDR:2379...]"))?;
+    let eps: Vec<String> = rest.split(',').filter(|e| !e.is_empty()).map(|e| format!("http://{e}")).collect();
+    if eps.is_empty() {
+        return Err(format!("invalid cluster store {s:?}: no address"));
+    }
+    Ok(eps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_addresses() {
+        assert_eq!(parse_manager_addr("10.0.0.1").unwrap(), ("10.0.0.1".parse().unwrap(), 2377));
+        assert_eq!(parse_manager_addr("10.0.0.1:9000").unwrap(), ("10.0.0.1".parse().unwrap(), 9000));
+        assert!(parse_manager_addr("nohost:x").is_err());
+        assert!(parse_manager_addr("example.com").is_err());
+    }
+
+    #[test]
+    fn store_urls() {
+        assert_eq!(parse_store("etcd://1.2.3.4:2379").unwrap(), vec!["http://1.2.3.4:2379"]);
+        assert_eq!(parse_store("etcd://a:1,b:2").unwrap().len(), 2);
+        assert!(parse_store("http://x").is_err());
+        assert!(parse_store("etcd://").is_err());
+    }
+
+    #[test]
+    fn availability() {
+        assert_eq!(Availability::parse("drain").unwrap(), Availability::Drain);
+        assert!(Availability::parse("Drained").is_err());
+    }
+
+    #[test]
+    fn tokens_differ_and_carry_the_cluster() {
+        let a = new_token("0123456789abcdef0123456789abcdef");
+        let b = new_token("0123456789abcdef0123456789abcdef");
+        assert_ne!(a, b);
+        assert!(a.starts_with("SWMTKN-1-0123456789abcdef012345678-"));
+    }
+}
