@@ -94,6 +94,9 @@ enum Cmd {
     },
     /// List a container's port mappings.
     Port { container: String },
+    /// Manage replicated services.
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Manage the swarm (cluster).
     #[command(subcommand)]
     Swarm(SwarmCmd),
@@ -192,6 +195,62 @@ enum NetworkCmd {
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Create a service.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// Number of tasks (default 1).
+        #[arg(long, allow_hyphen_values = true)]
+        replicas: Option<String>,
+        /// PUBLISHED:TARGET[/udp], served on every node (routing mesh).
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+        #[arg(long = "network")]
+        networks: Vec<String>,
+        #[arg(long = "constraint")]
+        constraints: Vec<String>,
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        #[arg(long)]
+        format: Option<String>,
+    },
+    /// List a service's tasks.
+    Ps {
+        #[arg(long)]
+        format: Option<String>,
+        service: String,
+    },
+    /// Show services (JSON).
+    Inspect { #[arg(required = true)] services: Vec<String> },
+    /// Set replica counts: SERVICE=N ...
+    Scale { #[arg(required = true)] pairs: Vec<String> },
+    /// Change a service.
+    Update {
+        #[arg(long, allow_hyphen_values = true)]
+        replicas: Option<String>,
+        #[arg(long = "publish-add")]
+        publish_add: Vec<String>,
+        #[arg(long = "publish-rm")]
+        publish_rm: Vec<String>,
+        #[arg(long = "env-add")]
+        env_add: Vec<String>,
+        service: String,
+    },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm { #[arg(required = true)] services: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -480,6 +539,7 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 }
                 Ok(0)
             }
+            Cmd::Service(cmd) => service(&c, cmd).await,
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Stats { format }) => {
@@ -814,6 +874,116 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
         .await,
         NodeCmd::Rm { force, nodes } => for_each(&nodes, |n| async move {
             c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await.map(|_| ())
+        })
+        .await,
+    }
+}
+
+async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
+    match cmd {
+        ServiceCmd::Create { name, replicas, publish, networks, constraints, env, cmd } => {
+            let v = c
+                .post(
+                    "/services/create",
+                    &json!({
+                        "Name": name, "Replicas": replicas, "Publish": publish, "Networks": networks,
+                        "Constraints": constraints, "Env": env, "Cmd": cmd,
+                    }),
+                )
+                .await?;
+            println!("{}", s(&v["ID"]));
+            Ok(0)
+        }
+        ServiceCmd::Ls { quiet, format } => {
+            let v = c.get("/services").await?;
+            let list = v.as_array().cloned().unwrap_or_default();
+            if json_only(&format)? {
+                for x in &list {
+                    println!("{}", serde_json::to_string(x)?);
+                }
+            } else if quiet {
+                for x in &list {
+                    println!("{}", s(&x["ID"]));
+                }
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|x| {
+                        let id: String = s(&x["ID"]).chars().take(12).collect();
+                        vec![id, s(&x["Name"]), s(&x["Mode"]), s(&x["Replicas"]), s(&x["Command"]), s(&x["Ports"])]
+                    })
+                    .collect();
+                print!("{}", humanize::format_table(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"], &rows));
+            }
+            Ok(0)
+        }
+        ServiceCmd::Ps { format, service } => {
+            let v = c.get(&format!("/services/{}/tasks", enc(&service))).await?;
+            let list = v.as_array().cloned().unwrap_or_default();
+            if json_only(&format)? {
+                for x in &list {
+                    println!("{}", serde_json::to_string(x)?);
+                }
+                return Ok(0);
+            }
+            let now = chrono::Utc::now();
+            let mut rows = Vec::new();
+            let mut last_slot = None;
+            for x in &list {
+                let slot = x["Slot"].as_u64();
+                let name = if last_slot == slot { format!(" \\_ {}", s(&x["Name"])) } else { s(&x["Name"]) };
+                last_slot = slot;
+                let since = x["Since"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+                let ago = since.map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default()).unwrap_or_default();
+                rows.push(vec![
+                    s(&x["ID"]).chars().take(12).collect(),
+                    name,
+                    s(&x["Node"]),
+                    s(&x["DesiredState"]),
+                    format!("{} {} ago", s(&x["CurrentState"]), humanize::human_duration(ago).to_lowercase()),
+                    s(&x["Error"]),
+                ]);
+            }
+            print!("{}", humanize::format_table(&["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows));
+            Ok(0)
+        }
+        ServiceCmd::Inspect { services } => {
+            let mut out = Vec::new();
+            for x in services {
+                out.push(c.get(&format!("/services/{}", enc(&x))).await?);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+        ServiceCmd::Scale { pairs } => {
+            let mut failed = false;
+            for p in pairs {
+                let Some((name, n)) = p.split_once('=') else {
+                    eprintln!("invalid scale specifier {p:?}: expected SERVICE=REPLICAS");
+                    failed = true;
+                    continue;
+                };
+                match c.post(&format!("/services/{}/update", enc(name)), &json!({ "Replicas": n })).await {
+                    Ok(_) => println!("{name} scaled to {n}"),
+                    Err(e) => {
+                        eprintln!("{e:#}");
+                        failed = true;
+                    }
+                }
+            }
+            Ok(if failed { 1 } else { 0 })
+        }
+        ServiceCmd::Update { replicas, publish_add, publish_rm, env_add, service } => {
+            c.post(
+                &format!("/services/{}/update", enc(&service)),
+                &json!({ "Replicas": replicas, "PublishAdd": publish_add, "PublishRm": publish_rm, "EnvAdd": env_add }),
+            )
+            .await?;
+            println!("{service}");
+            Ok(0)
+        }
+        ServiceCmd::Rm { services } => for_each(&services, |x| async move {
+            c.delete(&format!("/services/{}", enc(&x))).await.map(|_| ())
         })
         .await,
     }

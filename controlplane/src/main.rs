@@ -5,6 +5,7 @@ mod cli;
 mod cluster;
 mod daemon;
 mod datapath;
+mod dns;
 mod humanize;
 mod ipam;
 mod model;

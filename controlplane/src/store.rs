@@ -12,6 +12,9 @@ pub const CONTAINERS: Table = Table(TableDefinition::new("containers"));
 pub const META: Table = Table(TableDefinition::new("meta"));
 /// The overlay networks of the cluster as last seen in etcd, so a daemon that starts while etcd
 /// is unreachable still recognises (and keeps) their kernel objects.
+/// Services and tasks of a node running alone (in a swarm they live in etcd).
+pub const SERVICES: Table = Table(TableDefinition::new("services"));
+pub const TASKS: Table = Table(TableDefinition::new("tasks"));
 pub const OVERLAYS: Table = Table(TableDefinition::new("overlays"));
 
 #[derive(Clone, Copy)]
@@ -26,7 +29,7 @@ impl Store {
         let db = Database::create(path)
             .with_context(|| format!("opening the state database {}", path.display()))?;
         let tx = db.begin_write()?;
-        for t in [NETWORKS, CONTAINERS, META, OVERLAYS] {
+        for t in [NETWORKS, CONTAINERS, META, OVERLAYS, SERVICES, TASKS] {
             tx.open_table(t.0)?;
         }
         tx.commit()?;

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use netbee_abi::{Iface, drop_reason, stat};
 
 use crate::{
-    maps::{ENDPOINTS, NETWORKS, count, count_drop},
+    maps::{ENDPOINTS, NETWORKS, VIPS, count, count_drop},
     packet::ETH_HLEN,
 };
 
@@ -69,7 +69,9 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, ifindex: u32) -> i32 {
     let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
-    let answer = if tpa == net.gateway {
+    // a service VIP lives "behind the gateway": frames to it reach this veth, where lb translates
+    let is_vip = || matches!(unsafe { VIPS.get(&tpa) }, Some(n) if *n == iface.net_id);
+    let answer = if tpa == net.gateway || is_vip() {
         iface.host_mac
     } else if tpa == spa {
         // gratuitous ARP: nobody else needs to hear it

@@ -6,18 +6,23 @@
 //! shifts the rotation but not the shares.
 use netbee_abi::{Backend, BackendKey, FrontendKey, Service, svc_flags};
 
-use crate::maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR};
+use crate::maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS};
 
-/// Finds the service behind (addr, port, proto): an exact frontend first, then the wildcard
-/// (any node address) one when `addr` is one of this node's addresses.
+/// Finds the service behind (addr, port, proto): an exact frontend first, then a VIP's any-port
+/// frontend (port 0: the port is kept), then the publish on every node address when `addr` is
+/// one of this node's addresses.
 #[inline(always)]
 pub fn frontend(addr: u32, port: u16, proto: u8, from_wire: bool) -> Option<Service> {
     let key = FrontendKey { addr, port, proto, _pad: 0 };
     let svc = match unsafe { FRONTENDS.get(&key) } {
         Some(s) => *s,
         None => {
-            unsafe { NODE_ADDRS.get(&addr) }?;
-            frontend_wildcard(port, proto)?
+            if unsafe { VIPS.get(&addr) }.is_some() {
+                *unsafe { FRONTENDS.get(&FrontendKey { addr, port: 0, proto, _pad: 0 }) }?
+            } else {
+                unsafe { NODE_ADDRS.get(&addr) }?;
+                frontend_wildcard(port, proto)?
+            }
         }
     };
     if from_wire && svc.flags & svc_flags::LOCAL_ONLY != 0 {

@@ -33,6 +33,9 @@ pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 #[map]
 pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_ADDRS, 0);
 
+/// Service virtual IPs -> net_id: the ARP responder answers for them inside their network.
+#[map]
+pub static VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, Service> = HashMap::pinned(MAX_FRONTENDS, 0);
 #[map]

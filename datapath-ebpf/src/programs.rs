@@ -77,11 +77,16 @@ fn from_container(ctx: &TcContext) -> i32 {
         if let Some(ct) = conntrack::lookup(&key, &l4) {
             return translated(ctx, &ip, &l4, &ct);
         }
-        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-            // a VIP answers only inside its own network
-            if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
-                if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
-                    return verdict;
+        // only a SYN (or a datagram) can open a translated flow: spare established plain TCP the
+        // frontend lookups
+        let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(&l4);
+        if opens {
+            if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
+                // a VIP answers only inside its own network
+                if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
+                    if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
+                        return verdict;
+                    }
                 }
             }
         }
@@ -171,9 +176,13 @@ fn new_dnat(ctx: &TcContext, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> O
     if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
         return None;
     }
-    let Some(be) = lb::select_backend(svc) else {
+    let Some(mut be) = lb::select_backend(svc) else {
         return Some(drop(drop_reason::NO_BACKEND));
     };
+    if be.port == 0 {
+        // a VIP's any-port frontend keeps the port the client asked for
+        be.port = l4.dport;
+    }
     let fwd = conntrack::new_entry(be.addr, be.port, ct_flags::DNAT, l4, ip.proto);
     let rev_key = conntrack::reply_key(key, be.addr, be.port);
     let rev = conntrack::new_entry(ip.daddr, l4.dport, ct_flags::REVNAT, l4, ip.proto);

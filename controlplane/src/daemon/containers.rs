@@ -199,7 +199,13 @@ impl Daemon {
         }
         std::fs::write(dir.join("hosts"), hosts)?;
         std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
-        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        // user networks get the embedded DNS on their gateway; the default bridge copies the
+        // node's resolvers, as docker does
+        let first_net = c.attachments.first().and_then(|a| self.find_network(&a.network_id).ok());
+        let resolv = match first_net.filter(|n| n.name != "bridge").and_then(|n| n.ipam.map(|i| i.config().gateway)) {
+            Some(gw) => format!("nameserver {gw}\noptions ndots:0\n"),
+            None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        };
         std::fs::write(dir.join("resolv.conf"), resolv)?;
         let mut env = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
         env.extend(c.config.env.iter().cloned());

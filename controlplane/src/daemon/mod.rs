@@ -5,6 +5,8 @@ mod ports;
 mod reconcile;
 mod server;
 pub mod swarm;
+mod names;
+pub mod services;
 
 use std::{
     net::Ipv4Addr,
@@ -63,6 +65,13 @@ pub struct Daemon {
     pub ct_gc_removed: std::sync::atomic::AtomicU64,
     /// Exit codes of auto-removed containers, for `wait` callers that arrive after the removal.
     pub removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
+    /// Serializes service create/update/rm (the scheduler reads what they write).
+    pub svc_op: tokio::sync::Mutex<()>,
+    pub services_changed: tokio::sync::Notify,
+    /// Tasks whose containers are being drained and stopped.
+    pub draining: std::sync::Mutex<std::collections::HashSet<String>>,
+    pub names: Arc<names::NameTable>,
+    pub dns_servers: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, crate::dns::DnsServer>>,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -130,6 +139,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),
+        svc_op: Default::default(),
+        services_changed: Default::default(),
+        draining: Default::default(),
+        names: Default::default(),
+        dns_servers: Default::default(),
     });
     daemon.ensure_predefined_networks().await?;
     daemon.reconcile().await.context("reconciling the kernel with the store")?;
@@ -139,6 +153,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         daemon.start_member_tasks();
     }
     tokio::spawn(reconcile::conntrack_gc(daemon.clone()));
+    tokio::spawn(daemon.clone().service_loop());
     info!(root = %cfg.root.display(), socket = %cfg.socket.display(), "netbee daemon ready");
     server::serve(daemon).await
 }

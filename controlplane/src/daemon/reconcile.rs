@@ -165,13 +165,25 @@ impl Daemon {
         }
         let published: Vec<&crate::model::PublishedPort> = running.iter().flat_map(|c| c.ports.iter()).collect();
         let want_fe: HashSet<_> = published.iter().map(|p| ports::frontend_key(&p.binding)).collect();
-        let stale: Vec<_> = dp.frontends.keys().filter_map(|k| k.ok()).filter(|k| !want_fe.contains(k)).collect();
+        // service frontends (ids from SERVICE_ID_BASE) belong to the service loop
+        let base = super::services::SERVICE_ID_BASE;
+        let stale: Vec<_> = dp
+            .frontends
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| v.id < base && !want_fe.contains(k))
+            .map(|(k, _)| k)
+            .collect();
         for k in stale {
             ignore_missing(dp.frontends.remove(&k))?;
         }
         let want_be: HashSet<u32> = published.iter().map(|p| p.service_id).collect();
-        let stale: Vec<_> =
-            dp.backends.keys().filter_map(|k| k.ok()).filter(|k| !want_be.contains(&k.service)).collect();
+        let stale: Vec<_> = dp
+            .backends
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.service < base && !want_be.contains(&k.service))
+            .collect();
         for k in stale {
             ignore_missing(dp.backends.remove(&k))?;
         }

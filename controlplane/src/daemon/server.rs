@@ -62,6 +62,11 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
         .route("/datapath/stats", get(datapath_stats))
+        .route("/services", get(service_list))
+        .route("/services/create", post(service_create))
+        .route("/services/{id}", get(service_inspect).delete(service_remove))
+        .route("/services/{id}/update", post(service_update))
+        .route("/services/{id}/tasks", get(service_tasks))
         .route("/swarm/init", post(swarm_init))
         .route("/swarm/join", post(swarm_join))
         .route("/swarm/leave", post(swarm_leave))
@@ -256,4 +261,31 @@ async fn node_demote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Valu
 async fn node_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
     d.node_remove(&id, q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
     Ok(Json(Value::Null))
+}
+
+async fn service_list(State(d): D) -> ApiResult<Json<Value>> {
+    Ok(Json(Value::Array(d.service_list().await?)))
+}
+
+async fn service_create(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
+    let s = d.service_create(&v).await?;
+    Ok(Json(json!({ "ID": s.id })))
+}
+
+async fn service_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(d.service_inspect(&id).await?))
+}
+
+async fn service_update(State(d): D, Path(id): Path<String>, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
+    let s = d.service_update(&id, &v).await?;
+    Ok(Json(json!({ "ID": s.id })))
+}
+
+async fn service_remove(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    d.service_remove(&id).await?;
+    Ok(Json(Value::Null))
+}
+
+async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    Ok(Json(Value::Array(d.service_tasks(&id).await?)))
 }
