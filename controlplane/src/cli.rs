@@ -329,6 +329,14 @@ enum DatapathCmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Run the conntrack garbage collector now.
+    Gc,
+    /// (testing) Move every conntrack entry's last-seen time SECONDS into the past.
+    #[command(name = "conntrack-age", hide = true)]
+    ConntrackAge {
+        #[arg(long)]
+        seconds: u64,
+    },
 }
 
 #[derive(Args)]
@@ -542,6 +550,16 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             Cmd::Service(cmd) => service(&c, cmd).await,
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
+            Cmd::Datapath(DatapathCmd::Gc) => {
+                let v = c.post("/datapath/conntrack/gc", &Value::Null).await?;
+                println!("removed {} entries, {} live", v["Removed"], v["Live"]);
+                Ok(0)
+            }
+            Cmd::Datapath(DatapathCmd::ConntrackAge { seconds }) => {
+                let v = c.post(&format!("/datapath/conntrack/age?seconds={seconds}"), &Value::Null).await?;
+                println!("aged {} entries by {seconds} s", v["Aged"]);
+                Ok(0)
+            }
             Cmd::Datapath(DatapathCmd::Stats { format }) => {
                 let v = c.get("/datapath/stats").await?;
                 if json_only(&format)? {

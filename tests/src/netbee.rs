@@ -75,3 +75,29 @@ impl Node {
 pub fn whoami_field(answer: &str, key: &str) -> Option<String> {
     answer.lines().find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))
 }
+
+/// A lab of `nodes` nodes on one etcd, all daemons started with `--cluster-store`; the first
+/// node initialises the swarm, the others join as workers. `externals` external clients.
+pub fn swarm_lab(test: &str, nodes: &[&str], externals: &[&str]) -> Result<crate::Lab> {
+    let mut lab = crate::Lab::new(test)?;
+    let store = lab.start_etcd(1)?;
+    for n in nodes {
+        lab.add_node(n)?;
+        lab.node(n).set_daemon_args(&["--cluster-store", &store]);
+        lab.node(n).start_daemon()?;
+    }
+    for x in externals {
+        lab.add_external(x)?;
+    }
+    let first = lab.node(nodes[0]);
+    first.netbee(&["swarm", "init", "--advertise-addr", &first.addr().to_string()])?;
+    let token = first.netbee(&["swarm", "join-token", "-q", "worker"])?.trim().to_string();
+    let mgr = format!("{}:2377", first.addr());
+    crate::wait_until(std::time::Duration::from_secs(10), "join listener", || {
+        first.sh(&format!("nc -z {} 2377", first.addr())).is_ok()
+    })?;
+    for n in &nodes[1..] {
+        lab.node(n).netbee(&["swarm", "join", "--token", &token, &mgr])?;
+    }
+    Ok(lab)
+}

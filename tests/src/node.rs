@@ -179,6 +179,16 @@ impl Node {
         cmd.status().map(|s| s.success()).unwrap_or(false)
     }
 
+    /// Loses the whole node at once: the daemon and every container (all in the node's cgroup).
+    pub fn kill_everything(&self) -> Result<()> {
+        std::fs::write(self.cgroup.join("cgroup.kill"), "1")
+            .with_context(|| format!("killing everything in {}", self.cgroup.display()))?;
+        if let Some(mut child) = self.daemon_slot().take() {
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL if the daemon has not exited after 10 s.
     pub fn stop_daemon(&self) -> Result<()> {
         let mut slot = self.daemon_slot();

@@ -142,3 +142,218 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     assert_eq!(ls.lines().count(), 1, "only the first service exists: {ls}");
     Ok(())
 }
+
+/// One HTTP GET on a fresh connection; the answering hostname.
+fn get_once(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no hostname in {body:?}"))
+}
+
+/// Continuous load from a namespace: new connections back to back until `stop`; returns
+/// (answers, failures).
+fn start_load(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match get_once(addr) {
+                Ok(h) => ok.push(h),
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (ok, failed)
+    })
+}
+
+fn task_nodes(n: &Node, service: &str) -> Result<Vec<(String, String)>> {
+    Ok(n.netbee(&["service", "ps", "--format", "json", service])?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["DesiredState"] == "Running" && v["CurrentState"] == "Running")
+        .map(|v| (v["Name"].as_str().unwrap_or("").to_string(), v["Node"].as_str().unwrap_or("").to_string()))
+        .collect())
+}
+
+#[test]
+fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("mesh", &["n1", "n2", "n3"], &["x1"])?;
+    let (n1, x) = (lab.node("n1"), lab.external("x1"));
+    // n3 runs no task: it must still answer on the published port
+    create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080", "--constraint", "node.hostname!=n3"])?;
+    wait_replicas(n1, "web", "5/5")?;
+    let placed = task_nodes(n1, "web")?;
+    assert!(placed.iter().all(|(_, node)| node != "n3"), "{placed:?}");
+    assert!(placed.iter().any(|(_, n)| n == "n1") && placed.iter().any(|(_, n)| n == "n2"), "spread: {placed:?}");
+    for node in ["n1", "n2", "n3"] {
+        let url = format!("http://{}:80/", lab.node(node).addr());
+        wait_until(Duration::from_secs(10), "mesh answers", || x.sh(&format!("curl -s -m 2 {url}")).is_ok())?;
+        let seen = hosts(x, &url, 10)?;
+        assert_round_robin(&seen, 5, &format!("through {node}"));
+        let a = x.sh(&format!("curl -s -m 3 {url}"))?;
+        assert!(
+            whoami_field(&a, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())),
+            "the task sees the external client's address through {node}: {a}"
+        );
+    }
+    // fairness over 1,000 connections
+    let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    let shares = x.run(move || {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        let mut failed = 0;
+        for _ in 0..1000 {
+            match get_once(addr) {
+                Ok(h) => *counts.entry(h).or_default() += 1,
+                Err(_) => failed += 1,
+            }
+        }
+        (counts, failed)
+    });
+    assert_eq!(shares.1, 0, "failed requests");
+    assert_eq!(shares.0.len(), 5);
+    for (h, c) in &shares.0 {
+        assert!((190..=210).contains(c), "task {h} got {c} of 1000 (outside ±2 %): {:?}", shares.0);
+    }
+    Ok(())
+}
+
+#[test]
+fn vip_and_dns_across_nodes() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("vipx", &["n1", "n2"], &[])?;
+    let n1 = lab.node("n1");
+    n1.netbee(&["network", "create", "--driver", "overlay", "app"])?;
+    n1.netbee(&["network", "create", "--driver", "overlay", "other"])?;
+    create_service(n1, "api", &["--replicas", "4", "--network", "app"])?;
+    wait_replicas(n1, "api", "4/4")?;
+    n1.netbee(&["run", "-d", "--name", "client", "--network", "app", "sleep", "600"])?;
+    let vip = {
+        let v: Value = serde_json::from_str(&n1.netbee(&["service", "inspect", "api"])?)?;
+        v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().split('/').next().unwrap().to_string()
+    };
+    wait_until(Duration::from_secs(10), "api resolves", || {
+        n1.exec("client", &["getent", "hosts", "api"]).map(|o| o.starts_with(&vip)).unwrap_or(false)
+    })?;
+    let mut tasks = String::new();
+    wait_until(Duration::from_secs(10), "tasks.api lists 4 tasks", || {
+        tasks = n1.exec("client", &["getent", "ahostsv4", "tasks.api"]).unwrap_or_default();
+        let ips: std::collections::BTreeSet<&str> = tasks.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        ips.len() == 4
+    })
+    .map_err(|e| anyhow!("{e}: {tasks}\n{}", n1.netbee(&["service", "ps", "--format", "json", "api"]).unwrap_or_default()))?;
+    let out = n1.exec("client", &["sh", "-c", "for i in $(seq 100); do curl -s -m 3 http://api:8080/ | grep '^Hostname' || echo FAIL; done"])?;
+    let seen: Vec<String> = out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect();
+    assert_eq!(seen.len(), 100);
+    assert_round_robin(&seen, 4, "VIP across nodes");
+    n1.netbee(&["run", "-d", "--name", "outsider", "--network", "other", "sleep", "600"])?;
+    assert!(!n1.exec_ok("outsider", &["getent", "hosts", "api"]));
+    assert!(!n1.exec_ok("outsider", &["curl", "-s", "-m", "2", &format!("http://{vip}:8080/")]));
+    Ok(())
+}
+
+#[test]
+fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("scale", &["n1", "n2", "n3"], &["x1"])?;
+    let n1 = lab.node("n1");
+    create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080"])?;
+    wait_replicas(n1, "web", "5/5")?;
+    let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    wait_until(Duration::from_secs(10), "mesh", || get_once(addr).is_ok() || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    n1.netbee(&["service", "scale", "web=7"])?;
+    wait_replicas(n1, "web", "7/7")?;
+    std::thread::sleep(Duration::from_secs(2));
+    n1.netbee(&["service", "scale", "web=4"])?;
+    wait_replicas(n1, "web", "4/4")?;
+    std::thread::sleep(Duration::from_secs(3));
+    n1.netbee(&["node", "update", "--availability", "drain", "n2"])?;
+    wait_until(Duration::from_secs(40), "n2 drained, 4 tasks elsewhere", || {
+        task_nodes(n1, "web").map(|t| t.len() == 4 && t.iter().all(|(_, n)| n != "n2")).unwrap_or(false)
+    })?;
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    eprintln!("scale/drain under load: {} requests, {} failed", ok.len(), failed.len());
+    assert!(ok.len() > 100, "load ran: {}", ok.len());
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert_eq!(replicas(n1, "web"), "4/4");
+    assert!(!lab.node("n2").netbee(&["ps"])?.contains("web."), "the drained node runs no task");
+    Ok(())
+}
+
+#[test]
+fn lost_node_tasks_are_rescheduled_and_no_longer_chosen() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("lost", &["n1", "n2", "n3"], &["x1"])?;
+    let n1 = lab.node("n1");
+    create_service(n1, "web", &["--replicas", "6", "--publish", "80:8080"])?;
+    wait_replicas(n1, "web", "6/6")?;
+    let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    lab.node("n3").kill_everything()?;
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "n3 Down", || {
+        n1.netbee(&["node", "ls"]).map(|o| o.lines().any(|l| l.contains("n3") && l.contains("Down"))).unwrap_or(false)
+    })?;
+    let down_after = t0.elapsed();
+    // within 10 s of Down no load balancer chooses n3's tasks any more
+    std::thread::sleep(Duration::from_secs(10));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok1, failed1) = load.join().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    wait_replicas(n1, "web", "6/6")?;
+    let placed = task_nodes(n1, "web")?;
+    assert!(placed.iter().all(|(_, n)| n != "n3"), "rescheduled away from n3: {placed:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok2, failed2) = load.join().unwrap();
+    eprintln!(
+        "node loss: Down after {down_after:?}; until Down+10 s: {} ok / {} failed; afterwards {} ok / {} failed",
+        ok1.len(), failed1.len(), ok2.len(), failed2.len()
+    );
+    assert!(failed2.is_empty(), "after the load balancers converged nothing fails: {failed2:?}");
+    assert!(ok2.len() > 50);
+    Ok(())
+}
+
+#[test]
+fn idle_mesh_connection_survives_fifteen_minutes() -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let lab = netbee_lab::swarm_lab("idle", &["n1", "n2"], &["x1"])?;
+    let n1 = lab.node("n1");
+    create_service(n1, "web", &["--replicas", "2", "--publish", "80:8080"])?;
+    wait_replicas(n1, "web", "2/2")?;
+    let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    wait_until(Duration::from_secs(10), "mesh", || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    let mut conn = lab.external("x1").run(move || std::net::TcpStream::connect(addr))?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut buf = [0u8; 4096];
+    let n = conn.read(&mut buf)?;
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("Hostname"));
+    // 15 minutes of idleness, as the datapath's clocks see it, then the real collectors run
+    for node in ["n1", "n2"] {
+        lab.node(node).netbee(&["datapath", "conntrack-age", "--seconds", "900"])?;
+        lab.node(node).netbee(&["datapath", "gc"])?;
+    }
+    let stats = n1.datapath_stats()?;
+    assert!(stats["Conntrack"]["Entries"].as_u64().unwrap() >= 2, "the flow's entries survive: {stats}");
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut rest = String::new();
+    conn.read_to_string(&mut rest)?;
+    assert!(rest.contains("Hostname"), "the idle connection still works: {rest:?}");
+    Ok(())
+}

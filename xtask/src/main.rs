@@ -2,7 +2,8 @@
 //!   setup   install everything the project needs (idempotent; seconds when already done)
 //!   build   setup, then build netbee (release)
 //!   demo    setup, build, and run the demo lab: networks, containers, published ports, counters
-//!   test    setup, build, and run every test (unit, lab, integration)
+//!   test    setup, build, and run every test (unit, lab, integration, `bench --quick`)
+//!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
 //!   clean-lab  remove leftovers of interrupted test labs
 use std::{
     path::{Path, PathBuf},
@@ -49,9 +50,10 @@ fn main() -> ExitCode {
         "build" => setup().and_then(|_| build()),
         "demo" => setup().and_then(|_| build()).and_then(|_| demo(rest)),
         "test" => setup().and_then(|_| build()).and_then(|_| test(rest)),
+        "bench" => setup().and_then(|_| build()).and_then(|_| bench(rest)),
         "clean-lab" => build_lab_tool().and_then(|_| run(Command::new(lab_tool()).arg("clean"))),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|demo|test|clean-lab>");
+            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|clean-lab>");
             return ExitCode::from(2);
         }
     };
@@ -176,6 +178,21 @@ fn demo(args: &[String]) -> Result<()> {
     run(Command::new(lab_tool()).arg("demo").args(args).env("NETBEE_BIN", netbee_bin()))
 }
 
+/// The benchmarks run against a private copy of the binary: a rebuild during a long run must not
+/// swap the program under the daemons.
+fn bench(args: &[String]) -> Result<()> {
+    run(cargo().args(["build", "--release", "-p", "netbee-bench"]))?;
+    let copy = std::env::temp_dir().join(format!("netbee-bench-bin-{}", std::process::id()));
+    std::fs::copy(netbee_bin(), &copy).map_err(|e| format!("copying the netbee binary: {e}"))?;
+    let r = run(Command::new(root().join("target/release/netbee-bench"))
+        .args(args)
+        .current_dir(root())
+        .env("NETBEE_BIN", &copy)
+        .env("PATH", path_env()));
+    let _ = std::fs::remove_file(&copy);
+    r
+}
+
 fn test(args: &[String]) -> Result<()> {
     let t0 = Instant::now();
     // unit tests of the control plane (IPAM, port specs, parsers, ...)
@@ -190,6 +207,9 @@ fn test(args: &[String]) -> Result<()> {
         .args(args)
         .args(["--", "--test-threads=3"])
         .env("NETBEE_BIN", netbee_bin()))?;
+    // the benchmark harness, briefly, so it cannot rot
+    run(cargo().args(["test", "--release", "-p", "netbee-bench"]))?;
+    bench(&["--quick".to_string()])?;
     eprintln!("xtask test: all suites passed in {:.0}s", t0.elapsed().as_secs_f64());
     Ok(())
 }

@@ -238,6 +238,18 @@ pub async fn conntrack_gc(d: Arc<Daemon>) {
 }
 
 impl Daemon {
+    /// Moves every conntrack entry's last-seen time `seconds` into the past: lets a test check
+    /// what the real timeouts do to a flow idle that long without waiting for it.
+    pub fn age_conntrack(&self, seconds: u64) -> Result<u64> {
+        let mut dp = self.dp.lock().unwrap();
+        let entries: Vec<(CtKey, CtEntry)> = dp.ct.iter().filter_map(|r| r.ok()).collect();
+        for (k, mut e) in entries.iter().copied() {
+            e.last_seen = e.last_seen.saturating_sub(seconds * 1_000_000_000);
+            dp.ct.insert(k, e, 0)?;
+        }
+        Ok(entries.len() as u64)
+    }
+
     pub fn gc_once(&self) -> Result<(u64, u64)> {
         let mut dp = self.dp.lock().unwrap();
         let timeouts = [

@@ -62,6 +62,8 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
         .route("/datapath/stats", get(datapath_stats))
+        .route("/datapath/conntrack/age", post(conntrack_age))
+        .route("/datapath/conntrack/gc", post(conntrack_gc))
         .route("/services", get(service_list))
         .route("/services/create", post(service_create))
         .route("/services/{id}", get(service_inspect).delete(service_remove))
@@ -288,4 +290,14 @@ async fn service_remove(State(d): D, Path(id): Path<String>) -> ApiResult<Json<V
 
 async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     Ok(Json(Value::Array(d.service_tasks(&id).await?)))
+}
+
+async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+    let n = d.age_conntrack(query_u64(&q, "seconds", 0)?)?;
+    Ok(Json(json!({ "Aged": n })))
+}
+
+async fn conntrack_gc(State(d): D) -> ApiResult<Json<Value>> {
+    let (removed, live) = d.gc_once()?;
+    Ok(Json(json!({ "Removed": removed, "Live": live })))
 }

@@ -686,7 +686,8 @@ impl Daemon {
                 let cid = c.id.clone();
                 let pid = c.state.pid;
                 tokio::spawn(async move {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    // every node's load balancer drops it within a pass (0.5 s) of the change
+                    tokio::time::sleep(Duration::from_secs(2)).await;
                     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
                     while established_connections(pid) > 0 && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -733,6 +734,12 @@ impl Daemon {
             return Err(anyhow!("{e}"));
         }
         let c = self.find_container(&c.id).map_err(|e| anyhow!("{e}"))?;
+        // a task joins the load balancers only once it accepts connections on its target ports
+        let targets: Vec<u16> = s.spec.ports.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.target).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !targets.iter().all(|p| listening(c.state.pid, *p)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         info!(service = %s.spec.name, slot = t.slot, container = %c.name, "task running");
         Ok((c.id.clone(), c.endpoints.iter().map(|e| (e.network_id.clone(), e.ip)).collect()))
     }
@@ -834,6 +841,16 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Whether a TCP socket listens on `port` in the container's network namespace.
+fn listening(pid: i32, port: u16) -> bool {
+    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
+    let want = format!("{port:04X}");
+    t.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
+    })
 }
 
 /// Established TCP connections in the container's network namespace (via its init's /proc).
