@@ -50,11 +50,11 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
     assert_eq!(n.network_inspect("b")?["IPAM"]["Config"][0]["Subnet"], "172.19.0.0/16");
     assert_eq!(n.network_inspect("a")?["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
 
-    let err = stderr_of(n, &["network", "create", "--subnet", "172.19.128.0/24", "c"]);
+    let err = stderr_of(n, &["network", "create", "--subnet", "172.19.128.0/24", "netc"]);
     assert!(err.contains("overlaps") && err.contains("\"b\""), "{err}");
     let err = stderr_of(n, &["network", "create", "--subnet", "10.9.0.0/16", "a"]);
     assert!(err.contains("already exists"), "{err}");
-    assert!(n.network_inspect("c").is_err(), "a refused network must not exist");
+    assert!(n.network_inspect("netc").is_err(), "a refused network must not exist");
 
     n.netbee(&["network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.50.0.254", "--ip-range", "10.50.0.128/25", "fixed"])?;
     n.run_whoami("web", &["--network", "fixed"], 8080)?;
