@@ -199,3 +199,125 @@ pub fn iptables_rule_cmd(node: &Node, tool: &str, op: &str, port: u16) -> Comman
     c.args(["-t", "nat", op, "PREROUTING"]).args(dnat_rule_args(port).split_whitespace());
     c
 }
+
+/// One backend of a load-balancing baseline: a "container" namespace and its address.
+pub struct Backend {
+    pub ns: PlainNs,
+    pub addr: String,
+}
+
+/// A Kubernetes-style pod network over `nodes` (lab nodes without netbee): node k (from 0) gets a
+/// Linux bridge `br0` at `10.88.<k+1>.1/24` (a CNI bridge / docker0), `per_node` container
+/// namespaces behind it at `10.88.<k+1>.2`, `.3`, ..., and every node routes the other nodes'
+/// pod subnets over the underlay to that node's address (flannel's host-gw / a routed pod
+/// network). Traffic from a load balancer on node 0 to a backend on another node thus crosses
+/// the underlay, as the routing mesh does.
+pub fn routed_pod_network(lab: &Lab, nodes: &[&Node], per_node: usize) -> Result<Vec<Backend>> {
+    let mut backends = Vec::new();
+    for (k, node) in nodes.iter().enumerate() {
+        let subnet = k + 1;
+        make_bridge(node.name(), &format!("10.88.{subnet}.1/24"))?;
+        check(node_sh(node, "iptables -P FORWARD ACCEPT && sysctl -qw net.ipv4.ip_forward=1"), Duration::from_secs(30))?;
+        for i in 0..per_node {
+            let addr = format!("10.88.{subnet}.{}", i + 2);
+            let tag = format!("{}p{i}", node.short_name());
+            let ns = plug_container(lab, node.name(), &tag, &format!("{addr}/24"), &format!("10.88.{subnet}.1"))?;
+            backends.push(Backend { ns, addr });
+        }
+        for (j, other) in nodes.iter().enumerate() {
+            if j != k {
+                ip(&["-n", node.name(), "route", "add", &format!("10.88.{}.0/24", j + 1), "via", &other.addr().to_string()])?;
+            }
+        }
+    }
+    for b in &backends {
+        reachable(&backends[0].ns, &b.addr)?;
+    }
+    Ok(backends)
+}
+
+/// kube-proxy's iptables mode for a NodePort service (`externalTrafficPolicy: Cluster`) on
+/// `node`: `PREROUTING` sends `<node addr>:<port>` to a per-service chain that marks the
+/// connection for masquerading (KUBE-MARK-MASQ) and picks a backend with one `statistic --mode
+/// nth` rule per endpoint (rule i: `--every n-i --packet 0`, so new connections go round robin
+/// exactly), each jumping to a DNAT (KUBE-SEP-*); `POSTROUTING` MASQUERADEs marked connections,
+/// so replies from backends on other nodes come back through this node. Loaded with
+/// `iptables-restore --noflush` (nf_tables backend), as kube-proxy does.
+pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<()> {
+    let n = backends.len();
+    let node_addr = node.addr();
+    let mut r = String::from("*nat\n:KUBE-SVC-BENCH - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
+    for i in 0..n {
+        r.push_str(&format!(":KUBE-SEP-{i} - [0:0]\n"));
+    }
+    r.push_str(&format!("-A PREROUTING -d {node_addr}/32 -p tcp -m tcp --dport {port} -j KUBE-SVC-BENCH\n"));
+    r.push_str("-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n");
+    r.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
+    r.push_str("-A KUBE-SVC-BENCH -j KUBE-MARK-MASQ\n");
+    for (i, b) in backends.iter().enumerate() {
+        if i + 1 < n {
+            r.push_str(&format!("-A KUBE-SVC-BENCH -m statistic --mode nth --every {} --packet 0 -j KUBE-SEP-{i}\n", n - i));
+        } else {
+            r.push_str(&format!("-A KUBE-SVC-BENCH -j KUBE-SEP-{i}\n"));
+        }
+        r.push_str(&format!("-A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination {}:{backend_port}\n", b.addr));
+    }
+    r.push_str("COMMIT\n");
+    let f = dir.join("kube-proxy.rules");
+    std::fs::write(&f, r)?;
+    let mut c = node.cmd("iptables-restore");
+    c.arg("--noflush").arg(&f);
+    check(c, Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// An haproxy load balancer in front of a server pool (the classic L4 ingress): `mode tcp`,
+/// `balance roundrobin`, listening on `<node addr>:<port>` and connecting to every backend
+/// (from the node's own address, so replies come back through it). Runs in the foreground
+/// (`-db`) with haproxy's default threads (one per CPU).
+pub fn haproxy_roundrobin(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<Server> {
+    let mut cfg = format!(
+        "global\n  maxconn 20000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend fe\n  bind {}:{port}\n  default_backend be\n\nbackend be\n  balance roundrobin\n",
+        node.addr()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        cfg.push_str(&format!("  server s{i} {}:{backend_port}\n", b.addr));
+    }
+    let f = dir.join("haproxy.cfg");
+    std::fs::write(&f, cfg)?;
+    let mut c = node.cmd("haproxy");
+    c.arg("-db").arg("-f").arg(&f);
+    Server::spawn(c, &dir.join("haproxy.log"))
+}
+
+/// Docker's overlay network model (and flannel's vxlan backend): on each of two lab nodes, a
+/// Linux bridge `br0` enslaving a kernel VXLAN device `vx0` (VNI 42, UDP 4789, unicast to the
+/// other node over the underlay `eth0`, no multicast learning needed with two peers), and a
+/// container namespace plugged into the bridge with MTU 1450 (1500 minus the VXLAN header).
+/// The containers share the L2 segment 10.96.0.0/24: client at .2 on `a`, server at .3 on `b`.
+pub fn vxlan_bridge_pair(lab: &Lab, a: &Node, b: &Node) -> Result<Pair> {
+    let mut ends = Vec::new();
+    for (node, peer, tag, addr) in [(a, b, "vxc", "10.96.0.2"), (b, a, "vxs", "10.96.0.3")] {
+        let host = node.name();
+        ip(&["-n", host, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", host, "link", "set", "br0", "up"])?;
+        ip(&[
+            "-n", host, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "remote",
+            &peer.addr().to_string(), "local", &node.addr().to_string(), "dev", "eth0",
+        ])?;
+        ip(&["-n", host, "link", "set", "vx0", "mtu", "1450", "master", "br0", "up"])?;
+        let c = PlainNs::create(lab, tag)?;
+        let host_if = format!("v{tag}");
+        ip(&["-n", host, "link", "add", &host_if, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450", "netns", &c.name])?;
+        ip(&["-n", host, "link", "set", &host_if, "master", "br0", "up"])?;
+        ip(&["-n", &c.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&["-n", &c.name, "link", "set", "eth0", "up"])?;
+        link_up(&c.name, "eth0")?;
+        ends.push(c);
+    }
+    let server = ends.pop().expect("two ends");
+    let client = ends.pop().expect("two ends");
+    reachable(&client, "10.96.0.3")?;
+    Ok(Pair { client, server, server_ip: "10.96.0.3".into() })
+}

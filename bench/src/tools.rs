@@ -8,8 +8,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 /// Tools every implemented scenario needs, installed by `cargo xtask setup`.
-pub const REQUIRED: &[&str] =
-    &["iperf3", "sockperf", "wrk", "socat", "nginx", "iptables", "iptables-legacy", "nft", "nsenter", "ss"];
+pub const REQUIRED: &[&str] = &[
+    "iperf3", "sockperf", "wrk", "socat", "nginx", "haproxy", "iptables", "iptables-legacy", "nft", "nsenter", "ss",
+];
 
 /// The tools missing from `PATH`.
 pub fn missing() -> Vec<&'static str> {
@@ -101,6 +102,16 @@ pub fn parse_wrk(out: &str) -> Result<WrkResult> {
 /// Writes a minimal nginx config into `dir` (listening on `port`, one worker, no access log,
 /// answering 200 "ok") and returns its path. Every path nginx writes stays inside `dir`.
 pub fn write_nginx_conf(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
+    write_nginx_conf_body(dir, port, "ok")
+}
+
+/// The body a routing-mesh backend answers: its hostname and the local address the connection
+/// reached (nginx variables), so a client can tell the backends apart whether they are netbee
+/// tasks (distinct hostnames) or plain namespaces (same hostname, distinct addresses).
+pub const BACKEND_ID_BODY: &str = "$hostname $server_addr";
+
+/// [`write_nginx_conf`] answering 200 with `body` (one line; nginx variables are expanded).
+pub fn write_nginx_conf_body(dir: &Path, port: u16, body: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
     let d = dir.display();
     let conf = format!(
@@ -115,12 +126,46 @@ pub fn write_nginx_conf(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
            fastcgi_temp_path {d}/fastcgi;\n\
            uwsgi_temp_path {d}/uwsgi;\n\
            scgi_temp_path {d}/scgi;\n\
-           server {{ listen {port} backlog=4096; location / {{ return 200 \"ok\\n\"; }} }}\n\
+           server {{ listen {port} backlog=4096; location / {{ return 200 \"{body}\\n\"; }} }}\n\
          }}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// One HTTP/1.1 GET on a fresh connection (`Connection: close`); the body's first line.
+pub fn http_get_line(addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    body_line(&resp)
+}
+
+fn body_line(resp: &str) -> Result<String> {
+    if !resp.starts_with("HTTP/1.1 200") {
+        bail!("not a 200 answer: {resp:?}");
+    }
+    let (_, body) = resp.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no body in {resp:?}"))?;
+    let line = body.lines().next().unwrap_or("").trim();
+    if line.is_empty() {
+        bail!("empty body in {resp:?}");
+    }
+    Ok(line.to_string())
+}
+
+/// Fairness of a load balancer: the largest share over the smallest share among `backends`
+/// backends, given how many requests each answered (backends that answered none count as 0, so
+/// the result is infinite). 1.0 is a perfect spread.
+pub fn max_min_share(counts: &std::collections::HashMap<String, usize>, backends: usize) -> f64 {
+    let mut v: Vec<usize> = counts.values().copied().collect();
+    v.resize(v.len().max(backends), 0);
+    let max = v.iter().copied().max().unwrap_or(0) as f64;
+    let min = v.iter().copied().min().unwrap_or(0) as f64;
+    if min == 0.0 { f64::INFINITY } else { max / min }
 }
 
 #[cfg(test)]
@@ -153,5 +198,17 @@ mod tests {
         assert!((r.per_second() - 10000.0).abs() < 1e-6);
         assert!((r.p50_ms - 1.5).abs() < 1e-9 && (r.p99_ms - 9.0).abs() < 1e-9);
         assert!(parse_wrk("WRKRESULT requests=0 duration_us=1 errors=0 p50_us=0 p99_us=0").is_err());
+    }
+
+    #[test]
+    fn body_and_fairness() {
+        let resp = "HTTP/1.1 200 OK\r\nServer: nginx\r\nConnection: close\r\n\r\nweb.1.abc 10.0.0.5\n";
+        assert_eq!(body_line(resp).unwrap(), "web.1.abc 10.0.0.5");
+        assert!(body_line("HTTP/1.1 502 Bad Gateway\r\n\r\nx").is_err());
+        let mut c = std::collections::HashMap::new();
+        c.insert("a".to_string(), 100);
+        c.insert("b".to_string(), 105);
+        assert!((max_min_share(&c, 2) - 1.05).abs() < 1e-9);
+        assert!(max_min_share(&c, 3).is_infinite());
     }
 }

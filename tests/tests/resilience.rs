@@ -1,0 +1,300 @@
+//! Issue 7 (part): restarts under load, crashes mid-operation, conntrack exhaustion and the API's
+//! handling of hostile input.
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    time::Duration,
+};
+
+use anyhow::{Result, anyhow};
+use netbee_lab::{Lab, Node, wait_until, whoami_field};
+
+fn one_node(name: &str, args: &[&str]) -> Result<Lab> {
+    let mut lab = Lab::new(name)?;
+    lab.add_node("n1")?;
+    lab.add_external("x1")?;
+    lab.node("n1").set_daemon_args(args);
+    lab.node("n1").start_daemon()?;
+    Ok(lab)
+}
+
+fn get_once(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no answer"))
+}
+
+/// New connections back to back from a namespace until `stop`: (ok, failed).
+fn load(ns: &str, addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match get_once(addr) {
+                Ok(_) => ok += 1,
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        (ok, failed)
+    })
+}
+
+/// Interfaces, namespace files and pinned endpoint links the node has, for leak checks.
+fn kernel_objects(n: &Node) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for l in n.sh("ip -br link")?.lines() {
+        let name = l.split_whitespace().next().unwrap_or("").split('@').next().unwrap_or("").to_string();
+        if name.starts_with("nbe") || name.starts_with("nbp") || name.starts_with("nbn") {
+            out.insert(format!("link:{name}"));
+        }
+    }
+    for d in ["state/netns", "bpffs/netbee/links"] {
+        if let Ok(rd) = std::fs::read_dir(n.dir().join(d)) {
+            for e in rd.flatten() {
+                out.insert(format!("{d}:{}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the store says should exist: one veth and one pinned link per endpoint of a running
+/// container, one namespace per running container, one device per bridge network.
+fn expected_objects(n: &Node) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for id in n.netbee(&["ps", "-q"])?.lines() {
+        let v = n.inspect(id)?;
+        out.insert(format!("state/netns:{}", v["Id"].as_str().unwrap()));
+        for (_, net) in v["NetworkSettings"]["Networks"].as_object().unwrap() {
+            let ep = &net["EndpointID"].as_str().unwrap()[..12];
+            out.insert(format!("link:nbe{ep}"));
+            out.insert(format!("bpffs/netbee/links:ep-nbe{ep}"));
+        }
+    }
+    for l in n.netbee(&["network", "ls", "--format", "json"])?.lines() {
+        let v: serde_json::Value = serde_json::from_str(l)?;
+        if v["Driver"] == "bridge" {
+            let full = n.network_inspect(v["Name"].as_str().unwrap())?;
+            out.insert(format!("link:{}", full["Options"]["com.netbee.network.device"].as_str().unwrap()));
+        }
+    }
+    for pin in ["uplink-ingress", "uplink-egress", "cgroup-sock_connect4", "cgroup-sock_sendmsg4", "cgroup-sock_recvmsg4", "cgroup-sock_getpeername4"] {
+        out.insert(format!("bpffs/netbee/links:{pin}"));
+    }
+    Ok(out)
+}
+
+#[test]
+fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
+    let lab = one_node("restartload", &[])?;
+    let n = lab.node("n1");
+    n.run_whoami("web", &["-p", "8080:8080"], 8080)?;
+    n.netbee(&["network", "create", "app"])?;
+    let bin = netbee_lab::netbee_bin();
+    n.netbee(&["service", "create", "--name", "svc", "--replicas", "2", "--publish", "9090:8080", "--network", "app", bin.to_str().unwrap(), "whoami", "--port", "8080"])?;
+    wait_until(Duration::from_secs(30), "svc 2/2", || n.netbee(&["service", "ls"]).map(|o| o.contains("2/2")).unwrap_or(false))?;
+    let published: std::net::SocketAddr = format!("{}:8080", n.addr()).parse()?;
+    let service: std::net::SocketAddr = format!("{}:9090", n.addr()).parse()?;
+    wait_until(Duration::from_secs(10), "service port", || lab.external("x1").sh(&format!("curl -s -m1 http://{service}/")).is_ok())?;
+    // an established connection that must survive the restarts
+    let mut held = lab.external("x1").run(move || std::net::TcpStream::connect(published))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let l1 = load(lab.external("x1").name(), published, stop.clone());
+    let l2 = load(lab.external("x1").name(), service, stop.clone());
+    let before = n.netbee(&["ps"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    n.stop_daemon()?; // SIGTERM
+    std::thread::sleep(Duration::from_millis(500));
+    n.start_daemon()?;
+    std::thread::sleep(Duration::from_millis(500));
+    n.kill_daemon()?; // SIGKILL
+    std::thread::sleep(Duration::from_millis(500));
+    n.start_daemon()?; // loads new programs and swaps them into the pinned links
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::Relaxed);
+    let (ok1, failed1) = l1.join().unwrap();
+    let (ok2, failed2) = l2.join().unwrap();
+    eprintln!("restart under load: published port {ok1} ok / {} failed; service {ok2} ok / {} failed", failed1.len(), failed2.len());
+    assert!(ok1 > 20 && ok2 > 20, "load ran");
+    assert!(failed1.is_empty(), "published port: {failed1:?}");
+    assert!(failed2.is_empty(), "service: {failed2:?}");
+    use std::io::{Read as _, Write as _};
+    held.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    held.set_read_timeout(Some(Duration::from_secs(3)))?;
+    held.read_to_string(&mut body)?;
+    assert!(body.contains("Hostname"), "the established connection survived: {body:?}");
+    let strip = |s: &str| s.lines().map(|l| l.split("   ").filter(|c| !c.trim().is_empty()).map(str::trim).filter(|c| !c.starts_with("Up ") && !c.ends_with(" ago")).collect::<Vec<_>>().join("|")).collect::<Vec<_>>();
+    assert_eq!(strip(&before), strip(&n.netbee(&["ps"])?), "state identical after restart");
+    Ok(())
+}
+
+#[test]
+fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
+    let lab = one_node("crash", &[])?;
+    let n = lab.node("n1");
+    n.netbee(&["network", "create", "app"])?;
+    let mut confirmed: Vec<String> = Vec::new();
+    for trial in 0..6u64 {
+        // start an operation and kill the daemon a varying moment into it
+        let name = format!("c{trial}");
+        let op = if trial % 3 == 2 && !confirmed.is_empty() {
+            let victim = confirmed.remove(0);
+            n.cmd(netbee_lab::netbee_bin().to_str().unwrap())
+                .args(["-H", &format!("unix://{}", n.socket().display()), "rm", "-f", &victim])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()?
+        } else {
+            n.cmd(netbee_lab::netbee_bin().to_str().unwrap())
+                .args(["-H", &format!("unix://{}", n.socket().display()), "run", "-d", "--name", &name, "--network", "app", "-p", &format!("{}:80", 7000 + trial), "sleep", "600"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()?
+        };
+        std::thread::sleep(Duration::from_millis(5 + trial * 9));
+        n.kill_daemon()?;
+        let out = op.wait_with_output()?;
+        if out.status.success() && trial % 3 != 2 {
+            confirmed.push(name.clone());
+        }
+        n.start_daemon()?;
+        // everything the CLI confirmed exists and runs
+        let ps = n.netbee(&["ps", "--format", "json"])?;
+        for c in &confirmed {
+            assert!(ps.contains(&format!("\"Names\":\"{c}\"")), "confirmed container {c} lost after crash {trial}: {ps}");
+        }
+        wait_until(Duration::from_secs(5), "store and kernel agree", || {
+            match (kernel_objects(n), expected_objects(n)) {
+                (Ok(k), Ok(e)) => k == e,
+                _ => false,
+            }
+        })
+        .map_err(|e| anyhow!("{e}: kernel {:?} vs store {:?}", kernel_objects(n), expected_objects(n)))?;
+    }
+    // and the survivors still forward
+    for c in &confirmed {
+        let ip = n.container_ip(c, "app")?;
+        assert!(n.sh(&format!("ping -c1 -W2 {ip}")).is_ok(), "{c} reachable");
+    }
+    Ok(())
+}
+
+/// One request on a kept-alive connection; reads exactly one response (Content-Length body).
+fn keepalive_get(s: &mut std::net::TcpStream) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Err(anyhow!("connection closed"));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(h) = text.find("\r\n\r\n") {
+            let len: usize = text[..h]
+                .lines()
+                .find_map(|l| l.to_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                return Ok(text[h + 4..].to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn conntrack_exhaustion_keeps_established_flows() -> Result<()> {
+    let lab = one_node("ctfull", &["--conntrack-size", "8192"])?;
+    let n = lab.node("n1");
+    let x = lab.external("x1");
+    n.run_whoami("web", &["-p", "8080:8080", "-p", "8081:8080/udp"], 8080)?;
+    let addr: std::net::SocketAddr = format!("{}:8080", n.addr()).parse()?;
+    // an established connection in use while the table overflows
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let path = format!("/run/netns/{}", x.name());
+    let busy = std::thread::spawn(move || -> Result<(usize, usize)> {
+        let f = std::fs::File::open(&path)?;
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+        let mut s = std::net::TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let (mut ok, mut failed) = (0, 0);
+        while !stop2.load(Ordering::Relaxed) {
+            match keepalive_get(&mut s) {
+                Ok(b) if b.contains("Hostname") => ok += 1,
+                _ => failed += 1,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((ok, failed))
+    });
+    // far more new flows than the table holds: 12,000 UDP flows (24,000 entries) from distinct
+    // source ports
+    let node = n.addr();
+    let answered = x.run(move || {
+        let mut ok = 0;
+        for _ in 0..12000 {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let _ = s.send_to(b"x", (node, 8081));
+            let mut buf = [0u8; 512];
+            if s.recv_from(&mut buf).is_ok() {
+                ok += 1;
+            }
+        }
+        ok
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = busy.join().unwrap()?;
+    let st = n.datapath_stats()?;
+    eprintln!("conntrack exhaustion: {answered}/12000 new flows answered; established: {ok} ok / {failed} failed; {}", st["Conntrack"]);
+    assert!(answered >= 11900, "new flows keep being served while the table is full: {answered}");
+    assert!(ok > 10 && failed == 0, "the established connection kept working: {ok} ok, {failed} failed");
+    assert_eq!(st["Conntrack"]["Capacity"], 8192);
+    assert!(st["Conntrack"]["Entries"].as_u64().unwrap() <= 8192);
+    assert!(st["Conntrack"]["Evicted"].as_u64().unwrap() > 10000, "evictions are counted: {st}");
+    assert!(n.netbee(&["version"]).is_ok(), "the daemon is fine");
+    Ok(())
+}
+
+#[test]
+fn api_rejects_hostile_requests_and_is_root_only() -> Result<()> {
+    let lab = one_node("api", &[])?;
+    let n = lab.node("n1");
+    let sock = n.socket();
+    let mode = std::fs::metadata(&sock)?.permissions();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.mode() & 0o777, 0o600, "the API socket is root-only");
+    let curl = |args: &str| n.sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {} {args}", sock.display()));
+    let before = n.netbee(&["network", "ls"])?;
+    for (args, want) in [
+        ("-X POST -H 'content-type: application/json' -d '{bad json' http://x/networks/create", "400"),
+        ("-X POST -H 'content-type: application/json' -d '{\"Name\": 5}' http://x/networks/create", "400"),
+        ("-X POST -H 'content-type: application/json' -d '{\"Name\": \"t\", \"Subnet\": \"x\"' http://x/networks/create", "400"),
+        ("-X POST -H 'content-type: application/json' -d '[]' http://x/containers/create", "400"),
+        ("-X POST -H 'content-type: application/json' -d '{\"Cmd\": []}' http://x/containers/create", "400"),
+        ("-X DELETE http://x/containers/nonexistent", "404"),
+        ("http://x/no/such/route", "404"),
+    ] {
+        assert_eq!(curl(args)?.trim(), want, "{args}");
+    }
+    // oversized body
+    let big = lab.dir().join("big.json");
+    std::fs::write(&big, format!("{{\"Name\": \"{}\"}}", "a".repeat(3 << 20)))?;
+    let code = curl(&format!("-X POST -H 'content-type: application/json' --data-binary @{} http://x/networks/create", big.display()))?;
+    assert_eq!(code.trim(), "413");
+    // truncated request: the connection is dropped, the daemon keeps serving
+    let _ = n.sh(&format!("printf 'POST /networks/create HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100\\r\\n\\r\\n{{\"Na' | timeout 2 nc -U {} || true", sock.display()));
+    assert_eq!(n.netbee(&["network", "ls"])?, before, "nothing changed");
+    Ok(())
+}
