@@ -277,7 +277,7 @@ pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], back
 /// (`-db`) with haproxy's default threads (one per CPU).
 pub fn haproxy_roundrobin(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<Server> {
     let mut cfg = format!(
-        "global\n  maxconn 20000\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+        "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
          frontend fe\n  bind {}:{port}\n  default_backend be\n\nbackend be\n  balance roundrobin\n",
         node.addr()
     );

@@ -33,6 +33,14 @@ pub fn iperf3_gbps(json: &str) -> Result<f64> {
     Ok(bps / 1e9)
 }
 
+/// Sender-side TCP retransmits from `iperf3 -J` output (all streams summed).
+pub fn iperf3_retransmits(json: &str) -> Result<f64> {
+    let v: Value = serde_json::from_str(json).context("iperf3 output is not JSON")?;
+    v["end"]["sum_sent"]["retransmits"]
+        .as_f64()
+        .ok_or_else(|| anyhow!("iperf3 JSON lacks end.sum_sent.retransmits"))
+}
+
 /// sockperf ping-pong latency percentiles (p50, p99) in microseconds.
 pub fn sockperf_p50_p99(out: &str) -> Result<(f64, f64)> {
     let find = |p: &str| -> Result<f64> {
@@ -107,8 +115,9 @@ pub fn write_nginx_conf(dir: &Path, port: u16) -> Result<std::path::PathBuf> {
 
 /// The body a routing-mesh backend answers: its hostname and the local address the connection
 /// reached (nginx variables), so a client can tell the backends apart whether they are netbee
-/// tasks (distinct hostnames) or plain namespaces (same hostname, distinct addresses).
-pub const BACKEND_ID_BODY: &str = "$hostname $server_addr";
+/// tasks (distinct hostnames) or plain namespaces (same hostname, distinct addresses), then the
+/// peer address it saw (the client's, unless the balancer proxied or masqueraded).
+pub const BACKEND_ID_BODY: &str = "$hostname $server_addr $remote_addr";
 
 /// [`write_nginx_conf`] answering 200 with `body` (one line; nginx variables are expanded).
 pub fn write_nginx_conf_body(dir: &Path, port: u16, body: &str) -> Result<std::path::PathBuf> {
@@ -187,6 +196,8 @@ mod tests {
         let j = r#"{"end":{"sum_received":{"bits_per_second":8.5e9}}}"#;
         assert!((iperf3_gbps(j).unwrap() - 8.5).abs() < 1e-9);
         assert!(iperf3_gbps(r#"{"error":"unable to connect"}"#).is_err());
+        let j = r#"{"end":{"sum_sent":{"retransmits":12}}}"#;
+        assert_eq!(iperf3_retransmits(j).unwrap(), 12.0);
     }
 
     #[test]

@@ -158,6 +158,13 @@ pub struct ContainerState {
     pub error: String,
 }
 
+impl ContainerRecord {
+    /// Whether load balancers may send it translated flows (published ports, service task).
+    pub fn is_backend(&self) -> bool {
+        !self.config.publish.is_empty() || self.config.publish_all || self.config.labels.contains_key("com.netbee.task.id")
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerRecord {
     pub id: String,

@@ -6,7 +6,7 @@
 
 /// Bumped whenever a pinned map changes layout; the loader pins maps under `maps-v<VERSION>` so an
 /// upgrade never reinterprets an old map with a new layout (Cilium PR #10289).
-pub const MAP_VERSION: u32 = 1;
+pub const MAP_VERSION: u32 = 2;
 
 pub const MAX_ENDPOINTS: u32 = 65536;
 pub const MAX_NETWORKS: u32 = 4096;
@@ -145,6 +145,14 @@ pub struct Iface {
     pub net_id: u32,
     pub mac: [u8; 6],
     pub host_mac: [u8; 6],
+    pub flags: u32,
+}
+
+pub mod iface_flags {
+    /// The container is a load-balancer backend (published ports, service task): its packets
+    /// may be replies of translated flows. Plain containers skip the conntrack lookup when they
+    /// talk to another container directly.
+    pub const BACKEND: u32 = 1;
 }
 
 pub mod net_flags {

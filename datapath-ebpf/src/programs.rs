@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use netbee_abi::{
     CtEntry, CtKey, Iface, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
-    net_flags, stat, svc_flags,
+    iface_flags, net_flags, stat, svc_flags,
 };
 
 use crate::{
@@ -71,6 +71,16 @@ fn from_container(ctx: &TcContext) -> i32 {
     };
     if ip.saddr != iface.ip {
         return drop(drop_reason::SPOOFED_IP);
+    }
+    // fast path: to another container's own address, from a container that is nobody's backend,
+    // no translation can apply (translated flows are keyed by VIPs, node addresses or backends)
+    if iface.flags & iface_flags::BACKEND == 0 {
+        if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
+            if ep.net_id != iface.net_id {
+                return drop(drop_reason::CROSS_NETWORK);
+            }
+            return to_endpoint(ctx, ep);
+        }
     }
     if let Some(l4) = l4(ctx, &ip) {
         let key = flow_key(&ip, &l4);
@@ -229,6 +239,11 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
         return PASS;
     }
     let Some(ip) = ipv4(ctx) else { return PASS };
+    let node_ip = config(config::UPLINK_IP) as u32;
+    if ip.saddr == node_ip {
+        // the node's own traffic and replies already translated on a veth: nothing to masquerade
+        return PASS;
+    }
     let Some(l4) = l4(ctx, &ip) else { return PASS };
     let key = flow_key(&ip, &l4);
     if let Some(ct) = conntrack::lookup(&key, &l4) {
@@ -243,7 +258,6 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
     if SUBNETS.get(Key::new(32, ip.saddr)).is_none() {
         return PASS;
     }
-    let node_ip = config(config::UPLINK_IP) as u32;
     let Some(port) = allocate_snat_port(&key, &ip, &l4, node_ip) else {
         return drop(drop_reason::NAT_PORTS_EXHAUSTED);
     };

@@ -7,8 +7,10 @@
 //! "not yet available" (never with numbers).
 
 pub mod control_plane;
+pub mod overlay;
 pub mod publish_cost;
 pub mod published_port;
+pub mod routing_mesh;
 pub mod same_node;
 
 use std::path::PathBuf;
@@ -69,17 +71,20 @@ pub const ALL: &[Scenario] = &[
     },
     Scenario {
         name: "routing-mesh",
-        description: "ingress round robin across 3 nodes: conn/s, fairness and client-address preservation vs \
-                      iptables `statistic --mode nth` DNAT (kube-proxy's model) and haproxy TCP round robin",
-        run: None,
-        pending: "needs the multi-node routing mesh (issue 4), not built yet",
+        description: "ingress round robin from an external client through one node to 6 nginx backends on 3 \
+                      nodes: wrk new conn/s and p99 (`Connection: close`), fairness max/min share over sequential \
+                      connections; netbee's routing mesh vs iptables `statistic --mode nth` DNAT+MASQUERADE \
+                      (kube-proxy's model) and haproxy `mode tcp` round robin",
+        run: Some(routing_mesh::run),
+        pending: "",
     },
     Scenario {
         name: "overlay",
-        description: "container↔container across two nodes over the overlay: throughput and latency (baselines \
-                      to be chosen with the feature, e.g. a kernel VXLAN setup and the bare underlay)",
-        run: None,
-        pending: "needs the overlay between nodes (issue 5), not built yet",
+        description: "container↔container across two nodes over an overlay network: iperf3 throughput (1 stream) \
+                      and sockperf TCP ping-pong p50/p99; netbee's eBPF VXLAN overlay vs a Linux bridge + kernel \
+                      VXLAN device per node (docker overlay's model)",
+        run: Some(overlay::run),
+        pending: "",
     },
     Scenario {
         name: "control-plane",

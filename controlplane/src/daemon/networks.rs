@@ -306,7 +306,8 @@ impl Daemon {
         c.endpoints.pop();
         let default_route = index == 0 && !net.internal;
         let attached = async {
-            bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), &net, &ep, default_route).await?;
+            bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), &net, &ep, default_route, c.is_backend())
+                .await?;
             if net.driver == Driver::Overlay {
                 self.register_endpoint(c, &ep).await?;
             }

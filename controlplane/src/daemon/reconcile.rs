@@ -53,10 +53,11 @@ impl Daemon {
         for (i, ep) in c.endpoints.clone().iter().enumerate() {
             let Some(net) = nets.iter().find(|n| n.id == ep.network_id) else { continue };
             if self.nl.link(&ep.host_ifname()).await?.is_some() {
-                bridge::program_endpoint(&self.nl, &self.dp, net, ep).await?;
+                bridge::program_endpoint(&self.nl, &self.dp, net, ep, c.is_backend()).await?;
             } else {
                 let default_route = i == 0 && !net.internal;
-                bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), net, ep, default_route).await?;
+                bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), net, ep, default_route, c.is_backend())
+                    .await?;
             }
         }
         if let Some(ep) = c.endpoints.first() {

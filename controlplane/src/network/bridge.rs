@@ -61,6 +61,7 @@ pub async fn attach_endpoint(
     net: &NetworkRecord,
     ep: &Endpoint,
     default_route: bool,
+    backend: bool,
 ) -> Result<()> {
     let ipam = net.ipam.as_ref().ok_or_else(|| anyhow!("network {} has no addresses", net.name))?;
     let (gateway, prefix) = (ipam.config().gateway, ipam.config().subnet.prefix());
@@ -88,7 +89,7 @@ pub async fn attach_endpoint(
         Ok(())
     })
     .with_context(|| format!("configuring {} in the container", ep.ifname))?;
-    program_endpoint(nl, dp, net, ep).await
+    program_endpoint(nl, dp, net, ep, backend).await
 }
 
 /// The node-side half of an endpoint: neighbour, route, map entries and the pinned TC link.
@@ -98,6 +99,7 @@ pub async fn program_endpoint(
     dp: &std::sync::Mutex<Datapath>,
     net: &NetworkRecord,
     ep: &Endpoint,
+    backend: bool,
 ) -> Result<()> {
     let gateway = gateway_of(net).ok_or_else(|| anyhow!("network {} has no gateway", net.name))?;
     let host = ep.host_ifname();
@@ -108,7 +110,17 @@ pub async fn program_endpoint(
     nl.add_host_route(ep.ip, h.index, gateway).await?;
     let mut dp = dp.lock().unwrap();
     dp.ifaces
-        .insert(h.index, Iface { ip: ip_be(ep.ip), net_id: net.net_id, mac: ep.mac, host_mac }, 0)
+        .insert(
+            h.index,
+            Iface {
+                ip: ip_be(ep.ip),
+                net_id: net.net_id,
+                mac: ep.mac,
+                host_mac,
+                flags: if backend { netbee_abi::iface_flags::BACKEND } else { 0 },
+            },
+            0,
+        )
         .context("updating IFACES")?;
     let entry = DpEndpoint {
         ifindex: h.index,

@@ -1,0 +1,208 @@
+//! `routing-mesh`: an external client opening new connections to a port published cluster-wide
+//! (`netbee service create --replicas 6 --publish 80:80`), entering through one node (n1) and
+//! balanced over 6 backends spread over 3 nodes — the ingress of a replicated web service.
+//!
+//! Measures, from an external client on the underlay: new connections per second and request
+//! latency p99 with wrk (2 threads, 50 connections, `Connection: close`: every request is a new
+//! connection through the balancer, as in `published-port`), and fairness, the largest over the
+//! smallest number of requests the 6 backends answered out of N sequential new connections
+//! (N = 3,000; 600 with `--quick`) made by a small client in this binary. Every backend is nginx
+//! answering `$hostname $server_addr $remote_addr`, so the answers name the backend (netbee tasks
+//! have their own hostnames, baseline backends their own addresses) and show whether it saw the
+//! client's address (printed, not a metric).
+//!
+//! netbee: a 3-node swarm (`netbee_lab::swarm_lab`), the service's 6 tasks spread by the
+//! scheduler (checked: all 3 nodes run some), entered through n1's address. Baselines, in the
+//! same topology (3 more lab nodes b1-b3 on the same underlay, no netbee, 2 backends per node
+//! behind a Linux bridge, pod subnets routed between nodes), entered through b1: iptables
+//! `statistic --mode nth` DNAT round robin with MASQUERADE (kube-proxy's NodePort model) on port
+//! 80, and haproxy `mode tcp` `balance roundrobin` on port 8080.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use netbee_lab::{Node, wait_until};
+use serde_json::Value;
+
+use super::{Ctx, nb, scratch};
+use crate::baselines::{haproxy_roundrobin, iptables_statistic_nth, routed_pod_network};
+use crate::report::{Better, Collector, Metric, MetricDef, NETBEE};
+use crate::sys::{Place, Server, check};
+use crate::tools::{BACKEND_ID_BODY, WRK_LUA, http_get_line, max_min_share, parse_wrk, write_nginx_conf_body};
+
+const REPLICAS: usize = 6;
+const PORT: u16 = 80;
+const HAPROXY_PORT: u16 = 8080;
+
+pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
+    let mut lab = netbee_lab::swarm_lab("bench-routing-mesh", &["n1", "n2", "n3"], &["x1"])?;
+    for b in ["b1", "b2", "b3"] {
+        lab.add_node(b)?;
+    }
+    let dir = scratch(&lab, "routing-mesh")?;
+    let n1 = lab.node("n1");
+
+    // netbee: 6 nginx tasks behind the routing mesh, published on 80 on every node.
+    let conf = write_nginx_conf_body(&dir.join("nginx-netbee"), PORT, BACKEND_ID_BODY)?;
+    let conf_s = conf.to_string_lossy().to_string();
+    let replicas = REPLICAS.to_string();
+    let publish = format!("{PORT}:{PORT}");
+    nb(n1, &["service", "create", "--name", "web", "--replicas", &replicas, "--publish", &publish, "--", "nginx", "-c", &conf_s, "-g", "daemon off;"])?;
+    let want = format!("{REPLICAS}/{REPLICAS}");
+    wait_until(Duration::from_secs(60), &format!("service web at {want}"), || service_replicas(n1, "web") == want)?;
+    let placed = task_nodes(n1, "web")?;
+    println!("  netbee tasks: {}", placed.iter().map(|(t, n)| format!("{t}@{n}")).collect::<Vec<_>>().join(", "));
+    for node in ["n1", "n2", "n3"] {
+        ensure!(placed.iter().any(|(_, n)| n == node), "no task of web on {node}: {placed:?}");
+    }
+
+    // Baselines: the same 6 nginx backends as namespaces on b1-b3 (2 each), entered through b1.
+    let (b1, b2, b3) = (lab.node("b1"), lab.node("b2"), lab.node("b3"));
+    let backends = routed_pod_network(&lab, &[b1, b2, b3], REPLICAS / 3)?;
+    let mut servers: Vec<Server> = Vec::new();
+    for (i, b) in backends.iter().enumerate() {
+        let d = dir.join(format!("nginx-backend{i}"));
+        let conf = write_nginx_conf_body(&d, PORT, BACKEND_ID_BODY)?;
+        let mut c = b.ns.cmd("nginx");
+        c.arg("-c").arg(&conf).args(["-g", "daemon off;"]);
+        servers.push(Server::spawn(c, &d.join("nginx.log"))?);
+        Place::Ns(b.ns.clone()).wait_listening(PORT, Duration::from_secs(10))?;
+    }
+    iptables_statistic_nth(b1, PORT, &backends, PORT, &dir)?;
+    servers.push(haproxy_roundrobin(b1, HAPROXY_PORT, &backends, PORT, &dir)?);
+    wait_node_listening(b1, HAPROXY_PORT)?;
+
+    let x1 = lab.external("x1");
+    let lua = dir.join("close.lua");
+    std::fs::write(&lua, WRK_LUA)?;
+    let targets: [(&str, SocketAddr); 3] = [
+        (NETBEE, SocketAddr::new(n1.addr().into(), PORT)),
+        ("iptables-nth", SocketAddr::new(b1.addr().into(), PORT)),
+        ("haproxy", SocketAddr::new(b1.addr().into(), HAPROXY_PORT)),
+    ];
+    let wrk = |addr: SocketAddr, secs: u64| -> Result<crate::tools::WrkResult> {
+        let mut c = x1.cmd("wrk");
+        c.args(["-t2", "-c50", &format!("-d{secs}s"), "-s"]).arg(&lua).arg(format!("http://{addr}/"));
+        parse_wrk(&check(c, Duration::from_secs(secs + 30))?)
+    };
+    let fairness_n: usize = if ctx.quick { 600 } else { 3000 };
+    let client_ip = x1.addr().to_string();
+    let spread = |addr: SocketAddr, n: usize| -> Result<Spread> {
+        let client = client_ip.clone();
+        x1.run(move || sequential_spread(addr, n, &client))
+    };
+    // Every path answers with all 6 backends before anything is timed; one short warm-up each.
+    for (system, addr) in &targets {
+        let mut last = String::new();
+        wait_until(Duration::from_secs(20), &format!("{system} answering on {addr}"), || {
+            let r = x1.run({
+                let addr = *addr;
+                move || http_get_line(addr, Duration::from_secs(2)).map_err(|e| format!("{e:#}"))
+            });
+            r.map_err(|e| last = e).is_ok()
+        })
+        .with_context(|| {
+            let ps = nb(n1, &["service", "ps", "web"]).unwrap_or_default();
+            let local = nb(n1, &["ps", "-a"]).unwrap_or_default();
+            format!("last error: {last}\nservice ps web:\n{ps}\nps -a on n1:\n{local}")
+        })?;
+        let s = spread(*addr, 4 * REPLICAS).with_context(|| format!("{system}: first requests"))?;
+        ensure!(s.counts.len() == REPLICAS, "{system}: {} backends answered 24 requests, expected {REPLICAS}: {:?}", s.counts.len(), s.counts);
+        wrk(*addr, 1).with_context(|| format!("{system}: wrk warm-up"))?;
+    }
+
+    let defs = vec![
+        MetricDef::new("cps", "new connections/s through n1", "conn/s", Better::Higher)
+            .vs("iptables-nth", "> 1")
+            .vs("haproxy", "> 1"),
+        MetricDef::new("p99", "request latency p99", "ms", Better::Lower).vs("iptables-nth", "≥ 1").vs("haproxy", "≥ 1"),
+        MetricDef::new("fair", format!("fairness max/min share of 6 backends, {fairness_n} conns"), "×", Better::Lower)
+            .vs("iptables-nth", "netbee ≤ 1.05")
+            .vs("haproxy", "netbee ≤ 1.05"),
+        MetricDef::new("errors", "wrk socket errors per run", "count", Better::Lower).vs("iptables-nth", "—").vs("haproxy", "—"),
+    ];
+    let mut col = Collector::new("routing-mesh", defs);
+    let secs = ctx.duration().as_secs();
+    for round in 0..ctx.rounds {
+        ctx.round_banner("routing-mesh", round);
+        for s in &mut servers {
+            s.check_alive()?;
+        }
+        for (system, addr) in &targets {
+            let r = wrk(*addr, secs).with_context(|| format!("{system}: wrk"))?;
+            col.add("cps", system, r.per_second());
+            col.add("p99", system, r.p99_ms);
+            col.add("errors", system, r.errors as f64);
+            let s = spread(*addr, fairness_n).with_context(|| format!("{system}: fairness"))?;
+            if s.failed > 0 || s.counts.len() != REPLICAS {
+                bail!("{system}: {} of {fairness_n} sequential connections failed, backends answering: {:?}", s.failed, s.counts);
+            }
+            let preserved = s.client_seen as f64 / fairness_n as f64;
+            println!("    routing-mesh   {system:<12} shares {:?}; backends saw the client address in {:.0} %", sorted(&s.counts), 100.0 * preserved);
+            col.add("fair", system, max_min_share(&s.counts, REPLICAS));
+        }
+    }
+    drop(servers);
+    Ok(col.finish())
+}
+
+struct Spread {
+    /// Requests answered per backend ("hostname address").
+    counts: HashMap<String, usize>,
+    failed: usize,
+    /// Answers whose backend saw the external client's own address as the peer (printed only).
+    client_seen: usize,
+}
+
+/// `n` sequential new connections to `addr`, each one GET; which backend answered each. Runs on
+/// a thread inside the client's namespace.
+fn sequential_spread(addr: SocketAddr, n: usize, client_ip: &str) -> Result<Spread> {
+    let mut s = Spread { counts: HashMap::new(), failed: 0, client_seen: 0 };
+    for _ in 0..n {
+        match http_get_line(addr, Duration::from_secs(3)) {
+            Ok(line) => {
+                // "$hostname $server_addr $remote_addr": the backend is hostname + address.
+                let mut f = line.split_whitespace();
+                let id = format!("{} {}", f.next().unwrap_or(""), f.next().unwrap_or(""));
+                if f.next() == Some(client_ip) {
+                    s.client_seen += 1;
+                }
+                *s.counts.entry(id).or_default() += 1;
+            }
+            Err(_) => s.failed += 1,
+        }
+    }
+    Ok(s)
+}
+
+fn sorted(counts: &HashMap<String, usize>) -> Vec<usize> {
+    let mut v: Vec<usize> = counts.values().copied().collect();
+    v.sort_unstable();
+    v
+}
+
+fn service_replicas(n: &Node, name: &str) -> String {
+    n.netbee(&["service", "ls", "--format", "json"])
+        .ok()
+        .and_then(|o| o.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["Name"] == name))
+        .map(|v| v["Replicas"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default()
+}
+
+/// (task name, node) of the running tasks of `service`.
+fn task_nodes(n: &Node, service: &str) -> Result<Vec<(String, String)>> {
+    Ok(n.netbee(&["service", "ps", "--format", "json", service])?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["DesiredState"] == "Running" && v["CurrentState"] == "Running")
+        .map(|v| (v["Name"].as_str().unwrap_or("").to_string(), v["Node"].as_str().unwrap_or("").to_string()))
+        .collect())
+}
+
+fn wait_node_listening(node: &Node, port: u16) -> Result<()> {
+    wait_until(Duration::from_secs(10), &format!("a listener on {port} in {}", node.name()), || {
+        node.sh(&format!("ss -Hltn 'sport = :{port}' | grep -q .")).is_ok()
+    })
+}
