@@ -274,8 +274,11 @@ pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], back
 /// An haproxy load balancer in front of a server pool (the classic L4 ingress): `mode tcp`,
 /// `balance roundrobin`, listening on `<node addr>:<port>` and connecting to every backend
 /// (from the node's own address, so replies come back through it). Runs in the foreground
-/// (`-db`) with haproxy's default threads (one per CPU).
+/// (`-db`) with haproxy's default threads (one per CPU). The node's ephemeral port range is
+/// widened to 1024-65535, the usual tuning of an haproxy host (its server-side connections all
+/// come from the node's one address, to only 6 backends).
 pub fn haproxy_roundrobin(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<Server> {
+    check(node_sh(node, "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'"), Duration::from_secs(30))?;
     let mut cfg = format!(
         "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
          frontend fe\n  bind {}:{port}\n  default_backend be\n\nbackend be\n  balance roundrobin\n",

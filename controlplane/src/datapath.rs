@@ -124,8 +124,9 @@ impl Datapath {
         })
     }
 
-    pub fn links_dir(&self) -> &Path {
-        &self.links_dir
+    #[cfg(test)]
+    pub fn program_mut(&mut self, name: &str) -> &mut aya::programs::Program {
+        self.bpf.program_mut(name).expect("program")
     }
 
     pub fn set_config(&mut self, idx: u32, v: u64) -> Result<()> {

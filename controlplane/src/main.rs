@@ -5,6 +5,8 @@ mod cli;
 mod cluster;
 mod daemon;
 mod datapath;
+#[cfg(test)]
+mod datapath_tests;
 mod dns;
 mod humanize;
 mod ipam;

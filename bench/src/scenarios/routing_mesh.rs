@@ -114,7 +114,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     }
 
     let defs = vec![
-        MetricDef::new("cps", "new connections/s through n1", "conn/s", Better::Higher)
+        MetricDef::new("cps", "new connections/s through one node", "conn/s", Better::Higher)
             .vs("iptables-nth", "> 1")
             .vs("haproxy", "> 1"),
         MetricDef::new("p99", "request latency p99", "ms", Better::Lower).vs("iptables-nth", "≥ 1").vs("haproxy", "≥ 1"),
