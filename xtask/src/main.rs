@@ -4,6 +4,7 @@
 //!   demo    setup, build, and run the demo lab: networks, containers, published ports, counters
 //!   test    setup, build, and run every test (unit, lab, integration, `bench --quick`)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
+//!   soak    setup, build, and run the long resilience variants (50 crash trials, ...)
 //!   clean-lab  remove leftovers of interrupted test labs
 use std::{
     path::{Path, PathBuf},
@@ -51,9 +52,10 @@ fn main() -> ExitCode {
         "demo" => setup().and_then(|_| build()).and_then(|_| demo(rest)),
         "test" => setup().and_then(|_| build()).and_then(|_| test(rest)),
         "bench" => setup().and_then(|_| build()).and_then(|_| bench(rest)),
+        "soak" => setup().and_then(|_| build()).and_then(|_| soak()),
         "clean-lab" => build_lab_tool().and_then(|_| run(Command::new(lab_tool()).arg("clean"))),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|clean-lab>");
+            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|soak|clean-lab>");
             return ExitCode::from(2);
         }
     };
@@ -191,6 +193,14 @@ fn bench(args: &[String]) -> Result<()> {
         .env("PATH", path_env()));
     let _ = std::fs::remove_file(&copy);
     r
+}
+
+/// Long variants of the resilience tests: many more randomized crash points.
+fn soak() -> Result<()> {
+    run(cargo()
+        .args(["test", "--release", "-p", "netbee-tests", "--test", "resilience", "--", "--test-threads=1", "--nocapture"])
+        .env("NETBEE_BIN", netbee_bin())
+        .env("NETBEE_CRASH_TRIALS", "60"))
 }
 
 fn test(args: &[String]) -> Result<()> {

@@ -3,19 +3,23 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
+
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Serialize, de::DeserializeOwned};
 
 pub struct Etcd {
     endpoints: Vec<String>,
     client: tokio::sync::Mutex<Option<Client>>,
+    /// The member to try first: a client talks to one member at a time and moves on to the
+    /// next when it fails (etcd-client's balanced channel keeps sending to a dead member).
+    next: std::sync::atomic::AtomicUsize,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Etcd {
     pub fn new(endpoints: Vec<String>) -> Etcd {
-        Etcd { endpoints, client: tokio::sync::Mutex::new(None) }
+        Etcd { endpoints, client: tokio::sync::Mutex::new(None), next: Default::default() }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -27,18 +31,41 @@ impl Etcd {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(TIMEOUT);
-        let c = tokio::time::timeout(TIMEOUT, Client::connect(&self.endpoints, Some(opts)))
-            .await
-            .map_err(|_| anyhow!("timed out connecting to etcd at {}", self.endpoints.join(",")))?
-            .with_context(|| format!("connecting to etcd at {}", self.endpoints.join(",")))?;
-        *slot = Some(c.clone());
-        Ok(c)
+        let n = self.endpoints.len();
+        let start = self.next.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let ep = &self.endpoints[(start + i) % n];
+            let opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2)).with_timeout(TIMEOUT);
+            let attempt = async {
+                let mut c = Client::connect([ep.as_str()], Some(opts)).await?;
+                // a member that accepts connections but lost quorum would hang requests later
+                c.status().await?;
+                Ok::<Client, etcd_client::Error>(c)
+            };
+            match tokio::time::timeout(TIMEOUT, attempt).await {
+                Ok(Ok(c)) => {
+                    self.next.store((start + i) % n, std::sync::atomic::Ordering::Relaxed);
+                    *slot = Some(c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) => last = Some(format!("{ep}: {e}")),
+                Err(_) => last = Some(format!("{ep}: timed out")),
+            }
+        }
+        Err(anyhow!(
+            "cannot reach etcd at {} ({})",
+            self.endpoints.join(","),
+            last.unwrap_or_default()
+        ))
     }
 
-    /// Forget the connection after an error so the next call dials again.
+    /// Forget the connection after an error; the next call starts with the next member.
     pub async fn reset(&self) {
-        *self.client.lock().await = None;
+        let mut slot = self.client.lock().await;
+        if slot.take().is_some() {
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
