@@ -71,6 +71,64 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The REPLICAS column (running/desired) of `service ls` for `name`, or "" if unknown.
+    pub fn service_replicas(&self, name: &str) -> String {
+        self.netbee(&["service", "ls", "--format", "json"])
+            .ok()
+            .and_then(|o| o.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["Name"] == name))
+            .map(|v| v["Replicas"].as_str().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    /// (task name, node) of the running tasks of `service`.
+    pub fn service_running_tasks(&self, service: &str) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .netbee(&["service", "ps", "--format", "json", service])?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["DesiredState"] == "Running" && v["CurrentState"] == "Running")
+            .map(|v| (v["Name"].as_str().unwrap_or("").to_string(), v["Node"].as_str().unwrap_or("").to_string()))
+            .collect())
+    }
+}
+
+/// One HTTP GET on a fresh connection (from the calling thread's namespace); the hostname a
+/// `netbee whoami` answered with.
+pub fn http_hostname(addr: std::net::SocketAddr) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no whoami answer in {body:?}"))
+}
+
+/// Continuous load from namespace `ns`: new connections back to back (every `pause`) until
+/// `stop`; returns the answering hostnames and the failures.
+pub fn start_load(
+    ns: &str,
+    addr: std::net::SocketAddr,
+    pause: std::time::Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns");
+        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let (mut ok, mut failed) = (Vec::new(), Vec::new());
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            match http_hostname(addr) {
+                Ok(h) => ok.push(h),
+                Err(e) => failed.push(format!("{e:#}")),
+            }
+            std::thread::sleep(pause);
+        }
+        (ok, failed)
+    })
+}
+
 /// Value of `Key: value` in a whoami answer.
 pub fn whoami_field(answer: &str, key: &str) -> Option<String> {
     answer.lines().find_map(|l| l.strip_prefix(&format!("{key}: ")).map(str::to_string))

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use netbee_lab::{Lab, Node, wait_until, whoami_field};
+use netbee_lab::{Lab, Node, start_load, wait_until};
 
 fn one_node(name: &str, args: &[&str]) -> Result<Lab> {
     let mut lab = Lab::new(name)?;
@@ -18,31 +18,12 @@ fn one_node(name: &str, args: &[&str]) -> Result<Lab> {
     Ok(lab)
 }
 
-fn get_once(addr: std::net::SocketAddr) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no answer"))
-}
-
 /// New connections back to back from a namespace until `stop`: (ok, failed).
 fn load(ns: &str, addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
-    let path = format!("/run/netns/{ns}");
+    let h = start_load(ns, addr, Duration::from_millis(10), stop);
     std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let (mut ok, mut failed) = (0, Vec::new());
-        while !stop.load(Ordering::Relaxed) {
-            match get_once(addr) {
-                Ok(_) => ok += 1,
-                Err(e) => failed.push(format!("{e:#}")),
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        (ok, failed)
+        let (ok, failed) = h.join().unwrap();
+        (ok.len(), failed)
     })
 }
 

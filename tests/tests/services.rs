@@ -3,7 +3,7 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Result, anyhow};
-use netbee_lab::{Lab, Node, Ns, netbee_bin, wait_until, whoami_field};
+use netbee_lab::{Lab, Node, Ns, http_hostname, netbee_bin, start_load, wait_until, whoami_field};
 use serde_json::Value;
 
 fn whoami_cmd() -> Vec<String> {
@@ -19,16 +19,8 @@ fn create_service(n: &Node, name: &str, extra: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn replicas(n: &Node, name: &str) -> String {
-    n.netbee(&["service", "ls", "--format", "json"])
-        .ok()
-        .and_then(|o| o.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["Name"] == name))
-        .map(|v| v["Replicas"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
-}
-
 fn wait_replicas(n: &Node, name: &str, want: &str) -> Result<()> {
-    wait_until(Duration::from_secs(30), &format!("{name} {want}"), || replicas(n, name) == want)
+    wait_until(Duration::from_secs(30), &format!("{name} {want}"), || n.service_replicas(name) == want)
 }
 
 /// Hostnames answering `count` sequential new connections from `ns` to url.
@@ -143,49 +135,6 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     Ok(())
 }
 
-/// One HTTP GET on a fresh connection; the answering hostname.
-fn get_once(addr: std::net::SocketAddr) -> Result<String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no hostname in {body:?}"))
-}
-
-/// Continuous load from a namespace: new connections back to back until `stop`; returns
-/// (answers, failures).
-fn start_load(
-    ns: &str,
-    addr: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<String>, Vec<String>)> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("netns");
-        nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        let (mut ok, mut failed) = (Vec::new(), Vec::new());
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            match get_once(addr) {
-                Ok(h) => ok.push(h),
-                Err(e) => failed.push(format!("{e:#}")),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (ok, failed)
-    })
-}
-
-fn task_nodes(n: &Node, service: &str) -> Result<Vec<(String, String)>> {
-    Ok(n.netbee(&["service", "ps", "--format", "json", service])?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["DesiredState"] == "Running" && v["CurrentState"] == "Running")
-        .map(|v| (v["Name"].as_str().unwrap_or("").to_string(), v["Node"].as_str().unwrap_or("").to_string()))
-        .collect())
-}
-
 #[test]
 fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     let lab = netbee_lab::swarm_lab("mesh", &["n1", "n2", "n3"], &["x1"])?;
@@ -193,12 +142,15 @@ fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     // n3 runs no task: it must still answer on the published port
     create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080", "--constraint", "node.hostname!=n3"])?;
     wait_replicas(n1, "web", "5/5")?;
-    let placed = task_nodes(n1, "web")?;
+    let placed = n1.service_running_tasks("web")?;
     assert!(placed.iter().all(|(_, node)| node != "n3"), "{placed:?}");
     assert!(placed.iter().any(|(_, n)| n == "n1") && placed.iter().any(|(_, n)| n == "n2"), "spread: {placed:?}");
     for node in ["n1", "n2", "n3"] {
         let url = format!("http://{}:80/", lab.node(node).addr());
-        wait_until(Duration::from_secs(10), "mesh answers", || x.sh(&format!("curl -s -m 2 {url}")).is_ok())?;
+        // every node programs its load balancer on its own pass: wait until this one has all five
+        wait_until(Duration::from_secs(15), &format!("{node} balances over 5 tasks"), || {
+            hosts(x, &url, 5).map(|h| h.iter().collect::<std::collections::HashSet<_>>().len() == 5).unwrap_or(false)
+        })?;
         let seen = hosts(x, &url, 10)?;
         assert_round_robin(&seen, 5, &format!("through {node}"));
         let a = x.sh(&format!("curl -s -m 3 {url}"))?;
@@ -213,7 +165,7 @@ fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
         let mut counts: HashMap<String, usize> = HashMap::new();
         let mut failed = 0;
         for _ in 0..1000 {
-            match get_once(addr) {
+            match http_hostname(addr) {
                 Ok(h) => *counts.entry(h).or_default() += 1,
                 Err(_) => failed += 1,
             }
@@ -268,9 +220,9 @@ fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
     create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080"])?;
     wait_replicas(n1, "web", "5/5")?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
-    wait_until(Duration::from_secs(10), "mesh", || get_once(addr).is_ok() || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    wait_until(Duration::from_secs(10), "mesh", || http_hostname(addr).is_ok() || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
     n1.netbee(&["service", "scale", "web=7"])?;
     wait_replicas(n1, "web", "7/7")?;
     std::thread::sleep(Duration::from_secs(2));
@@ -279,7 +231,7 @@ fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
     std::thread::sleep(Duration::from_secs(3));
     n1.netbee(&["node", "update", "--availability", "drain", "n2"])?;
     wait_until(Duration::from_secs(40), "n2 drained, 4 tasks elsewhere", || {
-        task_nodes(n1, "web").map(|t| t.len() == 4 && t.iter().all(|(_, n)| n != "n2")).unwrap_or(false)
+        n1.service_running_tasks("web").map(|t| t.len() == 4 && t.iter().all(|(_, n)| n != "n2")).unwrap_or(false)
     })?;
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -287,7 +239,7 @@ fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
     eprintln!("scale/drain under load: {} requests, {} failed", ok.len(), failed.len());
     assert!(ok.len() > 100, "load ran: {}", ok.len());
     assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert_eq!(replicas(n1, "web"), "4/4");
+    assert_eq!(n1.service_replicas("web"), "4/4");
     assert!(!lab.node("n2").netbee(&["ps"])?.contains("web."), "the drained node runs no task");
     Ok(())
 }
@@ -300,7 +252,7 @@ fn lost_node_tasks_are_rescheduled_and_no_longer_chosen() -> Result<()> {
     wait_replicas(n1, "web", "6/6")?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
     std::thread::sleep(Duration::from_secs(1));
     lab.node("n3").kill_everything()?;
     let t0 = std::time::Instant::now();
@@ -313,9 +265,9 @@ fn lost_node_tasks_are_rescheduled_and_no_longer_chosen() -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok1, failed1) = load.join().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = start_load(lab.external("x1").name(), addr, stop.clone());
+    let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
     wait_replicas(n1, "web", "6/6")?;
-    let placed = task_nodes(n1, "web")?;
+    let placed = n1.service_running_tasks("web")?;
     assert!(placed.iter().all(|(_, n)| n != "n3"), "rescheduled away from n3: {placed:?}");
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

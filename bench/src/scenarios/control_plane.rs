@@ -5,8 +5,10 @@
 //! (`netbee run -d --network bench sleep 600`, CLI spawn to exit each; quick mode: 20); the time
 //! from starting a SIGKILLed daemon to `netbee ps` answering, with those containers running
 //! (readiness is polled every 50 ms by the lab, so ±50 ms); the daemon's VmRSS idle with them;
-//! and the time of `netbee network create`. No baseline: absolute values, target from the
-//! project brief "100 containers ≤ 10 s".
+//! and the time of `netbee network create`. On a 3-node swarm: the time from `service scale
+//! web=40` (from 1) until all 40 tasks answer through one node's routing-mesh port (40
+//! consecutive new connections reach 40 distinct tasks; quick mode: 1 → 8). No baseline:
+//! absolute values, targets from the project brief "100 containers ≤ 10 s, scale 1 → 40 ≤ 10 s".
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         MetricDef::new("restart", format!("daemon restart to ready, {count} containers"), "s", Better::Lower).target("—"),
         MetricDef::new("rss", format!("daemon RSS idle, {count} containers"), "MiB", Better::Lower).target("—"),
         MetricDef::new("netcreate", "network create", "ms", Better::Lower).target("—"),
+        MetricDef::new("scale", format!("scale a service 1 → {} over 3 nodes until all answer", scale_to(ctx)), "s", Better::Lower)
+            .target(if ctx.quick { "—".to_string() } else { "≤ 10 s".to_string() }),
     ];
     let mut col = Collector::new("control-plane", defs);
     for round in 0..ctx.rounds {
@@ -79,7 +83,52 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         args.extend(names.iter().map(String::as_str));
         nb(n1, &args)?;
     }
+    drop(lab);
+    scale_rounds(ctx, &mut col)?;
     Ok(col.finish())
+}
+
+fn scale_to(ctx: &Ctx) -> usize {
+    if ctx.quick { 8 } else { 40 }
+}
+
+/// `service scale web=N` from 1, timed until N consecutive new connections through n1's
+/// routing-mesh port are answered by N distinct tasks (round robin visits each once).
+fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
+    let n = scale_to(ctx);
+    let lab = netbee_lab::swarm_lab("bench-scale", &["n1", "n2", "n3"], &["x1"])?;
+    let n1 = lab.node("n1");
+    let bin = std::env::var("NETBEE_BIN").unwrap_or_else(|_| netbee_lab::netbee_bin().to_string_lossy().into_owned());
+    nb(n1, &["service", "create", "--name", "web", "--replicas", "1", "--publish", "80:8080", &bin, "whoami", "--port", "8080"])?;
+    let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    let x = lab.external("x1");
+    let distinct = move |count: usize| -> usize {
+        let hosts: std::collections::HashSet<String> =
+            (0..count).filter_map(|_| netbee_lab::http_hostname(addr).ok()).collect();
+        hosts.len()
+    };
+    netbee_lab::wait_until(Duration::from_secs(60), "web answers", || x.run(move || distinct(1)) == 1)?;
+    for round in 0..ctx.rounds {
+        ctx.round_banner("control-plane (scale)", round);
+        let t0 = Instant::now();
+        nb(n1, &["service", "scale", &format!("web={n}")])?;
+        loop {
+            if x.run(move || distinct(n)) == n {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(120) {
+                bail!("scale 1 → {n}: not all tasks answered within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        col.add("scale", NETBEE, t0.elapsed().as_secs_f64());
+        nb(n1, &["service", "scale", "web=1"])?;
+        netbee_lab::wait_until(Duration::from_secs(120), "scaled back to 1", || {
+            n1.service_running_tasks("web").map(|t| t.len() == 1).unwrap_or(false)
+                && lab.nodes().iter().all(|node| !node.netbee(&["ps", "-a"]).unwrap_or_default().lines().skip(1).any(|l| l.contains("web.") && !l.contains("web.1.")))
+        })?;
+    }
+    Ok(())
 }
 
 fn vm_rss_kib(pid: u32) -> Result<f64> {

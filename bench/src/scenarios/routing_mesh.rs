@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use netbee_lab::{Node, wait_until};
-use serde_json::Value;
 
 use super::{Ctx, nb, scratch};
 use crate::baselines::{haproxy_roundrobin, iptables_statistic_nth, routed_pod_network};
@@ -51,8 +50,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let publish = format!("{PORT}:{PORT}");
     nb(n1, &["service", "create", "--name", "web", "--replicas", &replicas, "--publish", &publish, "--", "nginx", "-c", &conf_s, "-g", "daemon off;"])?;
     let want = format!("{REPLICAS}/{REPLICAS}");
-    wait_until(Duration::from_secs(60), &format!("service web at {want}"), || service_replicas(n1, "web") == want)?;
-    let placed = task_nodes(n1, "web")?;
+    wait_until(Duration::from_secs(60), &format!("service web at {want}"), || n1.service_replicas("web") == want)?;
+    let placed = n1.service_running_tasks("web")?;
     println!("  netbee tasks: {}", placed.iter().map(|(t, n)| format!("{t}@{n}")).collect::<Vec<_>>().join(", "));
     for node in ["n1", "n2", "n3"] {
         ensure!(placed.iter().any(|(_, n)| n == node), "no task of web on {node}: {placed:?}");
@@ -181,24 +180,6 @@ fn sorted(counts: &HashMap<String, usize>) -> Vec<usize> {
     let mut v: Vec<usize> = counts.values().copied().collect();
     v.sort_unstable();
     v
-}
-
-fn service_replicas(n: &Node, name: &str) -> String {
-    n.netbee(&["service", "ls", "--format", "json"])
-        .ok()
-        .and_then(|o| o.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find(|v| v["Name"] == name))
-        .map(|v| v["Replicas"].as_str().unwrap_or("").to_string())
-        .unwrap_or_default()
-}
-
-/// (task name, node) of the running tasks of `service`.
-fn task_nodes(n: &Node, service: &str) -> Result<Vec<(String, String)>> {
-    Ok(n.netbee(&["service", "ps", "--format", "json", service])?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["DesiredState"] == "Running" && v["CurrentState"] == "Running")
-        .map(|v| (v["Name"].as_str().unwrap_or("").to_string(), v["Node"].as_str().unwrap_or("").to_string()))
-        .collect())
 }
 
 fn wait_node_listening(node: &Node, port: u16) -> Result<()> {
