@@ -93,6 +93,25 @@ impl Node {
     }
 }
 
+impl Node {
+    /// Runs a CLI command that must fail; returns its stderr (the error the user sees).
+    pub fn netbee_refused(&self, args: &[&str]) -> String {
+        let o = self.netbee_output(args);
+        assert!(!o.status.success(), "netbee {args:?} should have failed but succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+}
+
+/// One node "n1" with a daemon (given extra daemon arguments) and one external client "x1".
+pub fn single_node_lab(test: &str, daemon_args: &[&str]) -> Result<crate::Lab> {
+    let mut lab = crate::Lab::new(test)?;
+    lab.add_node("n1")?;
+    lab.add_external("x1")?;
+    lab.node("n1").set_daemon_args(daemon_args);
+    lab.node("n1").start_daemon()?;
+    Ok(lab)
+}
+
 /// One HTTP GET on a fresh connection (from the calling thread's namespace); the hostname a
 /// `netbee whoami` answered with.
 pub fn http_hostname(addr: std::net::SocketAddr) -> Result<String> {

@@ -41,12 +41,6 @@ fn node_field(n: &Node, host: &str, field: &str) -> String {
         .unwrap_or_default()
 }
 
-fn refused(node: &Node, args: &[&str]) -> String {
-    let o = node.netbee_output(args);
-    assert!(!o.status.success(), "netbee {args:?} should fail: {}", String::from_utf8_lossy(&o.stdout));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn swarm_and_node_management() -> Result<()> {
     let lab = cluster("swarm")?;
@@ -61,7 +55,7 @@ fn swarm_and_node_management() -> Result<()> {
     assert!(table.lines().any(|l| l.contains(" * ") && l.contains("n1")), "{table}");
     assert_eq!(node_field(n1, "n3", "ManagerStatus"), "Reachable");
     assert_eq!(node_field(n1, "n2", "ManagerStatus"), "");
-    assert!(refused(n2, &["node", "ls"]).contains("not a swarm manager"));
+    assert!(n2.netbee_refused(&["node", "ls"]).contains("not a swarm manager"));
     assert!(n3.netbee(&["node", "ls"])?.contains("n2"), "a joined manager sees the cluster");
 
     let join = n1.netbee(&["swarm", "join-token", "worker"])?;
@@ -71,13 +65,13 @@ fn swarm_and_node_management() -> Result<()> {
     let v: Value = serde_json::from_str(&n1.netbee(&["node", "inspect", "n2"])?)?;
     assert_eq!(v[0]["Spec"]["Availability"], "drain");
     assert_eq!(v[0]["Spec"]["Labels"]["zone"], "a");
-    assert!(refused(n1, &["node", "update", "--availability", "sleepy", "n2"]).contains("invalid availability"));
+    assert!(n1.netbee_refused(&["node", "update", "--availability", "sleepy", "n2"]).contains("invalid availability"));
 
     n1.netbee(&["node", "promote", "n2"])?;
     assert_eq!(node_field(n1, "n2", "ManagerStatus"), "Reachable");
     n1.netbee(&["node", "demote", "n2", "n3"])?;
-    assert!(refused(n1, &["node", "demote", "n1"]).contains("last manager"));
-    assert!(refused(n1, &["node", "rm", "n2"]).contains("not down"));
+    assert!(n1.netbee_refused(&["node", "demote", "n1"]).contains("last manager"));
+    assert!(n1.netbee_refused(&["node", "rm", "n2"]).contains("not down"));
 
     // a killed node is Down within 10 s, Ready again after restart
     n2.kill_daemon()?;
@@ -94,10 +88,10 @@ fn swarm_and_node_management() -> Result<()> {
     assert!(!n1.netbee(&["node", "ls"])?.contains("n3"));
 
     // leave: the last manager is warned, a worker leaves
-    assert!(refused(n1, &["swarm", "leave"]).contains("last manager"));
+    assert!(n1.netbee_refused(&["swarm", "leave"]).contains("last manager"));
     n2.netbee(&["swarm", "leave"])?;
     assert!(!n1.netbee(&["node", "ls"])?.contains("n2"));
-    assert!(refused(n2, &["node", "ls"]).contains("not a swarm manager"));
+    assert!(n2.netbee_refused(&["node", "ls"]).contains("not a swarm manager"));
     Ok(())
 }
 
@@ -161,7 +155,9 @@ fn overlay_across_nodes_isolated_and_fast() -> Result<()> {
     eprintln!("overlay 100 MB: {:.2} Gbit/s, {retr} retransmits", bps / 1e9);
     assert!(sent["bytes"].as_u64().unwrap_or(0) >= 100 * 1024 * 1024);
     assert!(bps > 1e9, "full speed: {bps} bit/s");
-    assert!(retr < 200, "no retransmission storm: {retr}");
+    // an MTU mismatch shows as tens of thousands of retransmissions; a busy 2-core VM gives a few
+    // hundred (about 72,000 segments are sent)
+    assert!(retr < 2000, "no retransmission storm: {retr}");
     Ok(())
 }
 
@@ -218,23 +214,23 @@ fn cluster_bad_input() -> Result<()> {
         lab.node(n).start_daemon()?;
     }
     let (n1, n2) = (lab.node("n1"), lab.node("n2"));
-    assert!(refused(n1, &["network", "create", "--driver", "overlay", "ov"]).contains("swarm"));
-    assert!(refused(n2, &["swarm", "join-token", "worker"]).contains("not a swarm manager"));
+    assert!(n1.netbee_refused(&["network", "create", "--driver", "overlay", "ov"]).contains("swarm"));
+    assert!(n2.netbee_refused(&["swarm", "join-token", "worker"]).contains("not a swarm manager"));
     n1.netbee(&["swarm", "init"])?;
-    assert!(refused(n1, &["swarm", "init"]).contains("already part of a swarm"));
+    assert!(n1.netbee_refused(&["swarm", "init"]).contains("already part of a swarm"));
     let mgr = format!("{}:2377", n1.addr());
     wait_until(Duration::from_secs(5), "join listener", || n1.sh(&format!("nc -z {} 2377", n1.addr())).is_ok())?;
-    let err = refused(n2, &["swarm", "join", "--token", "SWMTKN-1-bogus-bogus", &mgr]);
+    let err = n2.netbee_refused(&["swarm", "join", "--token", "SWMTKN-1-bogus-bogus", &mgr]);
     assert!(err.contains("invalid join token"), "{err}");
-    let err = refused(n2, &["swarm", "join", "--token", "SWMTKN-1-x-y", "10.77.0.250:2377"]);
+    let err = n2.netbee_refused(&["swarm", "join", "--token", "SWMTKN-1-x-y", "10.77.0.250:2377"]);
     assert!(err.contains("could not reach the manager at 10.77.0.250:2377"), "{err}");
-    assert!(refused(n2, &["node", "ls"]).contains("swarm"), "a refused join changes nothing");
+    assert!(n2.netbee_refused(&["node", "ls"]).contains("swarm"), "a refused join changes nothing");
 
     n1.netbee(&["network", "create", "--driver", "overlay", "--subnet", "10.20.0.0/24", "ov"])?;
-    let err = refused(n1, &["network", "create", "--driver", "overlay", "--subnet", "10.20.0.128/25", "ov2"]);
+    let err = n1.netbee_refused(&["network", "create", "--driver", "overlay", "--subnet", "10.20.0.128/25", "ov2"]);
     assert!(err.contains("overlaps") && err.contains("ov"), "{err}");
     n1.netbee(&["run", "-d", "--name", "user", "--network", "ov", "sleep", "600"])?;
-    let err = refused(n1, &["network", "rm", "ov"]);
+    let err = n1.netbee_refused(&["network", "rm", "ov"]);
     assert!(err.contains("active endpoints") && err.contains("user"), "{err}");
     assert!(n1.netbee(&["network", "ls"])?.contains("ov"));
     n1.netbee(&["rm", "-f", "user"])?;

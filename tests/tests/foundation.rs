@@ -3,21 +3,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use netbee_lab::{Lab, Node, netbee_bin, wait_until, whoami_field};
-
-fn one_node(name: &str) -> Result<Lab> {
-    let mut lab = Lab::new(name)?;
-    lab.add_node("n1")?;
-    lab.add_external("x1")?;
-    lab.node("n1").start_daemon()?;
-    Ok(lab)
-}
-
-fn stderr_of(node: &Node, args: &[&str]) -> String {
-    let o = node.netbee_output(args);
-    assert!(!o.status.success(), "netbee {args:?} should have failed but succeeded: {}", String::from_utf8_lossy(&o.stdout));
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use netbee_lab::{netbee_bin, single_node_lab, wait_until, whoami_field};
 
 #[test]
 fn demo_runs_end_to_end() -> Result<()> {
@@ -32,7 +18,7 @@ fn demo_runs_end_to_end() -> Result<()> {
 
 #[test]
 fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
-    let lab = one_node("ipam")?;
+    let lab = single_node_lab("ipam", &[])?;
     let n = lab.node("n1");
     let ls = n.netbee(&["network", "ls"])?;
     let header: Vec<&str> = ls.lines().next().unwrap().split("   ").map(str::trim).filter(|s| !s.is_empty()).collect();
@@ -50,9 +36,9 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
     assert_eq!(n.network_inspect("b")?["IPAM"]["Config"][0]["Subnet"], "172.19.0.0/16");
     assert_eq!(n.network_inspect("a")?["IPAM"]["Config"][0]["Gateway"], "172.18.0.1");
 
-    let err = stderr_of(n, &["network", "create", "--subnet", "172.19.128.0/24", "netc"]);
+    let err = n.netbee_refused(&["network", "create", "--subnet", "172.19.128.0/24", "netc"]);
     assert!(err.contains("overlaps") && err.contains("\"b\""), "{err}");
-    let err = stderr_of(n, &["network", "create", "--subnet", "10.9.0.0/16", "a"]);
+    let err = n.netbee_refused(&["network", "create", "--subnet", "10.9.0.0/16", "a"]);
     assert!(err.contains("already exists"), "{err}");
     assert!(n.network_inspect("netc").is_err(), "a refused network must not exist");
 
@@ -76,9 +62,9 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
     assert_eq!(c["EndpointID"].as_str().unwrap().len(), 64);
     assert_eq!(v["Containers"].as_object().unwrap().len(), 2);
 
-    let err = stderr_of(n, &["network", "rm", "fixed"]);
+    let err = n.netbee_refused(&["network", "rm", "fixed"]);
     assert!(err.contains("active endpoints"), "{err}");
-    let err = stderr_of(n, &["network", "rm", "bridge"]);
+    let err = n.netbee_refused(&["network", "rm", "bridge"]);
     assert!(err.contains("pre-defined"), "{err}");
     n.netbee(&["rm", "-f", "web", "pinned"])?;
     n.netbee(&["network", "rm", "fixed"])?;
@@ -88,7 +74,7 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
 
 #[test]
 fn same_network_tcp_udp_icmp_with_real_source_address() -> Result<()> {
-    let lab = one_node("samenet")?;
+    let lab = single_node_lab("samenet", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     n.run_whoami("srv", &["--network", "app"], 8080)?;
@@ -123,7 +109,7 @@ fn same_network_tcp_udp_icmp_with_real_source_address() -> Result<()> {
 
 #[test]
 fn networks_are_isolated_until_connected() -> Result<()> {
-    let lab = one_node("isolation")?;
+    let lab = single_node_lab("isolation", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "red"])?;
     n.netbee(&["network", "create", "blue"])?;
@@ -154,7 +140,7 @@ fn networks_are_isolated_until_connected() -> Result<()> {
 
 #[test]
 fn forged_source_ip_or_mac_reaches_nothing_and_is_counted() -> Result<()> {
-    let lab = one_node("spoof")?;
+    let lab = single_node_lab("spoof", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "net"])?;
     n.run_whoami("victim", &["--network", "net"], 8080)?;
@@ -182,7 +168,7 @@ fn forged_source_ip_or_mac_reaches_nothing_and_is_counted() -> Result<()> {
 
 #[test]
 fn gateway_masquerade_and_internal_networks() -> Result<()> {
-    let lab = one_node("egress")?;
+    let lab = single_node_lab("egress", &[])?;
     let n = lab.node("n1");
     let ext = lab.external("x1");
     // a server outside the node, in the external namespace
@@ -227,7 +213,7 @@ fn gateway_masquerade_and_internal_networks() -> Result<()> {
 
 #[test]
 fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
-    let lab = one_node("lifecycle")?;
+    let lab = single_node_lab("lifecycle", &[])?;
     let n = lab.node("n1");
     // attached run: output and exit code come back; --rm removes it
     let o = n.netbee_output(&["run", "--rm", "--name", "once", "sh", "-c", "echo hello; exit 3"]);
@@ -266,7 +252,7 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     let default_host = n.netbee(&["run", "-d", "sleep", "600"])?.trim().to_string();
     assert_eq!(n.exec(&default_host[..12], &["hostname"])?.trim(), &default_host[..12], "hostname defaults to the short id");
 
-    let err = stderr_of(n, &["rm", "box"]);
+    let err = n.netbee_refused(&["rm", "box"]);
     assert!(err.contains("cannot remove a running container"), "{err}");
     n.netbee(&["stop", "-t", "5", "box"])?;
     let st = n.inspect("box")?;
@@ -290,7 +276,7 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
 
 #[test]
 fn containers_survive_daemon_restart_and_are_readopted() -> Result<()> {
-    let lab = one_node("restart")?;
+    let lab = single_node_lab("restart", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     n.run_whoami("srv", &["--network", "app"], 8080)?;
@@ -329,7 +315,7 @@ fn containers_survive_daemon_restart_and_are_readopted() -> Result<()> {
 
 #[test]
 fn reconcile_removes_what_the_store_does_not_know() -> Result<()> {
-    let lab = one_node("orphans")?;
+    let lab = single_node_lab("orphans", &[])?;
     let n = lab.node("n1");
     n.netbee(&["run", "-d", "--name", "keep", "sleep", "600"])?;
     n.stop_daemon()?;
@@ -347,7 +333,7 @@ fn reconcile_removes_what_the_store_does_not_know() -> Result<()> {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
-    let lab = one_node("badinput")?;
+    let lab = single_node_lab("badinput", &[])?;
     let n = lab.node("n1");
     let nets_before = n.netbee(&["network", "ls"])?;
     let links_before = n.sh("ip -br link | wc -l")?;
@@ -366,7 +352,7 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (vec!["run", "-d", "--name", "-bad", "sleep", "1"], "invalid container name"),
         (vec!["start", "nosuch"], "No such container"),
     ] {
-        let err = stderr_of(n, &args);
+        let err = n.netbee_refused(&args);
         assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
     }
     assert_eq!(n.netbee(&["network", "ls"])?, nets_before);

@@ -3,16 +3,8 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::Result;
-use netbee_lab::{Lab, Node, Ns, wait_until, whoami_field};
+use netbee_lab::{Node, Ns, single_node_lab, wait_until, whoami_field};
 use serde_json::Value;
-
-fn one_node(name: &str) -> Result<Lab> {
-    let mut lab = Lab::new(name)?;
-    lab.add_node("n1")?;
-    lab.add_external("x1")?;
-    lab.node("n1").start_daemon()?;
-    Ok(lab)
-}
 
 fn get(ns: &Ns, url: &str) -> Option<String> {
     ns.sh(&format!("curl -s -m 3 {url}")).ok().filter(|s| s.contains("Hostname"))
@@ -27,15 +19,9 @@ fn host_port(node: &Node, container: &str, key: &str) -> Result<u16> {
     Ok(v["NetworkSettings"]["Ports"][key][0]["HostPort"].as_str().unwrap_or("").parse()?)
 }
 
-fn refused(node: &Node, args: &[&str]) -> String {
-    let o = node.netbee_output(args);
-    assert!(!o.status.success(), "netbee {args:?} should fail");
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 #[test]
 fn publish_forms_and_paths() -> Result<()> {
-    let lab = one_node("pubforms")?;
+    let lab = single_node_lab("pubforms", &[])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     let node_ip = n.addr().to_string();
@@ -114,7 +100,7 @@ fn publish_forms_and_paths() -> Result<()> {
 
 #[test]
 fn stop_withdraws_start_republishes_and_conflicts_name_the_owner() -> Result<()> {
-    let lab = one_node("pubcycle")?;
+    let lab = single_node_lab("pubcycle", &[])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     let url = format!("http://{}:8080/", n.addr());
@@ -128,12 +114,12 @@ fn stop_withdraws_start_republishes_and_conflicts_name_the_owner() -> Result<()>
     n.netbee(&["start", "web"])?;
     wait_until(Duration::from_secs(5), "republished", || get(x, &url).is_some())?;
 
-    let err = refused(n, &["run", "-d", "--name", "dup", "-p", "8080:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--name", "dup", "-p", "8080:80", "sleep", "60"]);
     assert!(err.contains("8080") && err.contains("container web"), "{err}");
     // a port bound by a process on the node
     let mut squatter = n.cmd("nc").args(["-l", "-p", "6000"]).spawn()?;
     wait_until(Duration::from_secs(3), "nc listening", || n.sh("ss -ltn | grep -q ':6000 '").is_ok())?;
-    let err = refused(n, &["run", "-d", "--name", "dup2", "-p", "6000:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--name", "dup2", "-p", "6000:80", "sleep", "60"]);
     assert!(err.contains("6000") && err.contains("nc"), "owner process named: {err}");
     squatter.kill()?;
     squatter.wait()?;
@@ -147,7 +133,7 @@ fn stop_withdraws_start_republishes_and_conflicts_name_the_owner() -> Result<()>
 
 #[test]
 fn publishing_adds_no_firewall_rule_and_no_process() -> Result<()> {
-    let lab = one_node("pubnofw")?;
+    let lab = single_node_lab("pubnofw", &[])?;
     let n = lab.node("n1");
     let snapshot = |n: &Node| -> Result<(String, String, BTreeSet<String>)> {
         let ipt = n.sh("iptables-save 2>/dev/null | grep -v '^#' || true")?;
@@ -174,7 +160,7 @@ fn publishing_adds_no_firewall_rule_and_no_process() -> Result<()> {
 
 #[test]
 fn nat_checksums_verify_with_offload_off() -> Result<()> {
-    let lab = one_node("pubcsum")?;
+    let lab = single_node_lab("pubcsum", &[])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     let dir = lab.dir().join("www");
@@ -206,7 +192,7 @@ fn nat_checksums_verify_with_offload_off() -> Result<()> {
 
 #[test]
 fn a_thousand_published_ports() -> Result<()> {
-    let lab = one_node("pub1000")?;
+    let lab = single_node_lab("pub1000", &[])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     let specs: Vec<String> = (0..1000).map(|i| format!("{}:8080", 20000 + i)).collect();
@@ -228,7 +214,7 @@ fn a_thousand_published_ports() -> Result<()> {
 
 #[test]
 fn bad_publish_specs_are_refused_and_publish_nothing() -> Result<()> {
-    let lab = one_node("pubbad")?;
+    let lab = single_node_lab("pubbad", &[])?;
     let n = lab.node("n1");
     for (spec, needle) in [
         ("0:80", "0"),
@@ -242,10 +228,10 @@ fn bad_publish_specs_are_refused_and_publish_nothing() -> Result<()> {
         ("::80:80:1", "invalid"),
         ("", "invalid"),
     ] {
-        let err = refused(n, &["run", "-d", "-p", spec, "sleep", "60"]);
+        let err = n.netbee_refused(&["run", "-d", "-p", spec, "sleep", "60"]);
         assert!(err.contains(needle), "-p {spec:?}: {err}");
     }
-    let err = refused(n, &["run", "-d", "--expose", "x", "-P", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--expose", "x", "-P", "sleep", "60"]);
     assert!(err.contains("x"), "{err}");
     assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim(), "");
     let st = n.datapath_stats()?;
@@ -255,7 +241,7 @@ fn bad_publish_specs_are_refused_and_publish_nothing() -> Result<()> {
 
 #[test]
 fn conntrack_collects_closed_flows_and_keeps_idle_established_ones() -> Result<()> {
-    let lab = one_node("pubct")?;
+    let lab = single_node_lab("pubct", &[])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     n.run_whoami("web", &["-p", "8080:8080"], 8080)?;

@@ -7,16 +7,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use netbee_lab::{Lab, Node, start_load, wait_until};
-
-fn one_node(name: &str, args: &[&str]) -> Result<Lab> {
-    let mut lab = Lab::new(name)?;
-    lab.add_node("n1")?;
-    lab.add_external("x1")?;
-    lab.node("n1").set_daemon_args(args);
-    lab.node("n1").start_daemon()?;
-    Ok(lab)
-}
+use netbee_lab::{single_node_lab, Lab, Node, start_load, wait_until};
 
 /// New connections back to back from a namespace until `stop`: (ok, failed).
 fn load(ns: &str, addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
@@ -74,7 +65,7 @@ fn expected_objects(n: &Node) -> Result<BTreeSet<String>> {
 
 #[test]
 fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
-    let lab = one_node("restartload", &[])?;
+    let lab = single_node_lab("restartload", &[])?;
     let n = lab.node("n1");
     n.run_whoami("web", &["-p", "8080:8080"], 8080)?;
     n.netbee(&["network", "create", "app"])?;
@@ -119,7 +110,7 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
 
 #[test]
 fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
-    let lab = one_node("crash", &[])?;
+    let lab = single_node_lab("crash", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     let mut confirmed: Vec<String> = Vec::new();
@@ -198,7 +189,7 @@ fn keepalive_get(s: &mut std::net::TcpStream) -> Result<String> {
 
 #[test]
 fn conntrack_exhaustion_keeps_established_flows() -> Result<()> {
-    let lab = one_node("ctfull", &["--conntrack-size", "8192"])?;
+    let lab = single_node_lab("ctfull", &["--conntrack-size", "8192"])?;
     let n = lab.node("n1");
     let x = lab.external("x1");
     n.run_whoami("web", &["-p", "8080:8080", "-p", "8081:8080/udp"], 8080)?;
@@ -253,7 +244,7 @@ fn conntrack_exhaustion_keeps_established_flows() -> Result<()> {
 
 #[test]
 fn api_rejects_hostile_requests_and_is_root_only() -> Result<()> {
-    let lab = one_node("api", &[])?;
+    let lab = single_node_lab("api", &[])?;
     let n = lab.node("n1");
     let sock = n.socket();
     let mode = std::fs::metadata(&sock)?.permissions();
