@@ -1,27 +1,66 @@
 //! The node's embedded store (redb under the state directory): one table per kind of object,
 //! values as JSON. Every write is its own durable transaction, so whatever the CLI was told
 //! succeeded survives a crash of the daemon at any later point.
-use std::path::Path;
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::{Context as _, Result};
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 
-pub const NETWORKS: Table = Table(TableDefinition::new("networks"));
-pub const CONTAINERS: Table = Table(TableDefinition::new("containers"));
-pub const META: Table = Table(TableDefinition::new("meta"));
+pub const NETWORKS: Table = Table::named("networks");
+pub const CONTAINERS: Table = Table::named("containers");
+pub const META: Table = Table::named("meta");
 /// The overlay networks of the cluster as last seen in etcd, so a daemon that starts while etcd
 /// is unreachable still recognises (and keeps) their kernel objects.
 /// Services and tasks of a node running alone (in a swarm they live in etcd).
-pub const SERVICES: Table = Table(TableDefinition::new("services"));
-pub const TASKS: Table = Table(TableDefinition::new("tasks"));
-pub const OVERLAYS: Table = Table(TableDefinition::new("overlays"));
+pub const SERVICES: Table = Table::named("services");
+pub const TASKS: Table = Table::named("tasks");
+pub const OVERLAYS: Table = Table::named("overlays");
 
 #[derive(Clone, Copy)]
-pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>);
+pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>, &'static str);
+
+impl Table {
+    const fn named(name: &'static str) -> Table {
+        Table(TableDefinition::new(name), name)
+    }
+}
 
 pub struct Store {
     db: Database,
+    decoded: DecodedCache,
+}
+
+/// Decoded values by (table, key, type), each with the bytes it was decoded from. Every API
+/// operation scans all container records (names, addresses, port conflicts); re-decoding the JSON
+/// of a container that publishes thousands of ports made each operation grow with the node's
+/// published ports. A hit needs the stored bytes to be equal, so the cache can never serve a
+/// value the database no longer holds, whatever the interleaving of readers and writers.
+#[derive(Default)]
+struct DecodedCache(Mutex<HashMap<(&'static str, String, TypeId), (Arc<[u8]>, Arc<dyn Any + Send + Sync>)>>);
+
+impl DecodedCache {
+    fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table, key: &str, bytes: &[u8]) -> Result<T> {
+        let id = (table.1, key.to_string(), TypeId::of::<T>());
+        if let Some((b, v)) = self.0.lock().expect("store cache").get(&id)
+            && **b == *bytes
+            && let Some(v) = v.downcast_ref::<T>()
+        {
+            return Ok(v.clone());
+        }
+        let v: T = serde_json::from_slice(bytes)?;
+        self.0.lock().expect("store cache").insert(id, (bytes.into(), Arc::new(v.clone())));
+        Ok(v)
+    }
+
+    fn forget(&self, table: Table, key: &str) {
+        self.0.lock().expect("store cache").retain(|(t, k, _), _| !(*t == table.1 && k == key));
+    }
 }
 
 impl Store {
@@ -33,25 +72,25 @@ impl Store {
             tx.open_table(t.0)?;
         }
         tx.commit()?;
-        Ok(Store { db })
+        Ok(Store { db, decoded: DecodedCache::default() })
     }
 
-    pub fn get<T: DeserializeOwned>(&self, table: Table, key: &str) -> Result<Option<T>> {
+    pub fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table, key: &str) -> Result<Option<T>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table.0)?;
         match t.get(key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(v.value())?)),
+            Some(v) => Ok(Some(self.decoded.decode(table, key, v.value())?)),
             None => Ok(None),
         }
     }
 
-    pub fn list<T: DeserializeOwned>(&self, table: Table) -> Result<Vec<T>> {
+    pub fn list<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table) -> Result<Vec<T>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table.0)?;
         let mut out = Vec::new();
         for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(serde_json::from_slice(v.value())?);
+            let (k, v) = row?;
+            out.push(self.decoded.decode(table, k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -74,6 +113,7 @@ impl Store {
             t.remove(key)?;
         }
         tx.commit()?;
+        self.decoded.forget(table, key);
         Ok(())
     }
 }

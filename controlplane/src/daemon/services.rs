@@ -176,7 +176,7 @@ impl Daemon {
         }
     }
 
-    async fn shared_list<T: serde::de::DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>> {
+    async fn shared_list<T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static>(&self, kind: &str) -> Result<Vec<T>> {
         if self.in_swarm() {
             let c = self.cluster.as_ref().unwrap();
             return Ok(c.etcd.list(&format!("/netbee/{kind}/")).await?.into_iter().map(|(_, v)| v).collect());
