@@ -287,6 +287,9 @@ pub struct SockRevNat {
     pub _pad: u16,
 }
 
+/// UDP port of the overlay's VXLAN device on every node.
+pub const VXLAN_PORT: u16 = 4789;
+
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;

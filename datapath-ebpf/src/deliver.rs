@@ -20,7 +20,7 @@ use netbee_abi::{Endpoint, config, drop_reason, stat};
 
 use crate::{
     maps::{NETWORKS, config, count, count_drop},
-    packet::ifindex,
+    packet::{EthHdr, ifindex},
 };
 
 const AF_INET: u8 = 2;
@@ -48,17 +48,22 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
     ctx.store(0, &macs, 0).ok()
 }
 
-/// Delivers to a container interface, local or on another node.
+/// Delivers to a container interface, local or on another node. `eth` is the frame's header as
+/// it arrived.
 #[inline(always)]
-pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> i32 {
+pub fn to_endpoint(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i32 {
     if ep.ifindex == 0 {
         let vni = match unsafe { NETWORKS.get(&ep.net_id) } {
             Some(n) => n.vni,
             None => return drop(drop_reason::NO_SUCH_HOST),
         };
-        return encap(ctx, ep.node_ip, vni, Some(&ep.mac));
+        let dst = if eth.dst == ep.mac { None } else { Some(&ep.mac) };
+        return encap(ctx, ep.node_ip, vni, dst);
     }
-    if set_macs(ctx, &ep.mac, &ep.host_mac).is_none() {
+    // A frame already addressed to the container (same network, or decapsulated) goes in as it
+    // is, like a bridge forwards it: writing into a TCP segment that the sender still holds for
+    // retransmission would make the kernel copy its headers first (skb_ensure_writable).
+    if eth.dst != ep.mac && set_macs(ctx, &ep.mac, &ep.host_mac).is_none() {
         return drop(drop_reason::MALFORMED);
     }
     count(stat::REDIRECT_LOCAL);

@@ -1,5 +1,10 @@
-//! Header parsing. Headers are read with bpf_skb_load_bytes, which works whatever part of the skb
-//! is linear, so a GSO packet or one with IP options never needs a second code path.
+//! Header parsing. The Ethernet and IPv4 headers (fixed offsets) are read straight from the skb's
+//! linear data, where they are for nearly every packet, else with bpf_skb_load_bytes; transport
+//! headers (offset depends on IP options, which the verifier cannot bound through LLVM's
+//! rewrites) always with one bpf_skb_load_bytes. No packet needs a second code path above this
+//! module.
+use core::mem::size_of;
+
 use aya_ebpf::programs::TcContext;
 use netbee_abi::{CtKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
@@ -69,14 +74,27 @@ pub struct L4 {
     pub udp: bool,
 }
 
+/// Reads a `T` at the constant offset `OFF`. A helper call costs about as much as the rest of
+/// the plain forwarding path, so the direct read comes first.
+#[inline(always)]
+fn read_fixed<T: Copy, const OFF: usize>(ctx: &TcContext) -> Option<T> {
+    let start = ctx.data();
+    if start + OFF + size_of::<T>() <= ctx.data_end() {
+        // SAFETY: the range was checked against data_end just above (the verifier checks it too)
+        Some(unsafe { core::ptr::read_unaligned((start + OFF) as *const T) })
+    } else {
+        ctx.load::<T>(OFF).ok()
+    }
+}
+
 #[inline(always)]
 pub fn eth(ctx: &TcContext) -> Option<EthHdr> {
-    ctx.load::<EthHdr>(0).ok()
+    read_fixed::<EthHdr, 0>(ctx)
 }
 
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext) -> Option<Ip4> {
-    let h: Ipv4Hdr = ctx.load(ETH_HLEN).ok()?;
+    let h: Ipv4Hdr = read_fixed::<Ipv4Hdr, ETH_HLEN>(ctx)?;
     let ihl = ((h.vihl & 0x0f) as usize) * 4;
     if h.vihl >> 4 != 4 || ihl < 20 {
         return None;
@@ -100,12 +118,12 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Option<L4> {
     let off = ip.l4_off;
     match ip.proto {
         IPPROTO_TCP => {
-            let ports: [u16; 2] = ctx.load(off).ok()?;
-            let flags: u8 = ctx.load(off + 13).ok()?;
+            // ports and flags in one helper call
+            let h: [u8; 14] = ctx.load(off).ok()?;
             Some(L4 {
-                sport: ports[0],
-                dport: ports[1],
-                tcp_flags: flags,
+                sport: u16::from_ne_bytes([h[0], h[1]]),
+                dport: u16::from_ne_bytes([h[2], h[3]]),
+                tcp_flags: h[13],
                 sport_off: off,
                 dport_off: off + 2,
                 csum_off: off + 16,
@@ -127,8 +145,8 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Option<L4> {
             })
         }
         IPPROTO_ICMP => {
-            let ty: u8 = ctx.load(off).ok()?;
-            let id: u16 = ctx.load(off + 4).ok()?;
+            let h: [u8; 6] = ctx.load(off).ok()?;
+            let (ty, id) = (h[0], u16::from_ne_bytes([h[4], h[5]]));
             // Echo requests key the id as source "port", replies as destination "port", so the
             // two directions of one ping mirror each other like a TCP flow's.
             let (sport, dport, sport_off, dport_off) = match ty {

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use netbee_abi::{
     CtEntry, CtKey, Iface, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
-    iface_flags, net_flags, stat, svc_flags,
+    IPPROTO_UDP, VXLAN_PORT, iface_flags, net_flags, stat, svc_flags,
 };
 
 use crate::{
@@ -23,7 +23,7 @@ use crate::{
     lb,
     maps::{CT, ENDPOINTS, IFACES, NETWORKS, SUBNETS, config, count},
     nat,
-    packet::{ETH_P_ARP, ETH_P_IP, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
+    packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
 };
 
 const PASS: i32 = TC_ACT_OK as i32;
@@ -79,13 +79,13 @@ fn from_container(ctx: &TcContext) -> i32 {
             if ep.net_id != iface.net_id {
                 return drop(drop_reason::CROSS_NETWORK);
             }
-            return to_endpoint(ctx, ep);
+            return to_endpoint(ctx, &eth, ep);
         }
     }
     if let Some(l4) = l4(ctx, &ip) {
         let key = flow_key(&ip, &l4);
         if let Some(ct) = conntrack::lookup(&key, &l4) {
-            return translated(ctx, &ip, &l4, &ct);
+            return translated(ctx, &eth, &ip, &l4, &ct);
         }
         // only a SYN (or a datagram) can open a translated flow: spare established plain TCP the
         // frontend lookups
@@ -94,24 +94,24 @@ fn from_container(ctx: &TcContext) -> i32 {
             if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
                 // a VIP answers only inside its own network
                 if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
-                    if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
+                    if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
                         return verdict;
                     }
                 }
             }
         }
     }
-    forward(ctx, &ip, &iface)
+    forward(ctx, &eth, &ip, &iface)
 }
 
 /// Plain (untranslated) traffic from a container.
 #[inline(always)]
-fn forward(ctx: &TcContext, ip: &Ip4, iface: &Iface) -> i32 {
+fn forward(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, iface: &Iface) -> i32 {
     if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
         if ep.net_id != iface.net_id {
             return drop(drop_reason::CROSS_NETWORK);
         }
-        return to_endpoint(ctx, ep);
+        return to_endpoint(ctx, eth, ep);
     }
     let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
@@ -136,14 +136,14 @@ fn forward(ctx: &TcContext, ip: &Ip4, iface: &Iface) -> i32 {
 
 /// Applies an existing conntrack entry and sends the packet on.
 #[inline(always)]
-fn translated(ctx: &TcContext, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
+fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
     let f = ct.flags;
     if f & ct_flags::DNAT != 0 {
         count(stat::DNAT_EST);
         if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return to_backend(ctx, ct.nat_addr);
+        return to_backend(ctx, eth, ct.nat_addr);
     }
     if f & ct_flags::REVNAT != 0 {
         count(stat::REVNAT);
@@ -151,7 +151,7 @@ fn translated(ctx: &TcContext, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
             return drop(drop_reason::MALFORMED);
         }
         return match unsafe { ENDPOINTS.get(&ip.daddr) } {
-            Some(ep) => to_endpoint(ctx, ep),
+            Some(ep) => to_endpoint(ctx, eth, ep),
             None => to_uplink(ctx, ct.nat_addr, ip.daddr),
         };
     }
@@ -160,7 +160,7 @@ fn translated(ctx: &TcContext, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
         if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return to_backend(ctx, ct.nat_addr);
+        return to_backend(ctx, eth, ct.nat_addr);
     }
     if f & ct_flags::TUNNEL_RETURN != 0 {
         count(stat::TUNNEL_RETURN);
@@ -171,9 +171,9 @@ fn translated(ctx: &TcContext, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
 }
 
 #[inline(always)]
-fn to_backend(ctx: &TcContext, addr: u32) -> i32 {
+fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32) -> i32 {
     match unsafe { ENDPOINTS.get(&addr) } {
-        Some(ep) => to_endpoint(ctx, ep),
+        Some(ep) => to_endpoint(ctx, eth, ep),
         None => drop(drop_reason::NO_BACKEND),
     }
 }
@@ -182,7 +182,7 @@ fn to_backend(ctx: &TcContext, addr: u32) -> i32 {
 /// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
 /// without SYN): the caller treats it as ordinary traffic.
 #[inline(always)]
-fn new_dnat(ctx: &TcContext, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> Option<i32> {
+fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> Option<i32> {
     if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
         return None;
     }
@@ -203,7 +203,7 @@ fn new_dnat(ctx: &TcContext, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> O
     if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
         return Some(drop(drop_reason::MALFORMED));
     }
-    Some(to_backend(ctx, be.addr))
+    Some(to_backend(ctx, eth, be.addr))
 }
 
 #[inline(always)]
@@ -215,13 +215,18 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
     }
     let Some(ip) = ipv4(ctx) else { return PASS };
     let Some(l4) = l4(ctx, &ip) else { return PASS };
+    if ip.proto == IPPROTO_UDP && l4.dport == VXLAN_PORT.to_be() {
+        // the overlay's own underlay traffic: neither translated nor publishable (the VXLAN
+        // device holds the port), so it skips the conntrack and frontend lookups
+        return PASS;
+    }
     let key = flow_key(&ip, &l4);
     if let Some(ct) = conntrack::lookup(&key, &l4) {
-        return translated(ctx, &ip, &l4, &ct);
+        return translated(ctx, &eth, &ip, &l4, &ct);
     }
     if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
         if svc.flags & svc_flags::VIP == 0 {
-            if let Some(verdict) = new_dnat(ctx, &ip, &l4, &key, &svc) {
+            if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
                 return verdict;
             }
         }
@@ -317,7 +322,7 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
     if let Some(l4) = &l4 {
         let key = flow_key(&ip, l4);
         if let Some(ct) = conntrack::lookup(&key, l4) {
-            return translated(ctx, &ip, l4, &ct);
+            return translated(ctx, &eth, &ip, l4, &ct);
         }
     }
     let Some(ep) = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied() else {
@@ -330,8 +335,8 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
     if let Some(l4) = &l4 {
         // A routing-mesh connection from outside the overlay: its replies must return through
         // the node that received it, which holds the translation.
-        let from_outside = unsafe { ENDPOINTS.get(&ip.saddr) }.is_none();
-        if from_outside && (ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4)) {
+        let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4);
+        if opens && unsafe { ENDPOINTS.get(&ip.saddr) }.is_none() {
             let key = flow_key(&ip, l4);
             let rev_key = conntrack::reply_key(&key, ip.daddr, l4.dport);
             let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN, l4, ip.proto);
@@ -342,5 +347,5 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
             }
         }
     }
-    to_endpoint(ctx, &ep)
+    to_endpoint(ctx, &eth, &ep)
 }

@@ -44,7 +44,6 @@ pub struct DaemonConfig {
 
 /// The collect_md VXLAN device every overlay shares (the VNI travels in the tunnel key).
 pub const VXLAN_DEVICE: &str = "nbvxlan0";
-pub const VXLAN_PORT: u16 = 4789;
 
 pub struct NodeInfo {
     pub uplink: String,
@@ -111,7 +110,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let cluster = match &cfg.cluster_store {
         None => None,
         Some(eps) => {
-            let vx = nl.ensure_vxlan(VXLAN_DEVICE, VXLAN_PORT, 1450).await?;
+            let vx = nl.ensure_vxlan(VXLAN_DEVICE, netbee_abi::VXLAN_PORT, 1450).await?;
             dp.set_config(config::VXLAN_IFINDEX, vx as u64)?;
             dp.attach_tc("tc_overlay_ingress", VXLAN_DEVICE, TcAttachType::Ingress, "overlay-ingress")?;
             let node_id = match store.get::<String>(store::META, "node_id")? {
