@@ -298,6 +298,23 @@ fn uplink_programs_pass_unrelated_and_malformed_traffic() {
     }
 }
 
+#[test]
+fn from_the_wire_a_container_address_is_reached_only_through_published_ports() {
+    let (_fs, mut dp) = setup();
+    let before = drops(&dp, drop_reason::UNPUBLISHED);
+    let icmp_echo = vec![8, 0, 0, 0, 0, 1, 0, 1];
+    let probes = [(6u8, tcp(1000, 80, 0x02)), (17, vec![0x13, 0x88, 0, 53, 0, 8, 0, 0]), (1, icmp_echo)];
+    for (proto, payload) in probes.iter().cloned() {
+        let mut p = eth([1; 6], [2; 6], 0x0800);
+        p.extend(ipv4([10, 0, 0, 9], PEER, proto, 0, 0, &payload));
+        assert_eq!(run(&mut dp, "tc_uplink_ingress", &p).0, TC_ACT_SHOT, "proto {proto} routed to a container");
+    }
+    // a fragment carries no port, and is dropped the same way
+    let mut frag = eth([1; 6], [2; 6], 0x0800);
+    frag.extend(ipv4([10, 0, 0, 9], PEER, 17, 0, 0x00b9, &[0u8; 32]));
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &frag).0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 4);
+}
 
 /// The plain forwarding path's cost per packet as the kernel measures it under
 /// BPF_PROG_TEST_RUN (a profile, not a benchmark: `cargo test --release -p netbee

@@ -80,9 +80,11 @@ pub mod drop_reason {
     pub const CT_INSERT_FAILED: u32 = 11;
     pub const REDIRECT_FAILED: u32 = 12;
     pub const FRAGMENT: u32 = 13;
+    /// From the wire straight to a container address, not through a published port.
+    pub const UNPUBLISHED: u32 = 14;
     pub const N: u32 = 16;
 
-    pub const NAMES: [&str; 14] = [
+    pub const NAMES: [&str; 15] = [
         "spoofed_mac",
         "spoofed_ip",
         "spoofed_arp",
@@ -97,6 +99,7 @@ pub mod drop_reason {
         "ct_insert_failed",
         "redirect_failed",
         "fragment",
+        "unpublished",
     ];
 }
 

@@ -214,22 +214,28 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         return PASS;
     }
     let Some(ip) = ipv4(ctx) else { return PASS };
-    let Some(l4) = l4(ctx, &ip) else { return PASS };
-    if ip.proto == IPPROTO_UDP && l4.dport == VXLAN_PORT.to_be() {
-        // the overlay's own underlay traffic: neither translated nor publishable (the VXLAN
-        // device holds the port), so it skips the conntrack and frontend lookups
-        return PASS;
-    }
-    let key = flow_key(&ip, &l4);
-    if let Some(ct) = conntrack::lookup(&key, &l4) {
-        return translated(ctx, &eth, &ip, &l4, &ct);
-    }
-    if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-        if svc.flags & svc_flags::VIP == 0 {
-            if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
-                return verdict;
+    if let Some(l4) = l4(ctx, &ip) {
+        if ip.proto == IPPROTO_UDP && l4.dport == VXLAN_PORT.to_be() {
+            // the overlay's own underlay traffic: neither translated nor publishable (the VXLAN
+            // device holds the port), so it skips the conntrack and frontend lookups
+            return PASS;
+        }
+        let key = flow_key(&ip, &l4);
+        if let Some(ct) = conntrack::lookup(&key, &l4) {
+            return translated(ctx, &eth, &ip, &l4, &ct);
+        }
+        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
+            if svc.flags & svc_flags::VIP == 0 {
+                if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
+                    return verdict;
+                }
             }
         }
+    }
+    // Containers are reachable from outside only through published ports (as with docker 28+):
+    // a host that routes a container subnet via this node reaches nothing.
+    if SUBNETS.get(Key::new(32, ip.daddr)).is_some() {
+        return drop(drop_reason::UNPUBLISHED);
     }
     PASS
 }

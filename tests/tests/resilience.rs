@@ -108,54 +108,139 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
     Ok(())
 }
 
+/// Keys of a pinned datapath map, as raw bytes (bpftool reads any map by its pin).
+fn map_keys(n: &Node, map: &str) -> Result<BTreeSet<Vec<u8>>> {
+    let pin = n.dir().join(format!("bpffs/netbee/maps-v{}/{map}", netbee_abi::MAP_VERSION));
+    let out = n.sh(&format!("bpftool -j map dump pinned {}", pin.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
+    let hex = |v: &serde_json::Value| -> Vec<u8> {
+        v.as_array().map(|a| a.iter().filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()).collect()).unwrap_or_default()
+    };
+    Ok(rows.iter().map(|r| hex(&r["key"])).collect())
+}
+
+/// One field of every object a listing command prints as JSON lines.
+fn listed(n: &Node, args: &[&str], field: &str) -> Result<Vec<String>> {
+    let mut full = args.to_vec();
+    full.extend(["--format", "json"]);
+    n.netbee(&full)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str::<serde_json::Value>(l)?[field].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+/// Host ports in docker's port notation ("0.0.0.0:7000->80/tcp, *:9000->80/tcp").
+fn host_ports(text: &str) -> BTreeSet<u16> {
+    text.split("->").filter_map(|left| left.rsplit(':').next()?.trim().parse().ok()).collect()
+}
+
+/// Forwarding state against the store: an ENDPOINTS entry per running container address, an
+/// IFACES entry per local endpoint, a published-port frontend per published port.
+fn maps_agree(n: &Node) -> Result<bool> {
+    let mut ips = BTreeSet::new();
+    for id in n.netbee(&["ps", "-q"])?.lines() {
+        for (_, net) in n.inspect(id)?["NetworkSettings"]["Networks"].as_object().unwrap() {
+            let ip: std::net::Ipv4Addr = net["IPAddress"].as_str().unwrap().parse()?;
+            ips.insert(ip.octets().to_vec());
+        }
+    }
+    let mut ports = host_ports(&listed(n, &["ps"], "Ports")?.join(", "));
+    ports.extend(host_ports(&listed(n, &["service", "ls"], "Ports")?.join(", ")));
+    // FrontendKey: addr (4), port (2, network order), proto, pad; VIP frontends carry no host port
+    let frontends: BTreeSet<u16> = map_keys(n, "FRONTENDS")?
+        .iter()
+        .filter(|k| k.len() == 8 && k[..4] == [0; 4])
+        .map(|k| u16::from_be_bytes([k[4], k[5]]))
+        .collect();
+    Ok(map_keys(n, "ENDPOINTS")? == ips && map_keys(n, "IFACES")?.len() == ips.len() && frontends == ports)
+}
+
+/// SIGKILL at varying points of run, rm, network create/rm and service create/rm; after each
+/// restart, everything the CLI confirmed exists (and what it confirmed removed does not), and the
+/// kernel's links, namespaces, pinned links and map entries match the store exactly.
 #[test]
 fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
     let lab = single_node_lab("crash", &[])?;
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
-    let mut confirmed: Vec<String> = Vec::new();
-    // `cargo xtask soak` raises this to 50+
+    let bin = netbee_lab::netbee_bin();
+    let (mut containers, mut networks, mut services) = (Vec::<String>::new(), Vec::<String>::new(), Vec::<String>::new());
+    let mut removed: Vec<(&str, String)> = Vec::new();
+    // `cargo xtask soak` raises this to 60
     let trials: u64 = std::env::var("NETBEE_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
+    let mut kills_during_op = 0;
     for trial in 0..trials {
-        // start an operation and kill the daemon a varying moment into it
-        let name = format!("c{trial}");
-        let op = if trial % 3 == 2 && !confirmed.is_empty() {
-            let victim = confirmed.remove(0);
-            n.cmd(netbee_lab::netbee_bin().to_str().unwrap())
-                .args(["-H", &format!("unix://{}", n.socket().display()), "rm", "-f", &victim])
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()?
-        } else {
-            n.cmd(netbee_lab::netbee_bin().to_str().unwrap())
-                .args(["-H", &format!("unix://{}", n.socket().display()), "run", "-d", "--name", &name, "--network", "app", "-p", &format!("{}:80", 7000 + trial), "sleep", "600"])
-                // (distinct host ports: a confirmed container keeps its port across the crash)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()?
+        let name = format!("x{trial}");
+        let port = (7000 + trial).to_string();
+        let publish = format!("{port}:80");
+        // (kind, args, what a success confirms)
+        let (kind, args): (&str, Vec<String>) = match trial % 6 {
+            0 | 3 => ("container", ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"].map(String::from).to_vec()),
+            1 => ("network", ["network", "create", &name].map(String::from).to_vec()),
+            2 => ("service", ["service", "create", "--name", &name, "--replicas", "1", "--publish", &publish, bin.to_str().unwrap(), "whoami", "--port", "80"].map(String::from).to_vec()),
+            4 if !containers.is_empty() => ("rm container", vec!["rm".into(), "-f".into(), containers.remove(0)]),
+            5 if !services.is_empty() => ("rm service", vec!["service".into(), "rm".into(), services.remove(0)]),
+            _ if !networks.is_empty() => ("rm network", vec!["network".into(), "rm".into(), networks.remove(0)]),
+            _ => ("network", ["network", "create", &name].map(String::from).to_vec()),
         };
-        std::thread::sleep(Duration::from_millis(5 + (trial * 37) % 60));
+        let op = n
+            .cmd(bin.to_str().unwrap())
+            .args(["-H", &format!("unix://{}", n.socket().display())])
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        // kill the daemon a varying moment into the operation (or after it)
+        std::thread::sleep(Duration::from_millis(5 + (trial * 53) % 200));
         n.kill_daemon()?;
         let out = op.wait_with_output()?;
-        if out.status.success() && trial % 3 != 2 {
-            confirmed.push(name.clone());
+        if !out.status.success() {
+            kills_during_op += 1;
+        }
+        let target = if kind.starts_with("rm") { args.last().unwrap().clone() } else { name.clone() };
+        eprintln!("  crash {trial}: {kind} {target}: {}", if out.status.success() { "confirmed" } else { "interrupted" });
+        match (kind, out.status.success()) {
+            ("container", true) => containers.push(name.clone()),
+            ("network", true) => networks.push(name.clone()),
+            ("service", true) => services.push(name.clone()),
+            ("rm container", true) => removed.push(("container", target)),
+            ("rm network", true) => removed.push(("network", target)),
+            ("rm service", true) => removed.push(("service", target)),
+            // unconfirmed: either outcome is allowed, but it must be whole (checked below)
+            _ => {}
         }
         n.start_daemon()?;
-        // everything the CLI confirmed exists and runs
-        let ps = n.netbee(&["ps", "--format", "json"])?;
-        for c in &confirmed {
-            assert!(ps.contains(&format!("\"Names\":\"{c}\"")), "confirmed container {c} lost after crash {trial}: {ps}");
+        let ps = listed(n, &["ps", "-a"], "Names")?;
+        let nets = listed(n, &["network", "ls"], "Name")?;
+        let svcs = listed(n, &["service", "ls"], "Name")?;
+        let has = |list: &[String], x: &str| list.iter().any(|l| l == x);
+        for c in &containers {
+            assert!(has(&ps, c), "confirmed container {c} lost after crash {trial}: {ps:?}");
         }
-        wait_until(Duration::from_secs(5), "store and kernel agree", || {
-            match (kernel_objects(n), expected_objects(n)) {
-                (Ok(k), Ok(e)) => k == e,
-                _ => false,
-            }
+        for x in &networks {
+            assert!(has(&nets, x), "confirmed network {x} lost after crash {trial}: {nets:?}");
+        }
+        for x in &services {
+            assert!(has(&svcs, x), "confirmed service {x} lost after crash {trial}: {svcs:?}");
+        }
+        for (kind, x) in &removed {
+            let list = match *kind { "container" => &ps, "network" => &nets, _ => &svcs };
+            assert!(!has(list, x), "{kind} {x} confirmed removed but back after crash {trial}");
+        }
+        wait_until(Duration::from_secs(10), "store and kernel agree", || {
+            matches!((kernel_objects(n), expected_objects(n)), (Ok(k), Ok(e)) if k == e) && maps_agree(n).unwrap_or(false)
         })
-        .map_err(|e| anyhow!("{e}: kernel {:?} vs store {:?}", kernel_objects(n), expected_objects(n)))?;
+        .map_err(|e| anyhow!("{e}: kernel {:?} vs store {:?}; maps agree: {:?}", kernel_objects(n), expected_objects(n), maps_agree(n)))?;
     }
+    eprintln!(
+        "crash consistency: {trials} SIGKILLs ({kills_during_op} interrupted the operation); confirmed and kept: {} containers, {} networks, {} services; {} confirmed removals stayed removed; 0 lost, 0 leaked",
+        containers.len(),
+        networks.len(),
+        services.len(),
+        removed.len()
+    );
     // and the survivors still forward
-    for c in &confirmed {
+    for c in &containers {
         let ip = n.container_ip(c, "app")?;
         assert!(n.sh(&format!("ping -c1 -W2 {ip}")).is_ok(), "{c} reachable");
     }
