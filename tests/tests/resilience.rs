@@ -174,14 +174,15 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
         let port = (7000 + trial).to_string();
         let publish = format!("{port}:80");
         // (kind, args, what a success confirms)
+        let create_container = || ("container", ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"].map(String::from).to_vec());
         let (kind, args): (&str, Vec<String>) = match trial % 6 {
-            0 | 3 => ("container", ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"].map(String::from).to_vec()),
+            0 => create_container(),
             1 => ("network", ["network", "create", &name].map(String::from).to_vec()),
             2 => ("service", ["service", "create", "--name", &name, "--replicas", "1", "--publish", &publish, bin.to_str().unwrap(), "whoami", "--port", "80"].map(String::from).to_vec()),
-            4 if !containers.is_empty() => ("rm container", vec!["rm".into(), "-f".into(), containers.remove(0)]),
+            3 if !containers.is_empty() => ("rm container", vec!["rm".into(), "-f".into(), containers.remove(0)]),
+            4 if !networks.is_empty() => ("rm network", vec!["network".into(), "rm".into(), networks.remove(0)]),
             5 if !services.is_empty() => ("rm service", vec!["service".into(), "rm".into(), services.remove(0)]),
-            _ if !networks.is_empty() => ("rm network", vec!["network".into(), "rm".into(), networks.remove(0)]),
-            _ => ("network", ["network", "create", &name].map(String::from).to_vec()),
+            _ => create_container(),
         };
         let op = n
             .cmd(bin.to_str().unwrap())
@@ -191,7 +192,7 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
             .stderr(std::process::Stdio::null())
             .spawn()?;
         // kill the daemon a varying moment into the operation (or after it)
-        std::thread::sleep(Duration::from_millis(5 + (trial * 53) % 200));
+        std::thread::sleep(Duration::from_millis(5 + (trial * 53) % 120));
         n.kill_daemon()?;
         let out = op.wait_with_output()?;
         if !out.status.success() {
