@@ -1,25 +1,5 @@
 //! netbee: eBPF container networking. One binary: `netbee daemon`, the docker-style CLI, the
-//! per-container shim and the `whoami` test server.
-mod api;
-mod cli;
-mod cluster;
-mod daemon;
-mod datapath;
-#[cfg(test)]
-mod datapath_tests;
-mod dns;
-mod humanize;
-mod ipam;
-mod model;
-mod names;
-mod netlink;
-mod netns;
-mod network;
-mod portspec;
-mod runtime;
-mod store;
-mod whoami;
-
+//! per-container shim and the `whoami` test server. The code lives in the library (src/lib.rs).
 fn main() {
-    std::process::exit(cli::main());
+    std::process::exit(netbee_controlplane::cli::main());
 }

@@ -4,7 +4,10 @@
 //!   demo    setup, build, and run the demo lab: networks, containers, published ports, counters
 //!   test    setup, build, and run every test (unit, lab, integration, `bench --quick`)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
-//!   soak    setup, build, and run the long resilience variants (50 crash trials, ...)
+//!   soak    setup, build, and run the long resilience variants (50 crash trials, ...), then
+//!           fuzz every parser for 120 s
+//!   fuzz [SECONDS]  setup, then fuzz every parser target in controlplane/fuzz/ for SECONDS each
+//!           (default 60); prints executions and crashes per target, fails on a crash
 //!   clean-lab  remove leftovers of interrupted test labs
 use std::{
     path::{Path, PathBuf},
@@ -38,6 +41,7 @@ const APT_PACKAGES: &[&str] = &[
     "sockperf",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_MAJOR: &str = "22";
 
 type Result<T> = std::result::Result<T, String>;
@@ -53,9 +57,10 @@ fn main() -> ExitCode {
         "test" => setup().and_then(|_| build()).and_then(|_| test(rest)),
         "bench" => setup().and_then(|_| build()).and_then(|_| bench(rest)),
         "soak" => setup().and_then(|_| build()).and_then(|_| soak()),
+        "fuzz" => setup().and_then(|_| fuzz(rest)),
         "clean-lab" => build_lab_tool().and_then(|_| run(Command::new(lab_tool()).arg("clean"))),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|soak|clean-lab>");
+            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|soak|fuzz [SECONDS]|clean-lab>");
             return ExitCode::from(2);
         }
     };
@@ -143,6 +148,14 @@ fn setup() -> Result<()> {
             .args(["--features", &format!("llvm-{LLVM_MAJOR}")])
             .env("LLVM_PREFIX", format!("/usr/lib/llvm-{LLVM_MAJOR}")))?;
     }
+    // cargo-fuzz: runs the parser fuzz targets (with nightly, which is installed above)
+    let have = output(Command::new(cargo_bin_dir().join("cargo-fuzz")).arg("--version")).unwrap_or_default();
+    if have.contains(CARGO_FUZZ_VERSION) {
+        log(t0, &format!("cargo-fuzz {CARGO_FUZZ_VERSION} present"));
+    } else {
+        log(t0, &format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (about 100 s)"));
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))?;
+    }
     log(t0, "done");
     Ok(())
 }
@@ -195,12 +208,104 @@ fn bench(args: &[String]) -> Result<()> {
     r
 }
 
-/// Long variants of the resilience tests: many more randomized crash points.
+/// Long variants of the resilience tests: many more randomized crash points; then the fuzzers.
 fn soak() -> Result<()> {
     run(cargo()
         .args(["test", "--release", "-p", "netbee-tests", "--test", "resilience", "--", "--test-threads=1", "--nocapture"])
         .env("NETBEE_BIN", netbee_bin())
-        .env("NETBEE_CRASH_TRIALS", "60"))
+        .env("NETBEE_CRASH_TRIALS", "60"))?;
+    run_fuzzers(120)
+}
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let secs = match args.first() {
+        None => 60,
+        Some(s) => s.parse().map_err(|_| format!("SECONDS per target: {s:?} is not a number"))?,
+    };
+    run_fuzzers(secs)
+}
+
+/// `cargo +nightly fuzz ...` in controlplane/ (where cargo-fuzz finds fuzz/), with the flags every
+/// build and run shares: no sanitizer (the parsers are safe Rust; AddressSanitizer would only
+/// slow them down), debug assertions on (integer overflow is a crash).
+fn cargo_fuzz(sub: &str) -> Command {
+    let mut c = Command::new(cargo_bin_dir().join("cargo"));
+    c.args(["+nightly", "fuzz", sub]);
+    if sub != "list" {
+        c.args(["--sanitizer", "none", "--debug-assertions"]);
+    }
+    // the toolchain chosen for xtask itself must not leak into the nightly build
+    c.current_dir(root().join("controlplane")).env("PATH", path_env()).env_remove("RUSTUP_TOOLCHAIN");
+    c
+}
+
+/// Fuzzes every target of controlplane/fuzz/ for `secs` seconds, one after the other (libFuzzer
+/// uses one core). Each grows its corpus in fuzz/corpus/TARGET from the committed seeds in
+/// fuzz/seeds/TARGET; crashes land in fuzz/artifacts/TARGET, full logs in target/fuzz-logs/.
+fn run_fuzzers(secs: u64) -> Result<()> {
+    let t0 = Instant::now();
+    let fuzz_dir = root().join("controlplane/fuzz");
+    let targets: Vec<String> = output(&mut cargo_fuzz("list"))
+        .ok_or("cargo fuzz list failed")?
+        .lines()
+        .map(str::to_string)
+        .collect();
+    run(&mut cargo_fuzz("build"))?;
+    eprintln!("[fuzz +{:.0}s] built {} targets", t0.elapsed().as_secs_f64(), targets.len());
+    let logs = root().join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let mut rows = Vec::new();
+    for t in &targets {
+        let corpus = fuzz_dir.join("corpus").join(t);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("creating {}: {e}", corpus.display()))?;
+        let artifacts = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let artifact_dir = fuzz_dir.join("artifacts").join(t);
+        let before = artifacts(&artifact_dir);
+        let log = logs.join(format!("{t}.log"));
+        let log_file = std::fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
+        eprintln!("[fuzz +{:.0}s] {t}: {secs} s", t0.elapsed().as_secs_f64());
+        let status = cargo_fuzz("run")
+            .arg(t)
+            .arg(&corpus)
+            .arg(fuzz_dir.join("seeds").join(t))
+            .arg("--")
+            .arg(format!("-max_total_time={secs}"))
+            .args(["-print_final_stats=1", "-max_len=4096", "-timeout=20", "-rss_limit_mb=2048"])
+            .stdout(log_file)
+            .stderr(err_file)
+            .status()
+            .map_err(|e| format!("cannot run cargo fuzz: {e}"))?;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let execs: u64 = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("stat::number_of_executed_units:"))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum();
+        let crashes = artifacts(&artifact_dir).saturating_sub(before).max(usize::from(!status.success()));
+        if crashes > 0 {
+            eprintln!("--- {t} ({status}), last lines of {}:", log.display());
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                eprintln!("{l}");
+            }
+        }
+        rows.push((t.clone(), execs, crashes));
+    }
+    eprintln!("{:<18} {:>14} {:>8}", "fuzz target", "executions", "crashes");
+    for (t, execs, crashes) in &rows {
+        eprintln!("{t:<18} {execs:>14} {crashes:>8}");
+    }
+    let crashed: Vec<&str> = rows.iter().filter(|r| r.2 > 0).map(|r| r.0.as_str()).collect();
+    if crashed.is_empty() {
+        eprintln!("xtask fuzz: no crash in {} targets × {secs} s ({:.0}s)", rows.len(), t0.elapsed().as_secs_f64());
+        Ok(())
+    } else {
+        Err(format!(
+            "crashes in {}: inputs in controlplane/fuzz/artifacts/; reproduce with `cargo +nightly fuzz run -s none -a TARGET ARTIFACT` in controlplane/",
+            crashed.join(", ")
+        ))
+    }
 }
 
 fn test(args: &[String]) -> Result<()> {

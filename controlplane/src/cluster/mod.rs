@@ -125,7 +125,10 @@ pub fn new_token(cluster_id: &str) -> String {
 /// Splits "HOST[:PORT]" with the join port as default.
 pub fn parse_manager_addr(s: &str) -> Result<(Ipv4Addr, u16), String> {
     let (h, p) = match s.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("invalid port in manager address {s:?}"))?),
+        Some((h, p)) => match p.parse::<u16>() {
+            Ok(p) if p != 0 => (h, p),
+            _ => return Err(format!("invalid port in manager address {s:?}: expected 1-65535")),
+        },
         None => (s, JOIN_PORT),
     };
     let ip = h.parse::<Ipv4Addr>().map_err(|_| format!("invalid manager address {s:?}: expected IPv4[:PORT]"))?;
@@ -154,6 +157,10 @@ mod tests {
         assert_eq!(parse_manager_addr("10.0.0.1:9000").unwrap(), ("10.0.0.1".parse().unwrap(), 9000));
         assert!(parse_manager_addr("nohost:x").is_err());
         assert!(parse_manager_addr("example.com").is_err());
+        // found by the names fuzz target: port 0 was accepted (the join then failed to connect)
+        for zero in ["10.0.0.1:0", "2.0.0.32:0000000"] {
+            assert!(parse_manager_addr(zero).unwrap_err().contains("expected 1-65535"), "{zero}");
+        }
     }
 
     #[test]

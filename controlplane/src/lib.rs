@@ -1,0 +1,22 @@
+//! netbee's control plane as a library: the `netbee` binary (src/main.rs) only calls
+//! [`cli::main`]. The parsers (port specs, IPAM, names, placement constraints, API bodies) are
+//! public so the fuzz targets in `controlplane/fuzz/` can drive them directly.
+pub mod api;
+pub mod cli;
+pub mod cluster;
+pub mod daemon;
+mod datapath;
+#[cfg(test)]
+mod datapath_tests;
+mod dns;
+mod humanize;
+pub mod ipam;
+pub mod model;
+pub mod names;
+mod netlink;
+mod netns;
+mod network;
+pub mod portspec;
+mod runtime;
+mod store;
+mod whoami;
