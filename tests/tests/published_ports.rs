@@ -233,6 +233,9 @@ fn bad_publish_specs_are_refused_and_publish_nothing() -> Result<()> {
     }
     let err = n.netbee_refused(&["run", "-d", "--expose", "x", "-P", "sleep", "60"]);
     assert!(err.contains("x"), "{err}");
+    // ranges are expanded: a request for more ports than exist is refused before it costs memory
+    let err = n.netbee_refused(&["run", "-d", "-p", "1-65535", "-p", "1-65535/udp", "-p", "1-65535", "sleep", "60"]);
+    assert!(err.contains("too many ports"), "{err}");
     assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim(), "");
     let st = n.datapath_stats()?;
     assert_eq!(st["Counters"]["dnat_new"], 0);

@@ -29,6 +29,9 @@ use crate::{
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Every TCP and every UDP port once.
+const MAX_PORTS_PER_CONTAINER: usize = 2 * 65535;
+
 impl Daemon {
     pub async fn container_create(&self, req: ContainerCreate) -> ApiResult<ContainerRecord> {
         let _g = self.op.lock().await;
@@ -55,13 +58,21 @@ impl Daemon {
                 return Err(ApiError::bad_request(format!("invalid environment variable {e:?}: expected KEY=VALUE")));
             }
         }
+        // every range is expanded: a body of many "1-65535" must fail before it exhausts memory
+        let too_many = || ApiError::bad_request(format!("too many ports: a container publishes or exposes at most {MAX_PORTS_PER_CONTAINER}"));
         let mut publish = Vec::new();
         for p in &req.publish {
             publish.extend(portspec::parse_publish(p).map_err(|e| ApiError::bad_request(e.to_string()))?);
+            if publish.len() > MAX_PORTS_PER_CONTAINER {
+                return Err(too_many());
+            }
         }
         let mut expose: Vec<(u16, Proto)> = Vec::new();
         for e in &req.expose {
             expose.extend(portspec::parse_expose(e).map_err(|e| ApiError::bad_request(e.to_string()))?);
+            if expose.len() > MAX_PORTS_PER_CONTAINER {
+                return Err(too_many());
+            }
         }
         let ip = req
             .ip

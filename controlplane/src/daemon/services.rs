@@ -112,6 +112,11 @@ pub fn parse_constraint(s: &str) -> Result<Constraint, String> {
         return Err(format!("invalid constraint {s:?}: expected node.labels.KEY==VALUE, node.hostname==NAME or node.role==manager|worker (or !=)"));
     };
     let (lhs, rhs) = (lhs.trim(), rhs.trim());
+    // Another '=' makes the text ambiguous ("node.hostname!==m", "node.labels.k= ==v"), and a
+    // key or value with one could not be written back as a constraint; docker refuses it too.
+    if lhs.contains('=') || rhs.contains('=') {
+        return Err(format!("invalid constraint {s:?}: '=' may appear only in the operator (== or !=)"));
+    }
     let valid_field = lhs == "node.hostname"
         || lhs == "node.role"
         || lhs == "node.id"
@@ -917,7 +922,8 @@ mod tests {
         assert!(node_matches(&node("1", &[]), &[c.clone()]));
         assert!(!node_matches(&node("2", &[]), &[c]));
         assert!(node_matches(&node("1", &[]), &[parse_constraint("node.role==worker").unwrap()]));
-        for bad in ["zone=a", "node.labels.==a", "node.color==red", "node.hostname==", "node.role==boss"] {
+        // the last two: found by the constraints fuzz target (ambiguous '=')
+        for bad in ["zone=a", "node.labels.==a", "node.color==red", "node.hostname==", "node.role==boss", "node.hostname!= =m", "node.labels.k= ==v"] {
             assert!(parse_constraint(bad).is_err(), "{bad}");
         }
     }
