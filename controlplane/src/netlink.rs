@@ -1,6 +1,8 @@
 //! rtnetlink operations the drivers need, on the namespace the handle was opened in.
 use std::net::{IpAddr, Ipv4Addr};
 
+use std::sync::Arc;
+
 use anyhow::{Context as _, Result, anyhow};
 use futures::TryStreamExt as _;
 use netlink_packet_route::{
@@ -9,11 +11,16 @@ use netlink_packet_route::{
     neighbour::NeighbourState,
     route::RouteScope,
 };
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 #[derive(Clone)]
 pub struct Netlink {
     h: Handle,
+    /// The kernel runs one dump per netlink socket at a time and refuses a second with EBUSY;
+    /// dumps from concurrent tasks (an API request beside the reconciler) take turns here.
+    dump_turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Clone, Debug)]
@@ -39,46 +46,36 @@ impl Netlink {
     pub fn open() -> Result<Netlink> {
         let (conn, h, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
-        Ok(Netlink { h })
+        Ok(Netlink {
+            h,
+            dump_turn: Default::default(),
+        })
     }
 
     pub async fn links(&self) -> Result<Vec<LinkInfoLite>> {
+        let _turn = self.dump_turn.lock().await;
         let mut out = Vec::new();
         let mut s = self.h.link().get().execute();
-        while let Some(m) = s.try_next().await? {
-            let mut l = LinkInfoLite { index: m.header.index, name: String::new(), kind: None, mac: None };
-            for a in m.attributes {
-                match a {
-                    LinkAttribute::IfName(n) => l.name = n,
-                    LinkAttribute::Address(a) if a.len() == 6 => {
-                        l.mac = Some(a.try_into().unwrap_or_default())
-                    }
-                    LinkAttribute::LinkInfo(infos) => {
-                        for i in infos {
-                            if let LinkInfo::Kind(k) = i {
-                                l.kind = Some(match k {
-                                    InfoKind::Veth => "veth".into(),
-                                    InfoKind::Bridge => "bridge".into(),
-                                    InfoKind::Vxlan => "vxlan".into(),
-                                    other => format!("{other:?}").to_lowercase(),
-                                });
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            out.push(l);
+        while let Some(m) = s.try_next().await.context("listing interfaces")? {
+            out.push(link_info(m));
         }
         Ok(out)
     }
 
+    /// One interface by name, asked of the kernel directly (not a dump).
     pub async fn link(&self, name: &str) -> Result<Option<LinkInfoLite>> {
-        Ok(self.links().await?.into_iter().find(|l| l.name == name))
+        let mut s = self.h.link().get().match_name(name).execute();
+        match s.try_next().await {
+            Ok(m) => Ok(m.map(link_info)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("looking up interface {name}")),
+        }
     }
 
     pub async fn require_link(&self, name: &str) -> Result<LinkInfoLite> {
-        self.link(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
+        self.link(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
     /// Creates a veth pair; an existing `host` end (left by an interrupted attempt) is replaced.
@@ -101,7 +98,13 @@ impl Netlink {
         if let Some(l) = self.link(name).await? {
             return Ok(l.index);
         }
-        match self.h.link().add(LinkBridge::new(name).build()).execute().await {
+        match self
+            .h
+            .link()
+            .add(LinkBridge::new(name).build())
+            .execute()
+            .await
+        {
             Ok(()) => {}
             Err(e) if is_exists(&e) => {}
             Err(e) => return Err(e).with_context(|| format!("creating device {name}")),
@@ -117,7 +120,12 @@ impl Netlink {
         if let Some(l) = self.link(name).await? {
             return Ok(l.index);
         }
-        let msg = LinkMessageBuilder::<LinkVxlan>::new(name).port(port).collect_metadata(true).mtu(mtu).up().build();
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(name)
+            .port(port)
+            .collect_metadata(true)
+            .mtu(mtu)
+            .up()
+            .build();
         match self.h.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if is_exists(&e) => {}
@@ -144,10 +152,22 @@ impl Netlink {
             .with_context(|| format!("bringing up interface {index}"))
     }
 
-    pub async fn rename_and_set_mac(&self, index: u32, name: &str, mac: [u8; 6], mtu: u32) -> Result<()> {
+    pub async fn rename_and_set_mac(
+        &self,
+        index: u32,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+    ) -> Result<()> {
         self.h
             .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_string()).address(mac.to_vec()).mtu(mtu).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_string())
+                    .address(mac.to_vec())
+                    .mtu(mtu)
+                    .build(),
+            )
             .execute()
             .await
             .with_context(|| format!("naming interface {name}"))
@@ -169,7 +189,13 @@ impl Netlink {
     }
 
     pub async fn add_addr(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self.h.address().add(index, IpAddr::V4(ip), prefix).execute().await {
+        match self
+            .h
+            .address()
+            .add(index, IpAddr::V4(ip), prefix)
+            .execute()
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding address {ip}/{prefix}")),
@@ -178,9 +204,10 @@ impl Netlink {
 
     /// IPv4 addresses per interface index.
     pub async fn ipv4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
+        let _turn = self.dump_turn.lock().await;
         let mut out = Vec::new();
         let mut s = self.h.address().get().execute();
-        while let Some(m) = s.try_next().await? {
+        while let Some(m) = s.try_next().await.context("listing addresses")? {
             for a in &m.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
                     out.push((m.header.index, *ip, m.header.prefix_len));
@@ -205,7 +232,9 @@ impl Netlink {
     }
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(gateway)
+            .build();
         match self.h.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
@@ -213,7 +242,12 @@ impl Netlink {
         }
     }
 
-    pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+    pub async fn add_permanent_neighbour(
+        &self,
+        index: u32,
+        ip: Ipv4Addr,
+        mac: [u8; 6],
+    ) -> Result<()> {
         self.h
             .neighbours()
             .add(index, IpAddr::V4(ip))
@@ -223,5 +257,86 @@ impl Netlink {
             .execute()
             .await
             .with_context(|| format!("adding neighbour {ip}"))
+    }
+}
+
+fn link_info(m: netlink_packet_route::link::LinkMessage) -> LinkInfoLite {
+    let mut l = LinkInfoLite {
+        index: m.header.index,
+        name: String::new(),
+        kind: None,
+        mac: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Address(a) if a.len() == 6 => {
+                l.mac = Some(a.try_into().unwrap_or_default())
+            }
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let LinkInfo::Kind(k) = i {
+                        l.kind = Some(match k {
+                            InfoKind::Veth => "veth".into(),
+                            InfoKind::Bridge => "bridge".into(),
+                            InfoKind::Vxlan => "vxlan".into(),
+                            other => format!("{other:?}").to_lowercase(),
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Concurrent callers share one netlink socket; the kernel refuses a second dump on a socket
+    /// while one runs (EBUSY), which once failed `service create` beside the reconciler.
+    #[test]
+    fn concurrent_dumps_on_one_handle_take_turns() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare a network namespace (needs root)");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let nl = Netlink::open().unwrap();
+                // enough interfaces that a dump spans several messages
+                for i in 0..150 {
+                    nl.create_veth(&format!("dmp{i}a"), &format!("dmp{i}b"), 1500)
+                        .await
+                        .unwrap();
+                }
+                let tasks: Vec<_> = (0..8)
+                    .map(|i| {
+                        let nl = nl.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..10 {
+                                if i % 2 == 0 {
+                                    assert_eq!(nl.links().await.unwrap().len(), 301);
+                                } else {
+                                    assert!(nl.ipv4_addrs().await.is_ok());
+                                }
+                                assert!(nl.link("dmp7a").await.unwrap().is_some());
+                                assert!(nl.link("nosuch0").await.unwrap().is_none());
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+        })
+        .join()
+        .unwrap();
     }
 }
