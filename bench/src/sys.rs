@@ -127,6 +127,27 @@ pub fn check(cmd: Command, timeout: Duration) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs an iperf3 client (`-J`) built by `mk` and returns its JSON. Between two tests iperf3's
+/// server briefly has no listening socket (or is still busy with the last one), so a client
+/// that follows another at once can be refused: such a start is retried for up to 2 s; any other
+/// failure is an error.
+pub fn iperf3_client(mk: impl Fn() -> Command, timeout: Duration) -> Result<String> {
+    let not_ready = |text: &str| text.contains("Connection refused") || text.contains("server is busy");
+    let start = Instant::now();
+    loop {
+        let (text, result) = match check(mk(), timeout) {
+            Ok(out) => (out.clone(), crate::tools::iperf3_gbps(&out).map(|_| out)),
+            Err(e) => (format!("{e:#}"), Err(e)),
+        };
+        match result {
+            Err(_) if not_ready(&text) && start.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(100))
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Wall-clock seconds of one successful run of `cmd` (spawn to exit).
 pub fn time_cmd(mut cmd: Command) -> Result<f64> {
     let what = describe(&cmd);

@@ -18,7 +18,7 @@ use netbee_lab::wait_until;
 use super::{Ctx, nb, scratch};
 use crate::baselines::{Pair, vxlan_bridge_pair};
 use crate::report::{Better, Collector, Metric, MetricDef, NETBEE};
-use crate::sys::{Place, Server, check};
+use crate::sys::{Place, Server, check, iperf3_client};
 use crate::tools::{iperf3_gbps, sockperf_p50_p99};
 
 const SOCKPERF_PORT: u16 = 11111;
@@ -89,9 +89,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             s.check_alive()?;
         }
         for tg in &targets {
-            let mut c = tg.client.cmd("iperf3");
-            c.args(["-c", &tg.server_ip, "-p", &IPERF_PORT.to_string(), "-t", &t, "-J"]);
-            let out = check(c, deadline).with_context(|| format!("{}: iperf3", tg.system))?;
+            let iperf = || {
+                let mut c = tg.client.cmd("iperf3");
+                c.args(["-c", &tg.server_ip, "-p", &IPERF_PORT.to_string(), "-t", &t, "-J"]);
+                c
+            };
+            let out = iperf3_client(iperf, deadline).with_context(|| format!("{}: iperf3", tg.system))?;
             col.add("tput1", tg.system, iperf3_gbps(&out)?);
             col.add("retr", tg.system, crate::tools::iperf3_retransmits(&out)?);
             let mut c = tg.client.cmd("sockperf");

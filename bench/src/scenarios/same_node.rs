@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use super::{Ctx, nb, netbee_lab, scratch};
 use crate::baselines::{Pair, linux_bridge_pair, veth_pair};
 use crate::report::{Better, Collector, Metric, MetricDef, NETBEE};
-use crate::sys::{Place, Server, check};
+use crate::sys::{Place, Server, check, iperf3_client};
 use crate::tools::{iperf3_gbps, sockperf_p50_p99};
 
 const SOCKPERF_PORT: u16 = 11111;
@@ -87,9 +87,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         // One system at a time, each measurement in turn, so noise hits all systems alike.
         for tg in &targets {
             for (key, streams) in [("tput1", "1"), ("tput2", "2")] {
-                let mut c = tg.client.cmd("iperf3");
-                c.args(["-c", &tg.server_ip, "-p", &IPERF_PORT.to_string(), "-t", &t, "-P", streams, "-J"]);
-                let out = check(c, deadline).with_context(|| format!("{}: iperf3 -P {streams}", tg.system))?;
+                let iperf = || {
+                    let mut c = tg.client.cmd("iperf3");
+                    c.args(["-c", &tg.server_ip, "-p", &IPERF_PORT.to_string(), "-t", &t, "-P", streams, "-J"]);
+                    c
+                };
+                let out = iperf3_client(iperf, deadline).with_context(|| format!("{}: iperf3 -P {streams}", tg.system))?;
                 col.add(key, tg.system, iperf3_gbps(&out)?);
             }
             let mut c = tg.client.cmd("sockperf");
