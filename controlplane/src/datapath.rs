@@ -20,7 +20,7 @@ use aya::{
     },
 };
 use netbee_abi::{
-    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, Network,
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, Network,
     Service, config, drop_reason, stat,
 };
 
@@ -47,6 +47,7 @@ pub struct Datapath {
     pub networks: HashMap<MapData, u32, Network>,
     pub subnets: LpmTrie<MapData, u32, u32>,
     pub node_addrs: HashMap<MapData, u32, u32>,
+    pub peer_nodes: HashMap<MapData, MacKey, u32>,
     pub vips: HashMap<MapData, u32, u32>,
     pub frontends: HashMap<MapData, FrontendKey, Service>,
     pub backends: HashMap<MapData, BackendKey, Backend>,
@@ -111,6 +112,7 @@ impl Datapath {
             networks: take(&mut bpf, "NETWORKS")?,
             subnets: take(&mut bpf, "SUBNETS")?,
             node_addrs: take(&mut bpf, "NODE_ADDRS")?,
+            peer_nodes: take(&mut bpf, "PEER_NODES")?,
             vips: take(&mut bpf, "VIPS")?,
             frontends: take(&mut bpf, "FRONTENDS")?,
             backends: take(&mut bpf, "BACKENDS")?,

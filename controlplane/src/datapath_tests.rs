@@ -4,7 +4,7 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::programs::SchedClassifier;
-use netbee_abi::{Endpoint, Iface, Network, drop_reason, iface_flags};
+use netbee_abi::{CtKey, Endpoint, Iface, MacKey, Network, ct_flags, drop_reason, iface_flags, net_flags};
 
 use crate::datapath::{Datapath, ip_be};
 
@@ -313,6 +313,57 @@ fn from_the_wire_a_container_address_is_reached_only_through_published_ports() {
     let mut frag = eth([1; 6], [2; 6], 0x0800);
     frag.extend(ipv4([10, 0, 0, 9], PEER, 17, 0, 0x00b9, &[0u8; 32]));
     assert_eq!(run(&mut dp, "tc_uplink_ingress", &frag).0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 4);
+}
+
+#[test]
+fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks() {
+    let (_fs, mut dp) = setup();
+    let overlay = Network {
+        subnet: ip_be(Ipv4Addr::new(10, 0, 0, 0)),
+        mask: ip_be(Ipv4Addr::new(255, 255, 0, 0)),
+        gateway: ip_be(Ipv4Addr::new(10, 0, 0, 1)),
+        flags: net_flags::OVERLAY,
+        vni: 4097,
+        _pad: 0,
+    };
+    dp.networks.insert(3, overlay, 0).unwrap();
+    dp.set_subnet("10.0.0.0/16".parse().unwrap(), 3).unwrap();
+    let task = Ipv4Addr::new(10, 0, 9, 5);
+    dp.endpoints.insert(ip_be(task), Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 }, 0).unwrap();
+    let (peer_mac, stranger_mac, node_mac) = ([0x0a, 0, 0, 0, 0, 2], [0x0a, 0, 0, 0, 0, 9], [0x0a, 0, 0, 0, 0, 3]);
+    let peer_ip = u32::from(Ipv4Addr::new(192, 168, 50, 2));
+    let client = [192, 168, 50, 200];
+    let syn = |src_mac, dst: Ipv4Addr| {
+        let mut p = eth(node_mac, src_mac, 0x0800);
+        p.extend(ipv4(client, dst.octets(), 6, 0, 0, &tcp(40000, 8080, 0x02)));
+        p
+    };
+    let set_backend = |dp: &mut Datapath, flags| {
+        let mut i = dp.ifaces.get(&1, 0).unwrap();
+        i.flags = flags;
+        dp.ifaces.insert(1, i, 0).unwrap();
+    };
+    set_backend(&mut dp, iface_flags::BACKEND);
+    let before = drops(&dp, drop_reason::UNPUBLISHED);
+    // a host that is not a registered peer reaches nothing
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(stranger_mac, task)).0, TC_ACT_SHOT);
+    dp.peer_nodes.insert(MacKey { mac: peer_mac, _pad: [0; 2] }, peer_ip, 0).unwrap();
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(stranger_mac, task)).0, TC_ACT_SHOT);
+    // a peer reaches a service task on an overlay; the frame is readdressed to the task and the
+    // flow's replies are bound to go back to that peer natively
+    let (v, out) = run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_eq!((&out[..6], &out[6..12]), (&PEER_MAC[..], &HOST_MAC[..]));
+    let reply = CtKey { saddr: ip_be(task), daddr: ip_be(Ipv4Addr::from(client)), sport: 8080u16.to_be(), dport: 40000u16.to_be(), proto: 6, _pad: [0; 3] };
+    let e = dp.ct.get(&reply, 0).expect("return entry for the reply direction");
+    assert_eq!(e.flags & (ct_flags::TUNNEL_RETURN | ct_flags::DIRECT), ct_flags::TUNNEL_RETURN | ct_flags::DIRECT);
+    assert_eq!((e.tunnel_node, e.vni), (peer_ip, 4097));
+    // but not a container that is nobody's backend, nor one on a bridge network
+    set_backend(&mut dp, 0);
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task)).0, TC_ACT_SHOT);
+    set_backend(&mut dp, iface_flags::BACKEND);
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, Ipv4Addr::new(172, 30, 0, 3))).0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 4);
 }
 

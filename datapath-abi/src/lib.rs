@@ -17,6 +17,7 @@ pub const MAX_SERVICES: u32 = 65536;
 pub const MAX_BACKEND_SLOTS: u32 = 262144;
 pub const CT_DEFAULT_SIZE: u32 = 262144;
 pub const MAX_SOCK_REVNAT: u32 = 65536;
+pub const MAX_PEER_NODES: u32 = 1024;
 
 /// Per-CPU packet counters (`STATS` array index).
 pub mod stat {
@@ -39,10 +40,13 @@ pub mod stat {
     /// Conntrack entries inserted (two per translated flow, one per tunnel-return entry).
     pub const CT_CREATED: u32 = 16;
     pub const TUNNEL_RETURN: u32 = 17;
+    /// Routing-mesh packets sent to or accepted from an L2-adjacent peer node without
+    /// encapsulation.
+    pub const DIRECT_ROUTE: u32 = 18;
     pub const N: u32 = 32;
 
     /// Names in index order, for `netbee datapath stats`.
-    pub const NAMES: [&str; 18] = [
+    pub const NAMES: [&str; 19] = [
         "from_container",
         "redirect_local",
         "to_stack",
@@ -61,6 +65,7 @@ pub mod stat {
         "sock_lb",
         "ct_created",
         "tunnel_return",
+        "direct_route",
     ];
 }
 
@@ -176,6 +181,15 @@ pub struct Network {
     pub _pad: u32,
 }
 
+/// Key of `PEER_NODES`: the uplink MAC of another cluster node on this node's L2 segment. The
+/// value is that node's underlay IPv4, host byte order (like `Endpoint::node_ip`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MacKey {
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
 /// LPM key for the `SUBNETS` trie (prefix length + address in network order).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -256,6 +270,9 @@ pub mod ct_flags {
     pub const SEEN_RST: u16 = 64;
     /// Only a SYN seen so far in this direction.
     pub const SYN_ONLY: u16 = 128;
+    /// With TUNNEL_RETURN: `tunnel_node` shares the uplink's L2 segment and sent the flow
+    /// natively, so replies go back to it natively too.
+    pub const DIRECT: u16 = 256;
 }
 
 #[repr(C)]
@@ -316,6 +333,7 @@ mod pod {
     unsafe impl aya::Pod for Backend {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockRevNat {}
 }

@@ -1,7 +1,7 @@
 //! Where a packet goes once its final destination is known: straight into a local container
 //! (bpf_redirect_peer, skipping the host-side veth's backlog), through the collect_md VXLAN device
-//! to another node, or out of the uplink after a FIB lookup. The Linux bridge and netfilter are
-//! never on these paths.
+//! to another node, natively to an L2-adjacent node (routing mesh), or out of the uplink after a
+//! FIB lookup. The Linux bridge and netfilter are never on these paths.
 use core::mem::{self, size_of};
 
 use aya_ebpf::{
@@ -16,10 +16,10 @@ use aya_ebpf::{
     },
     programs::TcContext,
 };
-use netbee_abi::{Endpoint, config, drop_reason, stat};
+use netbee_abi::{Endpoint, MacKey, config, drop_reason, stat};
 
 use crate::{
-    maps::{NETWORKS, config, count, count_drop},
+    maps::{NETWORKS, PEER_NODES, config, count, count_drop},
     packet::{EthHdr, ifindex},
 };
 
@@ -48,17 +48,15 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
     ctx.store(0, &macs, 0).ok()
 }
 
-/// Delivers to a container interface, local or on another node. `eth` is the frame's header as
-/// it arrived.
+/// Delivers to a container interface, local or (through the tunnel) on another node. `eth` is
+/// the frame's header as it arrived.
 #[inline(always)]
 pub fn to_endpoint(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i32 {
     if ep.ifindex == 0 {
-        let vni = match unsafe { NETWORKS.get(&ep.net_id) } {
-            Some(n) => n.vni,
-            None => return drop(drop_reason::NO_SUCH_HOST),
+        return match unsafe { NETWORKS.get(&ep.net_id) } {
+            Some(n) => encap(ctx, ep.node_ip, n.vni, inner_dst_mac(eth, ep)),
+            None => drop(drop_reason::NO_SUCH_HOST),
         };
-        let dst = if eth.dst == ep.mac { None } else { Some(&ep.mac) };
-        return encap(ctx, ep.node_ip, vni, dst);
     }
     // A frame already addressed to the container (same network, or decapsulated) goes in as it
     // is, like a bridge forwards it: writing into a TCP segment that the sender still holds for
@@ -68,6 +66,58 @@ pub fn to_endpoint(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i32 {
     }
     count(stat::REDIRECT_LOCAL);
     redirected(unsafe { bpf_redirect_peer(ep.ifindex, 0) })
+}
+
+/// Delivers a routing-mesh packet (it came from the wire) to a backend task: a remote one is
+/// reached natively when its node shares the uplink's L2 segment, like the underlay routes the
+/// baseline's pod subnets, instead of paying an encapsulation on both nodes.
+#[inline(always)]
+pub fn to_endpoint_from_wire(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i32 {
+    if ep.ifindex != 0 {
+        return to_endpoint(ctx, eth, ep);
+    }
+    match unsafe { NETWORKS.get(&ep.net_id) } {
+        Some(n) => to_node(ctx, ep.node_ip, n.vni, inner_dst_mac(eth, ep)),
+        None => drop(drop_reason::NO_SUCH_HOST),
+    }
+}
+
+#[inline(always)]
+fn inner_dst_mac<'a>(eth: &EthHdr, ep: &'a Endpoint) -> Option<&'a [u8; 6]> {
+    if eth.dst == ep.mac { None } else { Some(&ep.mac) }
+}
+
+/// Sends the packet to another node (`node_ip` host order): natively when that node is an
+/// L2-adjacent netbee peer (it accepts such frames only from the MACs in its own PEER_NODES),
+/// through the tunnel otherwise.
+#[inline(always)]
+pub fn to_node(ctx: &TcContext, node_ip: u32, vni: u32, inner_dst: Option<&[u8; 6]>) -> i32 {
+    let Some(p) = adjacent_peer(ctx, node_ip) else {
+        return encap(ctx, node_ip, vni, inner_dst);
+    };
+    if set_macs(ctx, &p.dmac, &p.smac).is_none() {
+        return drop(drop_reason::MALFORMED);
+    }
+    count(stat::DIRECT_ROUTE);
+    redirected(unsafe { bpf_redirect(p.ifindex, 0) })
+}
+
+/// The uplink next hop for `node_ip` when it is the node itself (on-link, neighbour resolved)
+/// and its MAC is the one that node registered.
+#[inline(always)]
+fn adjacent_peer(ctx: &TcContext, node_ip: u32) -> Option<FibParams> {
+    let daddr = node_ip.to_be();
+    let (rc, p) = fib_lookup(ctx, config(config::UPLINK_IP) as u32, daddr);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64
+        || unsafe { p.__bindgen_anon_4.ipv4_dst } != daddr
+        || p.ifindex as u64 != config(config::UPLINK_IFINDEX)
+    {
+        return None;
+    }
+    match unsafe { PEER_NODES.get(&MacKey { mac: p.dmac, _pad: [0; 2] }) } {
+        Some(ip) if *ip == node_ip => Some(p),
+        _ => None,
+    }
 }
 
 /// Sends the packet to another node through the collect_md VXLAN device.
@@ -100,14 +150,7 @@ pub fn encap(ctx: &TcContext, node_ip: u32, vni: u32, dst_mac: Option<&[u8; 6]>)
 /// path. Anything the FIB cannot resolve on its own is handed to the stack unchanged.
 #[inline(always)]
 pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
-    let mut p: FibParams = unsafe { mem::zeroed() };
-    p.family = AF_INET;
-    // tot_len 0: let the kernel check the MTU against the skb itself (GSO-aware)
-    p.__bindgen_anon_1.tot_len = 0;
-    p.ifindex = ifindex(ctx);
-    p.__bindgen_anon_3.ipv4_src = saddr;
-    p.__bindgen_anon_4.ipv4_dst = daddr;
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    let (rc, p) = fib_lookup(ctx, saddr, daddr);
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         if set_macs(ctx, &p.dmac, &p.smac).is_none() {
             return drop(drop_reason::MALFORMED);
@@ -126,4 +169,19 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
         count(stat::TO_STACK);
         TC_ACT_OK as i32
     }
+}
+
+/// FIB lookup as if the packet were forwarded from its ingress device; addresses in network
+/// order. On success `ipv4_dst` holds the next hop (the gateway, or `daddr` when on-link).
+#[inline(always)]
+fn fib_lookup(ctx: &TcContext, saddr: u32, daddr: u32) -> (i64, FibParams) {
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    p.family = AF_INET;
+    // tot_len 0: let the kernel check the MTU against the skb itself (GSO-aware)
+    p.__bindgen_anon_1.tot_len = 0;
+    p.ifindex = ifindex(ctx);
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    (rc, p)
 }

@@ -5,9 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netbee_abi::{
-    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface,
+    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MacKey,
     MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_IFACES, MAX_NETWORKS, MAX_NODE_ADDRS,
-    MAX_SERVICES, MAX_SOCK_REVNAT, Network, Service, SockKey, SockRevNat, config, drop_reason,
+    MAX_PEER_NODES, MAX_SERVICES, MAX_SOCK_REVNAT, Network, Service, SockKey, SockRevNat, config, drop_reason,
     stat,
 };
 
@@ -32,6 +32,10 @@ pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 /// The node's own IPv4 addresses (published ports answer on them).
 #[map]
 pub static NODE_ADDRS: HashMap<u32, u32> = HashMap::pinned(MAX_NODE_ADDRS, 0);
+/// Live cluster nodes on the uplink's L2 segment, by uplink MAC -> underlay IPv4 (host order):
+/// the routing mesh reaches their tasks without encapsulation.
+#[map]
+pub static PEER_NODES: HashMap<MacKey, u32> = HashMap::pinned(MAX_PEER_NODES, 0);
 
 /// Service virtual IPs -> net_id: the ARP responder answers for them inside their network.
 #[map]

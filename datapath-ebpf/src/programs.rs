@@ -13,15 +13,15 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbee_abi::{
-    CtEntry, CtKey, Iface, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
+    CtEntry, CtKey, Iface, MacKey, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
     IPPROTO_UDP, VXLAN_PORT, iface_flags, net_flags, stat, svc_flags,
 };
 
 use crate::{
     arp, conntrack,
-    deliver::{drop, encap, to_endpoint, to_uplink},
+    deliver::{drop, encap, to_endpoint, to_endpoint_from_wire, to_node, to_uplink},
     lb,
-    maps::{CT, ENDPOINTS, IFACES, NETWORKS, SUBNETS, config, count},
+    maps::{CT, ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
     nat,
     packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
 };
@@ -85,7 +85,7 @@ fn from_container(ctx: &TcContext) -> i32 {
     if let Some(l4) = l4(ctx, &ip) {
         let key = flow_key(&ip, &l4);
         if let Some(ct) = conntrack::lookup(&key, &l4) {
-            return translated(ctx, &eth, &ip, &l4, &ct);
+            return translated(ctx, &eth, &ip, &l4, &ct, Via::Container);
         }
         // only a SYN (or a datagram) can open a translated flow: spare established plain TCP the
         // frontend lookups
@@ -94,7 +94,7 @@ fn from_container(ctx: &TcContext) -> i32 {
             if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
                 // a VIP answers only inside its own network
                 if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
-                    if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
+                    if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Container) {
                         return verdict;
                     }
                 }
@@ -134,16 +134,24 @@ fn forward(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, iface: &Iface) -> i32 {
     PASS
 }
 
+/// Which hook a packet entered through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Via {
+    Container,
+    Wire,
+    Tunnel,
+}
+
 /// Applies an existing conntrack entry and sends the packet on.
 #[inline(always)]
-fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry) -> i32 {
+fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, via: Via) -> i32 {
     let f = ct.flags;
     if f & ct_flags::DNAT != 0 {
         count(stat::DNAT_EST);
         if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return to_backend(ctx, eth, ct.nat_addr);
+        return to_backend(ctx, eth, ct.nat_addr, via);
     }
     if f & ct_flags::REVNAT != 0 {
         count(stat::REVNAT);
@@ -160,10 +168,13 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry) ->
         if nat::rewrite_dst(ctx, l4, ip.daddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return to_backend(ctx, eth, ct.nat_addr);
+        return to_backend(ctx, eth, ct.nat_addr, via);
     }
     if f & ct_flags::TUNNEL_RETURN != 0 {
         count(stat::TUNNEL_RETURN);
+        if f & ct_flags::DIRECT != 0 {
+            return to_node(ctx, ct.tunnel_node, ct.vni, None);
+        }
         return encap(ctx, ct.tunnel_node, ct.vni, None);
     }
     // SNAT entries only matter on the uplink's egress
@@ -171,8 +182,9 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry) ->
 }
 
 #[inline(always)]
-fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32) -> i32 {
+fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32, via: Via) -> i32 {
     match unsafe { ENDPOINTS.get(&addr) } {
+        Some(ep) if via == Via::Wire => to_endpoint_from_wire(ctx, eth, ep),
         Some(ep) => to_endpoint(ctx, eth, ep),
         None => drop(drop_reason::NO_BACKEND),
     }
@@ -182,7 +194,15 @@ fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32) -> i32 {
 /// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
 /// without SYN): the caller treats it as ordinary traffic.
 #[inline(always)]
-fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service) -> Option<i32> {
+fn new_dnat(
+    ctx: &TcContext,
+    eth: &EthHdr,
+    ip: &Ip4,
+    l4: &L4,
+    key: &CtKey,
+    svc: &Service,
+    via: Via,
+) -> Option<i32> {
     if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
         return None;
     }
@@ -203,7 +223,7 @@ fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: 
     if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
         return Some(drop(drop_reason::MALFORMED));
     }
-    Some(to_backend(ctx, eth, be.addr))
+    Some(to_backend(ctx, eth, be.addr, via))
 }
 
 #[inline(always)]
@@ -222,11 +242,16 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         }
         let key = flow_key(&ip, &l4);
         if let Some(ct) = conntrack::lookup(&key, &l4) {
-            return translated(ctx, &eth, &ip, &l4, &ct);
+            return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
+        }
+        if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
+            if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
+                return verdict;
+            }
         }
         if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
             if svc.flags & svc_flags::VIP == 0 {
-                if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc) {
+                if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Wire) {
                     return verdict;
                 }
             }
@@ -238,6 +263,33 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         return drop(drop_reason::UNPUBLISHED);
     }
     PASS
+}
+
+/// A routing-mesh packet that a peer node balanced to a task here and sent natively (see
+/// `deliver::to_node`): accepted only for a local service task on an overlay, as the tunnel would
+/// have delivered it, and the flow's replies are sent back to that node, which holds the
+/// translation. None: not such a packet.
+#[inline(always)]
+fn from_peer_node(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, peer: u32) -> Option<i32> {
+    let ep = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied()?;
+    if ep.ifindex == 0 || unsafe { IFACES.get(&ep.ifindex) }?.flags & iface_flags::BACKEND == 0 {
+        return None;
+    }
+    let net = unsafe { NETWORKS.get(&ep.net_id) }?;
+    if net.flags & net_flags::OVERLAY == 0 {
+        return None;
+    }
+    if ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4) {
+        let rev_key = conntrack::reply_key(key, ip.daddr, l4.dport);
+        let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN | ct_flags::DIRECT, l4, ip.proto);
+        e.tunnel_node = peer;
+        e.vni = net.vni;
+        if CT.insert(&rev_key, &e, 0).is_ok() {
+            count(stat::CT_CREATED);
+        }
+    }
+    count(stat::DIRECT_ROUTE);
+    Some(to_endpoint(ctx, eth, &ep))
 }
 
 /// Masquerade: connections that containers open to the outside leave with the node's address
@@ -328,7 +380,7 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
     if let Some(l4) = &l4 {
         let key = flow_key(&ip, l4);
         if let Some(ct) = conntrack::lookup(&key, l4) {
-            return translated(ctx, &eth, &ip, l4, &ct);
+            return translated(ctx, &eth, &ip, l4, &ct, Via::Tunnel);
         }
     }
     let Some(ep) = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied() else {

@@ -161,6 +161,9 @@ fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     }
     // fairness over 1,000 connections
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
+    let n2 = lab.node("n2");
+    let (encap_before, direct_before, n2_direct_before) =
+        (n1.counter("encap")?, n1.counter("direct_route")?, n2.counter("direct_route")?);
     let shares = x.run(move || {
         let mut counts: HashMap<String, usize> = HashMap::new();
         let mut failed = 0;
@@ -177,6 +180,13 @@ fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     for (h, c) in &shares.0 {
         assert!((190..=210).contains(c), "task {h} got {c} of 1000 (outside ±2 %): {:?}", shares.0);
     }
+    // the nodes share one L2 segment: n1 reaches n2's tasks natively, both ways, never through
+    // the tunnel (each of n2's ~400 connections is at least 5 packets each way)
+    let remote = 1000 * placed.iter().filter(|(_, n)| n == "n2").count() as u64 / 5;
+    let sent = n1.counter("direct_route")? - direct_before;
+    let received = n2.counter("direct_route")? - n2_direct_before;
+    assert!(sent >= 5 * remote && received >= 5 * remote, "direct-routed packets: n1 {sent}, n2 {received}, for {remote} connections");
+    assert_eq!(n1.counter("encap")?, encap_before, "n1 encapsulated routing-mesh traffic");
     Ok(())
 }
 

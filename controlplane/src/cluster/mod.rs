@@ -96,6 +96,16 @@ pub struct NodeRecord {
     pub created: DateTime<Utc>,
 }
 
+/// What a live node keeps under its lease (`ALIVE`): gone when the node is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Liveness {
+    pub since: DateTime<Utc>,
+    /// The node's uplink MAC: peers on the same L2 segment send it routing-mesh traffic natively
+    /// and it accepts such frames only from the MACs of live peers.
+    #[serde(default)]
+    pub uplink_mac: Option<[u8; 6]>,
+}
+
 /// A container interface on an overlay, as every node sees it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RemoteEndpoint {

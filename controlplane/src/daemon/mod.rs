@@ -48,6 +48,8 @@ pub const VXLAN_DEVICE: &str = "nbvxlan0";
 pub struct NodeInfo {
     pub uplink: String,
     pub uplink_ip: Ipv4Addr,
+    /// Registered with the node's liveness so L2-adjacent peers accept its routing-mesh frames.
+    pub uplink_mac: Option<[u8; 6]>,
 }
 
 pub struct Daemon {
@@ -134,7 +136,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         nl,
         dp: std::sync::Mutex::new(dp),
         op: tokio::sync::Mutex::new(()),
-        node: NodeInfo { uplink, uplink_ip },
+        node: NodeInfo { uplink, uplink_ip, uplink_mac: up.mac },
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),

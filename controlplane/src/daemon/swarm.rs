@@ -11,14 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use axum::{Json, Router, routing::post};
 use futures::StreamExt as _;
-use netbee_abi::Endpoint as DpEndpoint;
+use netbee_abi::{Endpoint as DpEndpoint, MacKey};
 use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
     api::{ApiError, ApiResult, NetworkCreate},
-    cluster::{self, Availability, ClusterInfo, Membership, NodeRecord, RemoteEndpoint, Role, etcd::Etcd},
+    cluster::{self, Availability, ClusterInfo, Liveness, Membership, NodeRecord, RemoteEndpoint, Role, etcd::Etcd},
     datapath::{ignore_missing, ip_be},
     ipam::{self, Allocator},
     model::{ContainerRecord, Driver, Endpoint, NetworkRecord, Status},
@@ -219,6 +219,7 @@ impl Daemon {
             self.store.delete(store::OVERLAYS, &n.id)?;
         }
         self.apply_remote_endpoints(&[], "")?;
+        self.apply_peer_nodes(&c.node_id, &[], &[])?;
         info!("left the swarm");
         Ok(())
     }
@@ -405,7 +406,8 @@ impl Daemon {
 
     async fn liveness_once(&self, c: &Arc<ClusterState>) -> Result<()> {
         let lease = c.etcd.grant(cluster::LIVENESS_TTL).await?;
-        c.etcd.put_leased(&cluster::key_alive(&c.node_id), &json!({"since": chrono::Utc::now()}), lease).await?;
+        let alive = Liveness { since: chrono::Utc::now(), uplink_mac: self.node.uplink_mac };
+        c.etcd.put_leased(&cluster::key_alive(&c.node_id), &alive, lease).await?;
         let mut client = c.etcd.client().await?;
         let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
         let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
@@ -478,6 +480,8 @@ impl Daemon {
         let c = self.cluster.as_ref().expect("cluster");
         let overlays: Vec<NetworkRecord> = c.etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect();
         let endpoints: Vec<RemoteEndpoint> = c.etcd.list(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect();
+        let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
+        let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
         let _g = self.op.lock().await;
         let known: Vec<NetworkRecord> = self.store.list(store::OVERLAYS)?;
         for n in &overlays {
@@ -508,6 +512,7 @@ impl Daemon {
             .collect();
         let ids: Vec<(RemoteEndpoint, u32)> = remote.into_iter().map(|e| { let id = nets[&e.network_id]; (e, id) }).collect();
         self.apply_remote_endpoints(&ids, &c.node_id)?;
+        self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
         drop(_g);
         self.refresh_node_addrs().await?;
         Ok(())
@@ -539,6 +544,35 @@ impl Daemon {
             };
             if dp.endpoints.get(&ip_be(e.ip), 0).ok() != Some(entry) {
                 dp.endpoints.insert(ip_be(e.ip), entry, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes PEER_NODES the live peers that registered an uplink MAC: the routing mesh reaches
+    /// their tasks natively when they share the uplink's L2 segment (the datapath checks that
+    /// per packet with a FIB lookup) and accepts native mesh frames only from them.
+    fn apply_peer_nodes(&self, me: &str, nodes: &[(String, NodeRecord)], alive: &[(String, Liveness)]) -> Result<()> {
+        let want: HashMap<[u8; 6], u32> = alive
+            .iter()
+            .filter_map(|(key, l)| {
+                let id = key.rsplit('/').next()?;
+                let node = nodes.iter().find(|(_, n)| n.id == id && id != me)?;
+                Some((l.uplink_mac?, u32::from(node.1.addr)))
+            })
+            .filter(|(mac, _)| Some(*mac) != self.node.uplink_mac)
+            .collect();
+        let mut dp = self.dp.lock().unwrap();
+        let have: Vec<(MacKey, u32)> = dp.peer_nodes.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in &have {
+            if want.get(&k.mac) != Some(v) {
+                ignore_missing(dp.peer_nodes.remove(k))?;
+            }
+        }
+        for (mac, ip) in want {
+            let k = MacKey { mac, _pad: [0; 2] };
+            if !have.contains(&(k, ip)) {
+                dp.peer_nodes.insert(k, ip, 0)?;
             }
         }
         Ok(())
