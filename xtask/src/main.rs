@@ -49,7 +49,11 @@ type Result<T> = std::result::Result<T, String>;
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().map(String::as_str).unwrap_or("help");
-    let rest = &args[args.len().min(1)..];
+    let mut rest = &args[args.len().min(1)..];
+    // `cargo xtask bench -- --quick`: the separator is for the reader, not the tool
+    if rest.first().is_some_and(|a| a == "--") {
+        rest = &rest[1..];
+    }
     let r = match task {
         "setup" => setup(),
         "build" => setup().and_then(|_| build()),
