@@ -140,6 +140,12 @@ impl Lab {
         util::ip(&["-n", &u, "link", "set", "lo", "up"])?;
         util::ip(&["-n", &u, "link", "add", UNDERLAY_BRIDGE, "type", "bridge"])?;
         util::ip(&["-n", &u, "link", "set", UNDERLAY_BRIDGE, "up"])?;
+        // The bridge plays a switch: frames crossing it skip the host's netfilter hooks
+        // (br_netfilter is on by default in every namespace), which a real switch does not run.
+        self.underlay.sh(
+            "for f in iptables ip6tables arptables; do p=/proc/sys/net/bridge/bridge-nf-call-$f; \
+             [ ! -e $p ] || echo 0 > $p; done",
+        )?;
         Ok(())
     }
 
