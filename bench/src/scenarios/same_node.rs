@@ -20,6 +20,12 @@ use crate::tools::{iperf3_gbps, sockperf_p50_p99};
 
 const SOCKPERF_PORT: u16 = 11111;
 const IPERF_PORT: u16 = 5201;
+/// The ping-pong client and server share one fixed CPU for every system: whether the scheduler
+/// happens to place two processes that wake each other on one vCPU or on two (a cross-vCPU wakeup
+/// goes through the hypervisor, 40-300 µs here) costs more than any datapath difference and would
+/// otherwise decide the p50.
+const CLIENT_CPU: &str = "1";
+const SERVER_CPU: &str = "1";
 
 struct Target<'a> {
     system: &'static str,
@@ -34,7 +40,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
 
     // netbee: a user network with a server container (iperf3 + sockperf) and a client container.
     nb(node, &["network", "create", "bench"])?;
-    let server_cmd = format!("iperf3 -s -p {IPERF_PORT} & exec sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}");
+    let server_cmd = format!("iperf3 -s -p {IPERF_PORT} & exec taskset -c {SERVER_CPU} sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}");
     nb(node, &["run", "-d", "--name", "srv", "--network", "bench", "bash", "-c", &server_cmd])?;
     nb(node, &["run", "-d", "--name", "cli", "--network", "bench", "sleep", "infinity"])?;
     let srv = Place::Container { node, name: "srv".into() };
@@ -53,8 +59,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         let mut iperf = server.cmd("iperf3");
         iperf.args(["-s", "-p", &IPERF_PORT.to_string()]);
         servers.push(Server::spawn(iperf, &logs.join(format!("{system}-iperf3.log")))?);
-        let mut sp = server.cmd("sockperf");
-        sp.args(["sr", "--tcp", "-i", &server_ip, "-p", &SOCKPERF_PORT.to_string()]);
+        let mut sp = server.cmd("taskset");
+        sp.args(["-c", SERVER_CPU, "sockperf", "sr", "--tcp", "-i", &server_ip, "-p", &SOCKPERF_PORT.to_string()]);
         servers.push(Server::spawn(sp, &logs.join(format!("{system}-sockperf.log")))?);
         let place = Place::Ns(server);
         place.wait_listening(IPERF_PORT, Duration::from_secs(10))?;
@@ -95,8 +101,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
                 let out = iperf3_client(iperf, deadline).with_context(|| format!("{}: iperf3 -P {streams}", tg.system))?;
                 col.add(key, tg.system, iperf3_gbps(&out)?);
             }
-            let mut c = tg.client.cmd("sockperf");
-            c.args(["pp", "--tcp", "-i", &tg.server_ip, "-p", &SOCKPERF_PORT.to_string(), "-t", &t]);
+            let mut c = tg.client.cmd("taskset");
+            c.args(["-c", CLIENT_CPU, "sockperf", "pp", "--tcp", "-i", &tg.server_ip, "-p", &SOCKPERF_PORT.to_string(), "-t", &t]);
             let out = check(c, deadline).with_context(|| format!("{}: sockperf pp", tg.system))?;
             let (p50, p99) = sockperf_p50_p99(&out)?;
             col.add("p50", tg.system, p50);
