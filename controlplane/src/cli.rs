@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     api::{self, Client, ContainerCreate, NetworkConnect, NetworkCreate},
-    daemon::{self, DaemonConfig},
+    daemon::{self, DaemonConfig, MeshRouting},
     humanize,
 };
 
@@ -146,6 +146,12 @@ struct DaemonArgs {
     /// Entries of the connection-tracking table (used when the pinned table is first created).
     #[arg(long, default_value_t = netbee_abi::CT_DEFAULT_SIZE)]
     conntrack_size: u32,
+    /// How the routing mesh reaches tasks on other nodes: `tunnel` (VXLAN, works on any underlay)
+    /// or `native` (plain frames to nodes on the same L2 segment, VXLAN to the others; only
+    /// between nodes that all run `native`, and only where the network delivers frames whose
+    /// destination is a container address, unlike cloud VPCs with source/destination checks).
+    #[arg(long, value_enum, default_value_t = MeshRouting::Tunnel)]
+    mesh_routing: MeshRouting,
 }
 
 #[derive(Subcommand)]
@@ -417,6 +423,7 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         conntrack_size: a.conntrack_size,
         hostname: a.hostname,
         cluster_store: a.cluster_store.as_deref().map(crate::cluster::parse_store).transpose().map_err(|e| anyhow!(e))?,
+        mesh_routing: a.mesh_routing,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))?;

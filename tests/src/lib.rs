@@ -39,7 +39,7 @@ use rand::Rng;
 
 pub use cgroup::cgroup2_root;
 pub use cleanup::sweep_stale;
-pub use netbee::{http_hostname, single_node_lab, start_load, swarm_lab, whoami_field};
+pub use netbee::{http_hostname, single_node_lab, start_load, swarm_lab, swarm_lab_with, whoami_field};
 pub use node::Node;
 pub use ns::Ns;
 

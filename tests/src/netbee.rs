@@ -156,11 +156,18 @@ pub fn whoami_field(answer: &str, key: &str) -> Option<String> {
 /// A lab of `nodes` nodes on one etcd, all daemons started with `--cluster-store`; the first
 /// node initialises the swarm, the others join as workers. `externals` external clients.
 pub fn swarm_lab(test: &str, nodes: &[&str], externals: &[&str]) -> Result<crate::Lab> {
+    swarm_lab_with(test, nodes, externals, &[])
+}
+
+/// [`swarm_lab`] with further arguments for every daemon (e.g. `--mesh-routing native`).
+pub fn swarm_lab_with(test: &str, nodes: &[&str], externals: &[&str], daemon_args: &[&str]) -> Result<crate::Lab> {
     let mut lab = crate::Lab::new(test)?;
     let store = lab.start_etcd(1)?;
     for n in nodes {
         lab.add_node(n)?;
-        lab.node(n).set_daemon_args(&["--cluster-store", &store]);
+        let mut args = vec!["--cluster-store", store.as_str()];
+        args.extend_from_slice(daemon_args);
+        lab.node(n).set_daemon_args(&args);
         lab.node(n).start_daemon()?;
     }
     for x in externals {

@@ -137,7 +137,7 @@ fn service_bad_input_changes_nothing() -> Result<()> {
 
 #[test]
 fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
-    let lab = netbee_lab::swarm_lab("mesh", &["n1", "n2", "n3"], &["x1"])?;
+    let lab = netbee_lab::swarm_lab_with("mesh", &["n1", "n2", "n3"], &["x1"], &["--mesh-routing", "native"])?;
     let (n1, x) = (lab.node("n1"), lab.external("x1"));
     // n3 runs no task: it must still answer on the published port
     create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080", "--constraint", "node.hostname!=n3"])?;
@@ -225,7 +225,8 @@ fn vip_and_dns_across_nodes() -> Result<()> {
 
 #[test]
 fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
-    let lab = netbee_lab::swarm_lab("scale", &["n1", "n2", "n3"], &["x1"])?;
+    // native mesh routing while tasks come, go and move
+    let lab = netbee_lab::swarm_lab_with("scale", &["n1", "n2", "n3"], &["x1"], &["--mesh-routing", "native"])?;
     let n1 = lab.node("n1");
     create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080"])?;
     wait_replicas(n1, "web", "5/5")?;
@@ -251,6 +252,7 @@ fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
     assert!(failed.is_empty(), "failed requests: {failed:?}");
     assert_eq!(n1.service_replicas("web"), "4/4");
     assert!(!lab.node("n2").netbee(&["ps"])?.contains("web."), "the drained node runs no task");
+    assert!(n1.counter("direct_route")? > 0, "n1 reached other nodes' tasks natively");
     Ok(())
 }
 
@@ -288,6 +290,9 @@ fn lost_node_tasks_are_rescheduled_and_no_longer_chosen() -> Result<()> {
     );
     assert!(failed2.is_empty(), "after the load balancers converged nothing fails: {failed2:?}");
     assert!(ok2.len() > 50);
+    // the default mesh routing is the tunnel: nothing went to another node natively
+    assert_eq!(n1.counter("direct_route")?, 0);
+    assert!(n1.counter("encap")? > 0);
     Ok(())
 }
 

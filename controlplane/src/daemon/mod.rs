@@ -40,6 +40,15 @@ pub struct DaemonConfig {
     pub hostname: Option<String>,
     /// etcd endpoints (`--cluster-store`); None runs the node alone on its embedded store.
     pub cluster_store: Option<Vec<String>>,
+    pub mesh_routing: MeshRouting,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MeshRouting {
+    /// Every routing-mesh packet to another node goes through the VXLAN tunnel.
+    Tunnel,
+    /// Plain frames between L2-adjacent nodes that are both `native`.
+    Native,
 }
 
 /// The collect_md VXLAN device every overlay shares (the VNI travels in the tunnel key).
@@ -48,7 +57,8 @@ pub const VXLAN_DEVICE: &str = "nbvxlan0";
 pub struct NodeInfo {
     pub uplink: String,
     pub uplink_ip: Ipv4Addr,
-    /// Registered with the node's liveness so L2-adjacent peers accept its routing-mesh frames.
+    /// Registered with the node's liveness (native mesh routing only) so L2-adjacent peers send
+    /// it routing-mesh frames natively and it accepts theirs.
     pub uplink_mac: Option<[u8; 6]>,
 }
 
@@ -136,7 +146,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         nl,
         dp: std::sync::Mutex::new(dp),
         op: tokio::sync::Mutex::new(()),
-        node: NodeInfo { uplink, uplink_ip, uplink_mac: up.mac },
+        node: NodeInfo {
+            uplink,
+            uplink_ip,
+            uplink_mac: if cfg.mesh_routing == MeshRouting::Native { up.mac } else { None },
+        },
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),

@@ -549,10 +549,12 @@ impl Daemon {
         Ok(())
     }
 
-    /// Makes PEER_NODES the live peers that registered an uplink MAC: the routing mesh reaches
-    /// their tasks natively when they share the uplink's L2 segment (the datapath checks that
-    /// per packet with a FIB lookup) and accepts native mesh frames only from them.
+    /// Makes PEER_NODES the live peers that registered an uplink MAC (they run native mesh
+    /// routing), or nothing when this node does not: the routing mesh reaches their tasks
+    /// natively when they share the uplink's L2 segment (the datapath checks that per packet
+    /// with a FIB lookup) and accepts native mesh frames only from them.
     fn apply_peer_nodes(&self, me: &str, nodes: &[(String, NodeRecord)], alive: &[(String, Liveness)]) -> Result<()> {
+        let alive = if self.node.uplink_mac.is_some() { alive } else { &[] };
         let want: HashMap<[u8; 6], u32> = alive
             .iter()
             .filter_map(|(key, l)| {
