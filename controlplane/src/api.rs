@@ -131,7 +131,7 @@ impl Client {
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
-        let bytes = body.map(|b| serde_json::to_vec(b)).transpose()?.unwrap_or_default();
+        let bytes = body.map(serde_json::to_vec).transpose()?.unwrap_or_default();
         let req = hyper::Request::builder()
             .method(method)
             .uri(format!("http://netbee{path}"))

@@ -39,6 +39,9 @@ pub fn ip_from_be(v: u32) -> Ipv4Addr {
     Ipv4Addr::from(v.to_ne_bytes())
 }
 
+/// Named counters summed over CPUs.
+pub type Counters = Vec<(String, u64)>;
+
 pub struct Datapath {
     bpf: Ebpf,
     links_dir: PathBuf,
@@ -211,7 +214,8 @@ impl Datapath {
         self.subnets.keys().filter_map(|k| k.ok()).map(|k| (k.prefix_len(), k.data())).collect()
     }
 
-    pub fn counters(&self) -> Result<(Vec<(String, u64)>, Vec<(String, u64)>)> {
+    /// (packet counters, drop counters), each by name.
+    pub fn counters(&self) -> Result<(Counters, Counters)> {
         let mut stats = Vec::new();
         for (i, name) in stat::NAMES.iter().enumerate() {
             let v: u64 = self.stats.get(&(i as u32), 0)?.iter().sum();

@@ -42,7 +42,12 @@ pub struct Store {
 /// published ports. A hit needs the stored bytes to be equal, so the cache can never serve a
 /// value the database no longer holds, whatever the interleaving of readers and writers.
 #[derive(Default)]
-struct DecodedCache(Mutex<HashMap<(&'static str, String, TypeId), (Arc<[u8]>, Arc<dyn Any + Send + Sync>)>>);
+struct DecodedCache(Mutex<HashMap<CacheKey, Decoded>>);
+
+/// (table name, record key, decoded type)
+type CacheKey = (&'static str, String, TypeId);
+/// The stored bytes and the value decoded from them.
+type Decoded = (Arc<[u8]>, Arc<dyn Any + Send + Sync>);
 
 impl DecodedCache {
     fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table, key: &str, bytes: &[u8]) -> Result<T> {

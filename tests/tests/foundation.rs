@@ -248,7 +248,7 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     assert_eq!(o.status.code(), Some(7), "exec returns the command's exit code");
 
     let id = n.inspect("box")?["Id"].as_str().unwrap().to_string();
-    assert_eq!(n.exec("box", &["hostname"]).is_ok(), true);
+    assert!(n.exec("box", &["hostname"]).is_ok());
     let default_host = n.netbee(&["run", "-d", "sleep", "600"])?.trim().to_string();
     assert_eq!(n.exec(&default_host[..12], &["hostname"])?.trim(), &default_host[..12], "hostname defaults to the short id");
 

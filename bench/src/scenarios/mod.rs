@@ -37,10 +37,12 @@ impl Ctx {
     }
 }
 
+pub type RunScenario = fn(&Ctx) -> Result<Vec<Metric>>;
+
 pub struct Scenario {
     pub name: &'static str,
     pub description: &'static str,
-    pub run: Option<fn(&Ctx) -> Result<Vec<Metric>>>,
+    pub run: Option<RunScenario>,
     /// Why `run` is None.
     pub pending: &'static str,
 }

@@ -62,8 +62,8 @@ impl Daemon {
                 }
             }
         }
-        if let Some(c) = self.cluster.as_ref().filter(|c| c.member().is_some()) {
-            if let Ok(remote) = c.etcd.list::<RemoteEndpoint>(cluster::ENDPOINTS).await {
+        if let Some(c) = self.cluster.as_ref().filter(|c| c.member().is_some())
+            && let Ok(remote) = c.etcd.list::<RemoteEndpoint>(cluster::ENDPOINTS).await {
                 for (_, e) in remote {
                     add(&e.network_id, &e.container_name, e.ip);
                     for alias in &e.aliases {
@@ -71,7 +71,6 @@ impl Daemon {
                     }
                 }
             }
-        }
         for s in services {
             for v in &s.vips {
                 add(&v.network_id, &s.spec.name, v.ip);

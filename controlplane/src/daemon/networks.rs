@@ -331,12 +331,11 @@ impl Daemon {
         if self.is_overlay(network_id) {
             return self.overlay_release(network_id, ip).await;
         }
-        if let Some(mut net) = self.store.get::<NetworkRecord>(store::NETWORKS, network_id)? {
-            if let Some(ipam) = net.ipam.as_mut() {
+        if let Some(mut net) = self.store.get::<NetworkRecord>(store::NETWORKS, network_id)?
+            && let Some(ipam) = net.ipam.as_mut() {
                 ipam.release(ip);
                 self.put_network(&net)?;
             }
-        }
         Ok(())
     }
 }

@@ -131,7 +131,7 @@ async fn container_list(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
     let all = q.get("all").is_some_and(|v| v == "1" || v == "true");
     let nets = d.networks()?;
     let mut cs = d.containers()?;
-    cs.sort_by(|a, b| b.created.cmp(&a.created));
+    cs.sort_by_key(|c| std::cmp::Reverse(c.created));
     let v: Vec<Value> = cs
         .iter()
         .filter(|c| all || c.state.status == Status::Running)

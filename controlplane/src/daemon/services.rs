@@ -245,8 +245,8 @@ impl Daemon {
     }
 
     async fn require_service_manager(&self) -> ApiResult<()> {
-        if let Some(c) = &self.cluster {
-            if c.member().is_some() {
+        if let Some(c) = &self.cluster
+            && c.member().is_some() {
                 let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
                 if !me.is_some_and(|n| n.role == Role::Manager) {
                     return Err(ApiError::bad_request(
@@ -254,7 +254,6 @@ impl Daemon {
                     ));
                 }
             }
-        }
         Ok(())
     }
 
@@ -488,7 +487,7 @@ impl Daemon {
         let (nodes, _) = self.cluster_nodes().await?;
         let mut tasks: Vec<TaskRecord> =
             self.shared_list::<TaskRecord>("tasks").await?.into_iter().filter(|t| t.service_id == s.id).collect();
-        tasks.sort_by(|a, b| (a.slot, !a.desired_running, std::cmp::Reverse(a.created)).cmp(&(b.slot, !b.desired_running, std::cmp::Reverse(b.created))));
+        tasks.sort_by_key(|a| (a.slot, !a.desired_running, std::cmp::Reverse(a.created)));
         Ok(tasks
             .iter()
             .map(|t| {
@@ -916,10 +915,10 @@ mod tests {
     #[test]
     fn constraints_parse_and_match() {
         let c = parse_constraint("node.labels.zone==a").unwrap();
-        assert!(node_matches(&node("1", &[("zone", "a")]), &[c.clone()]));
+        assert!(node_matches(&node("1", &[("zone", "a")]), std::slice::from_ref(&c)));
         assert!(!node_matches(&node("1", &[("zone", "b")]), &[c]));
         let c = parse_constraint("node.hostname!=h2").unwrap();
-        assert!(node_matches(&node("1", &[]), &[c.clone()]));
+        assert!(node_matches(&node("1", &[]), std::slice::from_ref(&c)));
         assert!(!node_matches(&node("2", &[]), &[c]));
         assert!(node_matches(&node("1", &[]), &[parse_constraint("node.role==worker").unwrap()]));
         // the last two: found by the constraints fuzz target (ambiguous '=')
