@@ -526,10 +526,10 @@ impl Daemon {
             }
             self.run_my_tasks(&services).await?;
             let tasks: Vec<TaskRecord> = self.shared_list("tasks").await?;
-            self.program_services(&services, &tasks, &alive)?;
+            self.program_services(&services, &tasks, &alive, &nodes)?;
             self.update_dns(&services, &tasks).await;
         } else {
-            self.program_services(&[], &[], &HashSet::new())?;
+            self.program_services(&[], &[], &HashSet::new(), &[])?;
             self.update_dns(&[], &[]).await;
         }
         Ok(())
@@ -751,8 +751,22 @@ impl Daemon {
     /// Programs every service's VIP frontends (one per network) and routing-mesh frontends
     /// (published ports on every node address) with the running tasks as backends, ordered by
     /// slot so the rotation is the same on every pass.
-    fn program_services(&self, services: &[ServiceRecord], tasks: &[TaskRecord], alive: &HashSet<String>) -> Result<()> {
+    fn program_services(&self, services: &[ServiceRecord], tasks: &[TaskRecord], alive: &HashSet<String>, nodes: &[NodeRecord]) -> Result<()> {
         let nets = self.networks()?;
+        let me = self.my_node_id();
+        let mut dp = self.dp.lock().unwrap();
+        // A task's address takes part only once this node delivers it to the task's node: the
+        // lowest free address goes to the next task, so a replacement can get the address of a
+        // lost node's task before the endpoint sync moves it, and would send its connections to
+        // the old owner meanwhile.
+        let delivered = |t: &TaskRecord, ip: Ipv4Addr| -> bool {
+            let Ok(ep) = dp.endpoints.get(&ip_be(ip), 0) else { return false };
+            if t.node_id == me || t.node_id == "local" {
+                ep.ifindex != 0
+            } else {
+                ep.ifindex == 0 && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
+            }
+        };
         let mut want: Vec<(FrontendKey, u32, Vec<Backend>, u32)> = Vec::new();
         for s in services {
             let mut live: Vec<&TaskRecord> = tasks
@@ -765,8 +779,9 @@ impl Daemon {
             for p in &s.spec.ports {
                 let backends: Vec<Backend> = live
                     .iter()
-                    .filter_map(|t| t.addrs.iter().find(|(n, _)| Some(n) == mesh_net).map(|(_, ip)| *ip))
-                    .map(|ip| Backend { addr: ip_be(ip), port: p.target.to_be(), _pad: 0 })
+                    .filter_map(|t| t.addrs.iter().find(|(n, _)| Some(n) == mesh_net).map(|(_, ip)| (*t, *ip)))
+                    .filter(|(t, ip)| delivered(t, *ip))
+                    .map(|(_, ip)| Backend { addr: ip_be(ip), port: p.target.to_be(), _pad: 0 })
                     .collect();
                 let key = FrontendKey { addr: 0, port: p.published.to_be(), proto: proto_num(p.proto), _pad: 0 };
                 want.push((key, 0, backends, 0));
@@ -777,8 +792,9 @@ impl Daemon {
                 let net_id = nets.iter().find(|n| n.id == v.network_id).map(|n| n.net_id).unwrap_or(0);
                 let backends: Vec<Backend> = live
                     .iter()
-                    .filter_map(|t| t.addrs.iter().find(|(n, _)| *n == v.network_id).map(|(_, ip)| *ip))
-                    .map(|ip| Backend { addr: ip_be(ip), port: 0, _pad: 0 })
+                    .filter_map(|t| t.addrs.iter().find(|(n, _)| *n == v.network_id).map(|(_, ip)| (*t, *ip)))
+                    .filter(|(t, ip)| delivered(t, *ip))
+                    .map(|(_, ip)| Backend { addr: ip_be(ip), port: 0, _pad: 0 })
                     .collect();
                 for proto in [Proto::Tcp, Proto::Udp] {
                     let key = FrontendKey { addr: ip_be(v.ip), port: 0, proto: proto_num(proto), _pad: 0 };
@@ -786,7 +802,6 @@ impl Daemon {
                 }
             }
         }
-        let mut dp = self.dp.lock().unwrap();
         let want_vips: HashMap<u32, u32> = services
             .iter()
             .flat_map(|s| s.vips.iter())
