@@ -328,6 +328,7 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
         _pad: 0,
     };
     dp.networks.insert(3, overlay, 0).unwrap();
+    dp.set_config(netbee_abi::config::MESH_NATIVE, 1).unwrap();
     dp.set_subnet("10.0.0.0/16".parse().unwrap(), 3).unwrap();
     let task = Ipv4Addr::new(10, 0, 9, 5);
     dp.endpoints.insert(ip_be(task), Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 }, 0).unwrap();
@@ -364,7 +365,10 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task)).0, TC_ACT_SHOT);
     set_backend(&mut dp, iface_flags::BACKEND);
     assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, Ipv4Addr::new(172, 30, 0, 3))).0, TC_ACT_SHOT);
-    assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 4);
+    // a node in the default tunnel mode accepts native frames from nobody
+    dp.set_config(netbee_abi::config::MESH_NATIVE, 0).unwrap();
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task)).0, TC_ACT_SHOT);
+    assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 5);
 }
 
 /// The plain forwarding path's cost per packet as the kernel measures it under

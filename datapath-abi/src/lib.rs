@@ -125,6 +125,9 @@ pub mod config {
     pub const CT_TIMEOUT_UDP: u32 = 7;
     /// Underlay IPv4 of this node, host byte order (compared with tunnel keys).
     pub const NODE_UNDERLAY_IP: u32 = 8;
+    /// 1 with `--mesh-routing native`: the routing mesh may send to and accept from L2-adjacent
+    /// peers without the tunnel. 0 spares the default mode the per-packet peer lookups.
+    pub const MESH_NATIVE: u32 = 9;
     pub const N: u32 = 16;
 }
 

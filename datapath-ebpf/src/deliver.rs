@@ -92,6 +92,9 @@ fn inner_dst_mac<'a>(eth: &EthHdr, ep: &'a Endpoint) -> Option<&'a [u8; 6]> {
 /// through the tunnel otherwise.
 #[inline(always)]
 pub fn to_node(ctx: &TcContext, node_ip: u32, vni: u32, inner_dst: Option<&[u8; 6]>) -> i32 {
+    if config(config::MESH_NATIVE) == 0 {
+        return encap(ctx, node_ip, vni, inner_dst);
+    }
     let Some(p) = adjacent_peer(ctx, node_ip) else {
         return encap(ctx, node_ip, vni, inner_dst);
     };

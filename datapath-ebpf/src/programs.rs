@@ -244,9 +244,11 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         if let Some(ct) = conntrack::lookup(&key, &l4) {
             return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
         }
-        if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
-            if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
-                return verdict;
+        if config(config::MESH_NATIVE) != 0 {
+            if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
+                if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
+                    return verdict;
+                }
             }
         }
         if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {

@@ -110,6 +110,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     dp.set_config(config::UPLINK_IP, ip_be(uplink_ip) as u64)?;
     dp.set_config(config::NODE_UNDERLAY_IP, u32::from(uplink_ip) as u64)?;
     dp.set_config(config::NODE_NETNS_COOKIE, netns_cookie()?)?;
+    dp.set_config(config::MESH_NATIVE, (cfg.mesh_routing == MeshRouting::Native) as u64)?;
     for (k, v) in default_timeouts() {
         dp.set_config(k, v)?;
     }
