@@ -4,7 +4,10 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::programs::SchedClassifier;
-use netbee_abi::{CtKey, Endpoint, Iface, MacKey, Network, ct_flags, drop_reason, iface_flags, net_flags};
+use netbee_abi::{
+    Backend, BackendKey, CtKey, Endpoint, FrontendKey, Iface, MacKey, Network, Service, ct_flags, drop_reason, iface_flags,
+    net_flags,
+};
 
 use crate::datapath::{Datapath, ip_be};
 
@@ -356,7 +359,7 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     let (v, out) = run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task));
     assert_eq!(v, TC_ACT_REDIRECT);
     assert_eq!((&out[..6], &out[6..12]), (&PEER_MAC[..], &HOST_MAC[..]));
-    let reply = CtKey { saddr: ip_be(task), daddr: ip_be(Ipv4Addr::from(client)), sport: 8080u16.to_be(), dport: 40000u16.to_be(), proto: 6, _pad: [0; 3] };
+    let reply = CtKey::new(ip_be(task), ip_be(Ipv4Addr::from(client)), 8080u16.to_be(), 40000u16.to_be(), 6);
     let e = dp.ct.get(&reply, 0).expect("return entry for the reply direction");
     assert_eq!(e.flags & (ct_flags::TUNNEL_RETURN | ct_flags::DIRECT), ct_flags::TUNNEL_RETURN | ct_flags::DIRECT);
     assert_eq!((e.tunnel_node, e.vni), (peer_ip, 4097));
@@ -369,6 +372,56 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     dp.set_config(netbee_abi::config::MESH_NATIVE, 0).unwrap();
     assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(peer_mac, task)).0, TC_ACT_SHOT);
     assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 5);
+}
+
+#[test]
+fn a_closed_flows_tuple_opens_a_new_translated_flow() {
+    let (_fs, mut dp) = setup();
+    // 10.0.0.1:8080 published to two backends in turn (a replicated service's publish)
+    let node = Ipv4Addr::new(10, 0, 0, 1);
+    let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
+    dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: 0 }, 0).unwrap();
+    let backends = [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)];
+    for (slot, b) in backends.iter().enumerate() {
+        dp.backends.insert(BackendKey { service: 3, slot: slot as u32 + 1 }, Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 }, 0).unwrap();
+        dp.endpoints.insert(ip_be(*b), Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 }, 0).unwrap();
+    }
+    let client = [10, 0, 0, 9];
+    let segment = |flags| {
+        let mut p = eth([1; 6], [2; 6], 0x0800);
+        p.extend(ipv4(client, node.octets(), 6, 0, 0, &tcp(40000, 8080, flags)));
+        p
+    };
+    let dst = |out: &[u8]| (Ipv4Addr::new(out[30], out[31], out[32], out[33]), u16::from_be_bytes([out[36], out[37]]));
+    let forward = CtKey::new(ip_be(Ipv4Addr::from(client)), ip_be(node), 40000u16.to_be(), 8080u16.to_be(), 6);
+    let reply_of = |b: Ipv4Addr| CtKey::new(ip_be(b), ip_be(Ipv4Addr::from(client)), 80u16.to_be(), 40000u16.to_be(), 6);
+
+    let (v, out) = run(&mut dp, "tc_uplink_ingress", &segment(0x02));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let first = dst(&out).0;
+    assert_eq!(dst(&out).1, 80);
+    // the same connection's later segments keep its backend, even its FIN
+    for flags in [0x10, 0x11] {
+        assert_eq!(dst(&run(&mut dp, "tc_uplink_ingress", &segment(flags)).1).0, first);
+    }
+    assert_ne!(dp.ct.get(&forward, 0).unwrap().flags & ct_flags::SEEN_FIN, 0);
+    // the client reuses its port for a new connection before the closed flow expired: a fresh
+    // choice (the next backend), written over the closed entries, not a stale one
+    let (v, out) = run(&mut dp, "tc_uplink_ingress", &segment(0x02));
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let second = dst(&out).0;
+    assert_ne!(second, first, "round robin moves on for the new connection");
+    let e = dp.ct.get(&forward, 0).unwrap();
+    assert_eq!((e.nat_addr, e.flags & (ct_flags::DNAT | ct_flags::SEEN_FIN)), (ip_be(second), ct_flags::DNAT));
+    let r = dp.ct.get(&reply_of(second), 0).expect("reply entry of the new flow");
+    assert_eq!((r.nat_addr, r.nat_port, r.flags & ct_flags::REVNAT), (ip_be(node), 8080u16.to_be(), ct_flags::REVNAT));
+    assert_eq!(dst(&run(&mut dp, "tc_uplink_ingress", &segment(0x10)).1).0, second);
+    // a reset ends it too; the third connection returns to the first backend, over its old entries
+    run(&mut dp, "tc_uplink_ingress", &segment(0x04));
+    assert_ne!(dp.ct.get(&forward, 0).unwrap().flags & ct_flags::SEEN_RST, 0);
+    assert_eq!(dst(&run(&mut dp, "tc_uplink_ingress", &segment(0x02)).1).0, first);
+    let e = dp.ct.get(&forward, 0).unwrap();
+    assert_eq!((e.nat_addr, e.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST)), (ip_be(first), 0));
 }
 
 /// The plain forwarding path's cost per packet as the kernel measures it under

@@ -255,7 +255,17 @@ pub struct CtKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // two fields rather than [u8; 3]: LLVM zeroes a 3-byte array with a call to the BPF
+    // target's byte-at-a-time memset on every packet
+    pub _pad1: u8,
+    pub _pad2: u16,
+}
+
+impl CtKey {
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> CtKey {
+        CtKey { saddr, daddr, sport, dport, proto, _pad1: 0, _pad2: 0 }
+    }
 }
 
 pub mod ct_flags {

@@ -65,9 +65,11 @@ pub fn new_entry(nat_addr: u32, nat_port: u16, flags: u16, l4: &L4, proto: u8) -
 /// forward entry whose reply entry is missing.
 #[inline(always)]
 pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) -> Option<()> {
-    CT.insert(rev_key, rev, 0).ok()?;
-    if CT.insert(fwd_key, fwd, 0).is_err() {
-        let _ = CT.remove(rev_key);
+    let rev_was_new = put(rev_key, rev)?;
+    if put(fwd_key, fwd).is_none() {
+        if rev_was_new {
+            let _ = CT.remove(rev_key);
+        }
         return None;
     }
     count(stat::CT_CREATED);
@@ -75,16 +77,23 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
     Some(())
 }
 
+/// Stores an entry; Some(true) when it was inserted, Some(false) when an entry under that key (a
+/// closed flow whose 5-tuple a new connection reuses, as a busy client's ports cycle within the
+/// closing timeout) was overwritten in place. An insert into a full LRU table evicts and takes
+/// locks even when the key exists; the in-place write touches only the bucket the failed lookup
+/// has just read.
+#[inline(always)]
+pub fn put(key: &CtKey, e: &CtEntry) -> Option<bool> {
+    if let Some(p) = CT.get_ptr_mut(key) {
+        unsafe { *p = *e };
+        return Some(false);
+    }
+    CT.insert(key, e, 0).ok().map(|_| true)
+}
+
 /// The key of packets flowing the other way once `key` has been rewritten to (addr, port) on
 /// its destination side.
 #[inline(always)]
 pub fn reply_key(key: &CtKey, new_daddr: u32, new_dport: u16) -> CtKey {
-    CtKey {
-        saddr: new_daddr,
-        daddr: key.saddr,
-        sport: new_dport,
-        dport: key.sport,
-        proto: key.proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(new_daddr, key.saddr, new_dport, key.sport, key.proto)
 }

@@ -2,7 +2,7 @@
 //! (bpf_redirect_peer, skipping the host-side veth's backlog), through the collect_md VXLAN device
 //! to another node, natively to an L2-adjacent node (routing mesh), or out of the uplink after a
 //! FIB lookup. The Linux bridge and netfilter are never on these paths.
-use core::mem::{self, size_of};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -21,6 +21,7 @@ use netbee_abi::{Endpoint, MacKey, config, drop_reason, stat};
 use crate::{
     maps::{NETWORKS, PEER_NODES, config, count, count_drop},
     packet::{EthHdr, ifindex},
+    zero::zeroed_in,
 };
 
 const AF_INET: u8 = 2;
@@ -95,7 +96,8 @@ pub fn to_node(ctx: &TcContext, node_ip: u32, vni: u32, inner_dst: Option<&[u8; 
     if config(config::MESH_NATIVE) == 0 {
         return encap(ctx, node_ip, vni, inner_dst);
     }
-    let Some(p) = adjacent_peer(ctx, node_ip) else {
+    let mut fib = MaybeUninit::uninit();
+    let Some(p) = adjacent_peer(ctx, node_ip, &mut fib) else {
         return encap(ctx, node_ip, vni, inner_dst);
     };
     if set_macs(ctx, &p.dmac, &p.smac).is_none() {
@@ -108,9 +110,9 @@ pub fn to_node(ctx: &TcContext, node_ip: u32, vni: u32, inner_dst: Option<&[u8; 
 /// The uplink next hop for `node_ip` when it is the node itself (on-link, neighbour resolved)
 /// and its MAC is the one that node registered.
 #[inline(always)]
-fn adjacent_peer(ctx: &TcContext, node_ip: u32) -> Option<FibParams> {
+fn adjacent_peer<'a>(ctx: &TcContext, node_ip: u32, fib: &'a mut MaybeUninit<FibParams>) -> Option<&'a FibParams> {
     let daddr = node_ip.to_be();
-    let (rc, p) = fib_lookup(ctx, config(config::UPLINK_IP) as u32, daddr);
+    let (rc, p) = fib_lookup(ctx, config(config::UPLINK_IP) as u32, daddr, fib);
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64
         || unsafe { p.__bindgen_anon_4.ipv4_dst } != daddr
         || p.ifindex as u64 != config(config::UPLINK_IFINDEX)
@@ -135,12 +137,13 @@ pub fn encap(ctx: &TcContext, node_ip: u32, vni: u32, dst_mac: Option<&[u8; 6]>)
     {
         return drop(drop_reason::MALFORMED);
     }
-    let mut key: bpf_tunnel_key = unsafe { mem::zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let key: &mut bpf_tunnel_key = zeroed_in(&mut slot);
     key.tunnel_id = vni;
     key.__bindgen_anon_1.remote_ipv4 = node_ip;
     key.tunnel_ttl = 64;
     let rc = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, &mut key, size_of::<bpf_tunnel_key>() as u32, 0)
+        bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if rc != 0 {
         return drop(drop_reason::REDIRECT_FAILED);
@@ -153,7 +156,8 @@ pub fn encap(ctx: &TcContext, node_ip: u32, vni: u32, dst_mac: Option<&[u8; 6]>)
 /// path. Anything the FIB cannot resolve on its own is handed to the stack unchanged.
 #[inline(always)]
 pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
-    let (rc, p) = fib_lookup(ctx, saddr, daddr);
+    let mut fib = MaybeUninit::uninit();
+    let (rc, p) = fib_lookup(ctx, saddr, daddr, &mut fib);
     if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         if set_macs(ctx, &p.dmac, &p.smac).is_none() {
             return drop(drop_reason::MALFORMED);
@@ -161,12 +165,13 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
         count(stat::REDIRECT_UPLINK);
         redirected(unsafe { bpf_redirect(p.ifindex, 0) })
     } else if rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        let mut nh: bpf_redir_neigh = unsafe { mem::zeroed() };
+        let mut slot = MaybeUninit::uninit();
+        let nh: &mut bpf_redir_neigh = zeroed_in(&mut slot);
         nh.nh_family = AF_INET as u32;
         nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
         count(stat::REDIRECT_UPLINK);
         redirected(unsafe {
-            bpf_redirect_neigh(p.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0)
+            bpf_redirect_neigh(p.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0)
         })
     } else {
         count(stat::TO_STACK);
@@ -177,14 +182,14 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
 /// FIB lookup as if the packet were forwarded from its ingress device; addresses in network
 /// order. On success `ipv4_dst` holds the next hop (the gateway, or `daddr` when on-link).
 #[inline(always)]
-fn fib_lookup(ctx: &TcContext, saddr: u32, daddr: u32) -> (i64, FibParams) {
-    let mut p: FibParams = unsafe { mem::zeroed() };
+fn fib_lookup<'a>(ctx: &TcContext, saddr: u32, daddr: u32, fib: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
+    let p: &mut FibParams = zeroed_in(fib);
     p.family = AF_INET;
     // tot_len 0: let the kernel check the MTU against the skb itself (GSO-aware)
     p.__bindgen_anon_1.tot_len = 0;
     p.ifindex = ifindex(ctx);
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut p, size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), p, size_of::<FibParams>() as i32, 0) };
     (rc, p)
 }

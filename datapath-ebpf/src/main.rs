@@ -22,6 +22,8 @@ mod packet;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod sock;
+#[cfg(target_arch = "bpf")]
+mod zero;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -171,14 +171,7 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Option<L4> {
 
 #[inline(always)]
 pub fn flow_key(ip: &Ip4, l4: &L4) -> CtKey {
-    CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    }
+    CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto)
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! - `tc_from_container`: ingress of every container's host-side veth (what a container sends).
 //! - `tc_uplink_ingress` / `tc_uplink_egress`: the node's uplink (published ports, masquerade).
 //! - `tc_overlay_ingress`: the collect_md VXLAN device (packets from other nodes).
-use core::mem::{self, size_of};
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_OK, bpf_tunnel_key},
@@ -24,6 +24,7 @@ use crate::{
     maps::{CT, ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
     nat,
     packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
+    zero::zeroed_in,
 };
 
 const PASS: i32 = TC_ACT_OK as i32;
@@ -273,7 +274,7 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
 /// translation. None: not such a packet.
 #[inline(always)]
 fn from_peer_node(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, peer: u32) -> Option<i32> {
-    let ep = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied()?;
+    let ep = unsafe { ENDPOINTS.get(&ip.daddr) }?;
     if ep.ifindex == 0 || unsafe { IFACES.get(&ep.ifindex) }?.flags & iface_flags::BACKEND == 0 {
         return None;
     }
@@ -286,12 +287,12 @@ fn from_peer_node(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey,
         let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN | ct_flags::DIRECT, l4, ip.proto);
         e.tunnel_node = peer;
         e.vni = net.vni;
-        if CT.insert(&rev_key, &e, 0).is_ok() {
+        if conntrack::put(&rev_key, &e).is_some() {
             count(stat::CT_CREATED);
         }
     }
     count(stat::DIRECT_ROUTE);
-    Some(to_endpoint(ctx, eth, &ep))
+    Some(to_endpoint(ctx, eth, ep))
 }
 
 /// Masquerade: connections that containers open to the outside leave with the node's address
@@ -362,9 +363,10 @@ fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u1
 #[inline(always)]
 fn overlay_ingress(ctx: &TcContext) -> i32 {
     count(stat::DECAP);
-    let mut tk: bpf_tunnel_key = unsafe { mem::zeroed() };
+    let mut slot = MaybeUninit::uninit();
+    let tk: &mut bpf_tunnel_key = zeroed_in(&mut slot);
     let rc = unsafe {
-        bpf_skb_get_tunnel_key(ctx.skb.skb, &mut tk, size_of::<bpf_tunnel_key>() as u32, 0)
+        bpf_skb_get_tunnel_key(ctx.skb.skb, tk, size_of::<bpf_tunnel_key>() as u32, 0)
     };
     if rc != 0 {
         return drop(drop_reason::MALFORMED);
@@ -402,7 +404,7 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
             let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN, l4, ip.proto);
             e.tunnel_node = unsafe { tk.__bindgen_anon_1.remote_ipv4 };
             e.vni = tk.tunnel_id;
-            if CT.insert(&rev_key, &e, 0).is_ok() {
+            if conntrack::put(&rev_key, &e).is_some() {
                 count(stat::CT_CREATED);
             }
         }

@@ -39,6 +39,9 @@ const APT_PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "sockperf",
+    // bench/profile.py
+    "linux-perf",
+    "python3",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

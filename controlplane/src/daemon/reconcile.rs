@@ -203,9 +203,9 @@ pub fn paired_key(k: &CtKey, e: &CtEntry) -> Option<CtKey> {
     let rewrites_dst = e.flags & (ct_flags::DNAT | ct_flags::SNAT_REV) != 0;
     let rewrites_src = e.flags & (ct_flags::REVNAT | ct_flags::SNAT) != 0;
     if rewrites_dst {
-        Some(CtKey { saddr: e.nat_addr, daddr: k.saddr, sport: e.nat_port, dport: k.sport, proto: k.proto, _pad: [0; 3] })
+        Some(CtKey::new(e.nat_addr, k.saddr, e.nat_port, k.sport, k.proto))
     } else if rewrites_src {
-        Some(CtKey { saddr: k.daddr, daddr: e.nat_addr, sport: k.dport, dport: e.nat_port, proto: k.proto, _pad: [0; 3] })
+        Some(CtKey::new(k.daddr, e.nat_addr, k.dport, e.nat_port, k.proto))
     } else {
         None
     }
