@@ -129,6 +129,8 @@ def main():
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=True)
     rates = conn_rates(results)
     samples = read_samples(perf_data)
+    # the bench names its iptables baseline per scenario ("iptables", "iptables-nth")
+    named = {sig: next((s for s in rates if s.startswith(sig)), sig) for sig in ("iptables", "socat", "haproxy")}
 
     votes = collections.defaultdict(collections.Counter)
     vxlan = collections.Counter()
@@ -141,9 +143,9 @@ def main():
     owner = {}
     for sec, v in votes.items():
         sig, n = v.most_common(1)[0]
-        if n >= 8 and n >= 0.8 * sum(v.values()):
+        if n >= 5 and n >= 0.8 * sum(v.values()):
             # netbee's second swarm (routing-mesh) runs in the default tunnel mode
-            owner[sec] = "netbee-tunnel" if sig == "netbee" and vxlan[sec] >= 0.2 * n else sig
+            owner[sec] = "netbee-tunnel" if sig == "netbee" and vxlan[sec] >= 0.2 * n else named.get(sig, sig)
     per = collections.defaultdict(collections.Counter)
     seconds = collections.defaultdict(set)
     for comm, t, stack in samples:

@@ -242,15 +242,17 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
             return PASS;
         }
         let key = flow_key(&ip, &l4);
-        if let Some(ct) = conntrack::lookup(&key, &l4) {
-            return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
-        }
+        // A peer's frames to a local task are never translated here (the peer holds the flow's
+        // translation), so they skip the conntrack lookup, which would miss on every one of them.
         if config(config::MESH_NATIVE) != 0 {
             if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
                 if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
                     return verdict;
                 }
             }
+        }
+        if let Some(ct) = conntrack::lookup(&key, &l4) {
+            return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
         }
         if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
             if svc.flags & svc_flags::VIP == 0 {
@@ -310,6 +312,11 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
         // the node's own traffic and replies already translated on a veth: nothing to masquerade
         return PASS;
     }
+    // only containers' own connections are masqueraded: anything else leaving (a routing-mesh
+    // packet forwarded for an outside client) is spared the conntrack lookup
+    if SUBNETS.get(Key::new(32, ip.saddr)).is_none() {
+        return PASS;
+    }
     let Some(l4) = l4(ctx, &ip) else { return PASS };
     let key = flow_key(&ip, &l4);
     if let Some(ct) = conntrack::lookup(&key, &l4) {
@@ -319,9 +326,6 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
                 return drop(drop_reason::MALFORMED);
             }
         }
-        return PASS;
-    }
-    if SUBNETS.get(Key::new(32, ip.saddr)).is_none() {
         return PASS;
     }
     let Some(port) = allocate_snat_port(&key, &ip, &l4, node_ip) else {

@@ -283,14 +283,12 @@ fn containers_survive_daemon_restart_and_are_readopted() -> Result<()> {
     n.netbee(&["run", "-d", "--name", "cli", "--network", "app", "sleep", "600"])?;
     let srv = n.container_ip("srv", "app")?;
     let pid = n.inspect("srv")?["State"]["Pid"].as_i64().unwrap();
+    // the client's namespace is entered directly while the daemon is down (exec needs it); by
+    // its pid, not by its command line, which other tests' containers share
+    let cli_pid = n.inspect("cli")?["State"]["Pid"].as_i64().unwrap();
 
     n.kill_daemon()?;
     // forwarding continues with no daemon: pinned programs and maps
-    let cli_pid = {
-        // enter the client's namespace directly (exec needs the daemon)
-        let out = std::process::Command::new("pgrep").args(["-f", "^sleep 600$"]).output()?;
-        String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().to_string()
-    };
     let direct = n.sh(&format!("nsenter -t {cli_pid} -n curl -s -m 5 http://{srv}:8080/"))?;
     assert!(whoami_field(&direct, "Hostname").is_some(), "forwarding works while the daemon is down");
 
