@@ -7,7 +7,7 @@ use core::mem::{MaybeUninit, size_of};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
+        BPF_F_ZERO_CSUM_TX, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
         TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_tunnel_key,
     },
     helpers::{
@@ -142,8 +142,11 @@ pub fn encap(ctx: &TcContext, node_ip: u32, vni: u32, dst_mac: Option<&[u8; 6]>)
     key.tunnel_id = vni;
     key.__bindgen_anon_1.remote_ipv4 = node_ip;
     key.tunnel_ttl = 64;
+    // No outer UDP checksum, as the kernel's VXLAN devices (docker's overlay) send over IPv4: the
+    // inner packet carries its own, and the helper's default would have the tunnel compute and
+    // the peer verify a second one for every segment.
     let rc = unsafe {
-        bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, 0)
+        bpf_skb_set_tunnel_key(ctx.skb.skb, key, size_of::<bpf_tunnel_key>() as u32, BPF_F_ZERO_CSUM_TX as u64)
     };
     if rc != 0 {
         return drop(drop_reason::REDIRECT_FAILED);
