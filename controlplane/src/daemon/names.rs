@@ -63,14 +63,15 @@ impl Daemon {
             }
         }
         if let Some(c) = self.cluster.as_ref().filter(|c| c.member().is_some())
-            && let Ok(remote) = c.etcd.list::<RemoteEndpoint>(cluster::ENDPOINTS).await {
-                for (_, e) in remote {
-                    add(&e.network_id, &e.container_name, e.ip);
-                    for alias in &e.aliases {
-                        add(&e.network_id, alias, e.ip);
-                    }
+            && let Ok(remote) = c.etcd.list::<RemoteEndpoint>(cluster::ENDPOINTS).await
+        {
+            for (_, e) in remote {
+                add(&e.network_id, &e.container_name, e.ip);
+                for alias in &e.aliases {
+                    add(&e.network_id, alias, e.ip);
                 }
             }
+        }
         for s in services {
             for v in &s.vips {
                 add(&v.network_id, &s.spec.name, v.ip);

@@ -332,10 +332,11 @@ impl Daemon {
             return self.overlay_release(network_id, ip).await;
         }
         if let Some(mut net) = self.store.get::<NetworkRecord>(store::NETWORKS, network_id)?
-            && let Some(ipam) = net.ipam.as_mut() {
-                ipam.release(ip);
-                self.put_network(&net)?;
-            }
+            && let Some(ipam) = net.ipam.as_mut()
+        {
+            ipam.release(ip);
+            self.put_network(&net)?;
+        }
         Ok(())
     }
 }

@@ -246,14 +246,15 @@ impl Daemon {
 
     async fn require_service_manager(&self) -> ApiResult<()> {
         if let Some(c) = &self.cluster
-            && c.member().is_some() {
-                let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
-                if !me.is_some_and(|n| n.role == Role::Manager) {
-                    return Err(ApiError::bad_request(
-                        "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.",
-                    ));
-                }
+            && c.member().is_some()
+        {
+            let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
+            if !me.is_some_and(|n| n.role == Role::Manager) {
+                return Err(ApiError::bad_request(
+                    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.",
+                ));
             }
+        }
         Ok(())
     }
 

@@ -142,9 +142,10 @@ pub async fn detach_endpoint(nl: &Netlink, dp: &std::sync::Mutex<Datapath>, ep: 
     {
         let mut dp = dp.lock().unwrap();
         if let Ok(cur) = dp.endpoints.get(&ip_be(ep.ip), 0)
-            && cur.node_ip == 0 {
-                ignore_missing(dp.endpoints.remove(&ip_be(ep.ip)))?;
-            }
+            && cur.node_ip == 0
+        {
+            ignore_missing(dp.endpoints.remove(&ip_be(ep.ip)))?;
+        }
         if let Some(l) = &link {
             ignore_missing(dp.ifaces.remove(&l.index))?;
         }
