@@ -42,10 +42,8 @@ fn make_bridge(host: &str, cidr: &str) -> Result<()> {
 
 /// Pings `addr` from `from` until it answers (bridge ports and neighbours settle).
 fn reachable(from: &PlainNs, addr: &str) -> Result<()> {
-    retry(Duration::from_secs(10), || {
-        from.sh(&format!("ping -c1 -W1 {addr} >/dev/null")).map(|_| ())
-    })
-    .with_context(|| format!("{addr} unreachable from {}", from.name))
+    retry(Duration::from_secs(10), || from.sh(&format!("ping -c1 -W1 {addr} >/dev/null")).map(|_| ()))
+        .with_context(|| format!("{addr} unreachable from {}", from.name))
 }
 
 /// Two endpoints talking over some network: the client runs the load generator, the server
@@ -139,7 +137,9 @@ pub fn dnat_rule_args(port: u16) -> String {
 /// `iptables-legacy` (the x_tables backend older docker hosts run). Bulk-loads `ports` with
 /// `<tool>-restore` (untimed fill).
 pub fn iptables_fill(node: &Node, tool: &str, ports: impl Iterator<Item = u16>, dir: &Path) -> Result<()> {
-    let mut rules = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n");
+    let mut rules = String::from(
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n",
+    );
     for p in ports {
         rules.push_str(&format!("-A PREROUTING {}\n", dnat_rule_args(p)));
     }
@@ -217,7 +217,10 @@ pub fn routed_pod_network(lab: &Lab, nodes: &[&Node], per_node: usize) -> Result
     for (k, node) in nodes.iter().enumerate() {
         let subnet = k + 1;
         make_bridge(node.name(), &format!("10.88.{subnet}.1/24"))?;
-        check(node_sh(node, "iptables -P FORWARD ACCEPT && sysctl -qw net.ipv4.ip_forward=1"), Duration::from_secs(30))?;
+        check(
+            node_sh(node, "iptables -P FORWARD ACCEPT && sysctl -qw net.ipv4.ip_forward=1"),
+            Duration::from_secs(30),
+        )?;
         for i in 0..per_node {
             let addr = format!("10.88.{subnet}.{}", i + 2);
             let tag = format!("{}p{i}", node.short_name());
@@ -226,7 +229,15 @@ pub fn routed_pod_network(lab: &Lab, nodes: &[&Node], per_node: usize) -> Result
         }
         for (j, other) in nodes.iter().enumerate() {
             if j != k {
-                ip(&["-n", node.name(), "route", "add", &format!("10.88.{}.0/24", j + 1), "via", &other.addr().to_string()])?;
+                ip(&[
+                    "-n",
+                    node.name(),
+                    "route",
+                    "add",
+                    &format!("10.88.{}.0/24", j + 1),
+                    "via",
+                    &other.addr().to_string(),
+                ])?;
             }
         }
     }
@@ -243,7 +254,13 @@ pub fn routed_pod_network(lab: &Lab, nodes: &[&Node], per_node: usize) -> Result
 /// exactly), each jumping to a DNAT (KUBE-SEP-*); `POSTROUTING` MASQUERADEs marked connections,
 /// so replies from backends on other nodes come back through this node. Loaded with
 /// `iptables-restore --noflush` (nf_tables backend), as kube-proxy does.
-pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<()> {
+pub fn iptables_statistic_nth(
+    node: &Node,
+    port: u16,
+    backends: &[Backend],
+    backend_port: u16,
+    dir: &Path,
+) -> Result<()> {
     let n = backends.len();
     let node_addr = node.addr();
     let mut r = String::from("*nat\n:KUBE-SVC-BENCH - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
@@ -256,7 +273,10 @@ pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], back
     r.push_str("-A KUBE-SVC-BENCH -j KUBE-MARK-MASQ\n");
     for (i, b) in backends.iter().enumerate() {
         if i + 1 < n {
-            r.push_str(&format!("-A KUBE-SVC-BENCH -m statistic --mode nth --every {} --packet 0 -j KUBE-SEP-{i}\n", n - i));
+            r.push_str(&format!(
+                "-A KUBE-SVC-BENCH -m statistic --mode nth --every {} --packet 0 -j KUBE-SEP-{i}\n",
+                n - i
+            ));
         } else {
             r.push_str(&format!("-A KUBE-SVC-BENCH -j KUBE-SEP-{i}\n"));
         }
@@ -277,7 +297,13 @@ pub fn iptables_statistic_nth(node: &Node, port: u16, backends: &[Backend], back
 /// (`-db`) with haproxy's default threads (one per CPU). The node's ephemeral port range is
 /// widened to 1024-65535, the usual tuning of an haproxy host (its server-side connections all
 /// come from the node's one address, to only 6 backends).
-pub fn haproxy_roundrobin(node: &Node, port: u16, backends: &[Backend], backend_port: u16, dir: &Path) -> Result<Server> {
+pub fn haproxy_roundrobin(
+    node: &Node,
+    port: u16,
+    backends: &[Backend],
+    backend_port: u16,
+    dir: &Path,
+) -> Result<Server> {
     check(node_sh(node, "sysctl -qw net.ipv4.ip_local_port_range='1024 65535'"), Duration::from_secs(30))?;
     let mut cfg = format!(
         "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
@@ -306,13 +332,31 @@ pub fn vxlan_bridge_pair(lab: &Lab, a: &Node, b: &Node) -> Result<Pair> {
         ip(&["-n", host, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", host, "link", "set", "br0", "up"])?;
         ip(&[
-            "-n", host, "link", "add", "vx0", "type", "vxlan", "id", "42", "dstport", "4789", "remote",
-            &peer.addr().to_string(), "local", &node.addr().to_string(), "dev", "eth0",
+            "-n",
+            host,
+            "link",
+            "add",
+            "vx0",
+            "type",
+            "vxlan",
+            "id",
+            "42",
+            "dstport",
+            "4789",
+            "remote",
+            &peer.addr().to_string(),
+            "local",
+            &node.addr().to_string(),
+            "dev",
+            "eth0",
         ])?;
         ip(&["-n", host, "link", "set", "vx0", "mtu", "1450", "master", "br0", "up"])?;
         let c = PlainNs::create(lab, tag)?;
         let host_if = format!("v{tag}");
-        ip(&["-n", host, "link", "add", &host_if, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450", "netns", &c.name])?;
+        ip(&[
+            "-n", host, "link", "add", &host_if, "mtu", "1450", "type", "veth", "peer", "name", "eth0", "mtu", "1450",
+            "netns", &c.name,
+        ])?;
         ip(&["-n", host, "link", "set", &host_if, "master", "br0", "up"])?;
         ip(&["-n", &c.name, "addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
         ip(&["-n", &c.name, "link", "set", "eth0", "up"])?;

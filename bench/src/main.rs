@@ -160,7 +160,10 @@ fn real_main() -> Result<bool> {
             Ok(Err(e)) => Status::Failed(format!("{e:#}")),
             Err(p) => Status::Failed(format!(
                 "panic: {}",
-                p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                p.downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
             )),
         };
         match &r.status {
@@ -172,7 +175,10 @@ fn real_main() -> Result<bool> {
     }
 
     let mut host = BTreeMap::new();
-    host.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string());
+    host.insert(
+        "kernel".into(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+    );
     host.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_default());
     host.insert("netbee".into(), bin.display().to_string());
     if let Ok(o) = std::process::Command::new("git")
@@ -214,10 +220,8 @@ fn real_main() -> Result<bool> {
     println!("\n{markdown}");
     println!("wrote {}, {}, {}", json.display(), md.display(), svg.display());
 
-    let ok = report
-        .scenarios
-        .iter()
-        .all(|s| matches!(s.status, Status::Ok | Status::NotYetAvailable(_) | Status::Skipped));
+    let ok =
+        report.scenarios.iter().all(|s| matches!(s.status, Status::Ok | Status::NotYetAvailable(_) | Status::Skipped));
     if !ok {
         println!("netbee-bench: some scenarios failed or produced no numbers");
     }

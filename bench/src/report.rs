@@ -224,7 +224,10 @@ impl Report {
              (netbee, baseline, netbee, baseline, ...) in the same run. **Ratio > 1 means netbee is better**: \
              netbee/baseline for higher-is-better metrics (↑), baseline/netbee for lower-is-better ones (↓).\n"
         );
-        let _ = writeln!(m, "| scenario | metric | netbee median [min–max] | baseline | baseline median [min–max] | ratio | target |");
+        let _ = writeln!(
+            m,
+            "| scenario | metric | netbee median [min–max] | baseline | baseline median [min–max] | ratio | target |"
+        );
         let _ = writeln!(m, "|---|---|---|---|---|---|---|");
         for s in &self.scenarios {
             match &s.status {
@@ -267,7 +270,9 @@ impl Report {
             }
             let state = match &s.status {
                 Status::Ok => format!("ok, {:.0} s", s.seconds),
-                Status::Failed(e) => format!("**failed** after {:.0} s: `{}`", s.seconds, e.replace('\n', " ").replace('`', "'")),
+                Status::Failed(e) => {
+                    format!("**failed** after {:.0} s: `{}`", s.seconds, e.replace('\n', " ").replace('`', "'"))
+                }
                 Status::NotYetAvailable(w) => format!("not yet available: {w}"),
                 Status::Skipped => unreachable!(),
             };
@@ -325,10 +330,8 @@ impl Report {
         chart.draw_series(bars.iter().enumerate().map(|(i, (_, r))| {
             let i = row(i);
             let color = if *r >= 1.0 { RGBColor(46, 139, 87) } else { RGBColor(200, 60, 50) };
-            let mut bar = Rectangle::new(
-                [(1.0, SegmentValue::Exact(i)), (*r, SegmentValue::Exact(i + 1))],
-                color.filled(),
-            );
+            let mut bar =
+                Rectangle::new([(1.0, SegmentValue::Exact(i)), (*r, SegmentValue::Exact(i + 1))], color.filled());
             bar.set_margin(4, 4, 0, 0);
             bar
         }))?;

@@ -8,9 +8,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::Value;
 
 /// Tools every implemented scenario needs, installed by `cargo xtask setup`.
-pub const REQUIRED: &[&str] = &[
-    "iperf3", "sockperf", "wrk", "socat", "nginx", "haproxy", "iptables", "iptables-legacy", "nft", "nsenter", "ss",
-];
+pub const REQUIRED: &[&str] =
+    &["iperf3", "sockperf", "wrk", "socat", "nginx", "haproxy", "iptables", "iptables-legacy", "nft", "nsenter", "ss"];
 
 /// The tools missing from `PATH`.
 pub fn missing() -> Vec<&'static str> {
@@ -36,9 +35,7 @@ pub fn iperf3_gbps(json: &str) -> Result<f64> {
 /// Sender-side TCP retransmits from `iperf3 -J` output (all streams summed).
 pub fn iperf3_retransmits(json: &str) -> Result<f64> {
     let v: Value = serde_json::from_str(json).context("iperf3 output is not JSON")?;
-    v["end"]["sum_sent"]["retransmits"]
-        .as_f64()
-        .ok_or_else(|| anyhow!("iperf3 JSON lacks end.sum_sent.retransmits"))
+    v["end"]["sum_sent"]["retransmits"].as_f64().ok_or_else(|| anyhow!("iperf3 JSON lacks end.sum_sent.retransmits"))
 }
 
 /// sockperf ping-pong latency percentiles (p50, p99) in microseconds.

@@ -124,10 +124,7 @@ impl Client {
     /// One request on a fresh connection. Err carries the daemon's message for 4xx/5xx.
     pub async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
-            format!(
-                "cannot connect to the netbee daemon at unix://{}: is the daemon running?",
-                self.socket.display()
-            )
+            format!("cannot connect to the netbee daemon at unix://{}: is the daemon running?", self.socket.display())
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);

@@ -36,7 +36,10 @@ enum Cmd {
     /// Create a container without starting it.
     Create(RunArgs),
     /// Start stopped containers.
-    Start { #[arg(required = true)] containers: Vec<String> },
+    Start {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Stop running containers (SIGTERM, then SIGKILL after the timeout).
     Stop {
         #[arg(short = 't', long = "time", default_value_t = 10)]
@@ -74,7 +77,10 @@ enum Cmd {
         container: String,
     },
     /// Block until containers stop, then print their exit codes.
-    Wait { #[arg(required = true)] containers: Vec<String> },
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Run a command inside a running container.
     Exec {
         #[arg(short = 'e', long = "env")]
@@ -189,7 +195,10 @@ enum NetworkCmd {
     },
     /// Remove networks.
     #[command(alias = "remove")]
-    Rm { #[arg(required = true)] networks: Vec<String> },
+    Rm {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
     /// Connect a container to a network.
     Connect {
         #[arg(long)]
@@ -239,9 +248,15 @@ enum ServiceCmd {
         service: String,
     },
     /// Show services (JSON).
-    Inspect { #[arg(required = true)] services: Vec<String> },
+    Inspect {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
     /// Set replica counts: SERVICE=N ...
-    Scale { #[arg(required = true)] pairs: Vec<String> },
+    Scale {
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
     /// Change a service.
     Update {
         #[arg(long, allow_hyphen_values = true)]
@@ -256,7 +271,10 @@ enum ServiceCmd {
     },
     /// Remove services.
     #[command(alias = "remove")]
-    Rm { #[arg(required = true)] services: Vec<String> },
+    Rm {
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -315,9 +333,15 @@ enum NodeCmd {
         node: String,
     },
     /// Make nodes managers.
-    Promote { #[arg(required = true)] nodes: Vec<String> },
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Make nodes workers.
-    Demote { #[arg(required = true)] nodes: Vec<String> },
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove nodes from the swarm.
     #[command(alias = "remove")]
     Rm {
@@ -422,7 +446,12 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         cgroup: a.cgroup,
         conntrack_size: a.conntrack_size,
         hostname: a.hostname,
-        cluster_store: a.cluster_store.as_deref().map(crate::cluster::parse_store).transpose().map_err(|e| anyhow!(e))?,
+        cluster_store: a
+            .cluster_store
+            .as_deref()
+            .map(crate::cluster::parse_store)
+            .transpose()
+            .map_err(|e| anyhow!(e))?,
         mesh_routing: a.mesh_routing,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -613,7 +642,8 @@ where
 async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
     match cmd {
         NetworkCmd::Create { driver, subnet, gateway, ip_range, internal, labels: l, name } => {
-            let req = NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal, labels: labels(&l)? };
+            let req =
+                NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal, labels: labels(&l)? };
             let v = c.post("/networks/create", &serde_json::to_value(req)?).await?;
             println!("{}", v["Id"].as_str().unwrap_or_default());
             Ok(0)
@@ -623,10 +653,13 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             let nets = v.as_array().cloned().unwrap_or_default();
             if json_only(&format)? {
                 for n in &nets {
-                    println!("{}", serde_json::to_string(&json!({
-                        "ID": short(&n["Id"]), "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"],
-                        "Internal": n["Internal"], "CreatedAt": n["Created"],
-                    }))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&json!({
+                            "ID": short(&n["Id"]), "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"],
+                            "Internal": n["Internal"], "CreatedAt": n["Created"],
+                        }))?
+                    );
                 }
             } else if quiet {
                 for n in &nets {
@@ -651,10 +684,9 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(0)
         }
-        NetworkCmd::Rm { networks } => for_each(&networks, |n| async move {
-            c.delete(&format!("/networks/{}", enc(&n))).await.map(|_| ())
-        })
-        .await,
+        NetworkCmd::Rm { networks } => {
+            for_each(&networks, |n| async move { c.delete(&format!("/networks/{}", enc(&n))).await.map(|_| ()) }).await
+        }
         NetworkCmd::Connect { ip, aliases, network, container } => {
             let req = NetworkConnect { container, ip_address: ip, aliases };
             c.post(&format!("/networks/{}/connect", enc(&network)), &serde_json::to_value(req)?).await?;
@@ -757,11 +789,14 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     let list = v.as_array().cloned().unwrap_or_default();
     if json_only(format)? {
         for x in &list {
-            println!("{}", serde_json::to_string(&json!({
-                "ID": short(&x["Id"]), "Image": x["Image"], "Command": x["Command"], "Status": x["Status"],
-                "State": x["State"], "Ports": x["Ports"], "Names": x["Names"][0].as_str().unwrap_or("").trim_start_matches('/'),
-                "Networks": x["Networks"],
-            }))?);
+            println!(
+                "{}",
+                serde_json::to_string(&json!({
+                    "ID": short(&x["Id"]), "Image": x["Image"], "Command": x["Command"], "Status": x["Status"],
+                    "State": x["State"], "Ports": x["Ports"], "Names": x["Names"][0].as_str().unwrap_or("").trim_start_matches('/'),
+                    "Networks": x["Networks"],
+                }))?
+            );
         }
         return Ok(0);
     }
@@ -798,14 +833,15 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     Ok(0)
 }
 
-
 async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
     match cmd {
         SwarmCmd::Init { advertise_addr } => {
             let v = c.post("/swarm/init", &json!({ "AdvertiseAddr": advertise_addr })).await?;
             println!("Swarm initialized: current node ({}) is now a manager.\n", s(&v["NodeID"]));
             println!("To add a worker to this swarm, run the following command:\n\n    {}\n", s(&v["JoinCommand"]));
-            println!("To add a manager to this swarm, run 'netbee swarm join-token manager' and follow the instructions.");
+            println!(
+                "To add a manager to this swarm, run 'netbee swarm join-token manager' and follow the instructions."
+            );
             Ok(0)
         }
         SwarmCmd::Join { token, advertise_addr, remote } => {
@@ -844,11 +880,14 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
             let nodes = v.as_array().cloned().unwrap_or_default();
             if json_only(&format)? {
                 for n in &nodes {
-                    println!("{}", serde_json::to_string(&json!({
-                        "ID": n["ID"], "Hostname": n["Description"]["Hostname"], "Status": title(&s(&n["Status"]["State"])),
-                        "Availability": title(&s(&n["Spec"]["Availability"])), "ManagerStatus": n["ManagerStatus"],
-                        "Self": n["Self"], "Addr": n["Status"]["Addr"], "Role": n["Spec"]["Role"],
-                    }))?);
+                    println!(
+                        "{}",
+                        serde_json::to_string(&json!({
+                            "ID": n["ID"], "Hostname": n["Description"]["Hostname"], "Status": title(&s(&n["Status"]["State"])),
+                            "Availability": title(&s(&n["Spec"]["Availability"])), "ManagerStatus": n["ManagerStatus"],
+                            "Self": n["Self"], "Addr": n["Status"]["Addr"], "Role": n["Spec"]["Role"],
+                        }))?
+                    );
                 }
             } else if quiet {
                 for n in &nodes {
@@ -868,7 +907,10 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
                         ]
                     })
                     .collect();
-                print!("{}", humanize::format_table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"], &rows));
+                print!(
+                    "{}",
+                    humanize::format_table(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"], &rows)
+                );
             }
             Ok(0)
         }
@@ -889,18 +931,24 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
             println!("{node}");
             Ok(0)
         }
-        NodeCmd::Promote { nodes } => for_each(&nodes, |n| async move {
-            c.post(&format!("/nodes/{}/promote", enc(&n)), &Value::Null).await.map(|_| ())
-        })
-        .await,
-        NodeCmd::Demote { nodes } => for_each(&nodes, |n| async move {
-            c.post(&format!("/nodes/{}/demote", enc(&n)), &Value::Null).await.map(|_| ())
-        })
-        .await,
-        NodeCmd::Rm { force, nodes } => for_each(&nodes, |n| async move {
-            c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await.map(|_| ())
-        })
-        .await,
+        NodeCmd::Promote { nodes } => {
+            for_each(&nodes, |n| async move {
+                c.post(&format!("/nodes/{}/promote", enc(&n)), &Value::Null).await.map(|_| ())
+            })
+            .await
+        }
+        NodeCmd::Demote { nodes } => {
+            for_each(&nodes, |n| async move {
+                c.post(&format!("/nodes/{}/demote", enc(&n)), &Value::Null).await.map(|_| ())
+            })
+            .await
+        }
+        NodeCmd::Rm { force, nodes } => {
+            for_each(&nodes, |n| async move {
+                c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await.map(|_| ())
+            })
+            .await
+        }
     }
 }
 
@@ -959,7 +1007,9 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                 let name = if last_slot == slot { format!(" \\_ {}", s(&x["Name"])) } else { s(&x["Name"]) };
                 last_slot = slot;
                 let since = x["Since"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                let ago = since.map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default()).unwrap_or_default();
+                let ago = since
+                    .map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
+                    .unwrap_or_default();
                 rows.push(vec![
                     s(&x["ID"]).chars().take(12).collect(),
                     name,
@@ -969,7 +1019,10 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                     s(&x["Error"]),
                 ]);
             }
-            print!("{}", humanize::format_table(&["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows));
+            print!(
+                "{}",
+                humanize::format_table(&["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows)
+            );
             Ok(0)
         }
         ServiceCmd::Inspect { services } => {
@@ -1007,9 +1060,8 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             println!("{service}");
             Ok(0)
         }
-        ServiceCmd::Rm { services } => for_each(&services, |x| async move {
-            c.delete(&format!("/services/{}", enc(&x))).await.map(|_| ())
-        })
-        .await,
+        ServiceCmd::Rm { services } => {
+            for_each(&services, |x| async move { c.delete(&format!("/services/{}", enc(&x))).await.map(|_| ()) }).await
+        }
     }
 }

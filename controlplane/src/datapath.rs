@@ -20,16 +20,14 @@ use aya::{
     },
 };
 use netbee_abi::{
-    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, Network,
-    Service, config, drop_reason, stat,
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, Network, Service, config,
+    drop_reason, stat,
 };
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
 
-pub const TC_PROGRAMS: [&str; 4] =
-    ["tc_from_container", "tc_uplink_ingress", "tc_uplink_egress", "tc_overlay_ingress"];
-pub const SOCK_PROGRAMS: [&str; 4] =
-    ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
+pub const TC_PROGRAMS: [&str; 4] = ["tc_from_container", "tc_uplink_ingress", "tc_uplink_egress", "tc_overlay_ingress"];
+pub const SOCK_PROGRAMS: [&str; 4] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];
 
 pub fn ip_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
@@ -96,17 +94,13 @@ impl Datapath {
             .load(OBJECT)
             .context("loading the eBPF datapath object")?;
         for name in TC_PROGRAMS {
-            let p: &mut SchedClassifier = bpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
+            let p: &mut SchedClassifier =
+                bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             p.load().with_context(|| format!("verifying program {name}"))?;
         }
         for name in SOCK_PROGRAMS {
-            let p: &mut CgroupSockAddr = bpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
+            let p: &mut CgroupSockAddr =
+                bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             p.load().with_context(|| format!("verifying program {name}"))?;
         }
         Ok(Datapath {
@@ -142,11 +136,8 @@ impl Datapath {
     /// holds a link (daemon restart, upgrade), the program inside it is replaced atomically.
     pub fn attach_tc(&mut self, prog: &str, ifname: &str, dir: TcAttachType, pin: &str) -> Result<()> {
         let pin_path = self.links_dir.join(pin);
-        let p: &mut SchedClassifier = self
-            .bpf
-            .program_mut(prog)
-            .ok_or_else(|| anyhow!("program {prog} missing"))?
-            .try_into()?;
+        let p: &mut SchedClassifier =
+            self.bpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
         let id = match PinnedLink::from_pin(&pin_path) {
             Ok(old) => {
                 let link = FdLink::from(old).try_into()?;

@@ -5,8 +5,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::programs::SchedClassifier;
 use netbee_abi::{
-    Backend, BackendKey, CtKey, Endpoint, FrontendKey, Iface, MacKey, Network, Service, ct_flags, drop_reason, iface_flags,
-    net_flags,
+    Backend, BackendKey, CtKey, Endpoint, FrontendKey, Iface, MacKey, Network, Service, ct_flags, drop_reason,
+    iface_flags, net_flags,
 };
 
 use crate::datapath::{Datapath, ip_be};
@@ -46,7 +46,11 @@ fn setup() -> (Bpffs, Datapath) {
     dp.networks.insert(2, net([172, 31, 0, 0], 0), 0).unwrap();
     // test runs see the packet on ifindex 1: give it a container identity
     dp.ifaces
-        .insert(1, Iface { ip: ip_be(Ipv4Addr::new(172, 30, 0, 2)), net_id: 1, mac: CMAC, host_mac: HOST_MAC, flags: 0 }, 0)
+        .insert(
+            1,
+            Iface { ip: ip_be(Ipv4Addr::new(172, 30, 0, 2)), net_id: 1, mac: CMAC, host_mac: HOST_MAC, flags: 0 },
+            0,
+        )
         .unwrap();
     let ep = |mac, net_id| Endpoint { ifindex: 1, net_id, mac, host_mac: HOST_MAC, node_ip: 0, flags: 0 };
     dp.endpoints.insert(ip_be(Ipv4Addr::new(172, 30, 0, 3)), ep(PEER_MAC, 1), 0).unwrap();
@@ -207,7 +211,9 @@ fn forged_arp_ip_and_mac_are_dropped_and_counted() {
 #[test]
 fn same_network_tcp_udp_icmp_are_redirected_with_the_peers_mac() {
     let (_fs, mut dp) = setup();
-    for (proto, payload) in [(6u8, tcp(1000, 80, 0x02)), (17, vec![0x13, 0x88, 0, 53, 0, 8, 0, 0]), (1, vec![8, 0, 0, 0, 0, 1, 0, 1])] {
+    for (proto, payload) in
+        [(6u8, tcp(1000, 80, 0x02)), (17, vec![0x13, 0x88, 0, 53, 0, 8, 0, 0]), (1, vec![8, 0, 0, 0, 0, 1, 0, 1])]
+    {
         let (v, out) = run(&mut dp, "tc_from_container", &from_me(PEER, payload, proto));
         assert_eq!(v, TC_ACT_REDIRECT, "proto {proto}");
         assert_eq!(&out[0..6], &PEER_MAC, "delivered with the peer's MAC");
@@ -225,7 +231,17 @@ fn same_network_tcp_udp_icmp_are_redirected_with_the_peers_mac() {
     assert_eq!(run(&mut dp, "tc_from_container", &p).0, TC_ACT_REDIRECT);
     // a backend container takes the conntrack path and still reaches its peer
     dp.ifaces
-        .insert(1, Iface { ip: ip_be(Ipv4Addr::from(ME)), net_id: 1, mac: CMAC, host_mac: HOST_MAC, flags: iface_flags::BACKEND }, 0)
+        .insert(
+            1,
+            Iface {
+                ip: ip_be(Ipv4Addr::from(ME)),
+                net_id: 1,
+                mac: CMAC,
+                host_mac: HOST_MAC,
+                flags: iface_flags::BACKEND,
+            },
+            0,
+        )
         .unwrap();
     assert_eq!(run(&mut dp, "tc_from_container", &from_me(PEER, tcp(1000, 80, 0x10), 6)).0, TC_ACT_REDIRECT);
 }
@@ -246,7 +262,17 @@ fn other_networks_unknown_hosts_and_malformed_frames_are_dropped() {
     // (the kernel refuses IPv4 test frames shorter than Ethernet + IPv4 headers): TCP cut short
     // to a backend, which parses L4, is never forwarded half-read
     dp.ifaces
-        .insert(1, Iface { ip: ip_be(Ipv4Addr::from(ME)), net_id: 1, mac: CMAC, host_mac: HOST_MAC, flags: iface_flags::BACKEND }, 0)
+        .insert(
+            1,
+            Iface {
+                ip: ip_be(Ipv4Addr::from(ME)),
+                net_id: 1,
+                mac: CMAC,
+                host_mac: HOST_MAC,
+                flags: iface_flags::BACKEND,
+            },
+            0,
+        )
         .unwrap();
     let to_vip_like = from_me([172, 30, 0, 1], tcp(1000, 80, 0x02), 6);
     for cut in [34usize, 36, 40] {
@@ -274,7 +300,10 @@ fn other_networks_unknown_hosts_and_malformed_frames_are_dropped() {
 #[test]
 fn gateway_and_outside_traffic_go_to_the_stack_fragments_included() {
     let (_fs, mut dp) = setup();
-    assert_eq!(run(&mut dp, "tc_from_container", &from_me([172, 30, 0, 1], vec![8, 0, 0, 0, 0, 1, 0, 1], 1)).0, TC_ACT_OK);
+    assert_eq!(
+        run(&mut dp, "tc_from_container", &from_me([172, 30, 0, 1], vec![8, 0, 0, 0, 0, 1, 0, 1], 1)).0,
+        TC_ACT_OK
+    );
     assert_eq!(run(&mut dp, "tc_from_container", &from_me([10, 9, 9, 9], tcp(1000, 443, 0x02), 6)).0, TC_ACT_OK);
     // a non-first fragment towards the outside: no L4 header to translate, routed as it is
     let mut frag = eth(HOST_MAC, CMAC, 0x0800);
@@ -334,7 +363,13 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     dp.set_config(netbee_abi::config::MESH_NATIVE, 1).unwrap();
     dp.set_subnet("10.0.0.0/16".parse().unwrap(), 3).unwrap();
     let task = Ipv4Addr::new(10, 0, 9, 5);
-    dp.endpoints.insert(ip_be(task), Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 }, 0).unwrap();
+    dp.endpoints
+        .insert(
+            ip_be(task),
+            Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
+            0,
+        )
+        .unwrap();
     let (peer_mac, stranger_mac, node_mac) = ([0x0a, 0, 0, 0, 0, 2], [0x0a, 0, 0, 0, 0, 9], [0x0a, 0, 0, 0, 0, 3]);
     let peer_ip = u32::from(Ipv4Addr::new(192, 168, 50, 2));
     let client = [192, 168, 50, 200];
@@ -383,8 +418,20 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
     dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: 0 }, 0).unwrap();
     let backends = [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)];
     for (slot, b) in backends.iter().enumerate() {
-        dp.backends.insert(BackendKey { service: 3, slot: slot as u32 + 1 }, Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 }, 0).unwrap();
-        dp.endpoints.insert(ip_be(*b), Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 }, 0).unwrap();
+        dp.backends
+            .insert(
+                BackendKey { service: 3, slot: slot as u32 + 1 },
+                Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 },
+                0,
+            )
+            .unwrap();
+        dp.endpoints
+            .insert(
+                ip_be(*b),
+                Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
+                0,
+            )
+            .unwrap();
     }
     let client = [10, 0, 0, 9];
     let segment = |flags| {
@@ -394,7 +441,8 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
     };
     let dst = |out: &[u8]| (Ipv4Addr::new(out[30], out[31], out[32], out[33]), u16::from_be_bytes([out[36], out[37]]));
     let forward = CtKey::new(ip_be(Ipv4Addr::from(client)), ip_be(node), 40000u16.to_be(), 8080u16.to_be(), 6);
-    let reply_of = |b: Ipv4Addr| CtKey::new(ip_be(b), ip_be(Ipv4Addr::from(client)), 80u16.to_be(), 40000u16.to_be(), 6);
+    let reply_of =
+        |b: Ipv4Addr| CtKey::new(ip_be(b), ip_be(Ipv4Addr::from(client)), 80u16.to_be(), 40000u16.to_be(), 6);
 
     let (v, out) = run(&mut dp, "tc_uplink_ingress", &segment(0x02));
     assert_eq!(v, TC_ACT_REDIRECT);

@@ -105,28 +105,17 @@ impl Drop for DnsServer {
 ///
 /// `addr` should be the gateway address itself, not 0.0.0.0: its IP is what UDP queries report
 /// to [`Names::lookup`] as `local`. Port 0 picks a free port, the same for UDP and TCP.
-pub async fn serve(
-    addr: SocketAddrV4,
-    names: Arc<dyn Names>,
-    upstreams: Vec<SocketAddr>,
-) -> anyhow::Result<DnsServer> {
+pub async fn serve(addr: SocketAddrV4, names: Arc<dyn Names>, upstreams: Vec<SocketAddr>) -> anyhow::Result<DnsServer> {
     let (udp, tcp) = bind_pair(addr).await?;
     let bound = match udp.local_addr()? {
         SocketAddr::V4(a) => a,
         SocketAddr::V6(a) => anyhow::bail!("dns: IPv4 bind gave IPv6 address {a}"),
     };
     info!(addr = %bound, ?upstreams, "dns server listening");
-    let shared = Arc::new(Shared {
-        names,
-        upstreams,
-        forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
-    });
+    let shared = Arc::new(Shared { names, upstreams, forwards: Arc::new(Semaphore::new(MAX_FORWARDS)) });
     let udp_task = tokio::spawn(udp_loop(Arc::new(udp), *bound.ip(), shared.clone()));
     let tcp_task = tokio::spawn(tcp_loop(tcp, *bound.ip(), shared));
-    Ok(DnsServer {
-        addr: bound,
-        tasks: vec![udp_task.abort_handle(), tcp_task.abort_handle()],
-    })
+    Ok(DnsServer { addr: bound, tasks: vec![udp_task.abort_handle(), tcp_task.abort_handle()] })
 }
 
 /// Parses nameserver lines of a resolv.conf text (IPv4 and IPv6, port 53), skipping the given
@@ -146,10 +135,7 @@ pub fn upstreams_from_resolv_conf(text: &str, skip: &[IpAddr]) -> Vec<SocketAddr
         }
         let Some(word) = words.next() else { continue };
         let Some(addr) = parse_nameserver(word) else {
-            debug!(
-                nameserver = word,
-                "resolv.conf: unusable nameserver skipped"
-            );
+            debug!(nameserver = word, "resolv.conf: unusable nameserver skipped");
             continue;
         };
         let ip = addr.ip().to_canonical();
@@ -177,12 +163,7 @@ fn parse_nameserver(word: &str) -> Option<SocketAddr> {
 /// servers tell the two apart internally. Responses are not size-limited here (TCP rules).
 // The sockets need the three-way outcome, so outside tests nothing in the daemon may call this.
 #[cfg_attr(not(test), allow(dead_code))]
-pub fn answer(
-    query: &[u8],
-    client: Ipv4Addr,
-    local: Ipv4Addr,
-    names: &dyn Names,
-) -> Option<Vec<u8>> {
+pub fn answer(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names) -> Option<Vec<u8>> {
     match handle(query, client, local, names, MAX_MESSAGE) {
         Action::Reply(r) => Some(r),
         Action::Forward(_) | Action::Ignore => None,
@@ -202,13 +183,7 @@ enum Action {
     Ignore,
 }
 
-fn handle(
-    query: &[u8],
-    client: Ipv4Addr,
-    local: Ipv4Addr,
-    names: &dyn Names,
-    max_len: usize,
-) -> Action {
+fn handle(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names, max_len: usize) -> Action {
     let mut decoder = BinDecoder::new(query);
     let Ok(header) = Header::read(&mut decoder) else {
         return Action::Ignore;
@@ -232,32 +207,14 @@ fn handle(
     };
     let ascii = question.name().to_lowercase().to_ascii();
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-    let req = Request {
-        meta: header.metadata,
-        query: question,
-    };
+    let req = Request { meta: header.metadata, query: question };
     let built = match names.lookup(client, local, name) {
         Lookup::Forward => return Action::Forward(req),
-        Lookup::NotFound => build(
-            &req.meta,
-            Some(&req.query),
-            ResponseCode::NXDomain,
-            true,
-            &[],
-            max_len,
-        ),
+        Lookup::NotFound => build(&req.meta, Some(&req.query), ResponseCode::NXDomain, true, &[], max_len),
         Lookup::Found(addrs) => {
-            let is_a =
-                req.query.query_class() == DNSClass::IN && req.query.query_type() == RecordType::A;
+            let is_a = req.query.query_class() == DNSClass::IN && req.query.query_type() == RecordType::A;
             let addrs = if is_a { &addrs[..] } else { &[] };
-            build(
-                &req.meta,
-                Some(&req.query),
-                ResponseCode::NoError,
-                true,
-                addrs,
-                max_len,
-            )
+            build(&req.meta, Some(&req.query), ResponseCode::NoError, true, addrs, max_len)
         }
     };
     match built {
@@ -306,14 +263,7 @@ fn build(
 }
 
 fn servfail(req: &Request, max_len: usize) -> Option<Vec<u8>> {
-    build(
-        &req.meta,
-        Some(&req.query),
-        ResponseCode::ServFail,
-        false,
-        &[],
-        max_len,
-    )
+    build(&req.meta, Some(&req.query), ResponseCode::ServFail, false, &[], max_len)
 }
 
 struct Shared {
@@ -326,9 +276,7 @@ async fn bind_pair(addr: SocketAddrV4) -> anyhow::Result<(UdpSocket, TcpListener
     // With port 0 the kernel picks UDP's port, which TCP may already use elsewhere: try again.
     let mut attempt = 0;
     loop {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("dns: bind udp {addr}"))?;
+        let udp = UdpSocket::bind(addr).await.with_context(|| format!("dns: bind udp {addr}"))?;
         let port = udp.local_addr()?.port();
         let tcp_addr = SocketAddrV4::new(*addr.ip(), port);
         match TcpListener::bind(tcp_addr).await {
@@ -463,8 +411,7 @@ async fn tcp_connection(stream: TcpStream, client: Ipv4Addr, local: Ipv4Addr, sh
                     let (tx, shared) = (tx.clone(), shared.clone());
                     forwards.spawn(async move {
                         let _permit = permit;
-                        let response = match forward_tcp(&msg, req.meta.id, &shared.upstreams).await
-                        {
+                        let response = match forward_tcp(&msg, req.meta.id, &shared.upstreams).await {
                             Some(r) => Some(r),
                             None => servfail(&req, MAX_MESSAGE),
                         };
@@ -497,8 +444,7 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Vec<u8>> {
 }
 
 async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &[u8]) -> io::Result<()> {
-    let len =
-        u16::try_from(msg.len()).map_err(|_| io::Error::other("dns message too long for tcp"))?;
+    let len = u16::try_from(msg.len()).map_err(|_| io::Error::other("dns message too long for tcp"))?;
     // One buffer, one write: the length and the message travel in one segment.
     let mut frame = Vec::with_capacity(2 + msg.len());
     frame.extend_from_slice(&len.to_be_bytes());
@@ -567,10 +513,7 @@ async fn tcp_exchange(query: &[u8], id: u16, upstream: SocketAddr) -> io::Result
     write_frame(&mut stream, query).await?;
     let response = read_frame(&mut stream).await?;
     if !is_response_to(&response, id) {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not an answer to our query",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "not an answer to our query"));
     }
     Ok(response)
 }
@@ -598,10 +541,7 @@ mod tests {
 
     impl Names for TestNames {
         fn lookup(&self, client: Ipv4Addr, local: Ipv4Addr, name: &str) -> Lookup {
-            self.asked
-                .lock()
-                .unwrap()
-                .push((client, local, name.to_string()));
+            self.asked.lock().unwrap().push((client, local, name.to_string()));
             match name {
                 "web" | "web.mynet" => Lookup::Found(vec![WEB1, WEB2]),
                 "many" => Lookup::Found((1..=100).map(|i| Ipv4Addr::new(10, 89, 0, i)).collect()),
@@ -656,10 +596,7 @@ mod tests {
         assert_eq!(r.queries[0].query_type(), RecordType::A);
         assert_eq!(r.answers[0].name.to_ascii(), "Web.");
         // Lookup saw the lower-cased name without the dot, and who asked where.
-        assert_eq!(
-            names.asked.lock().unwrap().as_slice(),
-            &[(CLIENT, GATEWAY, "web".to_string())]
-        );
+        assert_eq!(names.asked.lock().unwrap().as_slice(), &[(CLIENT, GATEWAY, "web".to_string())]);
     }
 
     #[test]
@@ -668,10 +605,7 @@ mod tests {
         let mut msg = Message::query();
         msg.metadata.id = 7;
         msg.metadata.recursion_desired = false;
-        msg.add_query(Query::query(
-            Name::from_str("web.mynet.").unwrap(),
-            RecordType::A,
-        ));
+        msg.add_query(Query::query(Name::from_str("web.mynet.").unwrap(), RecordType::A));
         let r = ask(&names, &msg.to_vec().unwrap());
         assert!(!r.metadata.recursion_desired);
         assert!(r.metadata.recursion_available);
@@ -707,32 +641,10 @@ mod tests {
     #[test]
     fn forward_names_are_left_to_the_caller() {
         let names = TestNames::default();
-        assert!(
-            answer(
-                &query(12, "example.com.", RecordType::A),
-                CLIENT,
-                GATEWAY,
-                &names
-            )
-            .is_none()
-        );
-        assert!(
-            answer(
-                &query(13, "example.com.", RecordType::AAAA),
-                CLIENT,
-                GATEWAY,
-                &names
-            )
-            .is_none()
-        );
+        assert!(answer(&query(12, "example.com.", RecordType::A), CLIENT, GATEWAY, &names).is_none());
+        assert!(answer(&query(13, "example.com.", RecordType::AAAA), CLIENT, GATEWAY, &names).is_none());
         assert!(matches!(
-            handle(
-                &query(14, "example.com.", RecordType::A),
-                CLIENT,
-                GATEWAY,
-                &names,
-                UDP_MAX_RESPONSE
-            ),
+            handle(&query(14, "example.com.", RecordType::A), CLIENT, GATEWAY, &names, UDP_MAX_RESPONSE),
             Action::Forward(_)
         ));
     }
@@ -744,10 +656,7 @@ mod tests {
         msg.metadata.id = 0x4242;
         msg.metadata.recursion_desired = true;
         msg.add_query(Query::query(Name::from_str("web.").unwrap(), RecordType::A));
-        msg.add_query(Query::query(
-            Name::from_str("hidden.").unwrap(),
-            RecordType::A,
-        ));
+        msg.add_query(Query::query(Name::from_str("hidden.").unwrap(), RecordType::A));
         let r = ask(&names, &msg.to_vec().unwrap());
         assert_eq!(r.metadata.id, 0x4242);
         assert_eq!(r.metadata.response_code, ResponseCode::FormErr);
@@ -778,10 +687,7 @@ mod tests {
         // Every truncation of a valid query.
         for n in 0..good.len() {
             let _ = answer(&good[..n], CLIENT, GATEWAY, &names);
-            assert!(matches!(
-                handle(&good[..n], CLIENT, GATEWAY, &names, UDP_MAX_RESPONSE),
-                Action::Ignore
-            ));
+            assert!(matches!(handle(&good[..n], CLIENT, GATEWAY, &names, UDP_MAX_RESPONSE), Action::Ignore));
         }
         // A response is never answered.
         let response = answer(&good, CLIENT, GATEWAY, &names).unwrap();
@@ -797,9 +703,7 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             let len = (state % 80) as usize;
-            let mut pkt: Vec<u8> = (0..len)
-                .map(|i| (state.rotate_left(i as u32 * 7) ^ i as u64) as u8)
-                .collect();
+            let mut pkt: Vec<u8> = (0..len).map(|i| (state.rotate_left(i as u32 * 7) ^ i as u64) as u8).collect();
             if pkt.len() >= 6 && state & 1 == 0 {
                 pkt[2] &= 0x01; // query, opcode 0
                 pkt[4] = 0;
@@ -854,8 +758,7 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         ];
         assert_eq!(got, want);
         // An IPv4-mapped spelling of a skipped address is skipped too.
-        let got =
-            upstreams_from_resolv_conf("nameserver ::ffff:10.88.0.1\n", &[IpAddr::V4(GATEWAY)]);
+        let got = upstreams_from_resolv_conf("nameserver ::ffff:10.88.0.1\n", &[IpAddr::V4(GATEWAY)]);
         assert!(got.is_empty());
         assert!(upstreams_from_resolv_conf("", &[]).is_empty());
     }
@@ -866,19 +769,14 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         let sock = UdpSocket::bind((LO, 0)).await.unwrap();
         sock.send_to(q, server).await.unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, _) = timeout(Duration::from_secs(5), sock.recv_from(&mut buf))
-            .await
-            .expect("udp answer in time")
-            .unwrap();
+        let (n, _) =
+            timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await.expect("udp answer in time").unwrap();
         parse(&buf[..n])
     }
 
     async fn tcp_ask(stream: &mut TcpStream, q: &[u8]) -> Message {
         write_frame(stream, q).await.unwrap();
-        let r = timeout(Duration::from_secs(5), read_frame(stream))
-            .await
-            .expect("tcp answer in time")
-            .unwrap();
+        let r = timeout(Duration::from_secs(5), read_frame(stream)).await.expect("tcp answer in time").unwrap();
         parse(&r)
     }
 
@@ -893,11 +791,7 @@ nameserver 127.0.0.53 # systemd-resolved\n";
             r.metadata.recursion_desired = q.metadata.recursion_desired;
             r.metadata.recursion_available = true;
             r.add_query(q.queries[0].clone());
-            r.add_answer(Record::from_rdata(
-                q.queries[0].name().clone(),
-                300,
-                RData::A(A(UPSTREAM_ANSWER)),
-            ));
+            r.add_answer(Record::from_rdata(q.queries[0].name().clone(), 300, RData::A(A(UPSTREAM_ANSWER))));
             r.to_vec().unwrap()
         }
         let mut tasks = JoinSet::new();
@@ -928,9 +822,7 @@ nameserver 127.0.0.53 # systemd-resolved\n";
 
     async fn start(upstreams: Vec<SocketAddr>) -> (DnsServer, Arc<TestNames>) {
         let names = Arc::new(TestNames::default());
-        let server = serve(SocketAddrV4::new(LO, 0), names.clone(), upstreams)
-            .await
-            .unwrap();
+        let server = serve(SocketAddrV4::new(LO, 0), names.clone(), upstreams).await.unwrap();
         assert_ne!(server.local_addr().port(), 0);
         (server, names)
     }
@@ -971,10 +863,7 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         let mut bad = TcpStream::connect(addr).await.unwrap();
         write_frame(&mut bad, &[0xde, 0xad]).await.unwrap();
         let mut rest = Vec::new();
-        let n = timeout(Duration::from_secs(5), bad.read_to_end(&mut rest))
-            .await
-            .unwrap()
-            .unwrap();
+        let n = timeout(Duration::from_secs(5), bad.read_to_end(&mut rest)).await.unwrap().unwrap();
         assert_eq!(n, 0);
         drop(server);
     }
@@ -1027,29 +916,14 @@ nameserver 127.0.0.53 # systemd-resolved\n";
 
         let client = UdpSocket::bind((LO, 0)).await.unwrap();
         let started = Instant::now();
-        client
-            .send_to(&query(400, "example.com.", RecordType::A), addr)
-            .await
-            .unwrap();
-        client
-            .send_to(&query(401, "web.", RecordType::A), addr)
-            .await
-            .unwrap();
+        client.send_to(&query(400, "example.com.", RecordType::A), addr).await.unwrap();
+        client.send_to(&query(401, "web.", RecordType::A), addr).await.unwrap();
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let (n, _) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let (n, _) = timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
         let first = parse(&buf[..n]);
-        assert_eq!(
-            first.metadata.id, 401,
-            "local answer not held up by the forward"
-        );
+        assert_eq!(first.metadata.id, 401, "local answer not held up by the forward");
         assert!(started.elapsed() < Duration::from_secs(1));
-        let (n, _) = timeout(Duration::from_secs(5), client.recv_from(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        let (n, _) = timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await.unwrap().unwrap();
         let second = parse(&buf[..n]);
         assert_eq!(second.metadata.id, 400);
         assert_eq!(second.metadata.response_code, ResponseCode::ServFail);

@@ -67,12 +67,7 @@ const PADDING: usize = 3;
 /// Renders a table like docker's CLI. Rows shorter than the header are padded with
 /// empty cells; widths count characters, not bytes; trailing spaces are removed.
 pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let columns = rows
-        .iter()
-        .map(Vec::len)
-        .chain([headers.len()])
-        .max()
-        .unwrap_or(0);
+    let columns = rows.iter().map(Vec::len).chain([headers.len()]).max().unwrap_or(0);
     let lines: Vec<Vec<&str>> = std::iter::once(headers.to_vec())
         .chain(rows.iter().map(|r| r.iter().map(String::as_str).collect()))
         .map(|mut cells| {
@@ -82,11 +77,7 @@ pub fn format_table(headers: &[&str], rows: &[Vec<String>]) -> String {
         .collect();
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
-            let widest = lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0);
+            let widest = lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0);
             (widest + PADDING).max(MIN_CELL_WIDTH)
         })
         .collect();
@@ -120,10 +111,7 @@ mod tests {
     #[test]
     fn seconds_and_minutes() {
         assert_eq!(human_duration(Duration::ZERO), "Less than a second");
-        assert_eq!(
-            human_duration(Duration::from_millis(999)),
-            "Less than a second"
-        );
+        assert_eq!(human_duration(Duration::from_millis(999)), "Less than a second");
         assert_eq!(human_duration(secs(1)), "1 second");
         assert_eq!(human_duration(Duration::from_millis(1999)), "1 second");
         assert_eq!(human_duration(secs(3)), "3 seconds");
@@ -165,20 +153,11 @@ mod tests {
     #[test]
     fn statuses() {
         assert_eq!(status_running(secs(3)), "Up 3 seconds");
-        assert_eq!(
-            status_running(Duration::from_millis(10)),
-            "Up Less than a second"
-        );
+        assert_eq!(status_running(Duration::from_millis(10)), "Up Less than a second");
         assert_eq!(status_running(secs(2 * HOUR)), "Up 2 hours");
         assert_eq!(status_exited(0, secs(3)), "Exited (0) 3 seconds ago");
-        assert_eq!(
-            status_exited(137, secs(5 * MIN)),
-            "Exited (137) 5 minutes ago"
-        );
-        assert_eq!(
-            status_exited(-1, secs(60)),
-            "Exited (-1) About a minute ago"
-        );
+        assert_eq!(status_exited(137, secs(5 * MIN)), "Exited (137) 5 minutes ago");
+        assert_eq!(status_exited(-1, secs(60)), "Exited (-1) About a minute ago");
         assert_eq!(status_created(), "Created");
     }
 
@@ -207,14 +186,8 @@ NETWORK ID     NAME      DRIVER    SCOPE
 
     #[test]
     fn table_padding_and_trailing_spaces() {
-        let out = format_table(
-            &["A", "LONGER HEADER", "C"],
-            &[row(&["a-very-long-cell", "x", ""])],
-        );
-        assert_eq!(
-            out,
-            "A                  LONGER HEADER   C\na-very-long-cell   x\n"
-        );
+        let out = format_table(&["A", "LONGER HEADER", "C"], &[row(&["a-very-long-cell", "x", ""])]);
+        assert_eq!(out, "A                  LONGER HEADER   C\na-very-long-cell   x\n");
         for line in out.lines() {
             assert!(!line.ends_with(' '));
         }
@@ -226,18 +199,9 @@ NETWORK ID     NAME      DRIVER    SCOPE
         assert_eq!(format_table(&["ONLY"], &[]), "ONLY\n");
         assert_eq!(format_table(&["ONLY"], &[row(&["value"])]), "ONLY\nvalue\n");
         // Short rows are padded, long rows widen the table.
-        assert_eq!(
-            format_table(&["A", "B"], &[row(&["1"])]),
-            "A         B\n1\n"
-        );
-        assert_eq!(
-            format_table(&["A"], &[row(&["1", "2"])]),
-            "A\n1         2\n"
-        );
+        assert_eq!(format_table(&["A", "B"], &[row(&["1"])]), "A         B\n1\n");
+        assert_eq!(format_table(&["A"], &[row(&["1", "2"])]), "A\n1         2\n");
         // Width counts characters, not bytes.
-        assert_eq!(
-            format_table(&["NAME", "X"], &[row(&["ééééééééééé", "1"])]),
-            "NAME          X\nééééééééééé   1\n"
-        );
+        assert_eq!(format_table(&["NAME", "X"], &[row(&["ééééééééééé", "1"])]), "NAME          X\nééééééééééé   1\n");
     }
 }

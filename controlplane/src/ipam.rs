@@ -21,45 +21,24 @@ pub enum IpamError {
     InvalidGateway { value: String, reason: String },
     #[error("invalid ip-range {value:?}: {reason}")]
     InvalidIpRange { value: String, reason: String },
-    #[error(
-        "gateway {gateway:?} was given without a subnet: a gateway can only be set together with --subnet"
-    )]
+    #[error("gateway {gateway:?} was given without a subnet: a gateway can only be set together with --subnet")]
     GatewayWithoutSubnet { gateway: String },
-    #[error(
-        "ip-range {ip_range:?} was given without a subnet: an ip-range can only be set together with --subnet"
-    )]
+    #[error("ip-range {ip_range:?} was given without a subnet: an ip-range can only be set together with --subnet")]
     IpRangeWithoutSubnet { ip_range: String },
     #[error("subnet {subnet} overlaps with network {network:?} ({existing})")]
-    Overlap {
-        subnet: Ipv4Network,
-        network: String,
-        existing: Ipv4Network,
-    },
+    Overlap { subnet: Ipv4Network, network: String, existing: Ipv4Network },
     #[error("invalid default address pool {base}/{size}: {reason}")]
-    InvalidDefaultPool {
-        base: Ipv4Network,
-        size: u8,
-        reason: String,
-    },
-    #[error(
-        "all predefined address pools have been fully subnetted: no free subnet left for a new network"
-    )]
+    InvalidDefaultPool { base: Ipv4Network, size: u8, reason: String },
+    #[error("all predefined address pools have been fully subnetted: no free subnet left for a new network")]
     PoolsExhausted,
     #[error("address {ip} is not in subnet {subnet}")]
     OutOfSubnet { ip: Ipv4Addr, subnet: Ipv4Network },
     #[error("address {ip} cannot be assigned: it is the {role} of subnet {subnet}")]
-    Reserved {
-        ip: Ipv4Addr,
-        role: ReservedRole,
-        subnet: Ipv4Network,
-    },
+    Reserved { ip: Ipv4Addr, role: ReservedRole, subnet: Ipv4Network },
     #[error("address {ip} is already in use in subnet {subnet}")]
     InUse { ip: Ipv4Addr, subnet: Ipv4Network },
     #[error("no free address left in {}", describe_pool(*.subnet, *.ip_range))]
-    Exhausted {
-        subnet: Ipv4Network,
-        ip_range: Option<Ipv4Network>,
-    },
+    Exhausted { subnet: Ipv4Network, ip_range: Option<Ipv4Network> },
 }
 
 fn describe_pool(subnet: Ipv4Network, ip_range: Option<Ipv4Network>) -> String {
@@ -110,43 +89,19 @@ fn net(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Ipv4Network {
 /// Docker's local-scope defaults: 172.17-31.0.0/16, then 192.168.0.0/16 as /20s.
 pub fn local_default_pools() -> Vec<DefaultPool> {
     vec![
-        DefaultPool {
-            base: net(172, 17, 0, 0, 16),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(172, 18, 0, 0, 16),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(172, 19, 0, 0, 16),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(172, 20, 0, 0, 14),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(172, 24, 0, 0, 14),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(172, 28, 0, 0, 14),
-            size: 16,
-        },
-        DefaultPool {
-            base: net(192, 168, 0, 0, 16),
-            size: 20,
-        },
+        DefaultPool { base: net(172, 17, 0, 0, 16), size: 16 },
+        DefaultPool { base: net(172, 18, 0, 0, 16), size: 16 },
+        DefaultPool { base: net(172, 19, 0, 0, 16), size: 16 },
+        DefaultPool { base: net(172, 20, 0, 0, 14), size: 16 },
+        DefaultPool { base: net(172, 24, 0, 0, 14), size: 16 },
+        DefaultPool { base: net(172, 28, 0, 0, 14), size: 16 },
+        DefaultPool { base: net(192, 168, 0, 0, 16), size: 20 },
     ]
 }
 
 /// Docker's global-scope (overlay) defaults: 10.0.0.0/8 as /24s.
 pub fn overlay_default_pools() -> Vec<DefaultPool> {
-    vec![DefaultPool {
-        base: net(10, 0, 0, 0, 8),
-        size: 24,
-    }]
+    vec![DefaultPool { base: net(10, 0, 0, 0, 8), size: 24 }]
 }
 
 fn first_u32(n: Ipv4Network) -> u32 {
@@ -164,22 +119,16 @@ fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
 /// Parses `a.b.c.d/len` strictly: a prefix is required and the address must be the
 /// network address, because silently masking "172.20.0.1/16" hides typos.
 fn parse_cidr(value: &str) -> Result<Ipv4Network, String> {
-    let (addr, prefix) = value.split_once('/').ok_or_else(|| {
-        "expected CIDR notation such as 172.20.0.0/16 (missing /prefix)".to_string()
-    })?;
-    let addr: Ipv4Addr = addr
-        .parse()
-        .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+    let (addr, prefix) = value
+        .split_once('/')
+        .ok_or_else(|| "expected CIDR notation such as 172.20.0.0/16 (missing /prefix)".to_string())?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
     if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) || prefix.len() > 2 {
-        return Err(format!(
-            "prefix length {prefix:?} is not a number between 0 and 32"
-        ));
+        return Err(format!("prefix length {prefix:?} is not a number between 0 and 32"));
     }
-    let prefix: u8 = prefix
-        .parse()
-        .map_err(|_| format!("prefix length {prefix:?} is not a number between 0 and 32"))?;
-    let n = Ipv4Network::new(addr, prefix)
-        .map_err(|_| format!("prefix length {prefix} is not between 0 and 32"))?;
+    let prefix: u8 =
+        prefix.parse().map_err(|_| format!("prefix length {prefix:?} is not a number between 0 and 32"))?;
+    let n = Ipv4Network::new(addr, prefix).map_err(|_| format!("prefix length {prefix} is not between 0 and 32"))?;
     if n.network() != addr {
         return Err(format!(
             "{addr} is not the network address of a /{prefix} (did you mean {}/{prefix}?)",
@@ -209,27 +158,17 @@ pub fn pool_config(
 ) -> Result<PoolConfig, IpamError> {
     let Some(subnet_str) = subnet else {
         if let Some(g) = gateway {
-            return Err(IpamError::GatewayWithoutSubnet {
-                gateway: g.to_string(),
-            });
+            return Err(IpamError::GatewayWithoutSubnet { gateway: g.to_string() });
         }
         if let Some(r) = ip_range {
-            return Err(IpamError::IpRangeWithoutSubnet {
-                ip_range: r.to_string(),
-            });
+            return Err(IpamError::IpRangeWithoutSubnet { ip_range: r.to_string() });
         }
         let subnet = pick_default_subnet(existing, default_pools)?;
-        return Ok(PoolConfig {
-            subnet,
-            gateway: first_host(subnet),
-            ip_range: None,
-        });
+        return Ok(PoolConfig { subnet, gateway: first_host(subnet), ip_range: None });
     };
 
-    let subnet = parse_cidr(subnet_str).map_err(|reason| IpamError::InvalidSubnet {
-        value: subnet_str.to_string(),
-        reason,
-    })?;
+    let subnet =
+        parse_cidr(subnet_str).map_err(|reason| IpamError::InvalidSubnet { value: subnet_str.to_string(), reason })?;
     if !(MIN_PREFIX..=MAX_PREFIX).contains(&subnet.prefix()) {
         return Err(IpamError::InvalidSubnet {
             value: subnet_str.to_string(),
@@ -243,23 +182,16 @@ pub fn pool_config(
     let gateway = match gateway {
         None => first_host(subnet),
         Some(g) => {
-            let invalid = |reason: String| IpamError::InvalidGateway {
-                value: g.to_string(),
-                reason,
-            };
+            let invalid = |reason: String| IpamError::InvalidGateway { value: g.to_string(), reason };
             let ip = parse_addr(g).map_err(invalid)?;
             if !subnet.contains(ip) {
                 return Err(invalid(format!("not inside subnet {subnet}")));
             }
             if ip == subnet.network() {
-                return Err(invalid(format!(
-                    "it is the network address of subnet {subnet}"
-                )));
+                return Err(invalid(format!("it is the network address of subnet {subnet}")));
             }
             if ip == subnet.broadcast() {
-                return Err(invalid(format!(
-                    "it is the broadcast address of subnet {subnet}"
-                )));
+                return Err(invalid(format!("it is the broadcast address of subnet {subnet}")));
             }
             ip
         }
@@ -268,10 +200,7 @@ pub fn pool_config(
     let ip_range = match ip_range {
         None => None,
         Some(r) => {
-            let invalid = |reason: String| IpamError::InvalidIpRange {
-                value: r.to_string(),
-                reason,
-            };
+            let invalid = |reason: String| IpamError::InvalidIpRange { value: r.to_string(), reason };
             let range = parse_cidr(r).map_err(invalid)?;
             if range.prefix() < subnet.prefix() || !subnet.contains(range.network()) {
                 return Err(invalid(format!("not inside subnet {subnet}")));
@@ -281,28 +210,17 @@ pub fn pool_config(
     };
 
     if let Some((name, other)) = existing.iter().find(|(_, other)| overlaps(subnet, *other)) {
-        return Err(IpamError::Overlap {
-            subnet,
-            network: name.clone(),
-            existing: *other,
-        });
+        return Err(IpamError::Overlap { subnet, network: name.clone(), existing: *other });
     }
 
-    Ok(PoolConfig {
-        subnet,
-        gateway,
-        ip_range,
-    })
+    Ok(PoolConfig { subnet, gateway, ip_range })
 }
 
 fn first_host(subnet: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(first_u32(subnet).saturating_add(1))
 }
 
-fn pick_default_subnet(
-    existing: &[(String, Ipv4Network)],
-    pools: &[DefaultPool],
-) -> Result<Ipv4Network, IpamError> {
+fn pick_default_subnet(existing: &[(String, Ipv4Network)], pools: &[DefaultPool]) -> Result<Ipv4Network, IpamError> {
     for pool in pools {
         if pool.size < pool.base.prefix() || pool.size > 32 {
             return Err(IpamError::InvalidDefaultPool {
@@ -322,16 +240,10 @@ fn pick_default_subnet(
         while cur <= end {
             // `cur` stays within the u32 range because end <= u32::MAX; the size was
             // validated above, so construction cannot fail.
-            let Some(candidate) = Ipv4Network::new_checked(Ipv4Addr::from(cur as u32), pool.size)
-            else {
+            let Some(candidate) = Ipv4Network::new_checked(Ipv4Addr::from(cur as u32), pool.size) else {
                 break;
             };
-            match existing
-                .iter()
-                .map(|(_, n)| *n)
-                .filter(|n| overlaps(candidate, *n))
-                .max_by_key(|n| last_u32(*n))
-            {
+            match existing.iter().map(|(_, n)| *n).filter(|n| overlaps(candidate, *n)).max_by_key(|n| last_u32(*n)) {
                 None => return Ok(candidate),
                 // Skip every candidate covered by the blocking network in one jump;
                 // this keeps /24 carving of a /8 fast even next to large networks.
@@ -355,10 +267,7 @@ pub struct Allocator {
 
 impl Allocator {
     pub fn new(config: PoolConfig) -> Self {
-        Allocator {
-            config,
-            allocated: BTreeSet::new(),
-        }
+        Allocator { config, allocated: BTreeSet::new() }
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -390,10 +299,7 @@ impl Allocator {
                 return Ok(ip);
             }
             if cur == hi {
-                return Err(IpamError::Exhausted {
-                    subnet: self.config.subnet,
-                    ip_range: self.config.ip_range,
-                });
+                return Err(IpamError::Exhausted { subnet: self.config.subnet, ip_range: self.config.ip_range });
             }
             cur += 1;
         }
@@ -444,27 +350,17 @@ mod tests {
     }
 
     fn existing(list: &[(&str, &str)]) -> Vec<(String, Ipv4Network)> {
-        list.iter()
-            .map(|(name, net)| (name.to_string(), n(net)))
-            .collect()
+        list.iter().map(|(name, net)| (name.to_string(), n(net))).collect()
     }
 
     fn cfg(subnet: &str, gateway: Option<&str>, range: Option<&str>) -> PoolConfig {
-        pool_config(Some(subnet), gateway, range, &[], &local_default_pools())
-            .expect("valid config")
+        pool_config(Some(subnet), gateway, range, &[], &local_default_pools()).expect("valid config")
     }
 
     #[test]
     fn explicit_subnet_defaults_gateway_to_first_host() {
         let c = cfg("172.20.0.0/16", None, None);
-        assert_eq!(
-            c,
-            PoolConfig {
-                subnet: n("172.20.0.0/16"),
-                gateway: ip("172.20.0.1"),
-                ip_range: None
-            }
-        );
+        assert_eq!(c, PoolConfig { subnet: n("172.20.0.0/16"), gateway: ip("172.20.0.1"), ip_range: None });
     }
 
     #[test]
@@ -484,11 +380,7 @@ mod tests {
         for bad in ["8.0.0.0/7", "10.0.0.0/31", "10.0.0.0/32", "0.0.0.0/0"] {
             let e = pool_config(Some(bad), None, None, &[], &[]).unwrap_err();
             assert!(matches!(e, IpamError::InvalidSubnet { .. }), "{bad}: {e}");
-            assert!(
-                e.to_string()
-                    .contains("outside the supported range /8 to /30"),
-                "{e}"
-            );
+            assert!(e.to_string().contains("outside the supported range /8 to /30"), "{e}");
             assert!(e.to_string().contains(bad), "{e}");
         }
     }
@@ -547,28 +439,16 @@ mod tests {
         ] {
             let e = pool_config(Some("172.20.0.0/16"), None, Some(r), &[], &[]).unwrap_err();
             assert!(matches!(e, IpamError::InvalidIpRange { .. }), "{r}: {e}");
-            assert!(
-                e.to_string().contains(why) && e.to_string().contains(r),
-                "{r}: {e}"
-            );
+            assert!(e.to_string().contains(why) && e.to_string().contains(r), "{r}: {e}");
         }
     }
 
     #[test]
     fn gateway_or_range_without_subnet() {
         let e = pool_config(None, Some("10.0.0.1"), None, &[], &local_default_pools()).unwrap_err();
-        assert_eq!(
-            e,
-            IpamError::GatewayWithoutSubnet {
-                gateway: "10.0.0.1".into()
-            }
-        );
-        assert!(
-            e.to_string()
-                .contains("\"10.0.0.1\" was given without a subnet")
-        );
-        let e =
-            pool_config(None, None, Some("10.0.0.0/24"), &[], &local_default_pools()).unwrap_err();
+        assert_eq!(e, IpamError::GatewayWithoutSubnet { gateway: "10.0.0.1".into() });
+        assert!(e.to_string().contains("\"10.0.0.1\" was given without a subnet"));
+        let e = pool_config(None, None, Some("10.0.0.0/24"), &[], &local_default_pools()).unwrap_err();
         assert!(matches!(e, IpamError::IpRangeWithoutSubnet { .. }));
         assert!(e.to_string().contains("10.0.0.0/24"));
     }
@@ -577,10 +457,7 @@ mod tests {
     fn overlap_names_the_network() {
         let ex = existing(&[("bridge", "172.17.0.0/16"), ("frontend", "172.18.0.0/16")]);
         let e = pool_config(Some("172.18.0.0/16"), None, None, &ex, &[]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "subnet 172.18.0.0/16 overlaps with network \"frontend\" (172.18.0.0/16)"
-        );
+        assert_eq!(e.to_string(), "subnet 172.18.0.0/16 overlaps with network \"frontend\" (172.18.0.0/16)");
         // Partial overlaps in both directions.
         let e = pool_config(Some("172.18.5.0/24"), None, None, &ex, &[]).unwrap_err();
         assert!(matches!(e, IpamError::Overlap { ref network, .. } if network == "frontend"));
@@ -598,14 +475,7 @@ mod tests {
         assert_eq!(bridge.gateway, ip("172.17.0.1"));
         ex.push(("bridge".into(), bridge.subnet));
         let first = pool_config(None, None, None, &ex, &pools).unwrap();
-        assert_eq!(
-            first,
-            PoolConfig {
-                subnet: n("172.18.0.0/16"),
-                gateway: ip("172.18.0.1"),
-                ip_range: None
-            }
-        );
+        assert_eq!(first, PoolConfig { subnet: n("172.18.0.0/16"), gateway: ip("172.18.0.1"), ip_range: None });
         ex.push(("net1".into(), first.subnet));
         let second = pool_config(None, None, None, &ex, &pools).unwrap();
         assert_eq!(second.subnet, n("172.19.0.0/16"));
@@ -659,58 +529,30 @@ mod tests {
         assert_eq!(c.subnet, n("10.0.0.0/24"));
         assert_eq!(c.gateway, ip("10.0.0.1"));
         let ex = existing(&[("x", "10.0.0.0/24"), ("y", "10.0.1.0/25")]);
-        assert_eq!(
-            pool_config(None, None, None, &ex, &pools).unwrap().subnet,
-            n("10.0.2.0/24")
-        );
+        assert_eq!(pool_config(None, None, None, &ex, &pools).unwrap().subnet, n("10.0.2.0/24"));
         // Near-full /8 is still found quickly thanks to blocker jumps.
-        let ex = existing(&[
-            ("huge", "10.0.0.0/9"),
-            ("h2", "10.128.0.0/10"),
-            ("h3", "10.192.0.0/11"),
-        ]);
-        assert_eq!(
-            pool_config(None, None, None, &ex, &pools).unwrap().subnet,
-            n("10.224.0.0/24")
-        );
+        let ex = existing(&[("huge", "10.0.0.0/9"), ("h2", "10.128.0.0/10"), ("h3", "10.192.0.0/11")]);
+        assert_eq!(pool_config(None, None, None, &ex, &pools).unwrap().subnet, n("10.224.0.0/24"));
         let ex = existing(&[("all", "10.0.0.0/8")]);
-        assert_eq!(
-            pool_config(None, None, None, &ex, &pools).unwrap_err(),
-            IpamError::PoolsExhausted
-        );
+        assert_eq!(pool_config(None, None, None, &ex, &pools).unwrap_err(), IpamError::PoolsExhausted);
     }
 
     #[test]
     fn invalid_default_pool() {
-        let bad = [DefaultPool {
-            base: n("10.0.0.0/16"),
-            size: 8,
-        }];
+        let bad = [DefaultPool { base: n("10.0.0.0/16"), size: 8 }];
         let e = pool_config(None, None, None, &[], &bad).unwrap_err();
         assert!(matches!(e, IpamError::InvalidDefaultPool { .. }));
         assert!(e.to_string().contains("10.0.0.0/16"), "{e}");
-        let bad = [DefaultPool {
-            base: n("10.0.0.0/16"),
-            size: 33,
-        }];
-        assert!(matches!(
-            pool_config(None, None, None, &[], &bad),
-            Err(IpamError::InvalidDefaultPool { .. })
-        ));
-        assert_eq!(
-            pool_config(None, None, None, &[], &[]).unwrap_err(),
-            IpamError::PoolsExhausted
-        );
+        let bad = [DefaultPool { base: n("10.0.0.0/16"), size: 33 }];
+        assert!(matches!(pool_config(None, None, None, &[], &bad), Err(IpamError::InvalidDefaultPool { .. })));
+        assert_eq!(pool_config(None, None, None, &[], &[]).unwrap_err(), IpamError::PoolsExhausted);
     }
 
     #[test]
     fn pool_config_serde_roundtrip() {
         let c = cfg("10.1.0.0/16", None, Some("10.1.2.0/24"));
         let json = serde_json::to_string(&c).unwrap();
-        assert_eq!(
-            json,
-            r#"{"subnet":"10.1.0.0/16","gateway":"10.1.0.1","ip_range":"10.1.2.0/24"}"#
-        );
+        assert_eq!(json, r#"{"subnet":"10.1.0.0/16","gateway":"10.1.0.1","ip_range":"10.1.2.0/24"}"#);
         assert_eq!(serde_json::from_str::<PoolConfig>(&json).unwrap(), c);
     }
 
@@ -724,20 +566,14 @@ mod tests {
         assert_eq!(a.allocate().unwrap(), ip("172.18.0.2"));
         assert_eq!(a.allocate().unwrap(), ip("172.18.0.4"));
         assert!(!a.is_allocated(ip("172.18.0.1")));
-        assert_eq!(
-            a.allocated().collect::<Vec<_>>(),
-            vec![ip("172.18.0.2"), ip("172.18.0.3"), ip("172.18.0.4")]
-        );
+        assert_eq!(a.allocated().collect::<Vec<_>>(), vec![ip("172.18.0.2"), ip("172.18.0.3"), ip("172.18.0.4")]);
     }
 
     #[test]
     fn allocate_with_custom_gateway_uses_first_host() {
         let mut a = Allocator::new(cfg("10.0.0.0/29", Some("10.0.0.6"), None));
         let got: Vec<_> = (0..5).map(|_| a.allocate().unwrap()).collect();
-        assert_eq!(
-            got,
-            ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"].map(ip)
-        );
+        assert_eq!(got, ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5"].map(ip));
         let e = a.allocate().unwrap_err();
         assert_eq!(e.to_string(), "no free address left in subnet 10.0.0.0/29");
     }
@@ -746,22 +582,10 @@ mod tests {
     fn allocate_inside_ip_range() {
         let mut a = Allocator::new(cfg("10.0.0.0/24", None, Some("10.0.0.8/30")));
         let got: Vec<_> = (0..4).map(|_| a.allocate().unwrap()).collect();
-        assert_eq!(
-            got,
-            ["10.0.0.8", "10.0.0.9", "10.0.0.10", "10.0.0.11"].map(ip)
-        );
+        assert_eq!(got, ["10.0.0.8", "10.0.0.9", "10.0.0.10", "10.0.0.11"].map(ip));
         let e = a.allocate().unwrap_err();
-        assert_eq!(
-            e,
-            IpamError::Exhausted {
-                subnet: n("10.0.0.0/24"),
-                ip_range: Some(n("10.0.0.8/30"))
-            }
-        );
-        assert_eq!(
-            e.to_string(),
-            "no free address left in ip-range 10.0.0.8/30 of subnet 10.0.0.0/24"
-        );
+        assert_eq!(e, IpamError::Exhausted { subnet: n("10.0.0.0/24"), ip_range: Some(n("10.0.0.8/30")) });
+        assert_eq!(e.to_string(), "no free address left in ip-range 10.0.0.8/30 of subnet 10.0.0.0/24");
         // Static addresses may still be taken outside the range.
         a.reserve(ip("10.0.0.100")).unwrap();
     }
@@ -794,26 +618,14 @@ mod tests {
         a.reserve(ip("172.18.0.10")).unwrap();
         assert!(a.is_allocated(ip("172.18.0.10")));
         let cases = [
-            (
-                "172.19.0.5",
-                "address 172.19.0.5 is not in subnet 172.18.0.0/16",
-            ),
-            (
-                "172.18.0.0",
-                "address 172.18.0.0 cannot be assigned: it is the network address of subnet 172.18.0.0/16",
-            ),
+            ("172.19.0.5", "address 172.19.0.5 is not in subnet 172.18.0.0/16"),
+            ("172.18.0.0", "address 172.18.0.0 cannot be assigned: it is the network address of subnet 172.18.0.0/16"),
             (
                 "172.18.255.255",
                 "address 172.18.255.255 cannot be assigned: it is the broadcast address of subnet 172.18.0.0/16",
             ),
-            (
-                "172.18.0.1",
-                "address 172.18.0.1 cannot be assigned: it is the gateway of subnet 172.18.0.0/16",
-            ),
-            (
-                "172.18.0.10",
-                "address 172.18.0.10 is already in use in subnet 172.18.0.0/16",
-            ),
+            ("172.18.0.1", "address 172.18.0.1 cannot be assigned: it is the gateway of subnet 172.18.0.0/16"),
+            ("172.18.0.10", "address 172.18.0.10 is already in use in subnet 172.18.0.0/16"),
         ];
         for (addr, msg) in cases {
             assert_eq!(a.reserve(ip(addr)).unwrap_err().to_string(), msg);

@@ -161,7 +161,9 @@ pub struct ContainerState {
 impl ContainerRecord {
     /// Whether load balancers may send it translated flows (published ports, service task).
     pub fn is_backend(&self) -> bool {
-        !self.config.publish.is_empty() || self.config.publish_all || self.config.labels.contains_key("com.netbee.task.id")
+        !self.config.publish.is_empty()
+            || self.config.publish_all
+            || self.config.labels.contains_key("com.netbee.task.id")
     }
 }
 

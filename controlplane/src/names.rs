@@ -213,11 +213,7 @@ pub fn generate_name(taken: &dyn Fn(&str) -> bool) -> String {
         }
     }
     for _ in 0..LONG_SUFFIX_ATTEMPTS {
-        let name = format!(
-            "{}{}",
-            random_base(&mut rng),
-            rng.random_range(10..1_000_000u32)
-        );
+        let name = format!("{}{}", random_base(&mut rng), rng.random_range(10..1_000_000u32));
         if !taken(&name) {
             return name;
         }
@@ -230,16 +226,8 @@ pub fn validate_name(s: &str) -> Result<(), String> {
     let bytes = s.as_bytes();
     let ok = bytes.len() >= 2
         && bytes[0].is_ascii_alphanumeric()
-        && bytes[1..]
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid container name {s:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-        ))
-    }
+        && bytes[1..].iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok { Ok(()) } else { Err(format!("invalid container name {s:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")) }
 }
 
 /// Network names: docker accepts a single character too.
@@ -249,11 +237,7 @@ pub fn validate_network_name(s: &str) -> Result<(), String> {
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
         && b[1..].iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid network name {s:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"))
-    }
+    if ok { Ok(()) } else { Err(format!("invalid network name {s:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")) }
 }
 
 /// 64 lowercase hex characters. As in docker, IDs whose 12-character short form is all
@@ -308,10 +292,7 @@ mod tests {
         for _ in 0..200 {
             let n = generate_name(&|_| false);
             assert!(well_formed(&n), "{n}");
-            assert!(
-                !n.ends_with(|c: char| c.is_ascii_digit()),
-                "first try has no digit: {n}"
-            );
+            assert!(!n.ends_with(|c: char| c.is_ascii_digit()), "first try has no digit: {n}");
             assert_ne!(n, "boring_wozniak");
             assert!(validate_name(&n).is_ok());
         }
@@ -348,32 +329,16 @@ mod tests {
 
     #[test]
     fn validate_accepts_docker_names() {
-        for ok in [
-            "ab",
-            "web",
-            "my-app_1.2",
-            "A1",
-            "0abc",
-            "x-",
-            "a.b",
-            "web_1",
-        ] {
+        for ok in ["ab", "web", "my-app_1.2", "A1", "0abc", "x-", "a.b", "web_1"] {
             assert_eq!(validate_name(ok), Ok(()), "{ok}");
         }
     }
 
     #[test]
     fn validate_rejects_bad_names() {
-        for bad in [
-            "", "a", "_ab", "-ab", ".ab", "a b", "a/b", "/ab", "ab!", "é1", "ab\n",
-        ] {
+        for bad in ["", "a", "_ab", "-ab", ".ab", "a b", "a/b", "/ab", "ab!", "é1", "ab\n"] {
             let e = validate_name(bad).unwrap_err();
-            assert_eq!(
-                e,
-                format!(
-                    "invalid container name {bad:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"
-                )
-            );
+            assert_eq!(e, format!("invalid container name {bad:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed"));
         }
         assert_eq!(
             validate_name("x").unwrap_err(),
@@ -387,11 +352,7 @@ mod tests {
         for _ in 0..100 {
             let id = new_id();
             assert_eq!(id.len(), 64);
-            assert!(
-                id.bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{id}"
-            );
+            assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
             assert!(!short_id(&id).bytes().all(|b| b.is_ascii_digit()));
             assert!(seen.insert(id));
         }

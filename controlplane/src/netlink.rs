@@ -11,9 +11,7 @@ use netlink_packet_route::{
     neighbour::NeighbourState,
     route::RouteScope,
 };
-use rtnetlink::{
-    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
-};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
 
 #[derive(Clone)]
 pub struct Netlink {
@@ -46,10 +44,7 @@ impl Netlink {
     pub fn open() -> Result<Netlink> {
         let (conn, h, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
         tokio::spawn(conn);
-        Ok(Netlink {
-            h,
-            dump_turn: Default::default(),
-        })
+        Ok(Netlink { h, dump_turn: Default::default() })
     }
 
     pub async fn links(&self) -> Result<Vec<LinkInfoLite>> {
@@ -73,9 +68,7 @@ impl Netlink {
     }
 
     pub async fn require_link(&self, name: &str) -> Result<LinkInfoLite> {
-        self.link(name)
-            .await?
-            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+        self.link(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
     /// Creates a veth pair; an existing `host` end (left by an interrupted attempt) is replaced.
@@ -98,13 +91,7 @@ impl Netlink {
         if let Some(l) = self.link(name).await? {
             return Ok(l.index);
         }
-        match self
-            .h
-            .link()
-            .add(LinkBridge::new(name).build())
-            .execute()
-            .await
-        {
+        match self.h.link().add(LinkBridge::new(name).build()).execute().await {
             Ok(()) => {}
             Err(e) if is_exists(&e) => {}
             Err(e) => return Err(e).with_context(|| format!("creating device {name}")),
@@ -120,12 +107,7 @@ impl Netlink {
         if let Some(l) = self.link(name).await? {
             return Ok(l.index);
         }
-        let msg = LinkMessageBuilder::<LinkVxlan>::new(name)
-            .port(port)
-            .collect_metadata(true)
-            .mtu(mtu)
-            .up()
-            .build();
+        let msg = LinkMessageBuilder::<LinkVxlan>::new(name).port(port).collect_metadata(true).mtu(mtu).up().build();
         match self.h.link().add(msg).execute().await {
             Ok(()) => {}
             Err(e) if is_exists(&e) => {}
@@ -152,22 +134,10 @@ impl Netlink {
             .with_context(|| format!("bringing up interface {index}"))
     }
 
-    pub async fn rename_and_set_mac(
-        &self,
-        index: u32,
-        name: &str,
-        mac: [u8; 6],
-        mtu: u32,
-    ) -> Result<()> {
+    pub async fn rename_and_set_mac(&self, index: u32, name: &str, mac: [u8; 6], mtu: u32) -> Result<()> {
         self.h
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(name.to_string())
-                    .address(mac.to_vec())
-                    .mtu(mtu)
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(index).name(name.to_string()).address(mac.to_vec()).mtu(mtu).build())
             .execute()
             .await
             .with_context(|| format!("naming interface {name}"))
@@ -189,13 +159,7 @@ impl Netlink {
     }
 
     pub async fn add_addr(&self, index: u32, ip: Ipv4Addr, prefix: u8) -> Result<()> {
-        match self
-            .h
-            .address()
-            .add(index, IpAddr::V4(ip), prefix)
-            .execute()
-            .await
-        {
+        match self.h.address().add(index, IpAddr::V4(ip), prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("adding address {ip}/{prefix}")),
@@ -232,9 +196,7 @@ impl Netlink {
     }
 
     pub async fn add_default_route(&self, gateway: Ipv4Addr) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(gateway)
-            .build();
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gateway).build();
         match self.h.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_exists(&e) => Ok(()),
@@ -242,12 +204,7 @@ impl Netlink {
         }
     }
 
-    pub async fn add_permanent_neighbour(
-        &self,
-        index: u32,
-        ip: Ipv4Addr,
-        mac: [u8; 6],
-    ) -> Result<()> {
+    pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
         self.h
             .neighbours()
             .add(index, IpAddr::V4(ip))
@@ -261,18 +218,11 @@ impl Netlink {
 }
 
 fn link_info(m: netlink_packet_route::link::LinkMessage) -> LinkInfoLite {
-    let mut l = LinkInfoLite {
-        index: m.header.index,
-        name: String::new(),
-        kind: None,
-        mac: None,
-    };
+    let mut l = LinkInfoLite { index: m.header.index, name: String::new(), kind: None, mac: None };
     for a in m.attributes {
         match a {
             LinkAttribute::IfName(n) => l.name = n,
-            LinkAttribute::Address(a) if a.len() == 6 => {
-                l.mac = Some(a.try_into().unwrap_or_default())
-            }
+            LinkAttribute::Address(a) if a.len() == 6 => l.mac = Some(a.try_into().unwrap_or_default()),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let LinkInfo::Kind(k) = i {
@@ -302,18 +252,12 @@ mod tests {
         std::thread::spawn(|| {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
                 .expect("unshare a network namespace (needs root)");
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async {
                 let nl = Netlink::open().unwrap();
                 // enough interfaces that a dump spans several messages
                 for i in 0..150 {
-                    nl.create_veth(&format!("dmp{i}a"), &format!("dmp{i}b"), 1500)
-                        .await
-                        .unwrap();
+                    nl.create_veth(&format!("dmp{i}a"), &format!("dmp{i}b"), 1500).await.unwrap();
                 }
                 let tasks: Vec<_> = (0..8)
                     .map(|i| {

@@ -24,14 +24,8 @@ pub fn create(path: &Path) -> Result<()> {
     // in the node's namespace.
     std::thread::spawn(move || -> Result<()> {
         unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-        mount(
-            Some("/proc/thread-self/ns/net"),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .with_context(|| format!("bind-mounting the new namespace on {}", target.display()))?;
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting the new namespace on {}", target.display()))?;
         Ok(())
     })
     .join()
@@ -44,8 +38,7 @@ pub fn remove(path: &Path) -> Result<()> {
         return Ok(());
     }
     if is_mounted(path) {
-        umount2(path, MntFlags::MNT_DETACH)
-            .with_context(|| format!("unmounting {}", path.display()))?;
+        umount2(path, MntFlags::MNT_DETACH).with_context(|| format!("unmounting {}", path.display()))?;
     }
     std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
     Ok(())

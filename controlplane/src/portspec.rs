@@ -39,9 +39,7 @@ impl FromStr for Proto {
         match s {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
-            _ => Err(PortSpecError::UnknownProto {
-                proto: s.to_string(),
-            }),
+            _ => Err(PortSpecError::UnknownProto { proto: s.to_string() }),
         }
     }
 }
@@ -53,25 +51,11 @@ pub enum PortSpecError {
     #[error("unknown protocol {proto:?}: expected \"tcp\" or \"udp\"")]
     UnknownProto { proto: String },
     #[error("host port {} is already in use", host_addr(*.host_ip, *.port, *.proto))]
-    InUse {
-        host_ip: Option<Ipv4Addr>,
-        port: u16,
-        proto: Proto,
-    },
+    InUse { host_ip: Option<Ipv4Addr>, port: u16, proto: Proto },
     #[error("no free host port in range {}", host_range(*.host_ip, *.lo, *.hi, *.proto))]
-    RangeExhausted {
-        host_ip: Option<Ipv4Addr>,
-        lo: u16,
-        hi: u16,
-        proto: Proto,
-    },
+    RangeExhausted { host_ip: Option<Ipv4Addr>, lo: u16, hi: u16, proto: Proto },
     #[error("no free host port in the ephemeral range {}", host_range(*.host_ip, *.lo, *.hi, *.proto))]
-    EphemeralExhausted {
-        host_ip: Option<Ipv4Addr>,
-        lo: u16,
-        hi: u16,
-        proto: Proto,
-    },
+    EphemeralExhausted { host_ip: Option<Ipv4Addr>, lo: u16, hi: u16, proto: Proto },
     #[error("invalid ephemeral port range {lo}-{hi}: {reason}")]
     InvalidEphemeral { lo: u16, hi: u16, reason: String },
 }
@@ -113,9 +97,7 @@ fn parse_port(s: &str, what: &str) -> Result<u16, String> {
     match n {
         0 => Err(format!("{what} 0 is not allowed (valid ports are 1-65535)")),
         1..=65535 => Ok(n as u16),
-        _ => Err(format!(
-            "{what} {s} is out of range (valid ports are 1-65535)"
-        )),
+        _ => Err(format!("{what} {s} is out of range (valid ports are 1-65535)")),
     }
 }
 
@@ -162,10 +144,7 @@ fn parse_host_ip(s: &str) -> Result<Ipv4Addr, String> {
     if let Ok(ip) = s.parse::<Ipv4Addr>() {
         return Ok(ip);
     }
-    let unbracketed = s
-        .strip_prefix('[')
-        .and_then(|x| x.strip_suffix(']'))
-        .unwrap_or(s);
+    let unbracketed = s.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(s);
     if unbracketed.parse::<Ipv6Addr>().is_ok() {
         return Err(IPV6_UNSUPPORTED.to_string());
     }
@@ -174,10 +153,7 @@ fn parse_host_ip(s: &str) -> Result<Ipv4Addr, String> {
 
 /// Parses one `-p` value. A container port range yields one spec per port.
 pub fn parse_publish(s: &str) -> Result<Vec<PortSpec>, PortSpecError> {
-    parse_publish_inner(s).map_err(|reason| PortSpecError::Invalid {
-        spec: s.to_string(),
-        reason,
-    })
+    parse_publish_inner(s).map_err(|reason| PortSpecError::Invalid { spec: s.to_string(), reason })
 }
 
 fn parse_publish_inner(s: &str) -> Result<Vec<PortSpec>, String> {
@@ -220,12 +196,7 @@ fn parse_publish_inner(s: &str) -> Result<Vec<PortSpec>, String> {
     let host = host.map(|h| parse_range(h, "host port")).transpose()?;
 
     let container_len = u32::from(chi - clo);
-    let spec = |host_ports, container_port| PortSpec {
-        host_ip,
-        host_ports,
-        container_port,
-        proto,
-    };
+    let spec = |host_ports, container_port| PortSpec { host_ip, host_ports, container_port, proto };
     match host {
         // Host range with a single container port: pick any free port from the range.
         Some((hlo, hhi)) if clo == chi => Ok(vec![spec(Some((hlo, hhi)), clo)]),
@@ -233,19 +204,12 @@ fn parse_publish_inner(s: &str) -> Result<Vec<PortSpec>, String> {
             if u32::from(hhi - hlo) != container_len {
                 return Err(format!(
                     "host ports {} and container ports {clo}-{chi} differ in length ({} vs {})",
-                    if hlo == hhi {
-                        hlo.to_string()
-                    } else {
-                        format!("{hlo}-{hhi}")
-                    },
+                    if hlo == hhi { hlo.to_string() } else { format!("{hlo}-{hhi}") },
                     u32::from(hhi - hlo) + 1,
                     container_len + 1
                 ));
             }
-            Ok((clo..=chi)
-                .zip(hlo..=hhi)
-                .map(|(c, h)| spec(Some((h, h)), c))
-                .collect())
+            Ok((clo..=chi).zip(hlo..=hhi).map(|(c, h)| spec(Some((h, h)), c)).collect())
         }
         None => Ok((clo..=chi).map(|c| spec(None, c)).collect()),
     }
@@ -264,10 +228,7 @@ pub fn parse_expose(s: &str) -> Result<Vec<(u16, Proto)>, PortSpecError> {
         let (lo, hi) = parse_range(body, "port")?;
         Ok((lo..=hi).map(|p| (p, proto)).collect())
     };
-    inner().map_err(|reason| PortSpecError::Invalid {
-        spec: s.to_string(),
-        reason,
-    })
+    inner().map_err(|reason| PortSpecError::Invalid { spec: s.to_string(), reason })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -281,11 +242,7 @@ pub struct PortBinding {
 
 impl fmt::Display for PortBinding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}->{}/{}",
-            self.host_ip, self.host_port, self.container_port, self.proto
-        )
+        write!(f, "{}:{}->{}/{}", self.host_ip, self.host_port, self.container_port, self.proto)
     }
 }
 
@@ -302,51 +259,24 @@ pub fn format_ports(bindings: &[PortBinding], exposed_unpublished: &[(u16, Proto
     }
     let mut entries: Vec<Entry> = bindings
         .iter()
-        .map(|b| Entry {
-            ip: b.host_ip.to_string(),
-            public: b.host_port,
-            private: b.container_port,
-            proto: b.proto,
-        })
+        .map(|b| Entry { ip: b.host_ip.to_string(), public: b.host_port, private: b.container_port, proto: b.proto })
         .collect();
     for &(port, proto) in exposed_unpublished {
         // Docker never lists a published port a second time as merely exposed.
-        let published = bindings
-            .iter()
-            .any(|b| b.container_port == port && b.proto == proto);
-        let duplicate = entries
-            .iter()
-            .any(|e| e.ip.is_empty() && e.private == port && e.proto == proto);
+        let published = bindings.iter().any(|b| b.container_port == port && b.proto == proto);
+        let duplicate = entries.iter().any(|e| e.ip.is_empty() && e.private == port && e.proto == proto);
         if !published && !duplicate {
-            entries.push(Entry {
-                ip: String::new(),
-                public: 0,
-                private: port,
-                proto,
-            });
+            entries.push(Entry { ip: String::new(), public: 0, private: port, proto });
         }
     }
     // Docker compares IPs as strings; do the same so the order matches byte for byte.
     entries.sort_by(|a, b| {
-        (a.private, &a.ip, a.public, a.proto.as_str()).cmp(&(
-            b.private,
-            &b.ip,
-            b.public,
-            b.proto.as_str(),
-        ))
+        (a.private, &a.ip, a.public, a.proto.as_str()).cmp(&(b.private, &b.ip, b.public, b.proto.as_str()))
     });
 
     let form_group = |ip: &str, proto: Proto, first: u16, last: u16| {
-        let ports = if first == last {
-            first.to_string()
-        } else {
-            format!("{first}-{last}")
-        };
-        if ip.is_empty() {
-            format!("{ports}/{proto}")
-        } else {
-            format!("{ip}:{ports}->{ports}/{proto}")
-        }
+        let ports = if first == last { first.to_string() } else { format!("{first}-{last}") };
+        if ip.is_empty() { format!("{ports}/{proto}") } else { format!("{ip}:{ports}->{ports}/{proto}") }
     };
 
     let mut result = Vec::new();
@@ -411,21 +341,12 @@ fn choose_host_port_with_offset(
             if free(p) {
                 Ok(p)
             } else {
-                Err(PortSpecError::InUse {
-                    host_ip: spec.host_ip,
-                    port: p,
-                    proto,
-                })
+                Err(PortSpecError::InUse { host_ip: spec.host_ip, port: p, proto })
             }
         }
-        Some((lo, hi)) => (lo..=hi)
-            .find(|&p| free(p))
-            .ok_or(PortSpecError::RangeExhausted {
-                host_ip: spec.host_ip,
-                lo,
-                hi,
-                proto,
-            }),
+        Some((lo, hi)) => {
+            (lo..=hi).find(|&p| free(p)).ok_or(PortSpecError::RangeExhausted { host_ip: spec.host_ip, lo, hi, proto })
+        }
         None => {
             let (lo, hi) = ephemeral;
             if lo == 0 || lo > hi {
@@ -442,12 +363,7 @@ fn choose_host_port_with_offset(
             (0..len)
                 .map(|i| lo + ((start + i) % len) as u16)
                 .find(|&p| free(p))
-                .ok_or(PortSpecError::EphemeralExhausted {
-                    host_ip: spec.host_ip,
-                    lo,
-                    hi,
-                    proto,
-                })
+                .ok_or(PortSpecError::EphemeralExhausted { host_ip: spec.host_ip, lo, hi, proto })
         }
     }
 }
@@ -458,18 +374,8 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashSet;
 
-    fn spec(
-        host_ip: Option<&str>,
-        host_ports: Option<(u16, u16)>,
-        container_port: u16,
-        proto: Proto,
-    ) -> PortSpec {
-        PortSpec {
-            host_ip: host_ip.map(|s| s.parse().unwrap()),
-            host_ports,
-            container_port,
-            proto,
-        }
+    fn spec(host_ip: Option<&str>, host_ports: Option<(u16, u16)>, container_port: u16, proto: Proto) -> PortSpec {
+        PortSpec { host_ip: host_ip.map(|s| s.parse().unwrap()), host_ports, container_port, proto }
     }
 
     fn one(s: &str) -> PortSpec {
@@ -483,10 +389,7 @@ mod tests {
             Ok(v) => panic!("{s:?} unexpectedly parsed: {v:?}"),
             Err(e) => {
                 let msg = e.to_string();
-                assert!(
-                    msg.starts_with(&format!("invalid port specification {s:?}: ")),
-                    "{msg}"
-                );
+                assert!(msg.starts_with(&format!("invalid port specification {s:?}: ")), "{msg}");
                 msg
             }
         }
@@ -498,58 +401,25 @@ mod tests {
         assert_eq!("udp".parse::<Proto>().unwrap(), Proto::Udp);
         assert_eq!(Proto::Udp.to_string(), "udp");
         assert_eq!(serde_json::to_string(&Proto::Tcp).unwrap(), "\"tcp\"");
-        assert_eq!(
-            serde_json::from_str::<Proto>("\"udp\"").unwrap(),
-            Proto::Udp
-        );
+        assert_eq!(serde_json::from_str::<Proto>("\"udp\"").unwrap(), Proto::Udp);
         let e = "sctp".parse::<Proto>().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "unknown protocol \"sctp\": expected \"tcp\" or \"udp\""
-        );
+        assert_eq!(e.to_string(), "unknown protocol \"sctp\": expected \"tcp\" or \"udp\"");
         assert!("TCP".parse::<Proto>().is_err());
     }
 
     #[test]
     fn publish_forms() {
         assert_eq!(one("80"), spec(None, None, 80, Proto::Tcp));
-        assert_eq!(
-            one("8080:80"),
-            spec(None, Some((8080, 8080)), 80, Proto::Tcp)
-        );
-        assert_eq!(
-            one("8000-8010:80"),
-            spec(None, Some((8000, 8010)), 80, Proto::Tcp)
-        );
-        assert_eq!(
-            one("127.0.0.1:8080:80"),
-            spec(Some("127.0.0.1"), Some((8080, 8080)), 80, Proto::Tcp)
-        );
-        assert_eq!(
-            one("127.0.0.1::80"),
-            spec(Some("127.0.0.1"), None, 80, Proto::Tcp)
-        );
-        assert_eq!(
-            one("0.0.0.0:9000-9100:80"),
-            spec(Some("0.0.0.0"), Some((9000, 9100)), 80, Proto::Tcp)
-        );
+        assert_eq!(one("8080:80"), spec(None, Some((8080, 8080)), 80, Proto::Tcp));
+        assert_eq!(one("8000-8010:80"), spec(None, Some((8000, 8010)), 80, Proto::Tcp));
+        assert_eq!(one("127.0.0.1:8080:80"), spec(Some("127.0.0.1"), Some((8080, 8080)), 80, Proto::Tcp));
+        assert_eq!(one("127.0.0.1::80"), spec(Some("127.0.0.1"), None, 80, Proto::Tcp));
+        assert_eq!(one("0.0.0.0:9000-9100:80"), spec(Some("0.0.0.0"), Some((9000, 9100)), 80, Proto::Tcp));
         assert_eq!(one("53/udp"), spec(None, None, 53, Proto::Udp));
-        assert_eq!(
-            one("5353:53/udp"),
-            spec(None, Some((5353, 5353)), 53, Proto::Udp)
-        );
-        assert_eq!(
-            one("10.0.0.1::53/udp"),
-            spec(Some("10.0.0.1"), None, 53, Proto::Udp)
-        );
-        assert_eq!(
-            one("8080:80/tcp"),
-            spec(None, Some((8080, 8080)), 80, Proto::Tcp)
-        );
-        assert_eq!(
-            one("65535:1"),
-            spec(None, Some((65535, 65535)), 1, Proto::Tcp)
-        );
+        assert_eq!(one("5353:53/udp"), spec(None, Some((5353, 5353)), 53, Proto::Udp));
+        assert_eq!(one("10.0.0.1::53/udp"), spec(Some("10.0.0.1"), None, 53, Proto::Udp));
+        assert_eq!(one("8080:80/tcp"), spec(None, Some((8080, 8080)), 80, Proto::Tcp));
+        assert_eq!(one("65535:1"), spec(None, Some((65535, 65535)), 1, Proto::Tcp));
         assert_eq!(one("080"), spec(None, None, 80, Proto::Tcp));
         // A one-port "range" is just that port.
         assert_eq!(one("80-80"), spec(None, None, 80, Proto::Tcp));
@@ -567,26 +437,14 @@ mod tests {
             ]
         );
         let v = parse_publish("7000-7001").unwrap();
-        assert_eq!(
-            v,
-            vec![
-                spec(None, None, 7000, Proto::Tcp),
-                spec(None, None, 7001, Proto::Tcp)
-            ]
-        );
+        assert_eq!(v, vec![spec(None, None, 7000, Proto::Tcp), spec(None, None, 7001, Proto::Tcp)]);
         let v = parse_publish("127.0.0.1::5000-5001").unwrap();
         assert_eq!(
             v,
-            vec![
-                spec(Some("127.0.0.1"), None, 5000, Proto::Tcp),
-                spec(Some("127.0.0.1"), None, 5001, Proto::Tcp)
-            ]
+            vec![spec(Some("127.0.0.1"), None, 5000, Proto::Tcp), spec(Some("127.0.0.1"), None, 5001, Proto::Tcp)]
         );
         let v = parse_publish("1.2.3.4:100-101:200-201").unwrap();
-        assert_eq!(
-            v[1],
-            spec(Some("1.2.3.4"), Some((101, 101)), 201, Proto::Tcp)
-        );
+        assert_eq!(v[1], spec(Some("1.2.3.4"), Some((101, 101)), 201, Proto::Tcp));
         assert_eq!(parse_publish("1-65535").unwrap().len(), 65535);
     }
 
@@ -620,32 +478,16 @@ mod tests {
     #[test]
     fn publish_reversed_ranges() {
         let m = err("90-80");
-        assert!(
-            m.contains("container port range 90-80 is reversed (90 > 80)"),
-            "{m}"
-        );
+        assert!(m.contains("container port range 90-80 is reversed (90 > 80)"), "{m}");
         assert!(err("9000-8000:80").contains("host port range 9000-8000 is reversed"));
     }
 
     #[test]
     fn publish_ip_errors() {
-        assert!(
-            err("300.1.1.1:80:80").contains("host IP \"300.1.1.1\" is not a valid IPv4 address")
-        );
-        assert!(
-            err("localhost:80:80").contains("host IP \"localhost\" is not a valid IPv4 address")
-        );
-        for v6 in [
-            "[::1]:80:80",
-            "[::]::80",
-            "::1:8080:80",
-            "fe80::1:80:80/udp",
-            "[fe80::1]:80:80",
-        ] {
-            assert!(
-                err(v6).contains("IPv6 host addresses are not supported"),
-                "{v6}"
-            );
+        assert!(err("300.1.1.1:80:80").contains("host IP \"300.1.1.1\" is not a valid IPv4 address"));
+        assert!(err("localhost:80:80").contains("host IP \"localhost\" is not a valid IPv4 address"));
+        for v6 in ["[::1]:80:80", "[::]::80", "::1:8080:80", "fe80::1:80:80/udp", "[fe80::1]:80:80"] {
+            assert!(err(v6).contains("IPv6 host addresses are not supported"), "{v6}");
         }
         assert!(err("[::1:80:80").contains("unterminated '['"));
         assert!(err("[nope]:80:80").contains("is not a valid IPv4 address"));
@@ -661,15 +503,9 @@ mod tests {
     #[test]
     fn publish_range_length_mismatch() {
         let m = err("8000-8001:80-82");
-        assert!(
-            m.contains("host ports 8000-8001 and container ports 80-82 differ in length (2 vs 3)"),
-            "{m}"
-        );
+        assert!(m.contains("host ports 8000-8001 and container ports 80-82 differ in length (2 vs 3)"), "{m}");
         let m = err("8000:80-82");
-        assert!(
-            m.contains("host ports 8000 and container ports 80-82 differ in length (1 vs 3)"),
-            "{m}"
-        );
+        assert!(m.contains("host ports 8000 and container ports 80-82 differ in length (1 vs 3)"), "{m}");
     }
 
     #[test]
@@ -698,69 +534,38 @@ mod tests {
             ("80/", "empty protocol"),
         ] {
             let e = parse_expose(bad).unwrap_err().to_string();
-            assert!(
-                e.starts_with(&format!("invalid port specification {bad:?}: ")) && e.contains(why),
-                "{bad}: {e}"
-            );
+            assert!(e.starts_with(&format!("invalid port specification {bad:?}: ")) && e.contains(why), "{bad}: {e}");
         }
     }
 
     fn b(ip: &str, host: u16, container: u16, proto: Proto) -> PortBinding {
-        PortBinding {
-            host_ip: ip.parse().unwrap(),
-            host_port: host,
-            container_port: container,
-            proto,
-        }
+        PortBinding { host_ip: ip.parse().unwrap(), host_port: host, container_port: container, proto }
     }
 
     #[test]
     fn binding_display() {
-        assert_eq!(
-            b("0.0.0.0", 8080, 80, Proto::Tcp).to_string(),
-            "0.0.0.0:8080->80/tcp"
-        );
-        assert_eq!(
-            b("127.0.0.1", 5353, 53, Proto::Udp).to_string(),
-            "127.0.0.1:5353->53/udp"
-        );
+        assert_eq!(b("0.0.0.0", 8080, 80, Proto::Tcp).to_string(), "0.0.0.0:8080->80/tcp");
+        assert_eq!(b("127.0.0.1", 5353, 53, Proto::Udp).to_string(), "127.0.0.1:5353->53/udp");
     }
 
     #[test]
     fn ports_column() {
         assert_eq!(format_ports(&[], &[]), "");
-        assert_eq!(
-            format_ports(&[b("0.0.0.0", 8080, 80, Proto::Tcp)], &[]),
-            "0.0.0.0:8080->80/tcp"
-        );
+        assert_eq!(format_ports(&[b("0.0.0.0", 8080, 80, Proto::Tcp)], &[]), "0.0.0.0:8080->80/tcp");
         // Docker lists same-port groups before remapped host ports.
         assert_eq!(
             format_ports(&[b("0.0.0.0", 8080, 80, Proto::Tcp)], &[(53, Proto::Udp)]),
             "53/udp, 0.0.0.0:8080->80/tcp"
         );
-        assert_eq!(
-            format_ports(&[b("0.0.0.0", 80, 80, Proto::Tcp)], &[]),
-            "0.0.0.0:80->80/tcp"
-        );
-        assert_eq!(
-            format_ports(&[], &[(80, Proto::Tcp), (443, Proto::Tcp)]),
-            "80/tcp, 443/tcp"
-        );
-        assert_eq!(
-            format_ports(&[], &[(80, Proto::Tcp), (80, Proto::Udp)]),
-            "80/tcp, 80/udp"
-        );
+        assert_eq!(format_ports(&[b("0.0.0.0", 80, 80, Proto::Tcp)], &[]), "0.0.0.0:80->80/tcp");
+        assert_eq!(format_ports(&[], &[(80, Proto::Tcp), (443, Proto::Tcp)]), "80/tcp, 443/tcp");
+        assert_eq!(format_ports(&[], &[(80, Proto::Tcp), (80, Proto::Udp)]), "80/tcp, 80/udp");
     }
 
     #[test]
     fn ports_column_groups_runs_like_docker() {
-        let binds: Vec<_> = (8000..=8002)
-            .map(|p| b("0.0.0.0", p, p, Proto::Tcp))
-            .collect();
-        assert_eq!(
-            format_ports(&binds, &[]),
-            "0.0.0.0:8000-8002->8000-8002/tcp"
-        );
+        let binds: Vec<_> = (8000..=8002).map(|p| b("0.0.0.0", p, p, Proto::Tcp)).collect();
+        assert_eq!(format_ports(&binds, &[]), "0.0.0.0:8000-8002->8000-8002/tcp");
         let exposed = [(53, Proto::Udp), (54, Proto::Udp), (56, Proto::Udp)];
         // A gap flushes the earlier run at once; the open run comes at the end.
         assert_eq!(format_ports(&[], &exposed), "53-54/udp, 56/udp");
@@ -779,10 +584,7 @@ mod tests {
     fn ports_column_skips_published_and_duplicate_exposed() {
         let binds = [b("0.0.0.0", 8080, 80, Proto::Tcp)];
         assert_eq!(
-            format_ports(
-                &binds,
-                &[(80, Proto::Tcp), (81, Proto::Tcp), (81, Proto::Tcp)]
-            ),
+            format_ports(&binds, &[(80, Proto::Tcp), (81, Proto::Tcp), (81, Proto::Tcp)]),
             "81/tcp, 0.0.0.0:8080->80/tcp"
         );
     }
@@ -794,18 +596,12 @@ mod tests {
     #[test]
     fn choose_single_port() {
         let s = spec(None, Some((8080, 8080)), 80, Proto::Tcp);
-        assert_eq!(
-            choose_host_port(&s, &taken(&[(8080, Proto::Udp)]), DEFAULT_EPHEMERAL),
-            Ok(8080)
-        );
+        assert_eq!(choose_host_port(&s, &taken(&[(8080, Proto::Udp)]), DEFAULT_EPHEMERAL), Ok(8080));
         let e = choose_host_port(&s, &taken(&[(8080, Proto::Tcp)]), DEFAULT_EPHEMERAL).unwrap_err();
         assert_eq!(e.to_string(), "host port 8080/tcp is already in use");
         let s = spec(Some("127.0.0.1"), Some((8080, 8080)), 80, Proto::Udp);
         let e = choose_host_port(&s, &taken(&[(8080, Proto::Udp)]), DEFAULT_EPHEMERAL).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "host port 127.0.0.1:8080/udp is already in use"
-        );
+        assert_eq!(e.to_string(), "host port 127.0.0.1:8080/udp is already in use");
     }
 
     #[test]
@@ -815,40 +611,20 @@ mod tests {
             seen.borrow_mut().push((ip, p, pr));
             false
         };
-        choose_host_port(
-            &spec(None, Some((1, 1)), 1, Proto::Tcp),
-            &check,
-            DEFAULT_EPHEMERAL,
-        )
-        .unwrap();
-        choose_host_port(
-            &spec(Some("10.0.0.1"), Some((2, 2)), 1, Proto::Udp),
-            &check,
-            DEFAULT_EPHEMERAL,
-        )
-        .unwrap();
+        choose_host_port(&spec(None, Some((1, 1)), 1, Proto::Tcp), &check, DEFAULT_EPHEMERAL).unwrap();
+        choose_host_port(&spec(Some("10.0.0.1"), Some((2, 2)), 1, Proto::Udp), &check, DEFAULT_EPHEMERAL).unwrap();
         assert_eq!(
             *seen.borrow(),
-            vec![
-                (Ipv4Addr::UNSPECIFIED, 1, Proto::Tcp),
-                ("10.0.0.1".parse().unwrap(), 2, Proto::Udp)
-            ]
+            vec![(Ipv4Addr::UNSPECIFIED, 1, Proto::Tcp), ("10.0.0.1".parse().unwrap(), 2, Proto::Udp)]
         );
     }
 
     #[test]
     fn choose_from_range() {
         let s = spec(None, Some((8000, 8002)), 80, Proto::Tcp);
+        assert_eq!(choose_host_port(&s, &taken(&[]), DEFAULT_EPHEMERAL), Ok(8000));
         assert_eq!(
-            choose_host_port(&s, &taken(&[]), DEFAULT_EPHEMERAL),
-            Ok(8000)
-        );
-        assert_eq!(
-            choose_host_port(
-                &s,
-                &taken(&[(8000, Proto::Tcp), (8001, Proto::Tcp)]),
-                DEFAULT_EPHEMERAL
-            ),
+            choose_host_port(&s, &taken(&[(8000, Proto::Tcp), (8001, Proto::Tcp)]), DEFAULT_EPHEMERAL),
             Ok(8002)
         );
         let all = [(8000, Proto::Tcp), (8001, Proto::Tcp), (8002, Proto::Tcp)];
@@ -860,10 +636,7 @@ mod tests {
     fn choose_rejects_hand_built_bad_ranges() {
         for hp in [(0, 0), (10, 5), (0, 10)] {
             let s = spec(None, Some(hp), 80, Proto::Tcp);
-            assert!(matches!(
-                choose_host_port(&s, &taken(&[]), DEFAULT_EPHEMERAL),
-                Err(PortSpecError::Invalid { .. })
-            ));
+            assert!(matches!(choose_host_port(&s, &taken(&[]), DEFAULT_EPHEMERAL), Err(PortSpecError::Invalid { .. })));
         }
     }
 
@@ -871,42 +644,16 @@ mod tests {
     fn choose_ephemeral_wraps_and_exhausts() {
         let s = spec(None, None, 80, Proto::Tcp);
         let eph = (100, 104);
-        assert_eq!(
-            choose_host_port_with_offset(&s, &taken(&[]), eph, 3),
-            Ok(103)
-        );
-        assert_eq!(
-            choose_host_port_with_offset(
-                &s,
-                &taken(&[(103, Proto::Tcp), (104, Proto::Tcp)]),
-                eph,
-                3
-            ),
-            Ok(100)
-        );
-        assert_eq!(
-            choose_host_port_with_offset(&s, &taken(&[]), eph, 7),
-            Ok(102)
-        );
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[]), eph, 3), Ok(103));
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[(103, Proto::Tcp), (104, Proto::Tcp)]), eph, 3), Ok(100));
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[]), eph, 7), Ok(102));
         let all: Vec<_> = (100..=104).map(|p| (p, Proto::Tcp)).collect();
         let e = choose_host_port_with_offset(&s, &taken(&all), eph, 0).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "no free host port in the ephemeral range 100-104/tcp"
-        );
+        assert_eq!(e.to_string(), "no free host port in the ephemeral range 100-104/tcp");
         // Full 1-65535 range must not overflow.
-        assert_eq!(
-            choose_host_port_with_offset(&s, &taken(&[]), (1, 65535), u32::MAX),
-            Ok(1)
-        );
-        assert_eq!(
-            choose_host_port_with_offset(&s, &taken(&[]), (1, 65535), 65534),
-            Ok(65535)
-        );
-        assert_eq!(
-            choose_host_port_with_offset(&s, &taken(&[]), (65535, 65535), 12345),
-            Ok(65535)
-        );
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[]), (1, 65535), u32::MAX), Ok(1));
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[]), (1, 65535), 65534), Ok(65535));
+        assert_eq!(choose_host_port_with_offset(&s, &taken(&[]), (65535, 65535), 12345), Ok(65535));
     }
 
     #[test]
@@ -927,10 +674,7 @@ mod tests {
         for eph in [(0, 10), (20, 10)] {
             let e = choose_host_port(&s, &taken(&[]), eph).unwrap_err();
             assert!(matches!(e, PortSpecError::InvalidEphemeral { .. }));
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("invalid ephemeral port range {}-{}", eph.0, eph.1))
-            );
+            assert!(e.to_string().starts_with(&format!("invalid ephemeral port range {}-{}", eph.0, eph.1)));
         }
     }
 

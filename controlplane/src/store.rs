@@ -50,7 +50,12 @@ type CacheKey = (&'static str, String, TypeId);
 type Decoded = (Arc<[u8]>, Arc<dyn Any + Send + Sync>);
 
 impl DecodedCache {
-    fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table, key: &str, bytes: &[u8]) -> Result<T> {
+    fn decode<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+        bytes: &[u8],
+    ) -> Result<T> {
         let id = (table.1, key.to_string(), TypeId::of::<T>());
         if let Some((b, v)) = self.0.lock().expect("store cache").get(&id)
             && **b == *bytes
@@ -70,8 +75,7 @@ impl DecodedCache {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path)
-            .with_context(|| format!("opening the state database {}", path.display()))?;
+        let db = Database::create(path).with_context(|| format!("opening the state database {}", path.display()))?;
         let tx = db.begin_write()?;
         for t in [NETWORKS, CONTAINERS, META, OVERLAYS, SERVICES, TASKS] {
             tx.open_table(t.0)?;
@@ -80,7 +84,11 @@ impl Store {
         Ok(Store { db, decoded: DecodedCache::default() })
     }
 
-    pub fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table, key: &str) -> Result<Option<T>> {
+    pub fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        table: Table,
+        key: &str,
+    ) -> Result<Option<T>> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(table.0)?;
         match t.get(key)? {

@@ -8,10 +8,7 @@ use axum::{Router, extract::ConnectInfo, http::HeaderMap, routing::get};
 
 fn local_ips() -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = nix::ifaddrs::getifaddrs()
-        .map(|it| {
-            it.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v| IpAddr::V4(v.ip()))))
-                .collect()
-        })
+        .map(|it| it.filter_map(|a| a.address.and_then(|s| s.as_sockaddr_in().map(|v| IpAddr::V4(v.ip())))).collect())
         .unwrap_or_default();
     ips.sort();
     ips.dedup();
@@ -29,7 +26,8 @@ pub fn describe(remote: SocketAddr) -> String {
 }
 
 pub async fn run(port: u16) -> Result<()> {
-    let udp = tokio::net::UdpSocket::bind(("0.0.0.0", port)).await.with_context(|| format!("binding UDP port {port}"))?;
+    let udp =
+        tokio::net::UdpSocket::bind(("0.0.0.0", port)).await.with_context(|| format!("binding UDP port {port}"))?;
     tokio::spawn(async move {
         let mut buf = [0u8; 2048];
         loop {
@@ -39,15 +37,16 @@ pub async fn run(port: u16) -> Result<()> {
             }
         }
     });
-    let app = Router::new().fallback(get(|ConnectInfo(remote): ConnectInfo<SocketAddr>, headers: HeaderMap| async move {
-        // one line per request: tests read the log to see who reached this server
-        println!("http from {remote}");
-        let mut body = describe(remote);
-        if let Some(h) = headers.get("host").and_then(|h| h.to_str().ok()) {
-            body.push_str(&format!("Host: {h}\n"));
-        }
-        body
-    }));
+    let app =
+        Router::new().fallback(get(|ConnectInfo(remote): ConnectInfo<SocketAddr>, headers: HeaderMap| async move {
+            // one line per request: tests read the log to see who reached this server
+            println!("http from {remote}");
+            let mut body = describe(remote);
+            if let Some(h) = headers.get("host").and_then(|h| h.to_str().ok()) {
+                body.push_str(&format!("Host: {h}\n"));
+            }
+            body
+        }));
     let listener =
         tokio::net::TcpListener::bind(("0.0.0.0", port)).await.with_context(|| format!("binding TCP port {port}"))?;
     eprintln!("whoami listening on :{port} (tcp+udp)");

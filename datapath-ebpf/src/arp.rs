@@ -50,8 +50,7 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, ifindex: u32) -> i32 {
     let Ok(addrs) = ctx.load::<ArpAddrs>(ETH_HLEN + 8) else {
         return drop(drop_reason::MALFORMED);
     };
-    if hdr.htype != 1u16.to_be() || hdr.ptype != 0x0800u16.to_be() || hdr.hlen != 6 || hdr.plen != 4
-    {
+    if hdr.htype != 1u16.to_be() || hdr.ptype != 0x0800u16.to_be() || hdr.hlen != 6 || hdr.plen != 4 {
         return drop(drop_reason::MALFORMED);
     }
     let (sha, spa, tpa) = (addrs.sha, addrs.spa, addrs.tpa);

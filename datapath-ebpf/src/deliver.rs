@@ -10,10 +10,7 @@ use aya_ebpf::{
         BPF_F_ZERO_CSUM_TX, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_REDIRECT,
         TC_ACT_SHOT, bpf_fib_lookup as FibParams, bpf_redir_neigh, bpf_tunnel_key,
     },
-    helpers::{
-        bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer,
-        bpf_skb_set_tunnel_key,
-    },
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_set_tunnel_key},
     programs::TcContext,
 };
 use netbee_abi::{Endpoint, MacKey, config, drop_reason, stat};
@@ -34,11 +31,7 @@ pub fn drop(reason: u32) -> i32 {
 
 #[inline(always)]
 fn redirected(ret: i64) -> i32 {
-    if ret == TC_ACT_REDIRECT as i64 {
-        ret as i32
-    } else {
-        drop(drop_reason::REDIRECT_FAILED)
-    }
+    if ret == TC_ACT_REDIRECT as i64 { ret as i32 } else { drop(drop_reason::REDIRECT_FAILED) }
 }
 
 #[inline(always)]
@@ -173,9 +166,7 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
         nh.nh_family = AF_INET as u32;
         nh.__bindgen_anon_1.ipv4_nh = unsafe { p.__bindgen_anon_4.ipv4_dst };
         count(stat::REDIRECT_UPLINK);
-        redirected(unsafe {
-            bpf_redirect_neigh(p.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0)
-        })
+        redirected(unsafe { bpf_redirect_neigh(p.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) })
     } else {
         count(stat::TO_STACK);
         TC_ACT_OK as i32
@@ -185,7 +176,12 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
 /// FIB lookup as if the packet were forwarded from its ingress device; addresses in network
 /// order. On success `ipv4_dst` holds the next hop (the gateway, or `daddr` when on-link).
 #[inline(always)]
-fn fib_lookup<'a>(ctx: &TcContext, saddr: u32, daddr: u32, fib: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
+fn fib_lookup<'a>(
+    ctx: &TcContext,
+    saddr: u32,
+    daddr: u32,
+    fib: &'a mut MaybeUninit<FibParams>,
+) -> (i64, &'a FibParams) {
     let p: &mut FibParams = zeroed_in(fib);
     p.family = AF_INET;
     // tot_len 0: let the kernel check the MTU against the skb itself (GSO-aware)

@@ -5,10 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use netbee_abi::{
-    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MacKey,
-    MAX_BACKEND_SLOTS, MAX_ENDPOINTS, MAX_FRONTENDS, MAX_IFACES, MAX_NETWORKS, MAX_NODE_ADDRS,
-    MAX_PEER_NODES, MAX_SERVICES, MAX_SOCK_REVNAT, Network, Service, SockKey, SockRevNat, config, drop_reason,
-    stat,
+    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAX_BACKEND_SLOTS,
+    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_IFACES, MAX_NETWORKS, MAX_NODE_ADDRS, MAX_PEER_NODES, MAX_SERVICES,
+    MAX_SOCK_REVNAT, MacKey, Network, Service, SockKey, SockRevNat, config, drop_reason, stat,
 };
 
 #[map]
@@ -51,8 +50,7 @@ pub static RR: Array<u32> = Array::pinned(MAX_SERVICES, 0);
 #[map]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_DEFAULT_SIZE, 0);
 #[map]
-pub static SOCK_REVNAT: LruHashMap<SockKey, SockRevNat> =
-    LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
+pub static SOCK_REVNAT: LruHashMap<SockKey, SockRevNat> = LruHashMap::pinned(MAX_SOCK_REVNAT, 0);
 
 #[inline(always)]
 pub fn count(idx: u32) {

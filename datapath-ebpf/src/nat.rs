@@ -25,13 +25,8 @@ fn rewrite(
     let flags = l4_flags(l4);
     if old_addr != new_addr {
         if l4.pseudo {
-            ctx.l4_csum_replace(
-                l4.csum_off,
-                old_addr as u64,
-                new_addr as u64,
-                flags | BPF_F_PSEUDO_HDR as u64 | 4,
-            )
-            .ok()?;
+            ctx.l4_csum_replace(l4.csum_off, old_addr as u64, new_addr as u64, flags | BPF_F_PSEUDO_HDR as u64 | 4)
+                .ok()?;
         }
         ctx.l3_csum_replace(IP_CSUM_OFF, old_addr as u64, new_addr as u64, 4).ok()?;
         ctx.store(addr_off, &new_addr, 0).ok()?;

@@ -101,13 +101,7 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ip4> {
     }
     // MF flag or a non-zero offset
     let fragment = u16::from_be(h.frag) & 0x3fff != 0;
-    Some(Ip4 {
-        saddr: h.saddr,
-        daddr: h.daddr,
-        proto: h.proto,
-        l4_off: ETH_HLEN + (ihl & 0x3c),
-        fragment,
-    })
+    Some(Ip4 { saddr: h.saddr, daddr: h.daddr, proto: h.proto, l4_off: ETH_HLEN + (ihl & 0x3c), fragment })
 }
 
 #[inline(always)]
@@ -154,16 +148,7 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Option<L4> {
                 ICMP_ECHO_REPLY => (0, id, off + 6, off + 4),
                 _ => return None,
             };
-            Some(L4 {
-                sport,
-                dport,
-                tcp_flags: 0,
-                sport_off,
-                dport_off,
-                csum_off: off + 2,
-                pseudo: false,
-                udp: false,
-            })
+            Some(L4 { sport, dport, tcp_flags: 0, sport_off, dport_off, csum_off: off + 2, pseudo: false, udp: false })
         }
         _ => None,
     }

@@ -13,8 +13,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use netbee_abi::{
-    CtEntry, CtKey, Iface, MacKey, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, config, ct_flags, drop_reason,
-    IPPROTO_UDP, VXLAN_PORT, iface_flags, net_flags, stat, svc_flags,
+    CtEntry, CtKey, IPPROTO_UDP, Iface, MacKey, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, VXLAN_PORT, config, ct_flags,
+    drop_reason, iface_flags, net_flags, stat, svc_flags,
 };
 
 use crate::{
@@ -195,15 +195,7 @@ fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32, via: Via) -> i32 {
 /// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
 /// without SYN): the caller treats it as ordinary traffic.
 #[inline(always)]
-fn new_dnat(
-    ctx: &TcContext,
-    eth: &EthHdr,
-    ip: &Ip4,
-    l4: &L4,
-    key: &CtKey,
-    svc: &Service,
-    via: Via,
-) -> Option<i32> {
+fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service, via: Via) -> Option<i32> {
     if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
         return None;
     }
@@ -369,9 +361,7 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
     count(stat::DECAP);
     let mut slot = MaybeUninit::uninit();
     let tk: &mut bpf_tunnel_key = zeroed_in(&mut slot);
-    let rc = unsafe {
-        bpf_skb_get_tunnel_key(ctx.skb.skb, tk, size_of::<bpf_tunnel_key>() as u32, 0)
-    };
+    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, tk, size_of::<bpf_tunnel_key>() as u32, 0) };
     if rc != 0 {
         return drop(drop_reason::MALFORMED);
     }

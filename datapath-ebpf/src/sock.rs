@@ -58,11 +58,7 @@ fn translate_to_backend(ctx: &SockAddrContext) {
     let port = sa.user_port as u16;
     let Some(svc) = lb::frontend(addr, port, sa.protocol as u8, false).or_else(|| {
         // 127.0.0.0/8 reaches every wildcard publish, as docker-proxy listening on 0.0.0.0 does
-        if u32::from_be(addr) >> 24 == 127 {
-            lb::frontend_wildcard(port, sa.protocol as u8)
-        } else {
-            None
-        }
+        if u32::from_be(addr) >> 24 == 127 { lb::frontend_wildcard(port, sa.protocol as u8) } else { None }
     }) else {
         return;
     };

@@ -15,20 +15,13 @@ pub fn cgroup2_root() -> Result<PathBuf> {
         return Ok(p);
     }
     std::fs::create_dir_all(FALLBACK_MOUNT).with_context(|| format!("mkdir {FALLBACK_MOUNT}"))?;
-    nix::mount::mount(
-        Some("cgroup2"),
-        FALLBACK_MOUNT,
-        Some("cgroup2"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .with_context(|| format!("mounting cgroup2 at {FALLBACK_MOUNT}"))?;
+    nix::mount::mount(Some("cgroup2"), FALLBACK_MOUNT, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+        .with_context(|| format!("mounting cgroup2 at {FALLBACK_MOUNT}"))?;
     Ok(PathBuf::from(FALLBACK_MOUNT))
 }
 
 fn find_cgroup2_mount() -> Result<Option<PathBuf>> {
-    let mounts =
-        std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
         let (_src, target, fstype) = (f.next(), f.next(), f.next());
@@ -64,7 +57,5 @@ pub(crate) fn subtree_deepest_first(base: &Path) -> Vec<PathBuf> {
 }
 
 pub(crate) fn is_populated(cg: &Path) -> bool {
-    std::fs::read_to_string(cg.join("cgroup.procs"))
-        .map(|s| !s.trim().is_empty())
-        .unwrap_or(false)
+    std::fs::read_to_string(cg.join("cgroup.procs")).map(|s| !s.trim().is_empty()).unwrap_or(false)
 }

@@ -29,11 +29,7 @@ impl Teardown<'_> {
     /// Every step is best effort: a failure is reported and the next step
     /// still runs, because a half-cleaned lab is worse than a noisy one.
     pub(crate) fn run(&self) {
-        let cgroups = self
-            .cgroup_base
-            .as_deref()
-            .map(cgroup::subtree_deepest_first)
-            .unwrap_or_default();
+        let cgroups = self.cgroup_base.as_deref().map(cgroup::subtree_deepest_first).unwrap_or_default();
 
         // cgroup.kill reaches the daemon and every container it started,
         // wherever in the subtree they were placed.
@@ -63,10 +59,7 @@ impl Teardown<'_> {
         let started = Instant::now();
         while cgroups.iter().any(|c| cgroup::is_populated(c)) {
             if started.elapsed() > CGROUP_DRAIN_TIMEOUT {
-                eprintln!(
-                    "netbee-lab: {}: cgroups still populated after {CGROUP_DRAIN_TIMEOUT:?}",
-                    self.prefix
-                );
+                eprintln!("netbee-lab: {}: cgroups still populated after {CGROUP_DRAIN_TIMEOUT:?}", self.prefix);
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -96,10 +89,7 @@ impl Teardown<'_> {
         // remove_dir_all does not stop at mount points; deleting through a
         // leftover bind mount could destroy files that are not the lab's.
         if !left.is_empty() {
-            eprintln!(
-                "netbee-lab: not removing {}: still mounted: {left:?}",
-                self.dir.display()
-            );
+            eprintln!("netbee-lab: not removing {}: still mounted: {left:?}", self.dir.display());
         } else if let Err(e) = std::fs::remove_dir_all(&self.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -126,9 +116,7 @@ pub(crate) fn lab_namespaces(prefix: &str) -> Vec<String> {
 pub(crate) fn is_prefix(s: &str) -> bool {
     s.len() == crate::PREFIX_LEN
         && s.starts_with("nbl")
-        && s.bytes()
-            .skip(3)
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && s.bytes().skip(3).all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// The start time (clock ticks since boot) of a live process, None if it
@@ -146,9 +134,7 @@ pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 fn owner_alive(dir: &Path) -> bool {
-    let Some(pid) = std::fs::read_to_string(dir.join("owner.pid"))
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok())
+    let Some(pid) = std::fs::read_to_string(dir.join("owner.pid")).ok().and_then(|s| s.trim().parse::<u32>().ok())
     else {
         // Labs appear atomically with owner.pid (see Lab::new), so a lab dir
         // without one is debris.
@@ -177,9 +163,7 @@ fn half_made_owner(name: &str) -> Option<u32> {
 /// `owner.pid` is dead, and namespaces or cgroups with a lab prefix but no
 /// lab dir. Uses the same steps as dropping a `Lab`.
 pub fn sweep_stale() -> Result<()> {
-    let cg_parent = cgroup::cgroup2_root()
-        .ok()
-        .map(|r| r.join(crate::CGROUP_PARENT));
+    let cg_parent = cgroup::cgroup2_root().ok().map(|r| r.join(crate::CGROUP_PARENT));
     let mut stale: Vec<String> = Vec::new();
 
     for e in std::fs::read_dir(LAB_ROOT).into_iter().flatten().flatten() {
@@ -195,11 +179,7 @@ pub fn sweep_stale() -> Result<()> {
         }
     }
     let orphan = |p: &str| is_prefix(p) && !Path::new(LAB_ROOT).join(p).exists();
-    for e in std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
         let Ok(name) = e.file_name().into_string() else {
             continue;
         };

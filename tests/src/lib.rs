@@ -61,10 +61,7 @@ pub fn netbee_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest
-        .parent()
-        .unwrap_or(manifest)
-        .join("target/release/netbee")
+    manifest.parent().unwrap_or(manifest).join("target/release/netbee")
 }
 
 /// Polls `f` every 50 ms until it returns true, or fails after `timeout`
@@ -133,8 +130,7 @@ impl Lab {
     }
 
     fn setup_underlay(&mut self) -> Result<()> {
-        std::fs::create_dir_all(&self.cgroup_base)
-            .with_context(|| format!("mkdir {}", self.cgroup_base.display()))?;
+        std::fs::create_dir_all(&self.cgroup_base).with_context(|| format!("mkdir {}", self.cgroup_base.display()))?;
         let u = self.underlay.name().to_string();
         util::ip(&["netns", "add", &u])?;
         util::ip(&["-n", &u, "link", "set", "lo", "up"])?;
@@ -142,10 +138,8 @@ impl Lab {
         util::ip(&["-n", &u, "link", "set", UNDERLAY_BRIDGE, "up"])?;
         // The bridge plays a switch: frames crossing it skip the host's netfilter hooks
         // (br_netfilter is on by default in every namespace), which a real switch does not run.
-        self.underlay.sh(
-            "for f in iptables ip6tables arptables; do p=/proc/sys/net/bridge/bridge-nf-call-$f; \
-             [ ! -e $p ] || echo 0 > $p; done",
-        )?;
+        self.underlay.sh("for f in iptables ip6tables arptables; do p=/proc/sys/net/bridge/bridge-nf-call-$f; \
+             [ ! -e $p ] || echo 0 > $p; done")?;
         Ok(())
     }
 
@@ -182,20 +176,9 @@ impl Lab {
         std::fs::create_dir_all(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
         let cg = self.cgroup_base.join(name);
         std::fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
-        let ns = Ns::new(
-            format!("{}{name}", self.prefix),
-            Some(addr),
-            Some(cg.clone()),
-        );
+        let ns = Ns::new(format!("{}{name}", self.prefix), Some(addr), Some(cg.clone()));
         self.plug(&ns, name)?;
-        util::ip(&[
-            "netns",
-            "exec",
-            ns.name(),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ])?;
+        util::ip(&["netns", "exec", ns.name(), "sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         self.nodes.push(Node::new(ns, name.to_string(), dir, cg));
         Ok(self.nodes.last().expect("just pushed"))
     }
@@ -265,19 +248,16 @@ impl Lab {
 
     fn start_etcd_member(&mut self, k: usize) -> Result<()> {
         let m = &mut self.etcd[k];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("etcd{}.log", k + 1)))?;
-        let child = m
-            .ns
-            .cmd("etcd")
-            .args(&m.args)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting etcd (is etcd-server installed? cargo xtask setup)")?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("etcd{}.log", k + 1)))?;
+        let child =
+            m.ns.cmd("etcd")
+                .args(&m.args)
+                .stdin(std::process::Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .context("starting etcd (is etcd-server installed? cargo xtask setup)")?;
         m.child = Some(child);
         Ok(())
     }
@@ -304,16 +284,10 @@ impl Lab {
 
     /// The node called `name`; panics if there is none.
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.short_name() == name)
-            .unwrap_or_else(|| {
-                let known: Vec<&str> = self.nodes.iter().map(|n| n.short_name()).collect();
-                panic!(
-                    "lab {} has no node {name:?} (nodes: {known:?})",
-                    self.prefix
-                )
-            })
+        self.nodes.iter().find(|n| n.short_name() == name).unwrap_or_else(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.short_name()).collect();
+            panic!("lab {} has no node {name:?} (nodes: {known:?})", self.prefix)
+        })
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -334,17 +308,13 @@ impl Lab {
         // bytes) and must not clash with the bridge or the underlay netns.
         let valid = !name.is_empty()
             && name.len() <= 7
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && !["u", "lo", UNDERLAY_BRIDGE].contains(&name);
         if !valid {
             bail!("invalid lab member name {name:?}: use 1-7 of [a-z0-9], not u/lo/br0");
         }
         let full = format!("{}{name}", self.prefix);
-        if self.nodes.iter().any(|n| n.name() == full)
-            || self.externals.iter().any(|x| x.name() == full)
-        {
+        if self.nodes.iter().any(|n| n.name() == full) || self.externals.iter().any(|x| x.name() == full) {
             bail!("lab {} already has a member {name:?}", self.prefix);
         }
         Ok(())
@@ -358,27 +328,14 @@ impl Lab {
         util::ip(&["netns", "add", n])?;
         // Created from inside the underlay namespace, so the pair never
         // exists in the machine's own namespace.
-        util::ip(&[
-            "-n", u, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", n,
-        ])?;
-        util::ip(&[
-            "-n",
-            u,
-            "link",
-            "set",
-            host_if,
-            "master",
-            UNDERLAY_BRIDGE,
-            "up",
-        ])?;
+        util::ip(&["-n", u, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", n])?;
+        util::ip(&["-n", u, "link", "set", host_if, "master", UNDERLAY_BRIDGE, "up"])?;
         util::ip(&["-n", n, "link", "set", "lo", "up"])?;
         let cidr = format!("{}/24", ns.addr());
         util::ip(&["-n", n, "addr", "add", &cidr, "dev", "eth0"])?;
         util::ip(&["-n", n, "link", "set", "eth0", "up"])?;
         wait_until(LINK_UP_TIMEOUT, &format!("eth0 in {n} to be up"), || {
-            util::ip(&["-n", n, "-o", "link", "show", "eth0"])
-                .map(|s| s.contains("state UP"))
-                .unwrap_or(false)
+            util::ip(&["-n", n, "-o", "link", "show", "eth0"]).map(|s| s.contains("state UP")).unwrap_or(false)
         })
     }
 }
@@ -425,9 +382,7 @@ fn create_lab_dir(test_name: &str) -> Result<(String, PathBuf)> {
     let mut rng = rand::rng();
     let me = std::process::id();
     for _ in 0..100 {
-        let suffix: String = (0..PREFIX_LEN - 3)
-            .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
-            .collect();
+        let suffix: String = (0..PREFIX_LEN - 3).map(|_| CHARS[rng.random_range(0..CHARS.len())] as char).collect();
         let prefix = format!("nbl{suffix}");
         let dir = Path::new(LAB_ROOT).join(&prefix);
         if dir.exists() || !cleanup::lab_namespaces(&prefix).is_empty() {

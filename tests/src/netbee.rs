@@ -97,7 +97,11 @@ impl Node {
     /// Runs a CLI command that must fail; returns its stderr (the error the user sees).
     pub fn netbee_refused(&self, args: &[&str]) -> String {
         let o = self.netbee_output(args);
-        assert!(!o.status.success(), "netbee {args:?} should have failed but succeeded: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            !o.status.success(),
+            "netbee {args:?} should have failed but succeeded: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 }

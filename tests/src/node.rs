@@ -38,20 +38,12 @@ impl Deref for Node {
 
 impl Node {
     pub(crate) fn new(ns: Ns, short_name: String, dir: PathBuf, cgroup: PathBuf) -> Node {
-        Node {
-            ns,
-            short_name,
-            dir,
-            cgroup,
-            daemon: Mutex::new(None),
-            daemon_args: Mutex::new(Vec::new()),
-        }
+        Node { ns, short_name, dir, cgroup, daemon: Mutex::new(None), daemon_args: Mutex::new(Vec::new()) }
     }
 
     /// Extra arguments for every later `start_daemon` (e.g. `--cluster-store`).
     pub fn set_daemon_args(&self, args: &[&str]) {
-        *self.daemon_args.lock().unwrap_or_else(|p| p.into_inner()) =
-            args.iter().map(|s| s.to_string()).collect();
+        *self.daemon_args.lock().unwrap_or_else(|p| p.into_inner()) = args.iter().map(|s| s.to_string()).collect();
     }
 
     /// The node name as given to `Lab::add_node` (e.g. "n1").
@@ -81,9 +73,7 @@ impl Node {
 
     /// The daemon's log so far (empty if it never ran).
     pub fn daemon_log(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(self.log_path()).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     pub(crate) fn daemon_slot(&self) -> MutexGuard<'_, Option<Child>> {
@@ -102,11 +92,7 @@ impl Node {
         let mut slot = self.daemon_slot();
         if let Some(child) = slot.as_mut() {
             if child.try_wait()?.is_none() {
-                bail!(
-                    "daemon on {} is already running (pid {})",
-                    self.name(),
-                    child.id()
-                );
+                bail!("daemon on {} is already running (pid {})", self.name(), child.id());
             }
             *slot = None;
         }
@@ -131,9 +117,7 @@ impl Node {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {} daemon on {}", bin.display(), self.name()))?;
+        let child = cmd.spawn().with_context(|| format!("spawning {} daemon on {}", bin.display(), self.name()))?;
         *slot = Some(child);
 
         let started = Instant::now();
@@ -206,10 +190,7 @@ impl Node {
             }
             std::thread::sleep(POLL);
         }
-        eprintln!(
-            "netbee-lab: daemon on {} ignored SIGTERM for {STOP_TIMEOUT:?}; killing",
-            self.name()
-        );
+        eprintln!("netbee-lab: daemon on {} ignored SIGTERM for {STOP_TIMEOUT:?}; killing", self.name());
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -234,9 +215,7 @@ impl Node {
 
     fn cli(&self, args: &[&str]) -> Command {
         let mut cmd = self.cmd(&netbee_bin().to_string_lossy());
-        cmd.args(args)
-            .env("NETBEE_HOST", format!("unix://{}", self.socket().display()))
-            .stdin(Stdio::null());
+        cmd.args(args).env("NETBEE_HOST", format!("unix://{}", self.socket().display())).stdin(Stdio::null());
         cmd
     }
 
@@ -244,11 +223,7 @@ impl Node {
     pub fn netbee(&self, args: &[&str]) -> Result<String> {
         let out = self.netbee_output(args);
         if !out.status.success() {
-            bail!(
-                "netbee {args:?} on {} failed: {}",
-                self.name(),
-                util::format_output(&out)
-            );
+            bail!("netbee {args:?} on {} failed: {}", self.name(), util::format_output(&out));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -258,10 +233,7 @@ impl Node {
     /// is never mistaken for an expected failure.
     pub fn netbee_output(&self, args: &[&str]) -> Output {
         self.cli(args).output().unwrap_or_else(|e| {
-            panic!(
-                "cannot run {} (NETBEE_BIN / cargo build --release?): {e}",
-                netbee_bin().display()
-            )
+            panic!("cannot run {} (NETBEE_BIN / cargo build --release?): {e}", netbee_bin().display())
         })
     }
 }

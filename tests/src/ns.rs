@@ -32,8 +32,7 @@ impl Ns {
     /// The underlay address on `eth0`. Panics for the underlay namespace
     /// itself, which has no address.
     pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-            .unwrap_or_else(|| panic!("netns {} has no underlay address", self.name))
+        self.addr.unwrap_or_else(|| panic!("netns {} has no underlay address", self.name))
     }
 
     pub(crate) fn path(&self) -> PathBuf {
@@ -55,15 +54,9 @@ impl Ns {
     pub fn sh(&self, script: &str) -> Result<String> {
         let mut cmd = self.cmd("bash");
         cmd.arg("-c").arg(script);
-        let out = cmd
-            .output()
-            .with_context(|| format!("spawning bash in netns {}", self.name))?;
+        let out = cmd.output().with_context(|| format!("spawning bash in netns {}", self.name))?;
         if !out.status.success() {
-            anyhow::bail!(
-                "in netns {}: `{script}` failed: {}",
-                self.name,
-                util::format_output(&out)
-            );
+            anyhow::bail!("in netns {}: `{script}` failed: {}", self.name, util::format_output(&out));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
@@ -93,8 +86,7 @@ impl Ns {
     pub fn disable_tx_offload(&self, ifname: &str) -> Result<()> {
         let mut cmd = self.cmd("ethtool");
         cmd.args(["-K", ifname, "tx", "off"]);
-        util::check_output(cmd)
-            .with_context(|| format!("disabling tx offload on {ifname} in netns {}", self.name))?;
+        util::check_output(cmd).with_context(|| format!("disabling tx offload on {ifname} in netns {}", self.name))?;
         Ok(())
     }
 }

@@ -10,10 +10,7 @@ use super::*;
 
 fn netns_names() -> Vec<String> {
     let out = util::ip(&["netns", "list"]).expect("ip netns list");
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// What a lab leaves behind, checked after it is gone.
@@ -25,33 +22,21 @@ struct Footprint {
 
 impl Footprint {
     fn of(lab: &Lab) -> Footprint {
-        Footprint {
-            prefix: lab.prefix().to_string(),
-            dir: lab.dir().to_path_buf(),
-            cgroup: lab.cgroup_base.clone(),
-        }
+        Footprint { prefix: lab.prefix().to_string(), dir: lab.dir().to_path_buf(), cgroup: lab.cgroup_base.clone() }
     }
 
     fn assert_gone(&self) {
-        let left: Vec<String> = netns_names()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.prefix))
-            .collect();
+        let left: Vec<String> = netns_names().into_iter().filter(|n| n.starts_with(&self.prefix)).collect();
         assert!(left.is_empty(), "namespaces left behind: {left:?}");
         assert!(!self.dir.exists(), "{} left behind", self.dir.display());
-        assert!(
-            !self.cgroup.exists(),
-            "{} left behind",
-            self.cgroup.display()
-        );
+        assert!(!self.cgroup.exists(), "{} left behind", self.cgroup.display());
         let m = mounts::mounts_under(&self.dir);
         assert!(m.is_empty(), "mounts left behind: {m:?}");
     }
 }
 
 fn ping(from: &Ns, to: Ipv4Addr) {
-    from.sh(&format!("ping -c1 -W1 {to}"))
-        .unwrap_or_else(|e| panic!("ping {to} from {}: {e:#}", from.name()));
+    from.sh(&format!("ping -c1 -W1 {to}")).unwrap_or_else(|e| panic!("ping {to} from {}: {e:#}", from.name()));
 }
 
 #[test]
@@ -59,12 +44,7 @@ fn topology_addresses_and_ping() {
     let mut lab = Lab::new("topology_addresses_and_ping").unwrap();
     let p = lab.prefix().to_string();
     assert!(cleanup::is_prefix(&p), "{p}");
-    assert_eq!(
-        std::fs::read_to_string(lab.dir().join("owner.pid"))
-            .unwrap()
-            .trim(),
-        std::process::id().to_string()
-    );
+    assert_eq!(std::fs::read_to_string(lab.dir().join("owner.pid")).unwrap().trim(), std::process::id().to_string());
     lab.add_node("n1").unwrap();
     lab.add_node("n2").unwrap();
     lab.add_external("x1").unwrap();
@@ -78,29 +58,11 @@ fn topology_addresses_and_ping() {
     assert_eq!(x1.addr(), Ipv4Addr::new(10, 77, 0, 101));
     assert_eq!(n1.dir(), lab.dir().join("n1"));
     assert_eq!(n1.socket(), lab.dir().join("n1/netbee.sock"));
-    assert!(
-        n1.sh("ip -o -4 addr show dev eth0")
-            .unwrap()
-            .contains("10.77.0.11/24")
-    );
-    assert_eq!(
-        n1.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(),
-        "1"
-    );
-    assert!(
-        lab.underlay()
-            .sh("ip -o link show master br0")
-            .unwrap()
-            .contains("n1@")
-    );
+    assert!(n1.sh("ip -o -4 addr show dev eth0").unwrap().contains("10.77.0.11/24"));
+    assert_eq!(n1.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap().trim(), "1");
+    assert!(lab.underlay().sh("ip -o link show master br0").unwrap().contains("n1@"));
 
-    for (a, b) in [
-        (&**n1, n2.addr()),
-        (&**n2, n1.addr()),
-        (&**n1, x1.addr()),
-        (x1, n1.addr()),
-        (x1, n2.addr()),
-    ] {
+    for (a, b) in [(&**n1, n2.addr()), (&**n2, n1.addr()), (&**n1, x1.addr()), (x1, n1.addr()), (x1, n2.addr())] {
         ping(a, b);
     }
     let fp = Footprint::of(&lab);
@@ -114,9 +76,7 @@ fn run_sockets_live_in_the_namespace() {
     lab.add_node("n1").unwrap();
     lab.add_external("x1").unwrap();
     let server_addr = lab.node("n1").addr();
-    let listener = lab
-        .node("n1")
-        .run(move || TcpListener::bind((server_addr, 0)).unwrap());
+    let listener = lab.node("n1").run(move || TcpListener::bind((server_addr, 0)).unwrap());
     let port = listener.local_addr().unwrap().port();
     let server = std::thread::spawn(move || {
         let (mut s, peer) = listener.accept().unwrap();
@@ -144,27 +104,13 @@ fn drop_removes_namespaces_dir_cgroups_and_mounts() {
     lab.add_external("x1").unwrap();
     let n1 = lab.node("n1");
     assert!(n1.cgroup().join("cgroup.procs").exists());
-    assert!(
-        n1.cgroup().starts_with(
-            cgroup2_root()
-                .unwrap()
-                .join("netbee-lab")
-                .join(lab.prefix())
-        )
-    );
+    assert!(n1.cgroup().starts_with(cgroup2_root().unwrap().join("netbee-lab").join(lab.prefix())));
 
     // What a daemon does: a bpffs, a netns pinned by a bind mount, and a
     // sub-cgroup for a container.
     let bpf = n1.dir().join("bpf");
     std::fs::create_dir_all(&bpf).unwrap();
-    nix::mount::mount(
-        Some("bpf"),
-        &bpf,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    nix::mount::mount(Some("bpf"), &bpf, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
     let pin = n1.dir().join("netns/c1");
     std::fs::create_dir_all(pin.parent().unwrap()).unwrap();
     std::fs::write(&pin, "").unwrap();
@@ -201,10 +147,7 @@ fn drop_kills_processes_in_the_node_cgroup() {
     let fp = Footprint::of(&lab);
     drop(lab);
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(
-        sleeper.try_wait().unwrap().and_then(|s| s.signal()),
-        Some(libc::SIGKILL)
-    );
+    assert_eq!(sleeper.try_wait().unwrap().and_then(|s| s.signal()), Some(libc::SIGKILL));
     let status = outsider.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGKILL));
     fp.assert_gone();
@@ -234,11 +177,7 @@ fn start_daemon_reports_early_exit_with_log() {
     let mut lab = Lab::new("start_daemon_reports_early_exit").unwrap();
     lab.add_node("n1").unwrap();
     let fake = lab.dir().join("fake-netbee");
-    std::fs::write(
-        &fake,
-        "#!/bin/sh\necho \"fake netbee: refusing to start ($*)\" >&2\nexit 1\n",
-    )
-    .unwrap();
+    std::fs::write(&fake, "#!/bin/sh\necho \"fake netbee: refusing to start ($*)\" >&2\nexit 1\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
 
@@ -250,10 +189,7 @@ fn start_daemon_reports_early_exit_with_log() {
 
     let err = format!("{:#}", r.expect_err("fake daemon must fail"));
     assert!(err.contains("daemon.log"), "{err}");
-    assert!(
-        err.contains("fake netbee: refusing to start (daemon --node-dir"),
-        "{err}"
-    );
+    assert!(err.contains("fake netbee: refusing to start (daemon --node-dir"), "{err}");
     assert!(err.contains("--uplink eth0 --cgroup"), "{err}");
     assert_eq!(lab.node("n1").daemon_pid(), None);
 }
@@ -334,32 +270,19 @@ fn daemon_lifecycle_with_a_fake_netbee() {
         n1.start_daemon().unwrap();
         let pid = n1.daemon_pid().unwrap();
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
-        assert!(
-            cg.contains(&format!("/netbee-lab/{}/n1\n", lab.prefix())),
-            "{cg}"
-        );
+        assert!(cg.contains(&format!("/netbee-lab/{}/n1\n", lab.prefix())), "{cg}");
         assert!(n1.start_daemon().is_err(), "second start must be refused");
 
         assert_eq!(n1.netbee(&["version"]).unwrap().trim(), "fake 0.0");
-        assert_eq!(
-            n1.netbee(&["netns"]).unwrap(),
-            n1.sh("readlink /proc/self/ns/net").unwrap()
-        );
+        assert_eq!(n1.netbee(&["netns"]).unwrap(), n1.sh("readlink /proc/self/ns/net").unwrap());
         let out = n1.netbee_output(&["bogus"]);
         assert_eq!(out.status.code(), Some(2));
         let err = format!("{:#}", n1.netbee(&["bogus"]).unwrap_err());
-        assert!(
-            err.contains("unknown command bogus") && err.contains("bogus"),
-            "{err}"
-        );
+        assert!(err.contains("unknown command bogus") && err.contains("bogus"), "{err}");
 
         n1.restart_daemon().unwrap();
         assert_ne!(n1.daemon_pid(), Some(pid));
-        assert!(
-            n1.daemon_log().contains("fake daemon: SIGTERM"),
-            "{}",
-            n1.daemon_log()
-        );
+        assert!(n1.daemon_log().contains("fake daemon: SIGTERM"), "{}", n1.daemon_log());
         n1.kill_daemon().unwrap();
         assert_eq!(n1.daemon_pid(), None);
         n1.stop_daemon().unwrap();
@@ -375,11 +298,9 @@ fn daemon_lifecycle_with_a_fake_netbee() {
     assert!(cleanup::process_start_time(container).is_some());
     let fp = Footprint::of(&lab);
     drop(lab);
-    wait_until(
-        Duration::from_secs(2),
-        "the daemon's container to be reaped",
-        || cleanup::process_start_time(container).is_none(),
-    )
+    wait_until(Duration::from_secs(2), "the daemon's container to be reaped", || {
+        cleanup::process_start_time(container).is_none()
+    })
     .unwrap();
     fp.assert_gone();
 }

@@ -50,7 +50,8 @@ fn swarm_and_node_management() -> Result<()> {
     })?;
     wait_until(Duration::from_secs(10), "a leader", || node_field(n1, "n1", "ManagerStatus") == "Leader")?;
     let table = n1.netbee(&["node", "ls"])?;
-    let header: Vec<&str> = table.lines().next().unwrap().split("   ").map(str::trim).filter(|s| !s.is_empty()).collect();
+    let header: Vec<&str> =
+        table.lines().next().unwrap().split("   ").map(str::trim).filter(|s| !s.is_empty()).collect();
     assert_eq!(header, ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"]);
     assert!(table.lines().any(|l| l.contains(" * ") && l.contains("n1")), "{table}");
     assert_eq!(node_field(n1, "n3", "ManagerStatus"), "Reachable");
@@ -59,7 +60,10 @@ fn swarm_and_node_management() -> Result<()> {
     assert!(n3.netbee(&["node", "ls"])?.contains("n2"), "a joined manager sees the cluster");
 
     let join = n1.netbee(&["swarm", "join-token", "worker"])?;
-    assert!(join.contains("netbee swarm join --token SWMTKN-1-") && join.contains(&format!("{}:2377", n1.addr())), "{join}");
+    assert!(
+        join.contains("netbee swarm join --token SWMTKN-1-") && join.contains(&format!("{}:2377", n1.addr())),
+        "{join}"
+    );
 
     n1.netbee(&["node", "update", "--availability", "drain", "--label-add", "zone=a", "n2"])?;
     let v: Value = serde_json::from_str(&n1.netbee(&["node", "inspect", "n2"])?)?;
@@ -101,10 +105,15 @@ fn overlay_across_nodes_isolated_and_fast() -> Result<()> {
     let (n1, n2) = (lab.node("n1"), lab.node("n2"));
     n1.netbee(&["network", "create", "--driver", "overlay", "ov1"])?;
     n1.netbee(&["network", "create", "--driver", "overlay", "ov2"])?;
-    wait_until(Duration::from_secs(10), "ov1 on n2", || n2.netbee(&["network", "ls"]).map(|s| s.contains("ov1")).unwrap_or(false))?;
+    wait_until(Duration::from_secs(10), "ov1 on n2", || {
+        n2.netbee(&["network", "ls"]).map(|s| s.contains("ov1")).unwrap_or(false)
+    })?;
     let ls = n2.netbee(&["network", "ls"])?;
     assert!(ls.lines().any(|l| l.contains("ov1") && l.contains("overlay") && l.contains("swarm")), "{ls}");
-    let vni = n2.network_inspect("ov1")?["Options"]["com.docker.network.driver.overlay.vxlanid_list"].as_str().unwrap().to_string();
+    let vni = n2.network_inspect("ov1")?["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     n2.run_whoami("srv", &["--network", "ov1"], 8080)?;
     n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov1", "sleep", "600"])?;
@@ -167,11 +176,15 @@ fn overlay_survives_daemon_and_etcd_restarts() -> Result<()> {
     {
         let (n1, n2) = (lab.node("n1"), lab.node("n2"));
         n1.netbee(&["network", "create", "--driver", "overlay", "ov"])?;
-        wait_until(Duration::from_secs(10), "ov on n2", || n2.netbee(&["network", "ls"]).map(|s| s.contains("ov")).unwrap_or(false))?;
+        wait_until(Duration::from_secs(10), "ov on n2", || {
+            n2.netbee(&["network", "ls"]).map(|s| s.contains("ov")).unwrap_or(false)
+        })?;
         n2.run_whoami("srv", &["--network", "ov"], 8080)?;
         n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov", "sleep", "600"])?;
         let srv = n2.container_ip("srv", "ov")?;
-        wait_until(Duration::from_secs(10), "overlay up", || n1.exec_ok("cli", &["curl", "-s", "-m", "2", &format!("http://{srv}:8080/")]))?;
+        wait_until(Duration::from_secs(10), "overlay up", || {
+            n1.exec_ok("cli", &["curl", "-s", "-m", "2", &format!("http://{srv}:8080/")])
+        })?;
         // requests every 100 ms from the client's namespace while n2's daemon restarts
         let pid = n1.inspect("cli")?["State"]["Pid"].to_string();
         let load = n1

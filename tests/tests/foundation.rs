@@ -42,7 +42,17 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
     assert!(err.contains("already exists"), "{err}");
     assert!(n.network_inspect("netc").is_err(), "a refused network must not exist");
 
-    n.netbee(&["network", "create", "--subnet", "10.50.0.0/24", "--gateway", "10.50.0.254", "--ip-range", "10.50.0.128/25", "fixed"])?;
+    n.netbee(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.50.0.0/24",
+        "--gateway",
+        "10.50.0.254",
+        "--ip-range",
+        "10.50.0.128/25",
+        "fixed",
+    ])?;
     n.run_whoami("web", &["--network", "fixed"], 8080)?;
     let ip = n.container_ip("web", "fixed")?;
     assert_eq!(ip, "10.50.0.128", "first address of the ip-range");
@@ -151,7 +161,12 @@ fn forged_source_ip_or_mac_reaches_nothing_and_is_counted() -> Result<()> {
     // a forged source address (a second address the container gives itself)
     let ip_drops = n.drops("spoofed_ip")?;
     n.exec("evil", &["ip", "addr", "add", "172.18.0.250/16", "dev", "eth0"])?;
-    assert!(!n.exec_ok("evil", &["curl", "-s", "-m", "2", "--interface", "172.18.0.250", &format!("http://{victim}:8080/")]));
+    assert!(
+        !n.exec_ok(
+            "evil",
+            &["curl", "-s", "-m", "2", "--interface", "172.18.0.250", &format!("http://{victim}:8080/")]
+        )
+    );
     assert!(!n.exec_ok("evil", &["ping", "-c", "1", "-W", "1", "-I", "172.18.0.250", &victim]));
     assert!(n.drops("spoofed_ip")? > ip_drops, "forged source IP dropped and counted");
     n.exec("evil", &["ip", "addr", "del", "172.18.0.250/16", "dev", "eth0"])?;
@@ -178,9 +193,7 @@ fn gateway_masquerade_and_internal_networks() -> Result<()> {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;
-    wait_until(Duration::from_secs(5), "external whoami", || {
-        ext.sh("curl -s -m 1 http://127.0.0.1:9000/").is_ok()
-    })?;
+    wait_until(Duration::from_secs(5), "external whoami", || ext.sh("curl -s -m 1 http://127.0.0.1:9000/").is_ok())?;
     n.netbee(&["network", "create", "open"])?;
     n.netbee(&["network", "create", "--internal", "closed"])?;
     n.netbee(&["run", "-d", "--name", "out", "--network", "open", "sleep", "600"])?;
@@ -250,7 +263,11 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     let id = n.inspect("box")?["Id"].as_str().unwrap().to_string();
     assert!(n.exec("box", &["hostname"]).is_ok());
     let default_host = n.netbee(&["run", "-d", "sleep", "600"])?.trim().to_string();
-    assert_eq!(n.exec(&default_host[..12], &["hostname"])?.trim(), &default_host[..12], "hostname defaults to the short id");
+    assert_eq!(
+        n.exec(&default_host[..12], &["hostname"])?.trim(),
+        &default_host[..12],
+        "hostname defaults to the short id"
+    );
 
     let err = n.netbee_refused(&["rm", "box"]);
     assert!(err.contains("cannot remove a running container"), "{err}");

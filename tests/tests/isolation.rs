@@ -65,10 +65,8 @@ const ROWS: [(&str, &str); 7] = [
 /// Where netbee knowingly answers differently from docker, with the reason. Each such cell is
 /// still probed and printed (as `R≠` / `.≠`); it fails the test only if netbee stops differing,
 /// so that a fixed difference gets removed from this list.
-const KNOWN_DIFFERENCES: &[(&str, &str, &str)] = &[
-    ("n1", "o1", NODE_TO_OWN_OVERLAY),
-    ("n2", "o2", NODE_TO_OWN_OVERLAY),
-];
+const KNOWN_DIFFERENCES: &[(&str, &str, &str)] =
+    &[("n1", "o1", NODE_TO_OWN_OVERLAY), ("n2", "o2", NODE_TO_OWN_OVERLAY)];
 const NODE_TO_OWN_OVERLAY: &str = "a node reaches its own overlay containers by address (a /32 route to their veth, as for \
     bridge networks); docker's overlays live in a namespace the host has no route into. Not a boundary: the node is root over its containers";
 
@@ -237,7 +235,13 @@ fn isolation_and_spoofing_matrix() -> Result<()> {
     let to_container = |name: &'static str, c: &str| -> Result<Dest> {
         Ok(Dest { name, addr: ip(c)?, port: PORT, target: container(c)?, container_ip: true })
     };
-    let on_n1 = |name: &'static str, addr: Ipv4Addr, port: u16, target: Target| Dest { name, addr, port, target, container_ip: false };
+    let on_n1 = |name: &'static str, addr: Ipv4Addr, port: u16, target: Target| Dest {
+        name,
+        addr,
+        port,
+        target,
+        container_ip: false,
+    };
     let n1_svc = Target { name: "svc@n1".into(), ip: n1.addr(), hostname: None };
     let x1_svc = Target { name: "svc@x1".into(), ip: x1.addr(), hostname: None };
     let gw_a = gateway(n1, "neta")?;
@@ -293,7 +297,13 @@ fn isolation_and_spoofing_matrix() -> Result<()> {
     let expect: Vec<Vec<Option<bool>>> = ROWS
         .iter()
         .map(|(_, r)| {
-            r.split_whitespace().map(|c| match c { "R" => Some(true), "." => Some(false), _ => None }).collect::<Vec<_>>()
+            r.split_whitespace()
+                .map(|c| match c {
+                    "R" => Some(true),
+                    "." => Some(false),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
         })
         .collect();
     assert!(expect.iter().all(|r| r.len() == COLUMNS.len()));
@@ -387,7 +397,10 @@ fn isolation_and_spoofing_matrix() -> Result<()> {
     if cross_drops.0 == 0 {
         failures.push("n1 counted no cross_network drop while other networks probed its containers".into());
     }
-    println!("\nisolation matrix ({:.1}s to here): R reached, . blocked, ! differs from docker (a failure), ≠ known difference", t0.elapsed().as_secs_f64());
+    println!(
+        "\nisolation matrix ({:.1}s to here): R reached, . blocked, ! differs from docker (a failure), ≠ known difference",
+        t0.elapsed().as_secs_f64()
+    );
     println!(
         "columns: container addresses port {PORT} (tcp+udp+icmp), n1:H = n1:{PUBLISHED} (-p {PUBLISHED}:{PORT}), n1:H2 = n1:{LOCAL_ONLY} and \
          lo:H2 = 127.0.0.1:{LOCAL_ONLY} (-p 127.0.0.1:{LOCAL_ONLY}:{PORT}), n1:80 unpublished, svc = a process on n1/x1, gwA:53 = A's DNS"
@@ -398,7 +411,8 @@ fn isolation_and_spoofing_matrix() -> Result<()> {
     let mut reasons: Vec<&str> = KNOWN_DIFFERENCES.iter().map(|k| k.2).collect();
     reasons.dedup();
     for why in reasons {
-        let cells: Vec<String> = KNOWN_DIFFERENCES.iter().filter(|k| k.2 == why).map(|(r, c, _)| format!("{r}->{c}")).collect();
+        let cells: Vec<String> =
+            KNOWN_DIFFERENCES.iter().filter(|k| k.2 == why).map(|(r, c, _)| format!("{r}->{c}")).collect();
         println!("KNOWN DIFFERENCE FROM DOCKER (not failing) {}: {why}", cells.join(" "));
     }
 
@@ -433,7 +447,11 @@ fn judge_cell(
                 Err(e) => problems.push(format!("{proto}: {e}")),
                 Ok(()) if p.proto == Proto::Tcp => {
                     let who = whoami_field(a, "RemoteAddr").unwrap_or_default();
-                    let _ = writeln!(answers, "  {:>3} -> {:<7} answered by {:<7} seeing {who}", s.name, d.name, d.target.name);
+                    let _ = writeln!(
+                        answers,
+                        "  {:>3} -> {:<7} answered by {:<7} seeing {who}",
+                        s.name, d.name, d.target.name
+                    );
                 }
                 Ok(()) => {}
             },
@@ -475,7 +493,8 @@ fn spoofing(n1: &Node, n2: &Node, external: Ipv4Addr, logs: &[(Target, LogReader
     let mac = |n: &Node, c: &str, net: &str| -> Result<String> {
         Ok(n.inspect(c)?["NetworkSettings"]["Networks"][net]["MacAddress"].as_str().unwrap_or_default().to_string())
     };
-    let (a1, a2, b1, o1) = (cip(n1, "a1", "neta")?, cip(n1, "a2", "neta")?, cip(n1, "b1", "netb")?, cip(n1, "o1", "ovl")?);
+    let (a1, a2, b1, o1) =
+        (cip(n1, "a1", "neta")?, cip(n1, "a2", "neta")?, cip(n1, "b1", "netb")?, cip(n1, "o1", "ovl")?);
     let forged_b = Ipv4Addr::from(u32::from(b1) | 0xfa); // an unused address of B
     let forged_o = Ipv4Addr::from(u32::from(o1) | 0xfa);
     let log_of = |t: &str| logs.iter().find(|(x, _)| x.name == t).map(|(_, f)| f()).unwrap_or_default();
@@ -487,7 +506,8 @@ fn spoofing(n1: &Node, n2: &Node, external: Ipv4Addr, logs: &[(Target, LogReader
             matches!(probe(ctx, Proto::Udp, dst, PORT, 0, true), Outcome::Reached(_))
         });
         if honest.is_err() {
-            failures.push(format!("honest UDP from {who} to {dst} got no answer: the spoofing checks below prove nothing"));
+            failures
+                .push(format!("honest UDP from {who} to {dst} got no answer: the spoofing checks below prove nothing"));
         }
     }
 
@@ -517,7 +537,16 @@ fn spoofing(n1: &Node, n2: &Node, external: Ipv4Addr, logs: &[(Target, LogReader
     let a1_mac = mac(n1, "a1", "neta")?;
     let forgeries = [
         ("evil (A) as a1, to a2", evil, n1, "spoofed_ip", "a2", a2, PORT, forge_ip(a1, a2, PORT, 21001)),
-        ("evil (A) as an address of B, to b1", evil, n1, "spoofed_ip", "b1", b1, PORT, forge_ip(forged_b, b1, PORT, 21002)),
+        (
+            "evil (A) as an address of B, to b1",
+            evil,
+            n1,
+            "spoofed_ip",
+            "b1",
+            b1,
+            PORT,
+            forge_ip(forged_b, b1, PORT, 21002),
+        ),
         (
             "evil (A) as the external client, to n1:H",
             evil,
@@ -528,9 +557,27 @@ fn spoofing(n1: &Node, n2: &Node, external: Ipv4Addr, logs: &[(Target, LogReader
             PUBLISHED,
             forge_ip(external, n1.addr(), PUBLISHED, 21003),
         ),
-        ("evilo (O@n2) as another overlay address, to o1", evilo, n2, "spoofed_ip", "o1", o1, PORT, forge_ip(forged_o, o1, PORT, 21004)),
+        (
+            "evilo (O@n2) as another overlay address, to o1",
+            evilo,
+            n2,
+            "spoofed_ip",
+            "o1",
+            o1,
+            PORT,
+            forge_ip(forged_o, o1, PORT, 21004),
+        ),
         ("evil (A) with a1's MAC, to a2", evil, n1, "spoofed_mac", "a2", a2, PORT, forge_mac(&a1_mac, a2, 21005)),
-        ("evilo (O@n2) with a made-up MAC, to o1", evilo, n2, "spoofed_mac", "o1", o1, PORT, forge_mac("02:42:de:ad:be:ef", o1, 21006)),
+        (
+            "evilo (O@n2) with a made-up MAC, to o1",
+            evilo,
+            n2,
+            "spoofed_mac",
+            "o1",
+            o1,
+            PORT,
+            forge_mac("02:42:de:ad:be:ef", o1, 21006),
+        ),
     ];
     println!("forged sources:");
     for (what, ctx, node, counter, target, dst, port, script) in forgeries {
@@ -603,22 +650,25 @@ fn run_all(probes: &mut [Probe], select: impl Fn(&Probe) -> bool, run: &(dyn Fn(
 
 /// Reads every target's log since `before` and turns each arrival into a reach of the probe whose
 /// source port it carries; arrivals that name no probe go to `stray`.
-fn attribute_arrivals(
-    logs: &[(Target, LogReader)],
-    before: &[usize],
-    probes: &mut [Probe],
-    stray: &mut Vec<String>,
-) {
+fn attribute_arrivals(logs: &[(Target, LogReader)], before: &[usize], probes: &mut [Probe], stray: &mut Vec<String>) {
     for ((t, f), skip) in logs.iter().zip(before) {
         for line in f().lines().skip(*skip) {
             // "udp from 1.2.3.4:5678" / "http from 1.2.3.4:5678"
             let Some(from) = line.split_whitespace().nth(2) else { continue };
             let port: Option<u16> = from.rsplit(':').next().and_then(|p| p.parse().ok());
             let is_udp = line.starts_with("udp");
-            match probes.iter_mut().find(|p| Some(p.sport) == port && matches!(p.proto, Proto::Udp | Proto::RawUdp) == is_udp) {
+            match probes
+                .iter_mut()
+                .find(|p| Some(p.sport) == port && matches!(p.proto, Proto::Udp | Proto::RawUdp) == is_udp)
+            {
                 Some(p) => {
                     if !matches!(p.outcome, Outcome::Reached(_)) {
-                        p.outcome = Outcome::Reached(format!("arrived at {} as {from}, no answer came back\nHostname: {}\nIP: {}\nRemoteAddr: {from}", t.name, t.hostname.clone().unwrap_or_default(), t.ip));
+                        p.outcome = Outcome::Reached(format!(
+                            "arrived at {} as {from}, no answer came back\nHostname: {}\nIP: {}\nRemoteAddr: {from}",
+                            t.name,
+                            t.hostname.clone().unwrap_or_default(),
+                            t.ip
+                        ));
                     }
                 }
                 None => stray.push(format!("{}: {line}", t.name)),
@@ -670,7 +720,8 @@ fn probe(ctx: Ctx, proto: Proto, addr: Ipv4Addr, port: u16, sport: u16, reach: b
         Ok(o) => o,
         Err(e) => return Outcome::Error(format!("spawning: {e}")),
     };
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     if stderr.contains("bind") || stderr.contains("Address already in use") || stderr.contains("No such file") {
         return Outcome::Error(one_line(&stderr));
     }
@@ -680,7 +731,11 @@ fn probe(ctx: Ctx, proto: Proto, addr: Ipv4Addr, port: u16, sport: u16, reach: b
             Outcome::Reached(format!("a DNS answer of {} bytes", stdout.trim()))
         }
         Proto::Tcp | Proto::Udp if stdout.contains("Hostname") => Outcome::Reached(stdout),
-        _ => Outcome::Blocked(format!("{}{}", out.status, if stderr.trim().is_empty() { String::new() } else { format!(": {}", one_line(&stderr)) })),
+        _ => Outcome::Blocked(format!(
+            "{}{}",
+            out.status,
+            if stderr.trim().is_empty() { String::new() } else { format!(": {}", one_line(&stderr)) }
+        )),
     }
 }
 
@@ -741,7 +796,8 @@ fn spawn_whoami(ns: &Ns, log: &std::path::Path) -> Result<KillOnDrop> {
 /// The MAC address of `eth0` in `ns`.
 fn mac_of(ns: &Ns) -> Result<[u8; 6]> {
     let out = ns.sh("ip -o link show eth0")?;
-    let s = out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).ok_or_else(|| anyhow!("no MAC in {out}"))?;
+    let s =
+        out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).ok_or_else(|| anyhow!("no MAC in {out}"))?;
     let mut mac = [0u8; 6];
     for (i, b) in s.split(':').enumerate().take(6) {
         mac[i] = u8::from_str_radix(b, 16)?;
@@ -760,7 +816,14 @@ fn ip_checksum(h: &[u8]) -> u16 {
 /// Sends one UDP datagram as a hand-made Ethernet frame out of `eth0` of the calling thread's
 /// network namespace, to `dst_mac` whatever `dst` is: the sender's routing (which never sends
 /// 127.0.0.1 out of an interface) is bypassed, as an attacker on the same segment would.
-fn send_raw_udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> Result<()> {
+fn send_raw_udp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> Result<()> {
     let payload = b"forged frame\n";
     let mut ip = [0u8; 20];
     ip[0] = 0x45;
@@ -834,7 +897,14 @@ fn listeners(ns: &Ns, proto: char) -> Result<Vec<(String, u16, Vec<u32>)>> {
 
 /// Status code of one POST to the join port with `body` (raw bytes, so a client can send what no
 /// well-behaved one would), `content_type` and a Content-Length header.
-fn join_post(ctx: Ctx, mgr: Ipv4Addr, body: &[u8], content_type: Option<&str>, dir: &std::path::Path, tag: &str) -> Result<u16> {
+fn join_post(
+    ctx: Ctx,
+    mgr: Ipv4Addr,
+    body: &[u8],
+    content_type: Option<&str>,
+    dir: &std::path::Path,
+    tag: &str,
+) -> Result<u16> {
     let file = dir.join(format!("join-body-{tag}"));
     std::fs::write(&file, body)?;
     let mut cmd = ctx.cmd("curl");
@@ -847,14 +917,18 @@ fn join_post(ctx: Ctx, mgr: Ipv4Addr, body: &[u8], content_type: Option<&str>, d
     cmd.arg(format!("http://{mgr}:2377/join"));
     let out = cmd.stdin(Stdio::null()).output()?;
     let code = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    code.parse().with_context(|| format!("curl gave no status code ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))
+    code.parse()
+        .with_context(|| format!("curl gave no status code ({}): {}", out.status, String::from_utf8_lossy(&out.stderr)))
 }
 
 fn node_ids(n: &Node) -> Result<Vec<(String, String)>> {
     let mut v: Vec<(String, String)> = n
         .netbee(&["node", "ls", "--format", "json"])?
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).map(|v| (v["ID"].as_str().unwrap_or("").to_string(), v["Hostname"].as_str().unwrap_or("").to_string())))
+        .map(|l| {
+            serde_json::from_str::<Value>(l)
+                .map(|v| (v["ID"].as_str().unwrap_or("").to_string(), v["Hostname"].as_str().unwrap_or("").to_string()))
+        })
         .collect::<Result<_, _>>()?;
     v.sort();
     Ok(v)
@@ -886,9 +960,20 @@ fn daemon_listeners_authenticate() -> Result<()> {
         use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
         for n in [n1, n2] {
             let m = std::fs::metadata(n.socket())?;
-            println!("{}: API socket {} mode {:o} uid {}", n.short_name(), n.socket().display(), m.permissions().mode() & 0o777, m.uid());
+            println!(
+                "{}: API socket {} mode {:o} uid {}",
+                n.short_name(),
+                n.socket().display(),
+                m.permissions().mode() & 0o777,
+                m.uid()
+            );
             if m.permissions().mode() & 0o077 != 0 || m.uid() != 0 {
-                failures.push(format!("{}: the API socket is not root-only: mode {:o} uid {}", n.short_name(), m.permissions().mode(), m.uid()));
+                failures.push(format!(
+                    "{}: the API socket is not root-only: mode {:o} uid {}",
+                    n.short_name(),
+                    m.permissions().mode(),
+                    m.uid()
+                ));
             }
         }
     }
@@ -902,7 +987,10 @@ fn daemon_listeners_authenticate() -> Result<()> {
                 let join = proto == 't' && manager && *addr == n.addr().to_string() && *port == 2377;
                 let dns = gws.contains(addr) && *port == 53;
                 if !join && !dns {
-                    failures.push(format!("{}: the daemon listens on {addr}:{port}/{proto} (neither the join port nor DNS on a gateway)", n.short_name()));
+                    failures.push(format!(
+                        "{}: the daemon listens on {addr}:{port}/{proto} (neither the join port nor DNS on a gateway)",
+                        n.short_name()
+                    ));
                 }
             }
             if manager && proto == 't' && !socks.contains(&(n.addr().to_string(), 2377)) {
@@ -926,7 +1014,12 @@ fn daemon_listeners_authenticate() -> Result<()> {
     let oversized = format!("{{\"Token\":\"{}\"}}", "A".repeat(64 * 1024));
     let cases: Vec<(&str, Vec<u8>, Option<&str>, u16)> = vec![
         ("no token", b"{}".to_vec(), json, 403),
-        ("a wrong token", br#"{"Token":"SWMTKN-1-aaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbbbbbbbbbbb"}"#.to_vec(), json, 403),
+        (
+            "a wrong token",
+            br#"{"Token":"SWMTKN-1-aaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbbbbbbbbbbb"}"#.to_vec(),
+            json,
+            403,
+        ),
         ("the token with its last byte changed", format!("{{\"Token\":\"{near}\"}}").into_bytes(), json, 403),
         ("the token as a number", br#"{"Token":12345}"#.to_vec(), json, 403),
         ("a truncated body", format!("{{\"Token\":\"{}", &token[..20]).into_bytes(), json, 400),
@@ -945,7 +1038,8 @@ fn daemon_listeners_authenticate() -> Result<()> {
         }
     }
     // the right token is answered (and still registers nothing by itself)
-    let ok = join_post(Ctx::Ns(x1), n1.addr(), format!("{{\"Token\":\"{token}\"}}").as_bytes(), json, lab.dir(), "valid")?;
+    let ok =
+        join_post(Ctx::Ns(x1), n1.addr(), format!("{{\"Token\":\"{token}\"}}").as_bytes(), json, lab.dir(), "valid")?;
     println!("  x1               the worker token                       -> {ok}");
     if ok != 200 {
         failures.push(format!("the valid token got {ok}"));
@@ -970,4 +1064,3 @@ fn daemon_listeners_authenticate() -> Result<()> {
     }
     Ok(())
 }
-

@@ -30,7 +30,10 @@ fn publish_forms_and_paths() -> Result<()> {
     n.run_whoami("web", &["-p", "8080:8080", "-p", "8081:8080", "-p", "5353:8080/udp"], 8080)?;
     let web_ip = n.container_ip("web", "bridge")?;
     let a = get(x, &format!("http://{node_ip}:8080/")).expect("external -> node:8080");
-    assert!(whoami_field(&a, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())), "client address preserved: {a}");
+    assert!(
+        whoami_field(&a, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())),
+        "client address preserved: {a}"
+    );
     assert!(a.contains(&format!("IP: {web_ip}")));
     assert!(get(x, &format!("http://{node_ip}:8081/")).is_some(), "second -p");
     let u = udp(x, &node_ip, 5353).expect("UDP request/reply through a published UDP port");
@@ -38,7 +41,8 @@ fn publish_forms_and_paths() -> Result<()> {
 
     // replies come from node-address:H: the client's socket is connected to it, so a reply from
     // any other address would never reach curl. Check the wire too.
-    let cap = x.cmd("tcpdump")
+    let cap = x
+        .cmd("tcpdump")
         .args(["-nn", "-c", "4", "-i", "eth0", "tcp", "and", "src", "port", "8080"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -167,7 +171,20 @@ fn nat_checksums_verify_with_offload_off() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     std::fs::write(dir.join("blob"), &blob)?;
-    n.netbee(&["run", "-d", "--name", "files", "-p", "8000:8000", "-w", dir.to_str().unwrap(), "python3", "-m", "http.server", "8000"])?;
+    n.netbee(&[
+        "run",
+        "-d",
+        "--name",
+        "files",
+        "-p",
+        "8000:8000",
+        "-w",
+        dir.to_str().unwrap(),
+        "python3",
+        "-m",
+        "http.server",
+        "8000",
+    ])?;
     wait_until(Duration::from_secs(10), "http.server", || {
         x.sh(&format!("curl -s -m 1 -o /dev/null http://{}:8000/blob", n.addr())).is_ok()
     })?;
@@ -176,7 +193,20 @@ fn nat_checksums_verify_with_offload_off() -> Result<()> {
     n.exec("files", &["ethtool", "-K", "eth0", "tx", "off"])?;
     let cap = n
         .cmd("nsenter")
-        .args(["-t", &n.inspect("files")?["State"]["Pid"].to_string(), "-n", "tcpdump", "-nvv", "-c", "20", "-i", "eth0", "tcp", "port", "8000"])
+        .args([
+            "-t",
+            &n.inspect("files")?["State"]["Pid"].to_string(),
+            "-n",
+            "tcpdump",
+            "-nvv",
+            "-c",
+            "20",
+            "-i",
+            "eth0",
+            "tcp",
+            "port",
+            "8000",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()?;

@@ -2,12 +2,15 @@
 //! handling of hostile input.
 use std::{
     collections::BTreeSet,
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
 use anyhow::{Result, anyhow};
-use netbee_lab::{single_node_lab, Lab, Node, start_load, wait_until};
+use netbee_lab::{Lab, Node, single_node_lab, start_load, wait_until};
 
 /// New connections back to back from a namespace until `stop`: (ok, failed).
 fn load(ns: &str, addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
@@ -57,7 +60,14 @@ fn expected_objects(n: &Node) -> Result<BTreeSet<String>> {
             out.insert(format!("link:{}", full["Options"]["com.netbee.network.device"].as_str().unwrap()));
         }
     }
-    for pin in ["uplink-ingress", "uplink-egress", "cgroup-sock_connect4", "cgroup-sock_sendmsg4", "cgroup-sock_recvmsg4", "cgroup-sock_getpeername4"] {
+    for pin in [
+        "uplink-ingress",
+        "uplink-egress",
+        "cgroup-sock_connect4",
+        "cgroup-sock_sendmsg4",
+        "cgroup-sock_recvmsg4",
+        "cgroup-sock_getpeername4",
+    ] {
         out.insert(format!("bpffs/netbee/links:{pin}"));
     }
     Ok(out)
@@ -70,11 +80,30 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
     n.run_whoami("web", &["-p", "8080:8080"], 8080)?;
     n.netbee(&["network", "create", "app"])?;
     let bin = netbee_lab::netbee_bin();
-    n.netbee(&["service", "create", "--name", "svc", "--replicas", "2", "--publish", "9090:8080", "--network", "app", bin.to_str().unwrap(), "whoami", "--port", "8080"])?;
-    wait_until(Duration::from_secs(30), "svc 2/2", || n.netbee(&["service", "ls"]).map(|o| o.contains("2/2")).unwrap_or(false))?;
+    n.netbee(&[
+        "service",
+        "create",
+        "--name",
+        "svc",
+        "--replicas",
+        "2",
+        "--publish",
+        "9090:8080",
+        "--network",
+        "app",
+        bin.to_str().unwrap(),
+        "whoami",
+        "--port",
+        "8080",
+    ])?;
+    wait_until(Duration::from_secs(30), "svc 2/2", || {
+        n.netbee(&["service", "ls"]).map(|o| o.contains("2/2")).unwrap_or(false)
+    })?;
     let published: std::net::SocketAddr = format!("{}:8080", n.addr()).parse()?;
     let service: std::net::SocketAddr = format!("{}:9090", n.addr()).parse()?;
-    wait_until(Duration::from_secs(10), "service port", || lab.external("x1").sh(&format!("curl -s -m1 http://{service}/")).is_ok())?;
+    wait_until(Duration::from_secs(10), "service port", || {
+        lab.external("x1").sh(&format!("curl -s -m1 http://{service}/")).is_ok()
+    })?;
     // an established connection that must survive the restarts
     let mut held = lab.external("x1").run(move || std::net::TcpStream::connect(published))?;
     let stop = Arc::new(AtomicBool::new(false));
@@ -93,7 +122,11 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (ok1, failed1) = l1.join().unwrap();
     let (ok2, failed2) = l2.join().unwrap();
-    eprintln!("restart under load: published port {ok1} ok / {} failed; service {ok2} ok / {} failed", failed1.len(), failed2.len());
+    eprintln!(
+        "restart under load: published port {ok1} ok / {} failed; service {ok2} ok / {} failed",
+        failed1.len(),
+        failed2.len()
+    );
     assert!(ok1 > 20 && ok2 > 20, "load ran");
     assert!(failed1.is_empty(), "published port: {failed1:?}");
     assert!(failed2.is_empty(), "service: {failed2:?}");
@@ -103,7 +136,18 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
     held.set_read_timeout(Some(Duration::from_secs(3)))?;
     held.read_to_string(&mut body)?;
     assert!(body.contains("Hostname"), "the established connection survived: {body:?}");
-    let strip = |s: &str| s.lines().map(|l| l.split("   ").filter(|c| !c.trim().is_empty()).map(str::trim).filter(|c| !c.starts_with("Up ") && !c.ends_with(" ago")).collect::<Vec<_>>().join("|")).collect::<Vec<_>>();
+    let strip = |s: &str| {
+        s.lines()
+            .map(|l| {
+                l.split("   ")
+                    .filter(|c| !c.trim().is_empty())
+                    .map(str::trim)
+                    .filter(|c| !c.starts_with("Up ") && !c.ends_with(" ago"))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            })
+            .collect::<Vec<_>>()
+    };
     assert_eq!(strip(&before), strip(&n.netbee(&["ps"])?), "state identical after restart");
     Ok(())
 }
@@ -114,7 +158,11 @@ fn map_keys(n: &Node, map: &str) -> Result<BTreeSet<Vec<u8>>> {
     let out = n.sh(&format!("bpftool -j map dump pinned {}", pin.display()))?;
     let rows: Vec<serde_json::Value> = serde_json::from_str(&out)?;
     let hex = |v: &serde_json::Value| -> Vec<u8> {
-        v.as_array().map(|a| a.iter().filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter().filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok()).collect()
+            })
+            .unwrap_or_default()
     };
     Ok(rows.iter().map(|r| hex(&r["key"])).collect())
 }
@@ -164,7 +212,8 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     let bin = netbee_lab::netbee_bin();
-    let (mut containers, mut networks, mut services) = (Vec::<String>::new(), Vec::<String>::new(), Vec::<String>::new());
+    let (mut containers, mut networks, mut services) =
+        (Vec::<String>::new(), Vec::<String>::new(), Vec::<String>::new());
     let mut removed: Vec<(&str, String)> = Vec::new();
     // `cargo xtask soak` raises this to 60
     let trials: u64 = std::env::var("NETBEE_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(6);
@@ -174,11 +223,36 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
         let port = (7000 + trial).to_string();
         let publish = format!("{port}:80");
         // (kind, args, what a success confirms)
-        let create_container = || ("container", ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"].map(String::from).to_vec());
+        let create_container = || {
+            (
+                "container",
+                ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"]
+                    .map(String::from)
+                    .to_vec(),
+            )
+        };
         let (kind, args): (&str, Vec<String>) = match trial % 6 {
             0 => create_container(),
             1 => ("network", ["network", "create", &name].map(String::from).to_vec()),
-            2 => ("service", ["service", "create", "--name", &name, "--replicas", "1", "--publish", &publish, bin.to_str().unwrap(), "whoami", "--port", "80"].map(String::from).to_vec()),
+            2 => (
+                "service",
+                [
+                    "service",
+                    "create",
+                    "--name",
+                    &name,
+                    "--replicas",
+                    "1",
+                    "--publish",
+                    &publish,
+                    bin.to_str().unwrap(),
+                    "whoami",
+                    "--port",
+                    "80",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
             3 if !containers.is_empty() => ("rm container", vec!["rm".into(), "-f".into(), containers.remove(0)]),
             4 if !networks.is_empty() => ("rm network", vec!["network".into(), "rm".into(), networks.remove(0)]),
             5 if !services.is_empty() => ("rm service", vec!["service".into(), "rm".into(), services.remove(0)]),
@@ -199,7 +273,10 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
             kills_during_op += 1;
         }
         let target = if kind.starts_with("rm") { args.last().unwrap().clone() } else { name.clone() };
-        eprintln!("  crash {trial}: {kind} {target}: {}", if out.status.success() { "confirmed" } else { "interrupted" });
+        eprintln!(
+            "  crash {trial}: {kind} {target}: {}",
+            if out.status.success() { "confirmed" } else { "interrupted" }
+        );
         match (kind, out.status.success()) {
             ("container", true) => containers.push(name.clone()),
             ("network", true) => networks.push(name.clone()),
@@ -225,13 +302,25 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
             assert!(has(&svcs, x), "confirmed service {x} lost after crash {trial}: {svcs:?}");
         }
         for (kind, x) in &removed {
-            let list = match *kind { "container" => &ps, "network" => &nets, _ => &svcs };
+            let list = match *kind {
+                "container" => &ps,
+                "network" => &nets,
+                _ => &svcs,
+            };
             assert!(!has(list, x), "{kind} {x} confirmed removed but back after crash {trial}");
         }
         wait_until(Duration::from_secs(10), "store and kernel agree", || {
-            matches!((kernel_objects(n), expected_objects(n)), (Ok(k), Ok(e)) if k == e) && maps_agree(n).unwrap_or(false)
+            matches!((kernel_objects(n), expected_objects(n)), (Ok(k), Ok(e)) if k == e)
+                && maps_agree(n).unwrap_or(false)
         })
-        .map_err(|e| anyhow!("{e}: kernel {:?} vs store {:?}; maps agree: {:?}", kernel_objects(n), expected_objects(n), maps_agree(n)))?;
+        .map_err(|e| {
+            anyhow!(
+                "{e}: kernel {:?} vs store {:?}; maps agree: {:?}",
+                kernel_objects(n),
+                expected_objects(n),
+                maps_agree(n)
+            )
+        })?;
     }
     eprintln!(
         "crash consistency: {trials} SIGKILLs ({kills_during_op} interrupted the operation); confirmed and kept: {} containers, {} networks, {} services; {} confirmed removals stayed removed; 0 lost, 0 leaked",
@@ -318,7 +407,10 @@ fn conntrack_exhaustion_keeps_established_flows() -> Result<()> {
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = busy.join().unwrap()?;
     let st = n.datapath_stats()?;
-    eprintln!("conntrack exhaustion: {answered}/12000 new flows answered; established: {ok} ok / {failed} failed; {}", st["Conntrack"]);
+    eprintln!(
+        "conntrack exhaustion: {answered}/12000 new flows answered; established: {ok} ok / {failed} failed; {}",
+        st["Conntrack"]
+    );
     assert!(answered >= 11900, "new flows keep being served while the table is full: {answered}");
     assert!(ok > 10 && failed == 0, "the established connection kept working: {ok} ok, {failed} failed");
     assert_eq!(st["Conntrack"]["Capacity"], 8192);
@@ -336,12 +428,16 @@ fn api_rejects_hostile_requests_and_is_root_only() -> Result<()> {
     let mode = std::fs::metadata(&sock)?.permissions();
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(mode.mode() & 0o777, 0o600, "the API socket is root-only");
-    let curl = |args: &str| n.sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {} {args}", sock.display()));
+    let curl =
+        |args: &str| n.sh(&format!("curl -s -o /dev/null -w '%{{http_code}}' --unix-socket {} {args}", sock.display()));
     let before = n.netbee(&["network", "ls"])?;
     for (args, want) in [
         ("-X POST -H 'content-type: application/json' -d '{bad json' http://x/networks/create", "400"),
         ("-X POST -H 'content-type: application/json' -d '{\"Name\": 5}' http://x/networks/create", "400"),
-        ("-X POST -H 'content-type: application/json' -d '{\"Name\": \"t\", \"Subnet\": \"x\"' http://x/networks/create", "400"),
+        (
+            "-X POST -H 'content-type: application/json' -d '{\"Name\": \"t\", \"Subnet\": \"x\"' http://x/networks/create",
+            "400",
+        ),
         ("-X POST -H 'content-type: application/json' -d '[]' http://x/containers/create", "400"),
         ("-X POST -H 'content-type: application/json' -d '{\"Cmd\": []}' http://x/containers/create", "400"),
         ("-X DELETE http://x/containers/nonexistent", "404"),
@@ -352,7 +448,10 @@ fn api_rejects_hostile_requests_and_is_root_only() -> Result<()> {
     // oversized body
     let big = lab.dir().join("big.json");
     std::fs::write(&big, format!("{{\"Name\": \"{}\"}}", "a".repeat(3 << 20)))?;
-    let code = curl(&format!("-X POST -H 'content-type: application/json' --data-binary @{} http://x/networks/create", big.display()))?;
+    let code = curl(&format!(
+        "-X POST -H 'content-type: application/json' --data-binary @{} http://x/networks/create",
+        big.display()
+    ))?;
     assert_eq!(code.trim(), "413");
     // truncated request: the connection is dropped, the daemon keeps serving
     let _ = n.sh(&format!("printf 'POST /networks/create HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100\\r\\n\\r\\n{{\"Na' | timeout 2 nc -U {} || true", sock.display()));
@@ -379,10 +478,27 @@ fn etcd_member_and_node_loss_under_load() -> Result<()> {
         lab.node(n).netbee(&["swarm", "join", "--token", &token, &format!("{}:2377", n1.addr())])?;
     }
     let bin = netbee_lab::netbee_bin();
-    n1.netbee(&["service", "create", "--name", "web", "--replicas", "6", "--publish", "80:8080", bin.to_str().unwrap(), "whoami", "--port", "8080"])?;
-    wait_until(Duration::from_secs(40), "web 6/6", || n1.netbee(&["service", "ls"]).map(|o| o.contains("6/6")).unwrap_or(false))?;
+    n1.netbee(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "--publish",
+        "80:8080",
+        bin.to_str().unwrap(),
+        "whoami",
+        "--port",
+        "8080",
+    ])?;
+    wait_until(Duration::from_secs(40), "web 6/6", || {
+        n1.netbee(&["service", "ls"]).map(|o| o.contains("6/6")).unwrap_or(false)
+    })?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
-    wait_until(Duration::from_secs(10), "mesh", || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    wait_until(Duration::from_secs(10), "mesh", || {
+        lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok()
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let l = load(lab.external("x1").name(), addr, stop.clone());
     std::thread::sleep(Duration::from_secs(1));
@@ -409,7 +525,9 @@ fn etcd_member_and_node_loss_under_load() -> Result<()> {
         n1.netbee(&["node", "ls"]).map(|o| o.lines().any(|l| l.contains("n3") && l.contains("Down"))).unwrap_or(false)
     })?;
     let down = t0.elapsed();
-    wait_until(Duration::from_secs(40), "5/5 again", || n1.netbee(&["service", "ls"]).map(|o| o.contains("5/5")).unwrap_or(false))?;
+    wait_until(Duration::from_secs(40), "5/5 again", || {
+        n1.netbee(&["service", "ls"]).map(|o| o.contains("5/5")).unwrap_or(false)
+    })?;
     let converged = t0.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = l.join().unwrap();

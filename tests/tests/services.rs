@@ -25,7 +25,8 @@ fn wait_replicas(n: &Node, name: &str, want: &str) -> Result<()> {
 
 /// Hostnames answering `count` sequential new connections from `ns` to url.
 fn hosts(ns: &Ns, url: &str, count: usize) -> Result<Vec<String>> {
-    let out = ns.sh(&format!("for i in $(seq {count}); do curl -s -m 3 {url} | grep '^Hostname' || echo FAIL; done"))?;
+    let out =
+        ns.sh(&format!("for i in $(seq {count}); do curl -s -m 3 {url} | grep '^Hostname' || echo FAIL; done"))?;
     Ok(out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect())
 }
 
@@ -74,9 +75,13 @@ fn single_node_services_vip_dns_and_published_port() -> Result<()> {
     let resolved = n.exec("client", &["getent", "hosts", "web"])?;
     assert!(resolved.starts_with(&vip), "web resolves to the VIP {vip}: {resolved}");
     let tasks = n.exec("client", &["getent", "ahostsv4", "tasks.web"])?;
-    let task_ips: std::collections::BTreeSet<&str> = tasks.lines().filter_map(|l| l.split_whitespace().next()).collect();
+    let task_ips: std::collections::BTreeSet<&str> =
+        tasks.lines().filter_map(|l| l.split_whitespace().next()).collect();
     assert_eq!(task_ips.len(), 3, "tasks.web lists the three tasks: {tasks}");
-    let out = n.exec("client", &["sh", "-c", "for i in $(seq 30); do curl -s -m 3 http://web:8080/ | grep '^Hostname'; done"])?;
+    let out = n.exec(
+        "client",
+        &["sh", "-c", "for i in $(seq 30); do curl -s -m 3 http://web:8080/ | grep '^Hostname'; done"],
+    )?;
     let seen: Vec<String> = out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect();
     assert_eq!(seen.len(), 30);
     assert_round_robin(&seen, 3, "VIP from a container");
@@ -185,7 +190,10 @@ fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     let remote = 1000 * placed.iter().filter(|(_, n)| n == "n2").count() as u64 / 5;
     let sent = n1.counter("direct_route")? - direct_before;
     let received = n2.counter("direct_route")? - n2_direct_before;
-    assert!(sent >= 5 * remote && received >= 5 * remote, "direct-routed packets: n1 {sent}, n2 {received}, for {remote} connections");
+    assert!(
+        sent >= 5 * remote && received >= 5 * remote,
+        "direct-routed packets: n1 {sent}, n2 {received}, for {remote} connections"
+    );
     assert_eq!(n1.counter("encap")?, encap_before, "n1 encapsulated routing-mesh traffic");
     Ok(())
 }
@@ -212,8 +220,13 @@ fn vip_and_dns_across_nodes() -> Result<()> {
         let ips: std::collections::BTreeSet<&str> = tasks.lines().filter_map(|l| l.split_whitespace().next()).collect();
         ips.len() == 4
     })
-    .map_err(|e| anyhow!("{e}: {tasks}\n{}", n1.netbee(&["service", "ps", "--format", "json", "api"]).unwrap_or_default()))?;
-    let out = n1.exec("client", &["sh", "-c", "for i in $(seq 100); do curl -s -m 3 http://api:8080/ | grep '^Hostname' || echo FAIL; done"])?;
+    .map_err(|e| {
+        anyhow!("{e}: {tasks}\n{}", n1.netbee(&["service", "ps", "--format", "json", "api"]).unwrap_or_default())
+    })?;
+    let out = n1.exec(
+        "client",
+        &["sh", "-c", "for i in $(seq 100); do curl -s -m 3 http://api:8080/ | grep '^Hostname' || echo FAIL; done"],
+    )?;
     let seen: Vec<String> = out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect();
     assert_eq!(seen.len(), 100);
     assert_round_robin(&seen, 4, "VIP across nodes");
@@ -231,7 +244,9 @@ fn scaling_and_draining_under_load_fail_nothing() -> Result<()> {
     create_service(n1, "web", &["--replicas", "5", "--publish", "80:8080"])?;
     wait_replicas(n1, "web", "5/5")?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
-    wait_until(Duration::from_secs(10), "mesh", || http_hostname(addr).is_ok() || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    wait_until(Duration::from_secs(10), "mesh", || {
+        http_hostname(addr).is_ok() || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok()
+    })?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
     n1.netbee(&["service", "scale", "web=7"])?;
@@ -286,7 +301,10 @@ fn lost_node_tasks_are_rescheduled_and_no_longer_chosen() -> Result<()> {
     let (ok2, failed2) = load.join().unwrap();
     eprintln!(
         "node loss: Down after {down_after:?}; until Down+10 s: {} ok / {} failed; afterwards {} ok / {} failed",
-        ok1.len(), failed1.len(), ok2.len(), failed2.len()
+        ok1.len(),
+        failed1.len(),
+        ok2.len(),
+        failed2.len()
     );
     assert!(failed2.is_empty(), "after the load balancers converged nothing fails: {failed2:?}");
     assert!(ok2.len() > 50);
@@ -304,7 +322,9 @@ fn idle_mesh_connection_survives_fifteen_minutes() -> Result<()> {
     create_service(n1, "web", &["--replicas", "2", "--publish", "80:8080"])?;
     wait_replicas(n1, "web", "2/2")?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
-    wait_until(Duration::from_secs(10), "mesh", || lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok())?;
+    wait_until(Duration::from_secs(10), "mesh", || {
+        lab.external("x1").sh(&format!("curl -s -m1 http://{addr}/")).is_ok()
+    })?;
     let mut conn = lab.external("x1").run(move || std::net::TcpStream::connect(addr))?;
     conn.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")?;
     let mut buf = [0u8; 4096];

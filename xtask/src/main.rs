@@ -135,7 +135,15 @@ fn setup() -> Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"])).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         log(t0, "rustup toolchain install nightly");
-        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
     }
     let comps = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
         .unwrap_or_default();
@@ -218,7 +226,17 @@ fn bench(args: &[String]) -> Result<()> {
 /// Long variants of the resilience tests: many more randomized crash points; then the fuzzers.
 fn soak() -> Result<()> {
     run(cargo()
-        .args(["test", "--release", "-p", "netbee-tests", "--test", "resilience", "--", "--test-threads=1", "--nocapture"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "netbee-tests",
+            "--test",
+            "resilience",
+            "--",
+            "--test-threads=1",
+            "--nocapture",
+        ])
         .env("NETBEE_BIN", netbee_bin())
         .env("NETBEE_CRASH_TRIALS", "60"))?;
     run_fuzzers(120)
@@ -252,11 +270,8 @@ fn cargo_fuzz(sub: &str) -> Command {
 fn run_fuzzers(secs: u64) -> Result<()> {
     let t0 = Instant::now();
     let fuzz_dir = root().join("controlplane/fuzz");
-    let targets: Vec<String> = output(&mut cargo_fuzz("list"))
-        .ok_or("cargo fuzz list failed")?
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let targets: Vec<String> =
+        output(&mut cargo_fuzz("list")).ok_or("cargo fuzz list failed")?.lines().map(str::to_string).collect();
     run(&mut cargo_fuzz("build"))?;
     eprintln!("[fuzz +{:.0}s] built {} targets", t0.elapsed().as_secs_f64(), targets.len());
     let logs = root().join("target/fuzz-logs");

@@ -25,16 +25,24 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     nb(n1, &["network", "create", "bench"])?;
 
     let defs = vec![
-        MetricDef::new("create", format!("create {count} containers, sequential"), "s", Better::Lower).target(if count == 100 {
-            "≤ 10 s".to_string()
-        } else {
-            format!("≤ {:.0} s (10 s per 100)", 10.0 * count as f64 / 100.0)
-        }),
-        MetricDef::new("restart", format!("daemon restart to ready, {count} containers"), "s", Better::Lower).target("—"),
+        MetricDef::new("create", format!("create {count} containers, sequential"), "s", Better::Lower).target(
+            if count == 100 {
+                "≤ 10 s".to_string()
+            } else {
+                format!("≤ {:.0} s (10 s per 100)", 10.0 * count as f64 / 100.0)
+            },
+        ),
+        MetricDef::new("restart", format!("daemon restart to ready, {count} containers"), "s", Better::Lower)
+            .target("—"),
         MetricDef::new("rss", format!("daemon RSS idle, {count} containers"), "MiB", Better::Lower).target("—"),
         MetricDef::new("netcreate", "network create", "ms", Better::Lower).target("—"),
-        MetricDef::new("scale", format!("scale a service 1 → {} over 3 nodes until all answer", scale_to(ctx)), "s", Better::Lower)
-            .target(if ctx.quick { "—".to_string() } else { "≤ 10 s".to_string() }),
+        MetricDef::new(
+            "scale",
+            format!("scale a service 1 → {} over 3 nodes until all answer", scale_to(ctx)),
+            "s",
+            Better::Lower,
+        )
+        .target(if ctx.quick { "—".to_string() } else { "≤ 10 s".to_string() }),
     ];
     let mut col = Collector::new("control-plane", defs);
     for round in 0..ctx.rounds {
@@ -99,7 +107,23 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
     let lab = netbee_lab::swarm_lab("bench-scale", &["n1", "n2", "n3"], &["x1"])?;
     let n1 = lab.node("n1");
     let bin = std::env::var("NETBEE_BIN").unwrap_or_else(|_| netbee_lab::netbee_bin().to_string_lossy().into_owned());
-    nb(n1, &["service", "create", "--name", "web", "--replicas", "1", "--publish", "80:8080", &bin, "whoami", "--port", "8080"])?;
+    nb(
+        n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "--publish",
+            "80:8080",
+            &bin,
+            "whoami",
+            "--port",
+            "8080",
+        ],
+    )?;
     let addr: std::net::SocketAddr = format!("{}:80", n1.addr()).parse()?;
     let x = lab.external("x1");
     let distinct = move |count: usize| -> usize {
@@ -125,7 +149,14 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
         nb(n1, &["service", "scale", "web=1"])?;
         netbee_lab::wait_until(Duration::from_secs(120), "scaled back to 1", || {
             n1.service_running_tasks("web").map(|t| t.len() == 1).unwrap_or(false)
-                && lab.nodes().iter().all(|node| !node.netbee(&["ps", "-a"]).unwrap_or_default().lines().skip(1).any(|l| l.contains("web.") && !l.contains("web.1.")))
+                && lab.nodes().iter().all(|node| {
+                    !node
+                        .netbee(&["ps", "-a"])
+                        .unwrap_or_default()
+                        .lines()
+                        .skip(1)
+                        .any(|l| l.contains("web.") && !l.contains("web.1."))
+                })
         })?;
     }
     Ok(())

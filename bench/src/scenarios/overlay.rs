@@ -52,7 +52,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     wait_until(Duration::from_secs(15), "cli reaches srv over the overlay", || {
         n1.exec_ok("cli", &["ping", "-c", "1", "-W", "1", &srv_ip])
     })?;
-    let mut targets = vec![Target { system: NETBEE, client: Place::Container { node: n1, name: "cli".into() }, server_ip: srv_ip }];
+    let mut targets =
+        vec![Target { system: NETBEE, client: Place::Container { node: n1, name: "cli".into() }, server_ip: srv_ip }];
 
     // Baseline: kernel VXLAN + bridge on v1/v2, same servers in the server namespace.
     let mut servers: Vec<Server> = Vec::new();

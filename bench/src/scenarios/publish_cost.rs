@@ -61,8 +61,13 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     // The container create+start part of the netbee figures, at the smallest and largest N.
     for n in [levels[0], max] {
         defs.push(
-            MetricDef::new(format!("noport{n}"), format!("netbee run -d without -p, N={n} (reference)"), "ms", Better::Lower)
-                .target("— (part of the netbee figure that is not publishing)"),
+            MetricDef::new(
+                format!("noport{n}"),
+                format!("netbee run -d without -p, N={n} (reference)"),
+                "ms",
+                Better::Lower,
+            )
+            .target("— (part of the netbee figure that is not publishing)"),
         );
     }
     let mut col = Collector::new("publish-cost", defs);
@@ -95,7 +100,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
                 col.add(&key, NETBEE, 1e3 * netbee_publish(n1, probe)?);
                 col.add(&format!("noport{n}"), NETBEE, 1e3 * netbee_noport(n1)?);
                 for (system, node) in [("iptables", pi), ("iptables-legacy", pl)] {
-                    let t = time_cmd(iptables_rule_cmd(node, system, "-A", probe)).with_context(|| format!("{system} -A"))?;
+                    let t = time_cmd(iptables_rule_cmd(node, system, "-A", probe))
+                        .with_context(|| format!("{system} -A"))?;
                     col.add(&key, system, 1e3 * t);
                     check(iptables_rule_cmd(node, system, "-D", probe), Duration::from_secs(60))?;
                 }

@@ -39,7 +39,24 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let conf_s = conf.to_string_lossy().to_string();
     nb(n1, &["network", "create", "bench"])?;
     let port_spec = format!("{HOST_PORT}:{NGINX_PORT}");
-    nb(n1, &["run", "-d", "--name", "web", "--network", "bench", "-p", &port_spec, "nginx", "-c", &conf_s, "-g", "daemon off;"])?;
+    nb(
+        n1,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--network",
+            "bench",
+            "-p",
+            &port_spec,
+            "nginx",
+            "-c",
+            &conf_s,
+            "-g",
+            "daemon off;",
+        ],
+    )?;
     Place::Container { node: n1, name: "web".into() }.wait_listening(NGINX_PORT, Duration::from_secs(10))?;
 
     let mut servers: Vec<Server> = Vec::new();
@@ -61,15 +78,15 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let targets = [(NETBEE, n1.addr()), ("iptables", b1.addr()), ("socat", b2.addr())];
     let wrk = |addr: std::net::Ipv4Addr, secs: u64| -> Result<crate::tools::WrkResult> {
         let mut c = x1.cmd("wrk");
-        c.args(["-t2", "-c50", &format!("-d{secs}s"), "-s"])
-            .arg(&lua)
-            .arg(format!("http://{addr}:{HOST_PORT}/"));
+        c.args(["-t2", "-c50", &format!("-d{secs}s"), "-s"]).arg(&lua).arg(format!("http://{addr}:{HOST_PORT}/"));
         let out = check(c, Duration::from_secs(secs + 30))?;
         parse_wrk(&out)
     };
     // Every path answers before anything is timed; one short warm-up each.
     for (system, addr) in &targets {
-        let ok = x1.sh(&format!("curl -s -m 5 http://{addr}:{HOST_PORT}/")).with_context(|| format!("{system}: first request"))?;
+        let ok = x1
+            .sh(&format!("curl -s -m 5 http://{addr}:{HOST_PORT}/"))
+            .with_context(|| format!("{system}: first request"))?;
         anyhow::ensure!(ok.trim() == "ok", "{system}: unexpected answer {ok:?}");
         wrk(*addr, 1).with_context(|| format!("{system}: wrk warm-up"))?;
     }
@@ -80,7 +97,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             .vs("socat", "≫ 1 (far above)"),
         MetricDef::new("p50", "request latency p50", "ms", Better::Lower).vs("iptables", "≥ 1").vs("socat", "> 1"),
         MetricDef::new("p99", "request latency p99", "ms", Better::Lower).vs("iptables", "≥ 1").vs("socat", "> 1"),
-        MetricDef::new("errors", "wrk socket errors per run", "count", Better::Lower).vs("iptables", "—").vs("socat", "—"),
+        MetricDef::new("errors", "wrk socket errors per run", "count", Better::Lower)
+            .vs("iptables", "—")
+            .vs("socat", "—"),
     ];
     let mut col = Collector::new("published-port", defs);
     let secs = ctx.duration().as_secs();

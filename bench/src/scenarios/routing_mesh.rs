@@ -39,7 +39,8 @@ const PORT: u16 = 80;
 const HAPROXY_PORT: u16 = 8080;
 
 pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
-    let mut lab = netbee_lab::swarm_lab_with("bench-routing-mesh", &["n1", "n2", "n3"], &["x1"], &["--mesh-routing", "native"])?;
+    let mut lab =
+        netbee_lab::swarm_lab_with("bench-routing-mesh", &["n1", "n2", "n3"], &["x1"], &["--mesh-routing", "native"])?;
     for b in ["b1", "b2", "b3"] {
         lab.add_node(b)?;
     }
@@ -102,7 +103,12 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             format!("last error: {last}\nservice ps web:\n{ps}\nps -a on n1:\n{local}")
         })?;
         let s = spread(client, *addr, 4 * REPLICAS).with_context(|| format!("{system}: first requests"))?;
-        ensure!(s.counts.len() == REPLICAS, "{system}: {} backends answered 24 requests, expected {REPLICAS}: {:?}", s.counts.len(), s.counts);
+        ensure!(
+            s.counts.len() == REPLICAS,
+            "{system}: {} backends answered 24 requests, expected {REPLICAS}: {:?}",
+            s.counts.len(),
+            s.counts
+        );
         wrk(client, *addr, 1).with_context(|| format!("{system}: wrk warm-up"))?;
     }
 
@@ -138,10 +144,18 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             col.add("errors", system, r.errors as f64);
             let s = spread(client, *addr, fairness_n).with_context(|| format!("{system}: fairness"))?;
             if s.failed > 0 || s.counts.len() != REPLICAS {
-                bail!("{system}: {} of {fairness_n} sequential connections failed, backends answering: {:?}", s.failed, s.counts);
+                bail!(
+                    "{system}: {} of {fairness_n} sequential connections failed, backends answering: {:?}",
+                    s.failed,
+                    s.counts
+                );
             }
             let preserved = s.client_seen as f64 / fairness_n as f64;
-            println!("    routing-mesh   {system:<12} shares {:?}; backends saw the client address in {:.0} %", sorted(&s.counts), 100.0 * preserved);
+            println!(
+                "    routing-mesh   {system:<12} shares {:?}; backends saw the client address in {:.0} %",
+                sorted(&s.counts),
+                100.0 * preserved
+            );
             col.add("fair", system, max_min_share(&s.counts, REPLICAS));
         }
     }
@@ -156,7 +170,25 @@ fn mesh_service(n1: &Node, conf_dir: &std::path::Path) -> Result<()> {
     let conf_s = conf.to_string_lossy().to_string();
     let replicas = REPLICAS.to_string();
     let publish = format!("{PORT}:{PORT}");
-    nb(n1, &["service", "create", "--name", "web", "--replicas", &replicas, "--publish", &publish, "--", "nginx", "-c", &conf_s, "-g", "daemon off;"])?;
+    nb(
+        n1,
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            &replicas,
+            "--publish",
+            &publish,
+            "--",
+            "nginx",
+            "-c",
+            &conf_s,
+            "-g",
+            "daemon off;",
+        ],
+    )?;
     let want = format!("{REPLICAS}/{REPLICAS}");
     wait_until(Duration::from_secs(60), &format!("service web at {want}"), || n1.service_replicas("web") == want)?;
     let placed = n1.service_running_tasks("web")?;

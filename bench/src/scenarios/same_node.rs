@@ -40,7 +40,9 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
 
     // netbee: a user network with a server container (iperf3 + sockperf) and a client container.
     nb(node, &["network", "create", "bench"])?;
-    let server_cmd = format!("iperf3 -s -p {IPERF_PORT} & exec taskset -c {SERVER_CPU} sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}");
+    let server_cmd = format!(
+        "iperf3 -s -p {IPERF_PORT} & exec taskset -c {SERVER_CPU} sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}"
+    );
     nb(node, &["run", "-d", "--name", "srv", "--network", "bench", "bash", "-c", &server_cmd])?;
     nb(node, &["run", "-d", "--name", "cli", "--network", "bench", "sleep", "infinity"])?;
     let srv = Place::Container { node, name: "srv".into() };
@@ -98,11 +100,24 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
                     c.args(["-c", &tg.server_ip, "-p", &IPERF_PORT.to_string(), "-t", &t, "-P", streams, "-J"]);
                     c
                 };
-                let out = iperf3_client(iperf, deadline).with_context(|| format!("{}: iperf3 -P {streams}", tg.system))?;
+                let out =
+                    iperf3_client(iperf, deadline).with_context(|| format!("{}: iperf3 -P {streams}", tg.system))?;
                 col.add(key, tg.system, iperf3_gbps(&out)?);
             }
             let mut c = tg.client.cmd("taskset");
-            c.args(["-c", CLIENT_CPU, "sockperf", "pp", "--tcp", "-i", &tg.server_ip, "-p", &SOCKPERF_PORT.to_string(), "-t", &t]);
+            c.args([
+                "-c",
+                CLIENT_CPU,
+                "sockperf",
+                "pp",
+                "--tcp",
+                "-i",
+                &tg.server_ip,
+                "-p",
+                &SOCKPERF_PORT.to_string(),
+                "-t",
+                &t,
+            ]);
             let out = check(c, deadline).with_context(|| format!("{}: sockperf pp", tg.system))?;
             let (p50, p99) = sockperf_p50_p99(&out)?;
             col.add("p50", tg.system, p50);

@@ -11,7 +11,9 @@ use netbee_controlplane::{
     cluster::Availability,
     ipam, names,
 };
-use netbee_fuzz::{check_constraint, check_expose, check_manager_addr, check_names, check_pool, check_publish, check_service_port};
+use netbee_fuzz::{
+    check_constraint, check_expose, check_manager_addr, check_names, check_pool, check_publish, check_service_port,
+};
 use serde::Serialize;
 use serde_json::Value;
 

@@ -318,9 +318,7 @@ pub fn check_node_matches(n: &NodeRecord, cs: &[Constraint]) {
 fn docker_name(s: &str, min: usize, max: usize) -> bool {
     let mut chars = s.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
-    first_ok
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && (min..=max).contains(&s.len())
+    first_ok && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) && (min..=max).contains(&s.len())
 }
 
 /// Container, network and service names, and short ids.

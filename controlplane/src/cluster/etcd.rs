@@ -53,11 +53,7 @@ impl Etcd {
                 Err(_) => last = Some(format!("{ep}: timed out")),
             }
         }
-        Err(anyhow!(
-            "cannot reach etcd at {} ({})",
-            self.endpoints.join(","),
-            last.unwrap_or_default()
-        ))
+        Err(anyhow!("cannot reach etcd at {} ({})", self.endpoints.join(","), last.unwrap_or_default()))
     }
 
     /// Forget the connection after an error; the next call starts with the next member.
@@ -112,8 +108,10 @@ impl Etcd {
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
         let p = prefix.to_string();
-        let r = self
-            .run("list keys", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix().with_keys_only())).await })
+        let r =
+            self.run("list keys", |mut c| async move {
+                c.get(p, Some(GetOptions::new().with_prefix().with_keys_only())).await
+            })
             .await?;
         Ok(r.kvs().iter().map(|kv| String::from_utf8_lossy(kv.key()).into_owned()).collect())
     }

@@ -18,8 +18,7 @@ use crate::{
     api::{ApiError, ApiResult, ContainerCreate},
     humanize,
     model::{
-        Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status,
-        mac_string,
+        Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status, mac_string,
     },
     names, netns,
     portspec::{self, Proto},
@@ -59,7 +58,11 @@ impl Daemon {
             }
         }
         // every range is expanded: a body of many "1-65535" must fail before it exhausts memory
-        let too_many = || ApiError::bad_request(format!("too many ports: a container publishes or exposes at most {MAX_PORTS_PER_CONTAINER}"));
+        let too_many = || {
+            ApiError::bad_request(format!(
+                "too many ports: a container publishes or exposes at most {MAX_PORTS_PER_CONTAINER}"
+            ))
+        };
         let mut publish = Vec::new();
         for p in &req.publish {
             publish.extend(portspec::parse_publish(p).map_err(|e| ApiError::bad_request(e.to_string()))?);
@@ -101,7 +104,10 @@ impl Daemon {
                     let mut probe = net.ipam.clone().expect("bridge network has IPAM");
                     probe.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
                     if let Some(o) = all.iter().find(|c| c.attachments.iter().any(|a| a.ip == Some(ip))) {
-                        return Err(ApiError::conflict(format!("address {ip} is already reserved by container {}", o.name)));
+                        return Err(ApiError::conflict(format!(
+                            "address {ip} is already reserved by container {}",
+                            o.name
+                        )));
                     }
                 }
                 (NetworkMode::Bridge, vec![Attachment { network_id: net.id, ip, aliases: req.network_aliases.clone() }])
@@ -273,7 +279,9 @@ impl Daemon {
         if fd >= 0 {
             let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
             // SAFETY: the AsyncFd owns the pidfd for as long as it is registered
-            if let Ok(afd) = unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            if let Ok(afd) =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            {
                 let _ = afd.readable().await;
             }
         }
@@ -435,9 +443,9 @@ impl Daemon {
         let now = chrono::Utc::now();
         let status = match c.state.status {
             Status::Created => humanize::status_created(),
-            Status::Running => humanize::status_running(
-                (now - c.state.started_at.unwrap_or(now)).to_std().unwrap_or_default(),
-            ),
+            Status::Running => {
+                humanize::status_running((now - c.state.started_at.unwrap_or(now)).to_std().unwrap_or_default())
+            }
             Status::Exited => humanize::status_exited(
                 c.state.exit_code,
                 (now - c.state.finished_at.unwrap_or(now)).to_std().unwrap_or_default(),

@@ -1,12 +1,12 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 mod containers;
+mod names;
 mod networks;
 mod ports;
 mod reconcile;
 mod server;
-pub mod swarm;
-mod names;
 pub mod services;
+pub mod swarm;
 
 use std::{
     net::Ipv4Addr,
@@ -211,11 +211,7 @@ fn netns_cookie() -> Result<u64> {
 
 pub fn cgroup2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
-    mounts
-        .lines()
-        .find(|l| l.split(' ').nth(2) == Some("cgroup2"))
-        .and_then(|l| l.split(' ').nth(1))
-        .map(PathBuf::from)
+    mounts.lines().find(|l| l.split(' ').nth(2) == Some("cgroup2")).and_then(|l| l.split(' ').nth(1)).map(PathBuf::from)
 }
 
 impl Daemon {
@@ -275,14 +271,8 @@ impl Daemon {
 
     /// Published ports answer on every address of the node (uplink and gateways).
     pub async fn refresh_node_addrs(&self) -> Result<()> {
-        let addrs: Vec<Ipv4Addr> = self
-            .nl
-            .ipv4_addrs()
-            .await?
-            .into_iter()
-            .map(|(_, ip, _)| ip)
-            .filter(|ip| !ip.is_loopback())
-            .collect();
+        let addrs: Vec<Ipv4Addr> =
+            self.nl.ipv4_addrs().await?.into_iter().map(|(_, ip, _)| ip).filter(|ip| !ip.is_loopback()).collect();
         let mut dp = self.dp.lock().unwrap();
         let want: std::collections::HashSet<u32> = addrs.iter().map(|a| ip_be(*a)).collect();
         let have: Vec<u32> = dp.node_addrs.keys().filter_map(|k| k.ok()).collect();

@@ -76,8 +76,10 @@ impl Daemon {
             for v in &s.vips {
                 add(&v.network_id, &s.spec.name, v.ip);
             }
-            let mut live: Vec<&TaskRecord> =
-                tasks.iter().filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running).collect();
+            let mut live: Vec<&TaskRecord> = tasks
+                .iter()
+                .filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running)
+                .collect();
             live.sort_by_key(|t| t.slot);
             for t in live {
                 for (net, ip) in &t.addrs {

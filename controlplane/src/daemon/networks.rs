@@ -87,10 +87,8 @@ impl Daemon {
             }
             d => return Err(ApiError::bad_request(format!("unknown network driver {d:?}: use bridge or overlay"))),
         }
-        let existing: Vec<(String, ipnetwork::Ipv4Network)> = all
-            .iter()
-            .filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet)))
-            .collect();
+        let existing: Vec<(String, ipnetwork::Ipv4Network)> =
+            all.iter().filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet))).collect();
         let cfg = ipam::pool_config(
             req.subnet.as_deref(),
             req.gateway.as_deref(),
@@ -125,10 +123,7 @@ impl Daemon {
         let _g = self.op.lock().await;
         let net = self.find_network(key)?;
         if PREDEFINED.contains(&net.name.as_str()) {
-            return Err(ApiError::bad_request(format!(
-                "{} is a pre-defined network and cannot be removed",
-                net.name
-            )));
+            return Err(ApiError::bad_request(format!("{} is a pre-defined network and cannot be removed", net.name)));
         }
         if net.driver == Driver::Overlay {
             self.overlay_remove(&net).await?;
@@ -306,8 +301,16 @@ impl Daemon {
         c.endpoints.pop();
         let default_route = index == 0 && !net.internal;
         let attached = async {
-            bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), &net, &ep, default_route, c.is_backend())
-                .await?;
+            bridge::attach_endpoint(
+                &self.nl,
+                &self.dp,
+                &self.netns_path(&c.id),
+                &net,
+                &ep,
+                default_route,
+                c.is_backend(),
+            )
+            .await?;
             if net.driver == Driver::Overlay {
                 self.register_endpoint(c, &ep).await?;
             }

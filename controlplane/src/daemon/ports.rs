@@ -86,9 +86,8 @@ impl Daemon {
         for spec in specs {
             let host_ip = spec.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED);
             let taken_by = |ip: Ipv4Addr, port: u16, proto: Proto, out: &[PortBinding]| -> Option<String> {
-                if let Some((name, _)) = others
-                    .iter()
-                    .find(|(_, b)| b.host_port == port && b.proto == proto && overlaps(b.host_ip, ip))
+                if let Some((name, _)) =
+                    others.iter().find(|(_, b)| b.host_port == port && b.proto == proto && overlaps(b.host_ip, ip))
                 {
                     return Some(format!("container {name}"));
                 }
@@ -155,9 +154,7 @@ impl Daemon {
 pub fn program_frontend(dp: &mut crate::datapath::Datapath, p: &PublishedPort, backend: Ipv4Addr) -> Result<()> {
     let b = &p.binding;
     let be = Backend { addr: ip_be(backend), port: b.container_port.to_be(), _pad: 0 };
-    dp.backends
-        .insert(BackendKey { service: p.service_id, slot: 1 }, be, 0)
-        .context("updating BACKENDS")?;
+    dp.backends.insert(BackendKey { service: p.service_id, slot: 1 }, be, 0).context("updating BACKENDS")?;
     let flags = if b.host_ip.is_loopback() { svc_flags::LOCAL_ONLY } else { 0 };
     let svc = Service { id: p.service_id, count: 1, net_id: 0, flags };
     dp.frontends.insert(frontend_key(b), svc, 0).context("updating FRONTENDS")?;

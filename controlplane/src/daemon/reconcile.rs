@@ -56,8 +56,16 @@ impl Daemon {
                 bridge::program_endpoint(&self.nl, &self.dp, net, ep, c.is_backend()).await?;
             } else {
                 let default_route = i == 0 && !net.internal;
-                bridge::attach_endpoint(&self.nl, &self.dp, &self.netns_path(&c.id), net, ep, default_route, c.is_backend())
-                    .await?;
+                bridge::attach_endpoint(
+                    &self.nl,
+                    &self.dp,
+                    &self.netns_path(&c.id),
+                    net,
+                    ep,
+                    default_route,
+                    c.is_backend(),
+                )
+                .await?;
             }
         }
         if let Some(ep) = c.endpoints.first() {
@@ -72,8 +80,7 @@ impl Daemon {
     async fn remove_orphans(&self) -> Result<()> {
         let nets = self.networks()?;
         let containers = self.containers()?;
-        let running: Vec<&ContainerRecord> =
-            containers.iter().filter(|c| c.state.status == Status::Running).collect();
+        let running: Vec<&ContainerRecord> = containers.iter().filter(|c| c.state.status == Status::Running).collect();
         let endpoints: Vec<&crate::model::Endpoint> = running.iter().flat_map(|c| c.endpoints.iter()).collect();
 
         // addresses: exactly those of running endpoints stay allocated
@@ -107,11 +114,8 @@ impl Daemon {
                 self.nl.delete_link(l.index).await?;
             }
         }
-        let want_ns: HashSet<String> = containers
-            .iter()
-            .filter(|c| c.state.status == Status::Running)
-            .map(|c| c.id.clone())
-            .collect();
+        let want_ns: HashSet<String> =
+            containers.iter().filter(|c| c.state.status == Status::Running).map(|c| c.id.clone()).collect();
         if let Ok(dir) = std::fs::read_dir(self.cfg.root.join("netns")) {
             for e in dir.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -141,16 +145,13 @@ impl Daemon {
         for k in stale {
             ignore_missing(dp.endpoints.remove(&k))?;
         }
-        let ifindexes: HashSet<u32> =
-            links.iter().filter(|l| want_links.contains(&l.name)).map(|l| l.index).collect();
-        let stale: Vec<u32> =
-            dp.ifaces.keys().filter_map(|k| k.ok()).filter(|k| !ifindexes.contains(k)).collect();
+        let ifindexes: HashSet<u32> = links.iter().filter(|l| want_links.contains(&l.name)).map(|l| l.index).collect();
+        let stale: Vec<u32> = dp.ifaces.keys().filter_map(|k| k.ok()).filter(|k| !ifindexes.contains(k)).collect();
         for k in stale {
             ignore_missing(dp.ifaces.remove(&k))?;
         }
         let want_nets: HashSet<u32> = nets.iter().filter(|n| n.ipam.is_some()).map(|n| n.net_id).collect();
-        let stale: Vec<u32> =
-            dp.networks.keys().filter_map(|k| k.ok()).filter(|k| !want_nets.contains(k)).collect();
+        let stale: Vec<u32> = dp.networks.keys().filter_map(|k| k.ok()).filter(|k| !want_nets.contains(k)).collect();
         for k in stale {
             ignore_missing(dp.networks.remove(&k))?;
         }

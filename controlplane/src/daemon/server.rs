@@ -117,12 +117,20 @@ async fn network_remove(State(d): D, Path(id): Path<String>) -> ApiResult<Json<V
     Ok(Json(Value::Null))
 }
 
-async fn network_connect(State(d): D, Path(id): Path<String>, Body(req): Body<NetworkConnect>) -> ApiResult<Json<Value>> {
+async fn network_connect(
+    State(d): D,
+    Path(id): Path<String>,
+    Body(req): Body<NetworkConnect>,
+) -> ApiResult<Json<Value>> {
     d.network_connect(&id, req).await?;
     Ok(Json(Value::Null))
 }
 
-async fn network_disconnect(State(d): D, Path(id): Path<String>, Body(req): Body<NetworkConnect>) -> ApiResult<Json<Value>> {
+async fn network_disconnect(
+    State(d): D,
+    Path(id): Path<String>,
+    Body(req): Body<NetworkConnect>,
+) -> ApiResult<Json<Value>> {
     d.network_disconnect(&id, &req.container).await?;
     Ok(Json(Value::Null))
 }
@@ -132,11 +140,8 @@ async fn container_list(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
     let nets = d.networks()?;
     let mut cs = d.containers()?;
     cs.sort_by_key(|c| std::cmp::Reverse(c.created));
-    let v: Vec<Value> = cs
-        .iter()
-        .filter(|c| all || c.state.status == Status::Running)
-        .map(|c| d.container_summary(c, &nets))
-        .collect();
+    let v: Vec<Value> =
+        cs.iter().filter(|c| all || c.state.status == Status::Running).map(|c| d.container_summary(c, &nets)).collect();
     Ok(Json(Value::Array(v)))
 }
 

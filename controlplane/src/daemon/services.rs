@@ -109,7 +109,9 @@ pub fn parse_constraint(s: &str) -> Result<Constraint, String> {
     } else if let Some((l, r)) = s.split_once("!=") {
         (l, r, false)
     } else {
-        return Err(format!("invalid constraint {s:?}: expected node.labels.KEY==VALUE, node.hostname==NAME or node.role==manager|worker (or !=)"));
+        return Err(format!(
+            "invalid constraint {s:?}: expected node.labels.KEY==VALUE, node.hostname==NAME or node.role==manager|worker (or !=)"
+        ));
     };
     let (lhs, rhs) = (lhs.trim(), rhs.trim());
     // Another '=' makes the text ambiguous ("node.hostname!==m", "node.labels.k= ==v"), and a
@@ -151,7 +153,8 @@ pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
         Some((p, pr)) => (p, pr.parse::<Proto>().map_err(|_| format!("invalid protocol in {s:?}: use tcp or udp"))?),
         None => (s, Proto::Tcp),
     };
-    let (p, t) = ports.split_once(':').ok_or_else(|| format!("invalid publish {s:?}: expected PUBLISHED:TARGET[/udp]"))?;
+    let (p, t) =
+        ports.split_once(':').ok_or_else(|| format!("invalid publish {s:?}: expected PUBLISHED:TARGET[/udp]"))?;
     let parse = |x: &str| -> Result<u16, String> {
         match x.parse::<u32>() {
             Ok(v) if (1..=65535).contains(&v) => Ok(v as u16),
@@ -163,7 +166,11 @@ pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
 
 /// Places one task: the eligible node running the fewest of this service's tasks, then the
 /// fewest tasks overall, then by id (deterministic).
-pub fn pick_node<'a>(eligible: &'a [NodeRecord], per_service: &HashMap<String, usize>, total: &HashMap<String, usize>) -> Option<&'a NodeRecord> {
+pub fn pick_node<'a>(
+    eligible: &'a [NodeRecord],
+    per_service: &HashMap<String, usize>,
+    total: &HashMap<String, usize>,
+) -> Option<&'a NodeRecord> {
     eligible.iter().min_by_key(|n| {
         (per_service.get(&n.id).copied().unwrap_or(0), total.get(&n.id).copied().unwrap_or(0), n.id.clone())
     })
@@ -181,7 +188,10 @@ impl Daemon {
         }
     }
 
-    async fn shared_list<T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static>(&self, kind: &str) -> Result<Vec<T>> {
+    async fn shared_list<T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<T>> {
         if self.in_swarm() {
             let c = self.cluster.as_ref().unwrap();
             return Ok(c.etcd.list(&format!("/netbee/{kind}/")).await?.into_iter().map(|(_, v)| v).collect());
@@ -219,8 +229,13 @@ impl Daemon {
         }
         let c = self.cluster.as_ref().unwrap();
         let nodes: Vec<NodeRecord> = c.etcd.list(cluster::NODES).await?.into_iter().map(|(_, n)| n).collect();
-        let alive: HashSet<String> =
-            c.etcd.keys(cluster::ALIVE).await?.into_iter().filter_map(|k| k.rsplit('/').next().map(String::from)).collect();
+        let alive: HashSet<String> = c
+            .etcd
+            .keys(cluster::ALIVE)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(String::from))
+            .collect();
         Ok((nodes, alive))
     }
 
@@ -262,7 +277,8 @@ impl Daemon {
         self.require_service_manager().await?;
         let _g = self.svc_op.lock().await;
         let name = v["Name"].as_str().unwrap_or_default().to_string();
-        names::validate_network_name(&name).map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
+        names::validate_network_name(&name)
+            .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
         let replicas = parse_replicas(&v["Replicas"]).map_err(ApiError::bad_request)?.unwrap_or(1);
         let cmd: Vec<String> = strings(&v["Cmd"]);
         if cmd.is_empty() {
@@ -358,7 +374,8 @@ impl Daemon {
         if let Ok(n) = self.find_network("ingress") {
             return Ok(n);
         }
-        let req = crate::api::NetworkCreate { name: "ingress".into(), driver: Some("overlay".into()), ..Default::default() };
+        let req =
+            crate::api::NetworkCreate { name: "ingress".into(), driver: Some("overlay".into()), ..Default::default() };
         let all = self.networks()?;
         let _g = self.op.lock().await;
         self.overlay_create(req, &all).await
@@ -385,10 +402,18 @@ impl Daemon {
         }
         for r in strings(&v["PublishRm"]) {
             let (port, proto) = match r.split_once('/') {
-                Some((p, pr)) => (p.to_string(), pr.parse::<Proto>().map_err(|_| ApiError::bad_request(format!("invalid protocol in {r:?}")))?),
+                Some((p, pr)) => (
+                    p.to_string(),
+                    pr.parse::<Proto>().map_err(|_| ApiError::bad_request(format!("invalid protocol in {r:?}")))?,
+                ),
                 None => (r.clone(), Proto::Tcp),
             };
-            let port: u16 = port.split(':').next().unwrap_or("").parse().map_err(|_| ApiError::bad_request(format!("invalid port {r:?}")))?;
+            let port: u16 = port
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid port {r:?}")))?;
             let before = s.spec.ports.len();
             s.spec.ports.retain(|p| !(p.published == port && p.proto == proto));
             if before == s.spec.ports.len() {
@@ -406,7 +431,12 @@ impl Daemon {
         self.shared_put("services", &s.id, &s).await?;
         if env_changed {
             // a new environment needs new tasks: replace them one slot at a time through the scheduler
-            for mut t in self.shared_list::<TaskRecord>("tasks").await?.into_iter().filter(|t| t.service_id == s.id && t.desired_running) {
+            for mut t in self
+                .shared_list::<TaskRecord>("tasks")
+                .await?
+                .into_iter()
+                .filter(|t| t.service_id == s.id && t.desired_running)
+            {
                 t.desired_running = false;
                 t.message = "updated".into();
                 self.shared_put("tasks", &t.id, &t).await?;
@@ -519,7 +549,10 @@ impl Daemon {
     }
 
     async fn service_pass(self: &Arc<Self>) -> Result<()> {
-        if self.in_swarm() || !self.store.list::<ServiceRecord>(store::SERVICES)?.is_empty() || !self.store.list::<TaskRecord>(store::TASKS)?.is_empty() {
+        if self.in_swarm()
+            || !self.store.list::<ServiceRecord>(store::SERVICES)?.is_empty()
+            || !self.store.list::<TaskRecord>(store::TASKS)?.is_empty()
+        {
             let services: Vec<ServiceRecord> = self.shared_list("services").await?;
             let (nodes, alive) = self.cluster_nodes().await?;
             if self.is_scheduler() {
@@ -570,10 +603,13 @@ impl Daemon {
             *per_node_total.entry(t.node_id.clone()).or_default() += 1;
         }
         for s in services {
-            let constraints: Vec<Constraint> = s.spec.constraints.iter().filter_map(|c| parse_constraint(c).ok()).collect();
+            let constraints: Vec<Constraint> =
+                s.spec.constraints.iter().filter_map(|c| parse_constraint(c).ok()).collect();
             let eligible: Vec<NodeRecord> = nodes
                 .iter()
-                .filter(|n| alive.contains(&n.id) && n.availability == Availability::Active && node_matches(n, &constraints))
+                .filter(|n| {
+                    alive.contains(&n.id) && n.availability == Availability::Active && node_matches(n, &constraints)
+                })
                 .cloned()
                 .collect();
             let mut per_service: HashMap<String, usize> = HashMap::new();
@@ -618,7 +654,9 @@ impl Daemon {
         }
         // keep a short history of shut-down tasks per slot (service ps shows it)
         let mut by_slot: BTreeMap<(String, u64), Vec<&TaskRecord>> = BTreeMap::new();
-        for t in tasks.iter().filter(|t| !t.desired_running && matches!(t.state, TaskState::Shutdown | TaskState::Failed | TaskState::Orphaned)) {
+        for t in tasks.iter().filter(|t| {
+            !t.desired_running && matches!(t.state, TaskState::Shutdown | TaskState::Failed | TaskState::Orphaned)
+        }) {
             by_slot.entry((t.service_id.clone(), t.slot)).or_default().push(t);
         }
         for (_, mut old) in by_slot {
@@ -639,7 +677,8 @@ impl Daemon {
     /// report the ones that died.
     async fn run_my_tasks(self: &Arc<Self>, services: &[ServiceRecord]) -> Result<()> {
         let me = self.my_node_id();
-        let tasks: Vec<TaskRecord> = self.shared_list::<TaskRecord>("tasks").await?.into_iter().filter(|t| t.node_id == me).collect();
+        let tasks: Vec<TaskRecord> =
+            self.shared_list::<TaskRecord>("tasks").await?.into_iter().filter(|t| t.node_id == me).collect();
         let containers = self.containers()?;
         let by_task: HashMap<String, &crate::model::ContainerRecord> = containers
             .iter()
@@ -706,7 +745,10 @@ impl Daemon {
                     }
                     d.draining.lock().unwrap().remove(&t.id);
                 });
-            } else if matches!(t.state, TaskState::Running | TaskState::Starting | TaskState::Assigned | TaskState::Orphaned) {
+            } else if matches!(
+                t.state,
+                TaskState::Running | TaskState::Starting | TaskState::Assigned | TaskState::Orphaned
+            ) {
                 t.state = TaskState::Shutdown;
                 t.updated = Utc::now();
                 self.shared_put("tasks", &t.id, &t).await?;
@@ -715,7 +757,11 @@ impl Daemon {
         Ok(())
     }
 
-    async fn start_task(self: &Arc<Self>, s: &ServiceRecord, t: &TaskRecord) -> Result<(String, Vec<(String, Ipv4Addr)>)> {
+    async fn start_task(
+        self: &Arc<Self>,
+        s: &ServiceRecord,
+        t: &TaskRecord,
+    ) -> Result<(String, Vec<(String, Ipv4Addr)>)> {
         let name = format!("{}.{}.{}", s.spec.name, t.slot, &t.id[..12]);
         let mut labels = BTreeMap::new();
         labels.insert("com.netbee.task.id".to_string(), t.id.clone());
@@ -752,7 +798,13 @@ impl Daemon {
     /// Programs every service's VIP frontends (one per network) and routing-mesh frontends
     /// (published ports on every node address) with the running tasks as backends, ordered by
     /// slot so the rotation is the same on every pass.
-    fn program_services(&self, services: &[ServiceRecord], tasks: &[TaskRecord], alive: &HashSet<String>, nodes: &[NodeRecord]) -> Result<()> {
+    fn program_services(
+        &self,
+        services: &[ServiceRecord],
+        tasks: &[TaskRecord],
+        alive: &HashSet<String>,
+        nodes: &[NodeRecord],
+    ) -> Result<()> {
         let nets = self.networks()?;
         let me = self.my_node_id();
         let mut dp = self.dp.lock().unwrap();
@@ -938,14 +990,25 @@ mod tests {
         assert!(!node_matches(&node("2", &[]), &[c]));
         assert!(node_matches(&node("1", &[]), &[parse_constraint("node.role==worker").unwrap()]));
         // the last two: found by the constraints fuzz target (ambiguous '=')
-        for bad in ["zone=a", "node.labels.==a", "node.color==red", "node.hostname==", "node.role==boss", "node.hostname!= =m", "node.labels.k= ==v"] {
+        for bad in [
+            "zone=a",
+            "node.labels.==a",
+            "node.color==red",
+            "node.hostname==",
+            "node.role==boss",
+            "node.hostname!= =m",
+            "node.labels.k= ==v",
+        ] {
             assert!(parse_constraint(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn service_ports() {
-        assert_eq!(parse_service_port("80:8080").unwrap(), ServicePort { published: 80, target: 8080, proto: Proto::Tcp });
+        assert_eq!(
+            parse_service_port("80:8080").unwrap(),
+            ServicePort { published: 80, target: 8080, proto: Proto::Tcp }
+        );
         assert_eq!(parse_service_port("53:53/udp").unwrap().proto, Proto::Udp);
         for bad in ["80", "0:80", "80:70000", "a:b", "80:80/sctp"] {
             assert!(parse_service_port(bad).is_err(), "{bad}");

@@ -39,7 +39,12 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    pub fn new(endpoints: Vec<String>, node_id: String, hostname: String, membership: Option<Membership>) -> ClusterState {
+    pub fn new(
+        endpoints: Vec<String>,
+        node_id: String,
+        hostname: String,
+        membership: Option<Membership>,
+    ) -> ClusterState {
         ClusterState {
             etcd: Etcd::new(endpoints),
             node_id,
@@ -133,7 +138,13 @@ impl Daemon {
         }))
     }
 
-    async fn become_member(self: &Arc<Self>, c: &Arc<ClusterState>, info: &ClusterInfo, addr: Ipv4Addr, role: Role) -> Result<()> {
+    async fn become_member(
+        self: &Arc<Self>,
+        c: &Arc<ClusterState>,
+        info: &ClusterInfo,
+        addr: Ipv4Addr,
+        role: Role,
+    ) -> Result<()> {
         let rec = NodeRecord {
             id: c.node_id.clone(),
             hostname: c.hostname.clone(),
@@ -193,7 +204,9 @@ impl Daemon {
         let on_overlays: Vec<String> = self
             .containers()?
             .into_iter()
-            .filter(|ct| ct.state.status == Status::Running && ct.endpoints.iter().any(|e| self.is_overlay(&e.network_id)))
+            .filter(|ct| {
+                ct.state.status == Status::Running && ct.endpoints.iter().any(|e| self.is_overlay(&e.network_id))
+            })
             .map(|ct| ct.name)
             .collect();
         if !on_overlays.is_empty() && !force {
@@ -244,8 +257,13 @@ impl Daemon {
     pub async fn node_list(&self) -> ApiResult<Vec<Value>> {
         let c = self.require_manager().await?;
         let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
-        let alive: HashSet<String> =
-            c.etcd.keys(cluster::ALIVE).await?.into_iter().filter_map(|k| k.rsplit('/').next().map(String::from)).collect();
+        let alive: HashSet<String> = c
+            .etcd
+            .keys(cluster::ALIVE)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(String::from))
+            .collect();
         let leader = self.leader_id().await;
         let mut out: Vec<Value> = nodes
             .into_iter()
@@ -297,10 +315,18 @@ impl Daemon {
         let c = self.require_manager().await?;
         let n = self.find_node(c, key).await?;
         let list = self.node_list().await?;
-        list.into_iter().find(|v| v["ID"] == json!(n.id)).ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
+        list.into_iter()
+            .find(|v| v["ID"] == json!(n.id))
+            .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
     }
 
-    pub async fn node_update(&self, key: &str, availability: Option<&str>, label_add: &[String], label_rm: &[String]) -> ApiResult<()> {
+    pub async fn node_update(
+        &self,
+        key: &str,
+        availability: Option<&str>,
+        label_add: &[String],
+        label_rm: &[String],
+    ) -> ApiResult<()> {
         let c = self.require_manager().await?;
         let mut n = self.find_node(c, key).await?;
         if let Some(a) = availability {
@@ -325,7 +351,13 @@ impl Daemon {
         let c = self.require_manager().await?;
         let mut n = self.find_node(c, key).await?;
         if role == Role::Worker && n.role == Role::Manager {
-            let managers = c.etcd.list::<NodeRecord>(cluster::NODES).await?.into_iter().filter(|(_, n)| n.role == Role::Manager).count();
+            let managers = c
+                .etcd
+                .list::<NodeRecord>(cluster::NODES)
+                .await?
+                .into_iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .count();
             if managers <= 1 {
                 return Err(ApiError::bad_request(format!(
                     "rpc error: attempting to demote the last manager of the swarm ({})",
@@ -343,16 +375,19 @@ impl Daemon {
         let n = self.find_node(c, key).await?;
         let up = c.etcd.get::<Value>(&cluster::key_alive(&n.id)).await?.is_some();
         if up && !force {
-            return Err(ApiError::bad_request(format!(
-                "node {} is not down and can't be removed",
-                n.hostname
-            )));
+            return Err(ApiError::bad_request(format!("node {} is not down and can't be removed", n.hostname)));
         }
         if n.id == c.node_id {
             return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
         }
         if n.role == Role::Manager {
-            let managers = c.etcd.list::<NodeRecord>(cluster::NODES).await?.into_iter().filter(|(_, n)| n.role == Role::Manager).count();
+            let managers = c
+                .etcd
+                .list::<NodeRecord>(cluster::NODES)
+                .await?
+                .into_iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .count();
             if managers <= 1 {
                 return Err(ApiError::bad_request("cannot remove the last manager of the swarm"));
             }
@@ -448,9 +483,8 @@ impl Daemon {
         loop {
             let watch = async {
                 let mut client = c.etcd.client().await?;
-                let mut stream = client
-                    .watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix()))
-                    .await?;
+                let mut stream =
+                    client.watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
                 self.full_sync().await?;
                 loop {
                     tokio::select! {
@@ -479,7 +513,8 @@ impl Daemon {
     pub async fn full_sync(&self) -> Result<()> {
         let c = self.cluster.as_ref().expect("cluster");
         let overlays: Vec<NetworkRecord> = c.etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect();
-        let endpoints: Vec<RemoteEndpoint> = c.etcd.list(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect();
+        let endpoints: Vec<RemoteEndpoint> =
+            c.etcd.list(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect();
         let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
         let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
         let _g = self.op.lock().await;
@@ -506,11 +541,15 @@ impl Daemon {
             }
         }
         let nets: HashMap<String, u32> = overlays.iter().map(|n| (n.id.clone(), n.net_id)).collect();
-        let remote: Vec<RemoteEndpoint> = endpoints
+        let remote: Vec<RemoteEndpoint> =
+            endpoints.into_iter().filter(|e| e.node_id != c.node_id && nets.contains_key(&e.network_id)).collect();
+        let ids: Vec<(RemoteEndpoint, u32)> = remote
             .into_iter()
-            .filter(|e| e.node_id != c.node_id && nets.contains_key(&e.network_id))
+            .map(|e| {
+                let id = nets[&e.network_id];
+                (e, id)
+            })
             .collect();
-        let ids: Vec<(RemoteEndpoint, u32)> = remote.into_iter().map(|e| { let id = nets[&e.network_id]; (e, id) }).collect();
         self.apply_remote_endpoints(&ids, &c.node_id)?;
         self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
         drop(_g);
@@ -585,25 +624,33 @@ impl Daemon {
         let c = self.cluster.clone().expect("cluster");
         let Some(m) = c.member() else { return };
         let d = self.clone();
-        let app = Router::new().route(
-            "/join",
-            post(move |Json(body): Json<Value>| {
-                let d = d.clone();
-                async move {
-                    let c = d.cluster.clone().expect("cluster");
-                    let token = body["Token"].as_str().unwrap_or_default().to_string();
-                    let info: Option<ClusterInfo> = c.etcd.get(&cluster::key_cluster()).await.ok().flatten();
-                    match info {
-                        Some(i) if token_matches(&token, &i.worker_token) => Ok(Json(json!({"ClusterID": i.id, "Role": "worker"}))),
-                        Some(i) if token_matches(&token, &i.manager_token) => Ok(Json(json!({"ClusterID": i.id, "Role": "manager"}))),
-                        Some(_) => Err(ApiError { status: axum::http::StatusCode::FORBIDDEN, message: "invalid join token".into() }),
-                        None => Err(ApiError::bad_request("this manager's swarm no longer exists")),
+        let app = Router::new()
+            .route(
+                "/join",
+                post(move |Json(body): Json<Value>| {
+                    let d = d.clone();
+                    async move {
+                        let c = d.cluster.clone().expect("cluster");
+                        let token = body["Token"].as_str().unwrap_or_default().to_string();
+                        let info: Option<ClusterInfo> = c.etcd.get(&cluster::key_cluster()).await.ok().flatten();
+                        match info {
+                            Some(i) if token_matches(&token, &i.worker_token) => {
+                                Ok(Json(json!({"ClusterID": i.id, "Role": "worker"})))
+                            }
+                            Some(i) if token_matches(&token, &i.manager_token) => {
+                                Ok(Json(json!({"ClusterID": i.id, "Role": "manager"})))
+                            }
+                            Some(_) => Err(ApiError {
+                                status: axum::http::StatusCode::FORBIDDEN,
+                                message: "invalid join token".into(),
+                            }),
+                            None => Err(ApiError::bad_request("this manager's swarm no longer exists")),
+                        }
                     }
-                }
-            }),
-        )
-        // a join request is one short JSON object: anything larger is refused (413) unread
-        .layer(axum::extract::DefaultBodyLimit::max(JOIN_BODY_LIMIT));
+                }),
+            )
+            // a join request is one short JSON object: anything larger is refused (413) unread
+            .layer(axum::extract::DefaultBodyLimit::max(JOIN_BODY_LIMIT));
         // only a manager listens: a worker has no TCP listener at all, and a demoted manager closes
         // its join port
         loop {
@@ -700,7 +747,12 @@ impl Daemon {
     }
 
     /// Leases an address on an overlay, cluster-wide (create-if-absent in etcd).
-    pub(super) async fn overlay_allocate(&self, net: &NetworkRecord, want: Option<Ipv4Addr>, owner: &str) -> ApiResult<Ipv4Addr> {
+    pub(super) async fn overlay_allocate(
+        &self,
+        net: &NetworkRecord,
+        want: Option<Ipv4Addr>,
+        owner: &str,
+    ) -> ApiResult<Ipv4Addr> {
         let (c, _) = self.member()?;
         let ipam = net.ipam.as_ref().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
         if let Some(ip) = want {
@@ -741,7 +793,8 @@ impl Daemon {
     pub(super) async fn register_endpoint(&self, ct: &ContainerRecord, e: &Endpoint) -> Result<()> {
         let c = self.cluster.as_ref().ok_or_else(|| anyhow!("no cluster"))?;
         let m = c.member().ok_or_else(|| anyhow!("not in a swarm"))?;
-        let aliases = ct.attachments.iter().find(|a| a.network_id == e.network_id).map(|a| a.aliases.clone()).unwrap_or_default();
+        let aliases =
+            ct.attachments.iter().find(|a| a.network_id == e.network_id).map(|a| a.aliases.clone()).unwrap_or_default();
         let rec = RemoteEndpoint {
             network_id: e.network_id.clone(),
             ip: e.ip,

@@ -122,14 +122,7 @@ pub async fn program_endpoint(
             0,
         )
         .context("updating IFACES")?;
-    let entry = DpEndpoint {
-        ifindex: h.index,
-        net_id: net.net_id,
-        mac: ep.mac,
-        host_mac,
-        node_ip: 0,
-        flags: 0,
-    };
+    let entry = DpEndpoint { ifindex: h.index, net_id: net.net_id, mac: ep.mac, host_mac, node_ip: 0, flags: 0 };
     dp.endpoints.insert(ip_be(ep.ip), entry, 0).context("updating ENDPOINTS")?;
     dp.attach_tc("tc_from_container", &host, TcAttachType::Ingress, &endpoint_pin(&host))?;
     Ok(())

@@ -117,7 +117,9 @@ fn container_init(spec: &ShimSpec) -> Result<i32> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making / private")?;
     nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
-    for (src, dst) in [(&spec.hosts, "/etc/hosts"), (&spec.resolv, "/etc/resolv.conf"), (&spec.hostname_file, "/etc/hostname")] {
+    for (src, dst) in
+        [(&spec.hosts, "/etc/hosts"), (&spec.resolv, "/etc/resolv.conf"), (&spec.hostname_file, "/etc/hostname")]
+    {
         mount(Some(src.as_path()), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .with_context(|| format!("bind-mounting {} on {dst}", src.display()))?;
     }
@@ -142,7 +144,9 @@ fn container_init(spec: &ShimSpec) -> Result<i32> {
     match unsafe { fork() }? {
         ForkResult::Child => {
             let dflt = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-            for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
+            for s in
+                [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2]
+            {
                 let _ = unsafe { sigaction(s, &dflt) };
             }
             let devnull = File::open("/dev/null")?;
