@@ -624,7 +624,7 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
 async fn for_each<F, Fut>(ids: &[String], f: F) -> Result<i32>
 where
     F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
+    Fut: Future<Output = Result<()>>,
 {
     let mut failed = false;
     for id in ids {

@@ -1,5 +1,8 @@
 //! The user side of the eBPF datapath: loads the embedded object with its maps pinned under the
 //! node's bpffs, attaches programs through pinned TCX/cgroup links, and offers typed map updates.
+//! Reconcilers state what they want (`sync_*`, `prune_*`): each map's entries are written through
+//! these, and entries that belong to another writer (e.g. local vs remote endpoints) are never
+//! touched by the wrong one. ARCHITECTURE.md lists which module writes each map.
 //! Because maps and links are pinned, forwarding continues while the daemon is down; a restarted
 //! daemon reuses the pinned maps and swaps its freshly loaded programs into the pinned links
 //! atomically (bpf_link_update), so no packet meets a half-replaced datapath.
@@ -231,6 +234,61 @@ impl Datapath {
 
 fn pinned_max_entries(pin: &Path) -> Option<u32> {
     aya::maps::MapInfo::from_pin(pin).ok().map(|i| i.max_entries())
+}
+
+/// Whether an ENDPOINTS entry is another node's container (reached through its node's underlay
+/// address) rather than one of this node's (reached through its veth).
+pub fn is_remote(e: &Endpoint) -> bool {
+    e.ifindex == 0
+}
+
+/// Makes the entries of `map` that `owned` selects exactly `want`: writes what differs, removes
+/// the owned entries not wanted. Entries `owned` does not select are never touched.
+pub fn sync<K, V>(map: &mut HashMap<MapData, K, V>, want: &[(K, V)], owned: impl Fn(&K, &V) -> bool) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let want_keys: std::collections::HashSet<K> = want.iter().map(|(k, _)| *k).collect();
+    prune(map, |k, v| !owned(k, v) || want_keys.contains(k))?;
+    for (k, v) in want {
+        if map.get(k, 0).ok().as_ref() != Some(v) {
+            map.insert(*k, *v, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes every entry of `map` that `keep` refuses; returns how many went.
+pub fn prune<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    keep: impl Fn(&K, &V) -> bool,
+) -> Result<usize> {
+    let doomed: Vec<K> = map.iter().filter_map(|r| r.ok()).filter(|(k, v)| !keep(k, v)).map(|(k, _)| k).collect();
+    for k in &doomed {
+        ignore_missing(map.remove(k))?;
+    }
+    Ok(doomed.len())
+}
+
+impl Datapath {
+    /// ENDPOINTS entries of other nodes' containers (the overlay sync is their only writer).
+    pub fn sync_remote_endpoints(&mut self, want: &[(u32, Endpoint)]) -> Result<()> {
+        sync(&mut self.endpoints, want, |_, v| is_remote(v))
+    }
+
+    /// ENDPOINTS entries of this node's containers: keeps those whose address is in `keep`.
+    pub fn prune_local_endpoints(&mut self, keep: &std::collections::HashSet<u32>) -> Result<usize> {
+        prune(&mut self.endpoints, |k, v| is_remote(v) || keep.contains(k))
+    }
+
+    /// Removes the local endpoint entry of `ip` (a remote one that took its place stays).
+    pub fn remove_local_endpoint(&mut self, ip: u32) -> Result<()> {
+        if self.endpoints.get(&ip, 0).is_ok_and(|e| !is_remote(&e)) {
+            ignore_missing(self.endpoints.remove(&ip))?;
+        }
+        Ok(())
+    }
 }
 
 /// Map removals of entries that are already gone are not errors for a reconciler.

@@ -103,9 +103,8 @@ fn run_repeated(dp: &mut Datapath, prog: &str, pkt: &[u8], repeat: u32) -> (u32,
         ..Default::default()
     };
     const BPF_PROG_TEST_RUN: libc::c_long = 10;
-    let rc = unsafe {
-        libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, std::mem::size_of::<TestAttr>())
-    };
+    let rc =
+        unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &mut attr as *mut TestAttr, size_of::<TestAttr>()) };
     assert_eq!(rc, 0, "BPF_PROG_TEST_RUN on a {}-byte frame: {}", pkt.len(), std::io::Error::last_os_error());
     out.truncate(attr.data_size_out as usize);
     (attr.retval, out, attr.duration)
@@ -310,9 +309,7 @@ fn gateway_and_outside_traffic_go_to_the_stack_fragments_included() {
     frag.extend(ipv4(ME, [10, 9, 9, 9], 17, 0, 0x00b9, &[0u8; 32]));
     assert_eq!(run(&mut dp, "tc_from_container", &frag).0, TC_ACT_OK);
     // an internal network keeps everything but its gateway inside
-    dp.networks
-        .insert(1, Network { flags: netbee_abi::net_flags::INTERNAL, ..dp.networks.get(&1, 0).unwrap() }, 0)
-        .unwrap();
+    dp.networks.insert(1, Network { flags: net_flags::INTERNAL, ..dp.networks.get(&1, 0).unwrap() }, 0).unwrap();
     assert_eq!(run(&mut dp, "tc_from_container", &from_me([10, 9, 9, 9], tcp(1000, 443, 0x02), 6)).0, TC_ACT_SHOT);
     assert_eq!(run(&mut dp, "tc_from_container", &from_me([172, 30, 0, 1], tcp(1000, 53, 0x02), 6)).0, TC_ACT_OK);
 }

@@ -11,6 +11,7 @@ mod datapath_tests;
 mod dns;
 mod humanize;
 pub mod ipam;
+mod lookup;
 pub mod model;
 pub mod names;
 mod netlink;

@@ -1,7 +1,9 @@
-//! What the daemon persists: networks and containers, with the attachments and port bindings a
-//! running container holds. Kernel object names derive from these ids, so the store alone says
-//! which veths, namespaces, map entries and pinned links should exist.
-use std::net::Ipv4Addr;
+//! Every record the daemon persists, in one place, each with where it is stored (`Record`):
+//! networks, containers (with the attachments and port bindings a running container holds),
+//! services and their tasks, and the cluster's own records (the swarm, nodes, liveness, overlay
+//! endpoints). Kernel object names derive from these ids, so the store alone says which veths,
+//! namespaces, map entries and pinned links should exist.
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -9,33 +11,17 @@ use serde::{Deserialize, Serialize};
 use crate::{
     ipam::Allocator,
     portspec::{PortBinding, PortSpec, Proto},
+    store::{self, Record, SharedRecord},
 };
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Driver {
-    Bridge,
-    Overlay,
-    Host,
-    Null,
-}
-
-impl Driver {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Driver::Bridge => "bridge",
-            Driver::Overlay => "overlay",
-            Driver::Host => "host",
-            Driver::Null => "null",
-        }
-    }
-}
+// ---- networks ----
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetworkRecord {
     pub id: String,
     pub name: String,
-    pub driver: Driver,
+    /// Name of the network driver (`bridge`, `overlay`, `host`, `null`): see `network::driver`.
+    pub driver: String,
     pub created: DateTime<Utc>,
     pub internal: bool,
     /// Datapath identity (NETWORKS key); 0 for host/none.
@@ -43,32 +29,33 @@ pub struct NetworkRecord {
     /// None for host/none.
     pub ipam: Option<Allocator>,
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     /// VXLAN network identifier of an overlay (also its datapath id); 0 otherwise.
     #[serde(default)]
     pub vni: u32,
 }
 
-impl NetworkRecord {
-    /// Bridge and overlay networks carry containers (host and none are modes, not networks).
-    pub fn carries_containers(&self) -> bool {
-        matches!(self.driver, Driver::Bridge | Driver::Overlay)
-    }
-
-    pub fn scope(&self) -> &'static str {
-        if self.driver == Driver::Overlay { "swarm" } else { "local" }
-    }
-
-    /// Room for the VXLAN header on an overlay (underlay MTU 1500).
-    pub fn mtu(&self) -> u32 {
-        if self.driver == Driver::Overlay { 1450 } else { 1500 }
-    }
-
-    /// Name of the node-side device holding the gateway address.
-    pub fn device(&self) -> String {
-        format!("nbn{}", &self.id[..12])
+impl Record for NetworkRecord {
+    const TABLE: store::Table = store::NETWORKS;
+    fn key(&self) -> &str {
+        &self.id
     }
 }
+
+/// The node's copy of an overlay network (its record lives in etcd), so a daemon that starts
+/// while etcd is unreachable still recognises (and keeps) the overlay's kernel objects.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CachedOverlay(pub NetworkRecord);
+
+impl Record for CachedOverlay {
+    const TABLE: store::Table = store::OVERLAYS;
+    fn key(&self) -> &str {
+        &self.0.id
+    }
+}
+
+// ---- containers ----
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -132,7 +119,7 @@ pub struct ContainerConfig {
     pub auto_remove: bool,
     pub workdir: Option<String>,
     #[serde(default)]
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -180,6 +167,13 @@ pub struct ContainerRecord {
     pub ports: Vec<PublishedPort>,
 }
 
+impl Record for ContainerRecord {
+    const TABLE: store::Table = store::CONTAINERS;
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
 /// A port binding while it is programmed into the datapath.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PublishedPort {
@@ -187,4 +181,187 @@ pub struct PublishedPort {
     pub binding: PortBinding,
     /// Load-balancer service id (RR cursor and BACKENDS key) of this frontend.
     pub service_id: u32,
+}
+
+// ---- services (shared: etcd in a swarm, the embedded store on a lone node) ----
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ServicePort {
+    pub published: u16,
+    pub target: u16,
+    pub proto: Proto,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub replicas: u64,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    /// Network ids; the first carries routing-mesh traffic.
+    pub networks: Vec<String>,
+    pub ports: Vec<ServicePort>,
+    pub constraints: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Vip {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub id: String,
+    pub spec: ServiceSpec,
+    pub vips: Vec<Vip>,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Assigned,
+    Starting,
+    Running,
+    Shutdown,
+    Failed,
+    Orphaned,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub id: String,
+    pub service_id: String,
+    pub service_name: String,
+    pub slot: u64,
+    pub node_id: String,
+    /// true = should run; false = should be (or has been) shut down.
+    pub desired_running: bool,
+    pub state: TaskState,
+    pub message: String,
+    pub container_id: Option<String>,
+    pub addrs: Vec<(String, Ipv4Addr)>,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+impl Record for ServiceRecord {
+    const TABLE: store::Table = store::SERVICES;
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl SharedRecord for ServiceRecord {
+    const CLUSTER_PREFIX: &'static str = "/netbee/services/";
+}
+
+impl Record for TaskRecord {
+    const TABLE: store::Table = store::TASKS;
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl SharedRecord for TaskRecord {
+    const CLUSTER_PREFIX: &'static str = "/netbee/tasks/";
+}
+
+// ---- the cluster (etcd; keys in `cluster`) ----
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    pub created: DateTime<Utc>,
+    pub worker_token: String,
+    pub manager_token: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+impl Availability {
+    pub fn parse(s: &str) -> Result<Availability, String> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(format!("invalid availability {s:?}: use active, pause or drain")),
+        }
+    }
+    pub fn title(&self) -> &'static str {
+        match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: String,
+    pub hostname: String,
+    pub addr: Ipv4Addr,
+    pub role: Role,
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub created: DateTime<Utc>,
+}
+
+/// What a live node keeps under its lease (`ALIVE`): gone when the node is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Liveness {
+    pub since: DateTime<Utc>,
+    /// The node's uplink MAC: peers on the same L2 segment send it routing-mesh traffic natively
+    /// and it accepts such frames only from the MACs of live peers.
+    #[serde(default)]
+    pub uplink_mac: Option<[u8; 6]>,
+}
+
+/// A container interface on an overlay, as every node sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    pub network_id: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub node_id: String,
+    pub node_addr: Ipv4Addr,
+    pub container_id: String,
+    pub container_name: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// This node's membership, kept in the local store so a restarted daemon rejoins by itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Membership {
+    pub cluster_id: String,
+    pub advertise: Ipv4Addr,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn availability() {
+        assert_eq!(Availability::parse("drain").unwrap(), Availability::Drain);
+        assert!(Availability::parse("Drained").is_err());
+    }
 }

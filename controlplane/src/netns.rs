@@ -56,7 +56,7 @@ pub fn run_in<T, F, Fut>(path: PathBuf, f: F) -> Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T>>,
+    Fut: Future<Output = Result<T>>,
 {
     std::thread::spawn(move || -> Result<T> {
         let ns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;

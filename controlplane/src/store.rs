@@ -1,6 +1,8 @@
-//! The node's embedded store (redb under the state directory): one table per kind of object,
-//! values as JSON. Every write is its own durable transaction, so whatever the CLI was told
-//! succeeded survives a crash of the daemon at any later point.
+//! Where records live. The node's embedded store (redb under the state directory) has one table
+//! per kind of record (`Record`, implemented beside each record in `model.rs`), values as JSON.
+//! Every write is its own durable transaction, so whatever the CLI was told succeeded survives a
+//! crash of the daemon at any later point. `Shared` is where the records a swarm shares (services
+//! and tasks) live: etcd in a swarm, the embedded store on a lone node.
 use std::{
     any::{Any, TypeId},
     collections::HashMap,
@@ -12,15 +14,28 @@ use anyhow::{Context as _, Result};
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 
+use crate::cluster::etcd::Etcd;
+
 pub const NETWORKS: Table = Table::named("networks");
 pub const CONTAINERS: Table = Table::named("containers");
-pub const META: Table = Table::named("meta");
-/// The overlay networks of the cluster as last seen in etcd, so a daemon that starts while etcd
-/// is unreachable still recognises (and keeps) their kernel objects.
+/// Single values of the node: its node id, its swarm membership.
+const META: Table = Table::named("meta");
 /// Services and tasks of a node running alone (in a swarm they live in etcd).
 pub const SERVICES: Table = Table::named("services");
 pub const TASKS: Table = Table::named("tasks");
+/// The overlay networks of the cluster as last seen in etcd (`CachedOverlay`).
 pub const OVERLAYS: Table = Table::named("overlays");
+
+/// A kind of record the daemon persists: its table in the embedded store and its key.
+pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
+    const TABLE: Table;
+    fn key(&self) -> &str;
+}
+
+/// A kind of record every node of a swarm shares through etcd, under `CLUSTER_PREFIX` + key.
+pub trait SharedRecord: Record {
+    const CLUSTER_PREFIX: &'static str;
+}
 
 #[derive(Clone, Copy)]
 pub struct Table(TableDefinition<'static, &'static str, &'static [u8]>, &'static str);
@@ -84,7 +99,43 @@ impl Store {
         Ok(Store { db, decoded: DecodedCache::default() })
     }
 
-    pub fn get<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    pub fn get<T: Record>(&self, key: &str) -> Result<Option<T>> {
+        self.get_in(T::TABLE, key)
+    }
+
+    pub fn list<T: Record>(&self) -> Result<Vec<T>> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(T::TABLE.0)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push(self.decoded.decode(T::TABLE, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn put<T: Record>(&self, value: &T) -> Result<()> {
+        self.put_in(T::TABLE, value.key(), value)
+    }
+
+    pub fn delete<T: Record>(&self, key: &str) -> Result<()> {
+        self.delete_in(T::TABLE, key)
+    }
+
+    /// A single value of the node (`node_id`, `membership`).
+    pub fn meta<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, key: &str) -> Result<Option<T>> {
+        self.get_in(META, key)
+    }
+
+    pub fn set_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<()> {
+        self.put_in(META, key, value)
+    }
+
+    pub fn delete_meta(&self, key: &str) -> Result<()> {
+        self.delete_in(META, key)
+    }
+
+    fn get_in<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         table: Table,
         key: &str,
@@ -97,18 +148,7 @@ impl Store {
         }
     }
 
-    pub fn list<T: DeserializeOwned + Clone + Send + Sync + 'static>(&self, table: Table) -> Result<Vec<T>> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(table.0)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push(self.decoded.decode(table, k.value(), v.value())?);
-        }
-        Ok(out)
-    }
-
-    pub fn put<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<()> {
+    fn put_in<T: Serialize>(&self, table: Table, key: &str, value: &T) -> Result<()> {
         let bytes = serde_json::to_vec(value)?;
         let tx = self.db.begin_write()?;
         {
@@ -119,7 +159,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn delete(&self, table: Table, key: &str) -> Result<()> {
+    fn delete_in(&self, table: Table, key: &str) -> Result<()> {
         let tx = self.db.begin_write()?;
         {
             let mut t = tx.open_table(table.0)?;
@@ -128,5 +168,35 @@ impl Store {
         tx.commit()?;
         self.decoded.forget(table, key);
         Ok(())
+    }
+}
+
+/// Where the records a swarm shares live: etcd when this node is a swarm member (every manager
+/// sees the same), the embedded store when it runs alone. Callers never switch tables by hand.
+pub enum Shared<'a> {
+    Local(&'a Store),
+    Cluster(&'a Etcd),
+}
+
+impl Shared<'_> {
+    pub async fn list<T: SharedRecord>(&self) -> Result<Vec<T>> {
+        match self {
+            Shared::Local(s) => s.list(),
+            Shared::Cluster(e) => Ok(e.list(T::CLUSTER_PREFIX).await?.into_iter().map(|(_, v)| v).collect()),
+        }
+    }
+
+    pub async fn put<T: SharedRecord>(&self, value: &T) -> Result<()> {
+        match self {
+            Shared::Local(s) => s.put(value),
+            Shared::Cluster(e) => e.put(&format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await,
+        }
+    }
+
+    pub async fn delete<T: SharedRecord>(&self, key: &str) -> Result<()> {
+        match self {
+            Shared::Local(s) => s.delete::<T>(key),
+            Shared::Cluster(e) => e.delete(&format!("{}{key}", T::CLUSTER_PREFIX)).await,
+        }
     }
 }

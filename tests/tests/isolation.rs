@@ -863,7 +863,7 @@ fn send_raw_udp(
             frame.len(),
             0,
             (&sll as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            size_of::<libc::sockaddr_ll>() as u32,
         );
         let err = std::io::Error::last_os_error();
         libc::close(fd);

@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use netbee_controlplane::{
     api::{ContainerCreate, NetworkConnect, NetworkCreate},
-    cluster::Availability,
-    ipam, names,
+    ipam,
+    model::Availability,
+    names,
 };
 use netbee_fuzz::{
     check_constraint, check_expose, check_manager_addr, check_names, check_pool, check_publish, check_service_port,

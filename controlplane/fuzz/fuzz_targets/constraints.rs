@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use chrono::DateTime;
 use libfuzzer_sys::fuzz_target;
-use netbee_controlplane::cluster::{Availability, NodeRecord, Role};
+use netbee_controlplane::model::{Availability, NodeRecord, Role};
 use netbee_fuzz::{check_constraint, check_node_matches};
 
 fuzz_target!(|data: &[u8]| {

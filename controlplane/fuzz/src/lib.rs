@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 use netbee_controlplane::{
-    cluster::{self, NodeRecord},
-    daemon::services::{self, Constraint, ServicePort},
+    cluster,
+    daemon::services::{self, Constraint},
     ipam::{self, Allocator, DefaultPool, IpamError, PoolConfig},
+    model::{NodeRecord, ServicePort},
     names,
     portspec::{self, PortBinding, PortSpec, Proto},
 };

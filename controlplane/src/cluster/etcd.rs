@@ -67,7 +67,7 @@ impl Etcd {
     async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: FnOnce(Client) -> Fut,
-        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let c = self.client().await?;
         match tokio::time::timeout(TIMEOUT, f(c)).await {

@@ -4,10 +4,49 @@
 //! handshake, which a manager answers on its advertise address (port 2377) to check the token.
 pub mod etcd;
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use crate::model::Membership;
+use etcd::Etcd;
+
+/// What a daemon started with `--cluster-store` keeps about the cluster.
+pub struct ClusterState {
+    pub etcd: Etcd,
+    pub node_id: String,
+    pub hostname: String,
+    pub membership: std::sync::RwLock<Option<Membership>>,
+    pub is_leader: std::sync::atomic::AtomicBool,
+    pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Wakes the sync loop (after a change this node made) instead of waiting for the watch.
+    pub sync_now: tokio::sync::Notify,
+}
+
+impl ClusterState {
+    pub fn new(
+        endpoints: Vec<String>,
+        node_id: String,
+        hostname: String,
+        membership: Option<Membership>,
+    ) -> ClusterState {
+        ClusterState {
+            etcd: Etcd::new(endpoints),
+            node_id,
+            hostname,
+            membership: std::sync::RwLock::new(membership),
+            is_leader: Default::default(),
+            tasks: Default::default(),
+            sync_now: Default::default(),
+        }
+    }
+
+    pub fn member(&self) -> Option<Membership> {
+        self.membership.read().unwrap().clone()
+    }
+}
+
+pub const NOT_MANAGER: &str = "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. Please run this command on a manager node or promote the current node to a manager.";
+pub const NOT_MEMBER: &str = "This node is not a swarm manager. Use \"netbee swarm init\" or \"netbee swarm join\" to connect this node to swarm and try again.";
+pub const NO_CLUSTER_STORE: &str = "this daemon has no cluster store: start it with --cluster-store etcd://ADDR:2379";
 
 pub const JOIN_PORT: u16 = 2377;
 /// Lease TTL of a node's liveness key: a dead daemon shows Down within this plus one poll.
@@ -42,90 +81,6 @@ pub const ALIVE: &str = "/netbee/alive/";
 pub const NETWORKS: &str = "/netbee/networks/";
 pub const ENDPOINTS: &str = "/netbee/endpoints/";
 pub const WATCH_PREFIX: &str = "/netbee/";
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub id: String,
-    pub created: DateTime<Utc>,
-    pub worker_token: String,
-    pub manager_token: String,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Manager,
-    Worker,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Availability {
-    Active,
-    Pause,
-    Drain,
-}
-
-impl Availability {
-    pub fn parse(s: &str) -> Result<Availability, String> {
-        match s {
-            "active" => Ok(Availability::Active),
-            "pause" => Ok(Availability::Pause),
-            "drain" => Ok(Availability::Drain),
-            _ => Err(format!("invalid availability {s:?}: use active, pause or drain")),
-        }
-    }
-    pub fn title(&self) -> &'static str {
-        match self {
-            Availability::Active => "Active",
-            Availability::Pause => "Pause",
-            Availability::Drain => "Drain",
-        }
-    }
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: String,
-    pub hostname: String,
-    pub addr: Ipv4Addr,
-    pub role: Role,
-    pub availability: Availability,
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    pub created: DateTime<Utc>,
-}
-
-/// What a live node keeps under its lease (`ALIVE`): gone when the node is.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Liveness {
-    pub since: DateTime<Utc>,
-    /// The node's uplink MAC: peers on the same L2 segment send it routing-mesh traffic natively
-    /// and it accepts such frames only from the MACs of live peers.
-    #[serde(default)]
-    pub uplink_mac: Option<[u8; 6]>,
-}
-
-/// A container interface on an overlay, as every node sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RemoteEndpoint {
-    pub network_id: String,
-    pub ip: Ipv4Addr,
-    pub mac: [u8; 6],
-    pub node_id: String,
-    pub node_addr: Ipv4Addr,
-    pub container_id: String,
-    pub container_name: String,
-    #[serde(default)]
-    pub aliases: Vec<String>,
-}
-
-/// This node's membership, kept in the local store so a restarted daemon rejoins by itself.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Membership {
-    pub cluster_id: String,
-    pub advertise: Ipv4Addr,
-}
 
 pub fn new_token(cluster_id: &str) -> String {
     let secret = crate::names::new_id();
@@ -179,12 +134,6 @@ mod tests {
         assert_eq!(parse_store("etcd://a:1,b:2").unwrap().len(), 2);
         assert!(parse_store("http://x").is_err());
         assert!(parse_store("etcd://").is_err());
-    }
-
-    #[test]
-    fn availability() {
-        assert_eq!(Availability::parse("drain").unwrap(), Availability::Drain);
-        assert!(Availability::parse("Drained").is_err());
     }
 
     #[test]

@@ -23,7 +23,6 @@ use crate::{
     names, netns,
     portspec::{self, Proto},
     runtime::{self, ExitRecord, ShimSpec},
-    store,
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -264,7 +263,7 @@ impl Daemon {
             warn!(container = %c.name, "unpublishing: {e:#}");
         }
         for ep in std::mem::take(&mut c.endpoints) {
-            if let Err(e) = self.release_endpoint(&ep, None).await {
+            if let Err(e) = self.release_endpoint(&ep).await {
                 warn!(container = %c.name, "removing {}: {e:#}", ep.host_ifname());
             }
         }
@@ -292,7 +291,7 @@ impl Daemon {
 
     pub(super) async fn on_exit(self: &Arc<Self>, id: &str, shim_pid: i32) -> Result<()> {
         let _g = self.op.lock().await;
-        let Some(mut c) = self.store.get::<ContainerRecord>(store::CONTAINERS, id)? else { return Ok(()) };
+        let Some(mut c) = self.store.get::<ContainerRecord>(id)? else { return Ok(()) };
         if c.state.status != Status::Running || c.state.shim_pid != shim_pid {
             return Ok(());
         }
@@ -304,7 +303,7 @@ impl Daemon {
             }
             exits.insert(c.id.clone(), c.state.exit_code);
             drop(exits);
-            self.store.delete(store::CONTAINERS, &c.id)?;
+            self.store.delete::<ContainerRecord>(&c.id)?;
             let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         }
         Ok(())
@@ -321,7 +320,7 @@ impl Daemon {
             }
         };
         loop {
-            match self.store.get::<ContainerRecord>(store::CONTAINERS, &id)? {
+            match self.store.get::<ContainerRecord>(&id)? {
                 Some(c) if c.state.status == Status::Running => {}
                 Some(c) => return Ok(c.state.exit_code),
                 None => {
@@ -370,7 +369,7 @@ impl Daemon {
     async fn wait_exited(&self, id: &str, timeout: Duration) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            match self.store.get::<ContainerRecord>(store::CONTAINERS, id)? {
+            match self.store.get::<ContainerRecord>(id)? {
                 Some(c) if c.state.status == Status::Running => {}
                 _ => return Ok(true),
             }
@@ -431,9 +430,9 @@ impl Daemon {
             }
         }
         let _g = self.op.lock().await;
-        if let Some(mut c) = self.store.get::<ContainerRecord>(store::CONTAINERS, &c.id)? {
+        if let Some(mut c) = self.store.get::<ContainerRecord>(&c.id)? {
             self.teardown(&mut c).await;
-            self.store.delete(store::CONTAINERS, &c.id)?;
+            self.store.delete::<ContainerRecord>(&c.id)?;
         }
         let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         Ok(())

@@ -21,11 +21,14 @@ use netbee_abi::config;
 use tracing::{info, warn};
 
 use crate::{
-    api::{ApiError, ApiResult},
+    api::ApiResult,
+    cluster::ClusterState,
     datapath::{Datapath, default_timeouts, ip_be},
+    lookup,
     model::{ContainerRecord, NetworkRecord},
     netlink::Netlink,
-    store::{self, Store},
+    network,
+    store::{Shared, Store},
 };
 
 #[derive(Clone, Debug)]
@@ -51,9 +54,6 @@ pub enum MeshRouting {
     Native,
 }
 
-/// The collect_md VXLAN device every overlay shares (the VNI travels in the tunnel key).
-pub const VXLAN_DEVICE: &str = "nbvxlan0";
-
 pub struct NodeInfo {
     pub uplink: String,
     pub uplink_ip: Ipv4Addr,
@@ -62,27 +62,24 @@ pub struct NodeInfo {
     pub uplink_mac: Option<[u8; 6]>,
 }
 
+/// The daemon: the node's store, kernel handles and cluster connection, shared by every
+/// operation. Its operations live in the files of this module, one concern each.
 pub struct Daemon {
-    pub cfg: DaemonConfig,
-    pub store: Store,
-    pub nl: Netlink,
-    pub dp: std::sync::Mutex<Datapath>,
-    /// Serializes every state-changing operation: each one reads, changes the kernel, and
-    /// commits, with no interleaving to reason about.
-    pub op: tokio::sync::Mutex<()>,
-    pub node: NodeInfo,
-    pub cluster: Option<Arc<swarm::ClusterState>>,
+    cfg: DaemonConfig,
+    store: Store,
+    nl: Netlink,
+    dp: std::sync::Mutex<Datapath>,
+    /// Serializes every state-changing operation on the node: each one reads, changes the kernel,
+    /// and commits, with no interleaving to reason about. Taken after `services.op`, never before.
+    op: tokio::sync::Mutex<()>,
+    node: NodeInfo,
+    cluster: Option<Arc<ClusterState>>,
     /// Conntrack entries the garbage collector removed since start.
-    pub ct_gc_removed: std::sync::atomic::AtomicU64,
+    ct_gc_removed: std::sync::atomic::AtomicU64,
     /// Exit codes of auto-removed containers, for `wait` callers that arrive after the removal.
-    pub removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
-    /// Serializes service create/update/rm (the scheduler reads what they write).
-    pub svc_op: tokio::sync::Mutex<()>,
-    pub services_changed: tokio::sync::Notify,
-    /// Tasks whose containers are being drained and stopped.
-    pub draining: std::sync::Mutex<std::collections::HashSet<String>>,
-    pub names: Arc<names::NameTable>,
-    pub dns_servers: std::sync::Mutex<std::collections::HashMap<Ipv4Addr, crate::dns::DnsServer>>,
+    removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
+    services: services::ServiceState,
+    dns: names::DnsState,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -116,29 +113,26 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     dp.attach_tc("tc_uplink_ingress", &uplink, TcAttachType::Ingress, "uplink-ingress")?;
     dp.attach_tc("tc_uplink_egress", &uplink, TcAttachType::Egress, "uplink-egress")?;
-    match cfg.cgroup.clone().or_else(crate::daemon::cgroup2_root) {
+    match cfg.cgroup.clone().or_else(cgroup2_root) {
         Some(cg) => dp.attach_sock_hooks(&cg)?,
         None => warn!("no cgroup v2 hierarchy: node-local clients cannot reach published ports"),
     }
     let cluster = match &cfg.cluster_store {
         None => None,
         Some(eps) => {
-            let vx = nl.ensure_vxlan(VXLAN_DEVICE, netbee_abi::VXLAN_PORT, 1450).await?;
-            dp.set_config(config::VXLAN_IFINDEX, vx as u64)?;
-            dp.attach_tc("tc_overlay_ingress", VXLAN_DEVICE, TcAttachType::Ingress, "overlay-ingress")?;
-            let node_id = match store.get::<String>(store::META, "node_id")? {
+            let node_id = match store.meta::<String>("node_id")? {
                 Some(id) => id,
                 None => {
                     let id = crate::names::new_id()[..25].to_string();
-                    store.put(store::META, "node_id", &id)?;
+                    store.set_meta("node_id", &id)?;
                     id
                 }
             };
             let hostname = cfg.hostname.clone().unwrap_or_else(|| {
                 nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default()
             });
-            let membership = store.get(store::META, "membership")?;
-            Some(Arc::new(swarm::ClusterState::new(eps.clone(), node_id, hostname, membership)))
+            let membership = store.meta("membership")?;
+            Some(Arc::new(ClusterState::new(eps.clone(), node_id, hostname, membership)))
         }
     };
     let daemon = Arc::new(Daemon {
@@ -155,13 +149,11 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),
-        svc_op: Default::default(),
-        services_changed: Default::default(),
-        draining: Default::default(),
-        names: Default::default(),
-        dns_servers: Default::default(),
+        services: Default::default(),
+        dns: Default::default(),
     });
-    daemon.ensure_predefined_networks().await?;
+    network::prepare_node(&daemon.net_cx()).await?;
+    network::ensure_predefined(&daemon.net_cx()).await?;
     daemon.reconcile().await.context("reconciling the kernel with the store")?;
     daemon.refresh_node_addrs().await?;
     daemon.start_monitors().await?;
@@ -198,7 +190,7 @@ fn default_route_device() -> Result<String> {
 fn netns_cookie() -> Result<u64> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
     let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let mut len = size_of::<u64>() as libc::socklen_t;
     const SO_NETNS_COOKIE: libc::c_int = 71;
     let rc = unsafe {
         libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, &mut cookie as *mut u64 as *mut _, &mut len)
@@ -215,42 +207,35 @@ pub fn cgroup2_root() -> Option<PathBuf> {
 }
 
 impl Daemon {
+    /// What the network drivers work with.
+    fn net_cx(&self) -> network::Context<'_> {
+        network::Context { nl: &self.nl, dp: &self.dp, store: &self.store, cluster: self.cluster.as_deref() }
+    }
+
+    /// Where services and tasks live: etcd in a swarm, the embedded store on a lone node.
+    fn shared(&self) -> Shared<'_> {
+        match &self.cluster {
+            Some(c) if c.member().is_some() => Shared::Cluster(&c.etcd),
+            _ => Shared::Local(&self.store),
+        }
+    }
+
     /// Local networks and the cluster's overlays (as last synced from etcd).
     pub fn networks(&self) -> Result<Vec<NetworkRecord>> {
-        let mut all: Vec<NetworkRecord> = self.store.list(store::NETWORKS)?;
-        all.extend(self.store.list::<NetworkRecord>(store::OVERLAYS)?);
-        Ok(all)
+        network::all(&self.store)
     }
 
     pub fn containers(&self) -> Result<Vec<ContainerRecord>> {
-        self.store.list(store::CONTAINERS)
+        self.store.list()
     }
 
     /// Finds a network by full id, name, or unique id prefix.
     pub fn find_network(&self, key: &str) -> ApiResult<NetworkRecord> {
-        let all = self.networks()?;
-        if let Some(n) = all.iter().find(|n| n.id == key || n.name == key) {
-            return Ok(n.clone());
-        }
-        let m: Vec<_> = all.iter().filter(|n| !key.is_empty() && n.id.starts_with(key)).collect();
-        match m.len() {
-            1 => Ok(m[0].clone()),
-            0 => Err(ApiError::not_found(format!("network {key} not found"))),
-            _ => Err(ApiError::bad_request(format!("network {key} is ambiguous ({} matches found)", m.len()))),
-        }
+        Ok(lookup::find(&self.networks()?, key)?.clone())
     }
 
     pub fn find_container(&self, key: &str) -> ApiResult<ContainerRecord> {
-        let all = self.containers()?;
-        if let Some(c) = all.iter().find(|c| c.id == key || c.name == key) {
-            return Ok(c.clone());
-        }
-        let m: Vec<_> = all.iter().filter(|c| !key.is_empty() && c.id.starts_with(key)).collect();
-        match m.len() {
-            1 => Ok(m[0].clone()),
-            0 => Err(ApiError::not_found(format!("No such container: {key}"))),
-            _ => Err(ApiError::bad_request(format!("container {key} is ambiguous ({} matches found)", m.len()))),
-        }
+        Ok(lookup::find(&self.containers()?, key)?.clone())
     }
 
     pub fn container_dir(&self, id: &str) -> PathBuf {
@@ -262,26 +247,14 @@ impl Daemon {
     }
 
     pub fn put_container(&self, c: &ContainerRecord) -> Result<()> {
-        self.store.put(store::CONTAINERS, &c.id, c)
-    }
-
-    pub fn put_network(&self, n: &NetworkRecord) -> Result<()> {
-        self.store.put(store::NETWORKS, &n.id, n)
+        self.store.put(c)
     }
 
     /// Published ports answer on every address of the node (uplink and gateways).
     pub async fn refresh_node_addrs(&self) -> Result<()> {
         let addrs: Vec<Ipv4Addr> =
             self.nl.ipv4_addrs().await?.into_iter().map(|(_, ip, _)| ip).filter(|ip| !ip.is_loopback()).collect();
-        let mut dp = self.dp.lock().unwrap();
-        let want: std::collections::HashSet<u32> = addrs.iter().map(|a| ip_be(*a)).collect();
-        let have: Vec<u32> = dp.node_addrs.keys().filter_map(|k| k.ok()).collect();
-        for k in have.iter().filter(|k| !want.contains(k)) {
-            crate::datapath::ignore_missing(dp.node_addrs.remove(k))?;
-        }
-        for k in want {
-            dp.node_addrs.insert(k, 1, 0)?;
-        }
-        Ok(())
+        let want: Vec<(u32, u32)> = addrs.iter().map(|a| (ip_be(*a), 1)).collect();
+        crate::datapath::sync(&mut self.dp.lock().unwrap().node_addrs, &want, |_, _| true)
     }
 }

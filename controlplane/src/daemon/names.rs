@@ -9,15 +9,20 @@ use std::{
 
 use tracing::warn;
 
-use super::{
-    Daemon,
-    services::{ServiceRecord, TaskRecord, TaskState},
-};
+use super::Daemon;
 use crate::{
-    cluster::{self, RemoteEndpoint},
+    cluster,
     dns::{self, Lookup, Names},
     model::Status,
+    model::{RemoteEndpoint, ServiceRecord, TaskRecord, TaskState},
 };
+
+/// The embedded DNS of the node: the names it answers and a server per user network's gateway.
+#[derive(Default)]
+pub(super) struct DnsState {
+    pub names: Arc<NameTable>,
+    pub servers: std::sync::Mutex<HashMap<Ipv4Addr, dns::DnsServer>>,
+}
 
 /// Names per network, keyed by the network's gateway (where its containers send queries).
 #[derive(Default)]
@@ -94,11 +99,11 @@ impl Daemon {
             by_gateway.insert(gw, table.remove(&n.id).unwrap_or_default());
         }
         let gateways: HashSet<Ipv4Addr> = by_gateway.keys().copied().collect();
-        *self.names.by_gateway.write().unwrap() = by_gateway;
-        *self.names.everywhere.write().unwrap() = everywhere;
+        *self.dns.names.by_gateway.write().unwrap() = by_gateway;
+        *self.dns.names.everywhere.write().unwrap() = everywhere;
 
         let missing: Vec<Ipv4Addr> = {
-            let mut servers = self.dns_servers.lock().unwrap();
+            let mut servers = self.dns.servers.lock().unwrap();
             servers.retain(|gw, _| gateways.contains(gw));
             gateways.iter().filter(|g| !servers.contains_key(g)).copied().collect()
         };
@@ -106,10 +111,10 @@ impl Daemon {
             let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
             let skip: Vec<IpAddr> = gateways.iter().map(|g| IpAddr::V4(*g)).collect();
             let upstreams = dns::upstreams_from_resolv_conf(&resolv, &skip);
-            let names: Arc<dyn Names> = self.names.clone();
+            let names: Arc<dyn Names> = self.dns.names.clone();
             match dns::serve(SocketAddrV4::new(gw, 53), names, upstreams).await {
                 Ok(server) => {
-                    self.dns_servers.lock().unwrap().insert(gw, server);
+                    self.dns.servers.lock().unwrap().insert(gw, server);
                 }
                 Err(e) => warn!(gateway = %gw, "starting the embedded DNS server: {e:#}"),
             }

@@ -1,4 +1,5 @@
-//! Network operations: create, remove, inspect, connect, disconnect.
+//! Network operations: create, remove, inspect, connect, disconnect. What depends on the kind of
+//! network is the driver's (`network/`).
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
@@ -7,114 +8,32 @@ use serde_json::{Value, json};
 use super::Daemon;
 use crate::{
     api::{ApiError, ApiResult, NetworkConnect, NetworkCreate},
-    ipam::{self, Allocator},
-    model::{Attachment, Driver, Endpoint, NetworkRecord, Status, mac_for_ip, mac_string},
+    model::{Attachment, ContainerRecord, Endpoint, NetworkRecord, Status, mac_for_ip, mac_string},
     names,
-    network::bridge,
-    store,
+    network::{self, Attach, PREDEFINED},
 };
 
-pub const PREDEFINED: [&str; 3] = ["bridge", "host", "none"];
-
 impl Daemon {
-    pub(super) async fn ensure_predefined_networks(&self) -> Result<()> {
-        let have = self.networks()?;
-        for name in PREDEFINED {
-            if have.iter().any(|n| n.name == name) {
-                continue;
-            }
-            let (driver, ipam) = match name {
-                "bridge" => {
-                    let cfg = ipam::pool_config(Some("172.17.0.0/16"), None, None, &[], &[])
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    (Driver::Bridge, Some(Allocator::new(cfg)))
-                }
-                "host" => (Driver::Host, None),
-                _ => (Driver::Null, None),
-            };
-            let net_id = if ipam.is_some() { self.next_net_id()? } else { 0 };
-            let rec = NetworkRecord {
-                id: names::new_id(),
-                name: name.to_string(),
-                driver,
-                created: chrono::Utc::now(),
-                internal: false,
-                net_id,
-                ipam,
-                labels: Default::default(),
-                vni: 0,
-            };
-            self.put_network(&rec)?;
-        }
-        Ok(())
-    }
-
-    fn next_net_id(&self) -> Result<u32> {
-        let used: std::collections::BTreeSet<u32> = self.networks()?.iter().map(|n| n.net_id).collect();
-        Ok((1..).find(|i| !used.contains(i)).unwrap_or(1))
-    }
-
     pub async fn network_create(&self, req: NetworkCreate) -> ApiResult<NetworkRecord> {
         let _g = self.op.lock().await;
-        let name = req.name.trim().to_string();
-        if name.is_empty() {
+        self.network_create_locked(req).await
+    }
+
+    /// `network create` with the operation lock already held.
+    pub(super) async fn network_create_locked(&self, mut req: NetworkCreate) -> ApiResult<NetworkRecord> {
+        req.name = req.name.trim().to_string();
+        if req.name.is_empty() {
             return Err(ApiError::bad_request("network name must not be empty"));
         }
-        names::validate_network_name(&name).map_err(ApiError::bad_request)?;
+        names::validate_network_name(&req.name).map_err(ApiError::bad_request)?;
         let all = self.networks()?;
-        if all.iter().any(|n| n.name == name) {
-            return Err(ApiError::conflict(format!("network with name {name} already exists")));
+        if all.iter().any(|n| n.name == req.name) {
+            return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
         }
-        match req.driver.as_deref().unwrap_or("bridge") {
-            "bridge" => {}
-            "overlay" => {
-                if self.cluster.as_ref().and_then(|c| c.member()).is_none() {
-                    return Err(ApiError::bad_request(
-                        "overlay networks need a swarm: start the daemon with --cluster-store and run `netbee swarm init` or `netbee swarm join`",
-                    ));
-                }
-                let mut req = req;
-                req.name = name;
-                let rec = self.overlay_create(req, &all).await?;
-                self.refresh_node_addrs().await?;
-                return Ok(rec);
-            }
-            "host" | "null" => {
-                return Err(ApiError::bad_request(format!(
-                    "only one instance of \"{}\" network is allowed",
-                    req.driver.as_deref().unwrap_or_default()
-                )));
-            }
-            d => return Err(ApiError::bad_request(format!("unknown network driver {d:?}: use bridge or overlay"))),
-        }
-        let existing: Vec<(String, ipnetwork::Ipv4Network)> =
-            all.iter().filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet))).collect();
-        let cfg = ipam::pool_config(
-            req.subnet.as_deref(),
-            req.gateway.as_deref(),
-            req.ip_range.as_deref(),
-            &existing,
-            &ipam::local_default_pools(),
-        )
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let rec = NetworkRecord {
-            id: names::new_id(),
-            name,
-            driver: Driver::Bridge,
-            created: chrono::Utc::now(),
-            internal: req.internal,
-            net_id: self.next_net_id()?,
-            ipam: Some(Allocator::new(cfg)),
-            labels: req.labels,
-            vni: 0,
-        };
-        // store first: if the daemon dies half-way, reconcile finishes (or the rm undoes) it
-        self.put_network(&rec)?;
-        if let Err(e) = bridge::setup_network(&self.nl, &self.dp, &rec).await {
-            let _ = bridge::teardown_network(&self.nl, &self.dp, &rec).await;
-            self.store.delete(store::NETWORKS, &rec.id)?;
-            return Err(e.context(format!("creating network {}", rec.name)).into());
-        }
+        let name = req.driver.clone().unwrap_or_else(|| "bridge".into());
+        let driver = network::driver(&name)
+            .ok_or_else(|| ApiError::bad_request(format!("unknown network driver {name:?}: use bridge or overlay")))?;
+        let rec = driver.create(&self.net_cx(), &req, &all).await?;
         self.refresh_node_addrs().await?;
         Ok(rec)
     }
@@ -123,13 +42,9 @@ impl Daemon {
         let _g = self.op.lock().await;
         let net = self.find_network(key)?;
         if PREDEFINED.contains(&net.name.as_str()) {
-            return Err(ApiError::bad_request(format!("{} is a pre-defined network and cannot be removed", net.name)));
+            return Err(network::predefined_error(&net));
         }
-        if net.driver == Driver::Overlay {
-            self.overlay_remove(&net).await?;
-            self.refresh_node_addrs().await?;
-            return Ok(());
-        }
+        // local endpoints; a swarm-wide driver also checks the other nodes' on its own
         let users: Vec<String> = self
             .containers()?
             .into_iter()
@@ -143,8 +58,7 @@ impl Daemon {
                 users.join(", ")
             )));
         }
-        bridge::teardown_network(&self.nl, &self.dp, &net).await?;
-        self.store.delete(store::NETWORKS, &net.id)?;
+        net.driver().remove(&self.net_cx(), &net).await?;
         self.refresh_node_addrs().await?;
         Ok(())
     }
@@ -185,19 +99,15 @@ impl Daemon {
             "Name": net.name,
             "Id": net.id,
             "Created": net.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "Scope": net.scope(),
-            "Driver": net.driver.as_str(),
+            "Scope": net.scope().as_str(),
+            "Driver": net.driver,
             "EnableIPv6": false,
             "IPAM": { "Driver": "default", "Options": {}, "Config": config },
             "Internal": net.internal,
             "Attachable": false,
             "Ingress": false,
             "Containers": containers,
-            "Options": match net.driver {
-                Driver::Bridge => json!({ "com.netbee.network.device": net.device() }),
-                Driver::Overlay => json!({ "com.netbee.network.device": net.device(), "com.docker.network.driver.overlay.vxlanid_list": net.vni.to_string() }),
-                _ => json!({}),
-            },
+            "Options": net.driver().inspect_options(net),
             "Labels": net.labels,
         }))
     }
@@ -208,8 +118,7 @@ impl Daemon {
         if !net.carries_containers() {
             return Err(ApiError::bad_request(format!(
                 "container cannot be disconnected from or connected to network {} ({} driver)",
-                net.name,
-                net.driver.as_str()
+                net.name, net.driver
             )));
         }
         let mut c = self.find_container(&req.container)?;
@@ -257,7 +166,7 @@ impl Daemon {
         }
         if let Some(pos) = c.endpoints.iter().position(|e| e.network_id == net.id) {
             let ep = c.endpoints.remove(pos);
-            self.release_endpoint(&ep, c.attachments.iter().find(|a| a.network_id == net.id)).await?;
+            self.release_endpoint(&ep).await?;
         }
         c.attachments.retain(|a| a.network_id != net.id);
         self.put_container(&c)?;
@@ -269,25 +178,13 @@ impl Daemon {
     /// address out twice; a failure gives it back.
     pub(super) async fn attach_running(
         &self,
-        c: &mut crate::model::ContainerRecord,
+        c: &mut ContainerRecord,
         att: &Attachment,
         index: usize,
     ) -> ApiResult<Endpoint> {
-        let mut net = self.find_network(&att.network_id)?;
-        let ip = if net.driver == Driver::Overlay {
-            self.overlay_allocate(&net, att.ip, &c.id).await?
-        } else {
-            let ipam = net.ipam.as_mut().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
-            let ip = match att.ip {
-                Some(ip) => {
-                    ipam.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
-                    ip
-                }
-                None => ipam.allocate().map_err(|e| ApiError::bad_request(e.to_string()))?,
-            };
-            self.put_network(&net)?;
-            ip
-        };
+        let net = self.find_network(&att.network_id)?;
+        let cx = self.net_cx();
+        let ip = net.driver().allocate(&cx, &net, att.ip, &c.id).await?;
         let ep = Endpoint {
             network_id: net.id.clone(),
             endpoint_id: names::new_id(),
@@ -299,47 +196,41 @@ impl Daemon {
         c.endpoints.push(ep.clone());
         self.put_container(c)?;
         c.endpoints.pop();
-        let default_route = index == 0 && !net.internal;
-        let attached = async {
-            bridge::attach_endpoint(
-                &self.nl,
-                &self.dp,
-                &self.netns_path(&c.id),
-                &net,
-                &ep,
-                default_route,
-                c.is_backend(),
-            )
-            .await?;
-            if net.driver == Driver::Overlay {
-                self.register_endpoint(c, &ep).await?;
-            }
-            anyhow::Ok(())
+        let ns_path = self.netns_path(&c.id);
+        let attach = Attach {
+            container: c,
+            ep: &ep,
+            ns_path: &ns_path,
+            default_route: index == 0 && !net.internal,
+            backend: c.is_backend(),
         };
-        if let Err(e) = attached.await {
-            let _ = bridge::detach_endpoint(&self.nl, &self.dp, &ep).await;
-            self.release_ip(&net.id, ip).await?;
+        if let Err(e) = net.driver().attach(&cx, &net, &attach).await {
+            let _ = net.driver().detach(&cx, &net, &ep).await;
+            net.driver().release(&cx, &net, ip).await?;
             self.put_container(c)?;
             return Err(e.context(format!("connecting {} to network {}", c.name, net.name)).into());
         }
         Ok(ep)
     }
 
-    pub(super) async fn release_endpoint(&self, ep: &Endpoint, _att: Option<&Attachment>) -> Result<()> {
-        bridge::detach_endpoint(&self.nl, &self.dp, ep).await?;
-        self.release_ip(&ep.network_id, ep.ip).await
+    /// Removes a container's interface and gives its address back.
+    pub(super) async fn release_endpoint(&self, ep: &Endpoint) -> Result<()> {
+        let cx = self.net_cx();
+        match self.find_network(&ep.network_id) {
+            Ok(net) => {
+                net.driver().detach(&cx, &net, ep).await?;
+                net.driver().release(&cx, &net, ep.ip).await
+            }
+            // the network is gone (and its leases with it): only the kernel objects are left
+            Err(_) => network::kernel::detach_endpoint(cx.nl, cx.dp, ep).await,
+        }
     }
 
+    /// Gives back an address taken on a network outside any endpoint (a service's VIP).
     pub(super) async fn release_ip(&self, network_id: &str, ip: Ipv4Addr) -> Result<()> {
-        if self.is_overlay(network_id) {
-            return self.overlay_release(network_id, ip).await;
+        match self.find_network(network_id) {
+            Ok(net) => net.driver().release(&self.net_cx(), &net, ip).await,
+            Err(_) => Ok(()),
         }
-        if let Some(mut net) = self.store.get::<NetworkRecord>(store::NETWORKS, network_id)?
-            && let Some(ipam) = net.ipam.as_mut()
-        {
-            ipam.release(ip);
-            self.put_network(&net)?;
-        }
-        Ok(())
     }
 }

@@ -13,18 +13,19 @@ use tracing::{info, warn};
 
 use super::{Daemon, ports};
 use crate::{
-    datapath::{ignore_missing, ip_be},
-    model::{ContainerRecord, Driver, NetworkRecord, Status, host_ifname},
+    datapath::{self, ignore_missing, ip_be},
+    model::{ContainerRecord, NetworkRecord, Status, host_ifname},
     netns,
-    network::bridge,
-    runtime, store,
+    network::kernel,
+    runtime,
 };
 
 impl Daemon {
     pub(super) async fn reconcile(self: &Arc<Self>) -> Result<()> {
         let nets = self.networks()?;
-        for n in nets.iter().filter(|n| n.carries_containers()) {
-            bridge::setup_network(&self.nl, &self.dp, n).await?;
+        let cx = self.net_cx();
+        for n in &nets {
+            n.driver().setup(&cx, n).await?;
         }
         for mut c in self.containers()? {
             if c.state.status == Status::Running {
@@ -37,7 +38,7 @@ impl Daemon {
                 info!(container = %c.name, "exited while the daemon was away");
                 self.record_exit(&mut c).await?;
                 if c.config.auto_remove {
-                    self.store.delete(store::CONTAINERS, &c.id)?;
+                    self.store.delete::<ContainerRecord>(&c.id)?;
                     let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
                 }
             } else if !c.endpoints.is_empty() || !c.ports.is_empty() || self.netns_path(&c.id).exists() {
@@ -53,10 +54,10 @@ impl Daemon {
         for (i, ep) in c.endpoints.clone().iter().enumerate() {
             let Some(net) = nets.iter().find(|n| n.id == ep.network_id) else { continue };
             if self.nl.link(&ep.host_ifname()).await?.is_some() {
-                bridge::program_endpoint(&self.nl, &self.dp, net, ep, c.is_backend()).await?;
+                kernel::program_endpoint(&self.nl, &self.dp, net, ep, c.is_backend()).await?;
             } else {
                 let default_route = i == 0 && !net.internal;
-                bridge::attach_endpoint(
+                kernel::attach_endpoint(
                     &self.nl,
                     &self.dp,
                     &self.netns_path(&c.id),
@@ -83,22 +84,12 @@ impl Daemon {
         let running: Vec<&ContainerRecord> = containers.iter().filter(|c| c.state.status == Status::Running).collect();
         let endpoints: Vec<&crate::model::Endpoint> = running.iter().flat_map(|c| c.endpoints.iter()).collect();
 
-        // addresses: exactly those of running endpoints stay allocated
-        // (overlay addresses are leased in etcd, not here)
-        for mut n in nets.clone().into_iter().filter(|n| n.driver == Driver::Bridge) {
-            let Some(ipam) = n.ipam.as_mut() else { continue };
-            let want: HashSet<_> = endpoints.iter().filter(|e| e.network_id == n.id).map(|e| e.ip).collect();
-            let stale: Vec<_> = ipam.allocated().filter(|ip| !want.contains(ip)).collect();
-            let missing: Vec<_> = want.iter().filter(|ip| !ipam.is_allocated(**ip)).copied().collect();
-            if !stale.is_empty() || !missing.is_empty() {
-                for ip in stale {
-                    ipam.release(ip);
-                }
-                for ip in missing {
-                    let _ = ipam.reserve(ip);
-                }
-                self.put_network(&n)?;
-            }
+        // addresses: exactly those of running endpoints stay allocated (drivers whose leases are
+        // cluster-wide keep them in etcd and do nothing here)
+        let cx = self.net_cx();
+        for n in &nets {
+            let in_use: HashSet<_> = endpoints.iter().filter(|e| e.network_id == n.id).map(|e| e.ip).collect();
+            n.driver().reconcile_addresses(&cx, n, &in_use).await?;
         }
 
         let want_links: HashSet<String> = endpoints
@@ -128,33 +119,18 @@ impl Daemon {
 
         let mut dp = self.dp.lock().unwrap();
         let want_pins: HashSet<String> =
-            endpoints.iter().map(|e| bridge::endpoint_pin(&host_ifname(&e.endpoint_id))).collect();
+            endpoints.iter().map(|e| kernel::endpoint_pin(&host_ifname(&e.endpoint_id))).collect();
         for pin in dp.pinned_links()? {
             if pin.starts_with("ep-") && !want_pins.contains(&pin) {
                 dp.detach(&pin)?;
             }
         }
         let want_ips: HashSet<u32> = endpoints.iter().map(|e| ip_be(e.ip)).collect();
-        let stale: Vec<u32> = dp
-            .endpoints
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| v.node_ip == 0 && !want_ips.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            ignore_missing(dp.endpoints.remove(&k))?;
-        }
+        dp.prune_local_endpoints(&want_ips)?;
         let ifindexes: HashSet<u32> = links.iter().filter(|l| want_links.contains(&l.name)).map(|l| l.index).collect();
-        let stale: Vec<u32> = dp.ifaces.keys().filter_map(|k| k.ok()).filter(|k| !ifindexes.contains(k)).collect();
-        for k in stale {
-            ignore_missing(dp.ifaces.remove(&k))?;
-        }
+        datapath::prune(&mut dp.ifaces, |k, _| ifindexes.contains(k))?;
         let want_nets: HashSet<u32> = nets.iter().filter(|n| n.ipam.is_some()).map(|n| n.net_id).collect();
-        let stale: Vec<u32> = dp.networks.keys().filter_map(|k| k.ok()).filter(|k| !want_nets.contains(k)).collect();
-        for k in stale {
-            ignore_missing(dp.networks.remove(&k))?;
-        }
+        datapath::prune(&mut dp.networks, |k, _| want_nets.contains(k))?;
         let want_subnets: HashSet<(u32, u32)> = nets
             .iter()
             .filter_map(|n| n.ipam.as_ref())
@@ -162,33 +138,16 @@ impl Daemon {
             .collect();
         for (plen, addr) in dp.subnets() {
             if !want_subnets.contains(&(plen, addr)) {
-                dp.remove_subnet(ipnetwork::Ipv4Network::new(crate::datapath::ip_from_be(addr), plen as u8)?)?;
+                dp.remove_subnet(ipnetwork::Ipv4Network::new(datapath::ip_from_be(addr), plen as u8)?)?;
             }
         }
         let published: Vec<&crate::model::PublishedPort> = running.iter().flat_map(|c| c.ports.iter()).collect();
         let want_fe: HashSet<_> = published.iter().map(|p| ports::frontend_key(&p.binding)).collect();
         // service frontends (ids from SERVICE_ID_BASE) belong to the service loop
         let base = super::services::SERVICE_ID_BASE;
-        let stale: Vec<_> = dp
-            .frontends
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| v.id < base && !want_fe.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            ignore_missing(dp.frontends.remove(&k))?;
-        }
+        datapath::prune(&mut dp.frontends, |k, v| v.id >= base || want_fe.contains(k))?;
         let want_be: HashSet<u32> = published.iter().map(|p| p.service_id).collect();
-        let stale: Vec<_> = dp
-            .backends
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.service < base && !want_be.contains(&k.service))
-            .collect();
-        for k in stale {
-            ignore_missing(dp.backends.remove(&k))?;
-        }
+        datapath::prune(&mut dp.backends, |k, _| k.service >= base || want_be.contains(&k.service))?;
         Ok(())
     }
 }

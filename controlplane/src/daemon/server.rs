@@ -256,12 +256,12 @@ async fn node_update(State(d): D, Path(id): Path<String>, Body(v): Body<Value>) 
 }
 
 async fn node_promote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    d.node_set_role(&id, crate::cluster::Role::Manager).await?;
+    d.node_set_role(&id, crate::model::Role::Manager).await?;
     Ok(Json(Value::Null))
 }
 
 async fn node_demote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    d.node_set_role(&id, crate::cluster::Role::Worker).await?;
+    d.node_set_role(&id, crate::model::Role::Worker).await?;
     Ok(Json(Value::Null))
 }
 

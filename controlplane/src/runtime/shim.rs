@@ -64,7 +64,7 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
             let code = match container_init(spec) {
                 Ok(code) => code,
                 Err(e) => {
-                    let _ = std::fs::OpenOptions::new()
+                    let _ = OpenOptions::new()
                         .append(true)
                         .create(true)
                         .open(&spec.stderr)

@@ -1,0 +1,165 @@
+//! The node agent: starts this node's assigned tasks as containers, drains and stops the ones
+//! told to stop, and reports the ones that died.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Result, anyhow};
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::{
+    api::ContainerCreate,
+    daemon::Daemon,
+    model::{ServiceRecord, Status, TaskRecord, TaskState},
+    portspec::Proto,
+};
+
+/// How long a task leaving the load balancer keeps serving its established connections.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Daemon {
+    /// The node agent: start this node's assigned tasks, drain and stop the ones told to stop,
+    /// report the ones that died.
+    pub(in crate::daemon) async fn run_my_tasks(self: &Arc<Self>, services: &[ServiceRecord]) -> Result<()> {
+        let me = self.my_node_id();
+        let tasks: Vec<TaskRecord> =
+            self.shared().list::<TaskRecord>().await?.into_iter().filter(|t| t.node_id == me).collect();
+        let containers = self.containers()?;
+        let by_task: HashMap<String, &crate::model::ContainerRecord> = containers
+            .iter()
+            .filter_map(|c| c.config.labels.get("com.netbee.task.id").map(|t| (t.clone(), c)))
+            .collect();
+        for mut t in tasks {
+            let ct = by_task.get(&t.id).copied();
+            if t.desired_running {
+                match (t.state, ct) {
+                    (TaskState::Assigned, None) => {
+                        let Some(s) = services.iter().find(|s| s.id == t.service_id) else { continue };
+                        t.state = TaskState::Starting;
+                        self.shared().put(&t).await?;
+                        match self.start_task(s, &t).await {
+                            Ok((cid, addrs)) => {
+                                t.container_id = Some(cid);
+                                t.addrs = addrs;
+                                t.state = TaskState::Running;
+                            }
+                            Err(e) => {
+                                t.state = TaskState::Failed;
+                                t.message = e.to_string();
+                            }
+                        }
+                        t.updated = Utc::now();
+                        self.shared().put(&t).await?;
+                    }
+                    (TaskState::Running | TaskState::Starting, Some(c)) if c.state.status != Status::Running => {
+                        t.state = TaskState::Failed;
+                        t.message = format!("task exited with code {}", c.state.exit_code);
+                        t.updated = Utc::now();
+                        self.shared().put(&t).await?;
+                        let _ = self.container_remove(&c.id, true).await;
+                    }
+                    (TaskState::Running | TaskState::Starting, None) => {
+                        t.state = TaskState::Failed;
+                        t.message = "task container disappeared".into();
+                        t.updated = Utc::now();
+                        self.shared().put(&t).await?;
+                    }
+                    _ => {}
+                }
+            } else if let Some(c) = ct {
+                // out of every load balancer already (desired shutdown); let its connections end
+                if !self.services.draining.lock().unwrap().insert(t.id.clone()) {
+                    continue;
+                }
+                let d = self.clone();
+                let cid = c.id.clone();
+                let pid = c.state.pid;
+                tokio::spawn(async move {
+                    // every node's load balancer drops it within a pass (0.5 s) of the change
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+                    while established_connections(pid) > 0 && tokio::time::Instant::now() < deadline {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    let _ = d.container_stop(&cid, 10).await;
+                    let _ = d.container_remove(&cid, true).await;
+                    t.state = TaskState::Shutdown;
+                    t.updated = Utc::now();
+                    if let Err(e) = d.shared().put(&t).await {
+                        warn!(task = %t.id, "recording shutdown: {e:#}");
+                    }
+                    d.services.draining.lock().unwrap().remove(&t.id);
+                });
+            } else if matches!(
+                t.state,
+                TaskState::Running | TaskState::Starting | TaskState::Assigned | TaskState::Orphaned
+            ) {
+                t.state = TaskState::Shutdown;
+                t.updated = Utc::now();
+                self.shared().put(&t).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(in crate::daemon) async fn start_task(
+        self: &Arc<Self>,
+        s: &ServiceRecord,
+        t: &TaskRecord,
+    ) -> Result<(String, Vec<(String, Ipv4Addr)>)> {
+        let name = format!("{}.{}.{}", s.spec.name, t.slot, &t.id[..12]);
+        let mut labels = BTreeMap::new();
+        labels.insert("com.netbee.task.id".to_string(), t.id.clone());
+        labels.insert("com.netbee.service.id".to_string(), s.id.clone());
+        labels.insert("com.netbee.service.name".to_string(), s.spec.name.clone());
+        let req = ContainerCreate {
+            name: Some(name),
+            cmd: s.spec.cmd.clone(),
+            env: s.spec.env.clone(),
+            network: s.spec.networks.first().cloned(),
+            labels,
+            ..Default::default()
+        };
+        let c = self.container_create(req).await.map_err(|e| anyhow!("{e}"))?;
+        for extra in s.spec.networks.iter().skip(1) {
+            let req = crate::api::NetworkConnect { container: c.id.clone(), ..Default::default() };
+            self.network_connect(extra, req).await.map_err(|e| anyhow!("{e}"))?;
+        }
+        if let Err(e) = self.container_start(&c.id).await {
+            let _ = self.container_remove(&c.id, true).await;
+            return Err(anyhow!("{e}"));
+        }
+        let c = self.find_container(&c.id).map_err(|e| anyhow!("{e}"))?;
+        // a task joins the load balancers only once it accepts connections on its target ports
+        let targets: Vec<u16> = s.spec.ports.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.target).collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !targets.iter().all(|p| listening(c.state.pid, *p)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        info!(service = %s.spec.name, slot = t.slot, container = %c.name, "task running");
+        Ok((c.id.clone(), c.endpoints.iter().map(|e| (e.network_id.clone(), e.ip)).collect()))
+    }
+}
+
+/// Whether a TCP socket listens on `port` in the container's network namespace.
+fn listening(pid: i32, port: u16) -> bool {
+    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
+    let want = format!("{port:04X}");
+    t.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
+    })
+}
+
+/// Established TCP connections in the container's network namespace (via its init's /proc).
+fn established_connections(pid: i32) -> usize {
+    if pid <= 0 {
+        return 0;
+    }
+    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return 0 };
+    t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count()
+}

@@ -1,0 +1,144 @@
+//! Replicated services. A service's record and its tasks live in the shared store (etcd in a
+//! swarm, the embedded store on a lone node); every node runs one loop that recomputes from it:
+//!
+//! - `api.rs`: the API handlers (create, update, rm, ls, inspect, ps);
+//! - `scheduler.rs`: placement (constraints, spreading) on the elected leader;
+//! - `agent.rs`: the node agent that runs this node's tasks as containers;
+//! - `loadbalancer.rs`: every service's VIP per network and its routing-mesh port on every node.
+use std::{
+    collections::HashSet,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use anyhow::Result;
+use chrono::Utc;
+use tracing::warn;
+
+use super::Daemon;
+use crate::{
+    api::{ApiError, ApiResult},
+    cluster, lookup,
+    model::{Availability, NodeRecord, Role, ServiceRecord, TaskRecord},
+};
+
+mod agent;
+mod api;
+mod loadbalancer;
+mod scheduler;
+
+pub use api::parse_service_port;
+pub use loadbalancer::SERVICE_ID_BASE;
+pub use scheduler::{Constraint, node_matches, parse_constraint, pick_node};
+
+/// What the service loop and the service API share on a node.
+#[derive(Default)]
+pub(super) struct ServiceState {
+    /// Serializes service create/update/rm (the scheduler reads what they write). Taken before
+    /// the daemon's operation lock, never after.
+    op: tokio::sync::Mutex<()>,
+    /// Wakes the service loop after a change instead of waiting for its period.
+    changed: tokio::sync::Notify,
+    /// Tasks whose containers are being drained and stopped.
+    draining: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Daemon {
+    pub(in crate::daemon) fn in_swarm(&self) -> bool {
+        self.cluster.as_ref().is_some_and(|c| c.member().is_some())
+    }
+
+    pub(in crate::daemon) fn my_node_id(&self) -> String {
+        match &self.cluster {
+            Some(c) if c.member().is_some() => c.node_id.clone(),
+            _ => "local".into(),
+        }
+    }
+
+    /// Nodes that can run tasks, with liveness. A lone node is its own cluster.
+    pub(in crate::daemon) async fn cluster_nodes(&self) -> Result<(Vec<NodeRecord>, HashSet<String>)> {
+        if !self.in_swarm() {
+            let me = NodeRecord {
+                id: "local".into(),
+                hostname: self.cluster.as_ref().map(|c| c.hostname.clone()).unwrap_or_else(|| "local".into()),
+                addr: self.node.uplink_ip,
+                role: Role::Manager,
+                availability: Availability::Active,
+                labels: Default::default(),
+                created: Utc::now(),
+            };
+            return Ok((vec![me], ["local".to_string()].into()));
+        }
+        let c = self.cluster.as_ref().unwrap();
+        let nodes: Vec<NodeRecord> = c.etcd.list(cluster::NODES).await?.into_iter().map(|(_, n)| n).collect();
+        let alive: HashSet<String> = c
+            .etcd
+            .keys(cluster::ALIVE)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(String::from))
+            .collect();
+        Ok((nodes, alive))
+    }
+
+    pub(in crate::daemon) fn is_scheduler(&self) -> bool {
+        match &self.cluster {
+            Some(c) if c.member().is_some() => c.is_leader.load(Ordering::Relaxed),
+            _ => true,
+        }
+    }
+
+    pub(in crate::daemon) async fn find_service(&self, key: &str) -> ApiResult<ServiceRecord> {
+        Ok(lookup::find(&self.shared().list::<ServiceRecord>().await?, key)?.clone())
+    }
+
+    pub(in crate::daemon) async fn require_service_manager(&self) -> ApiResult<()> {
+        if let Some(c) = &self.cluster
+            && c.member().is_some()
+        {
+            let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
+            if !me.is_some_and(|n| n.role == Role::Manager) {
+                return Err(ApiError::bad_request(
+                    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The scheduler, the node agent and the load-balancer programming, twice a second and on
+    /// every change. Each pass recomputes from the shared store, so a missed event costs at most
+    /// one period.
+    pub async fn service_loop(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.service_pass().await {
+                warn!("services: {e:#}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = self.services.changed.notified() => {}
+            }
+        }
+    }
+
+    pub(in crate::daemon) async fn service_pass(self: &Arc<Self>) -> Result<()> {
+        if self.in_swarm()
+            || !self.store.list::<ServiceRecord>()?.is_empty()
+            || !self.store.list::<TaskRecord>()?.is_empty()
+        {
+            let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+            let (nodes, alive) = self.cluster_nodes().await?;
+            if self.is_scheduler() {
+                self.schedule(&services, &nodes, &alive).await?;
+            }
+            self.run_my_tasks(&services).await?;
+            let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+            self.program_services(&services, &tasks, &alive, &nodes)?;
+            self.update_dns(&services, &tasks).await;
+        } else {
+            self.program_services(&[], &[], &HashSet::new(), &[])?;
+            self.update_dns(&[], &[]).await;
+        }
+        Ok(())
+    }
+}

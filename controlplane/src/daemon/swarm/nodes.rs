@@ -1,0 +1,151 @@
+//! `node ls|inspect|update|promote|demote|rm`: the swarm's nodes as a manager sees them.
+use std::{collections::HashSet, time::Duration};
+
+use serde_json::{Value, json};
+
+use crate::{
+    api::{ApiError, ApiResult},
+    cluster::{self, ClusterState},
+    daemon::Daemon,
+    lookup,
+    model::{Availability, NodeRecord, Role},
+    network,
+};
+
+impl Daemon {
+    /// Nodes with their liveness and manager status, as `node ls` shows them.
+    pub async fn node_list(&self) -> ApiResult<Vec<Value>> {
+        let c = self.require_manager().await?;
+        let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
+        let alive: HashSet<String> = c
+            .etcd
+            .keys(cluster::ALIVE)
+            .await?
+            .into_iter()
+            .filter_map(|k| k.rsplit('/').next().map(String::from))
+            .collect();
+        let leader = self.leader_id().await;
+        let mut out: Vec<Value> = nodes
+            .into_iter()
+            .map(|(_, n)| {
+                let up = alive.contains(&n.id);
+                let manager_status = match n.role {
+                    Role::Worker => "",
+                    Role::Manager if leader.as_deref() == Some(n.id.as_str()) => "Leader",
+                    Role::Manager if up => "Reachable",
+                    Role::Manager => "Unreachable",
+                };
+                json!({
+                    "ID": n.id,
+                    "Self": n.id == c.node_id,
+                    "Description": { "Hostname": n.hostname },
+                    "Spec": { "Role": n.role, "Availability": n.availability, "Labels": n.labels },
+                    "Status": { "State": if up { "ready" } else { "down" }, "Addr": n.addr.to_string() },
+                    "ManagerStatus": manager_status,
+                    "CreatedAt": n.created,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a["Description"]["Hostname"].as_str().cmp(&b["Description"]["Hostname"].as_str()));
+        Ok(out)
+    }
+
+    pub(in crate::daemon) async fn leader_id(&self) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let mut client = c.etcd.client().await.ok()?;
+        let r = tokio::time::timeout(Duration::from_secs(2), client.leader(cluster::ELECTION)).await.ok()?.ok()?;
+        r.kv().map(|kv| String::from_utf8_lossy(kv.value()).into_owned())
+    }
+
+    pub(in crate::daemon) async fn find_node(&self, c: &ClusterState, key: &str) -> ApiResult<NodeRecord> {
+        let nodes: Vec<NodeRecord> = c.etcd.list(cluster::NODES).await?.into_iter().map(|(_, n)| n).collect();
+        Ok(lookup::find(&nodes, key)?.clone())
+    }
+
+    pub async fn node_inspect(&self, key: &str) -> ApiResult<Value> {
+        let c = self.require_manager().await?;
+        let n = self.find_node(c, key).await?;
+        let list = self.node_list().await?;
+        list.into_iter()
+            .find(|v| v["ID"] == json!(n.id))
+            .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
+    }
+
+    pub async fn node_update(
+        &self,
+        key: &str,
+        availability: Option<&str>,
+        label_add: &[String],
+        label_rm: &[String],
+    ) -> ApiResult<()> {
+        let c = self.require_manager().await?;
+        let mut n = self.find_node(c, key).await?;
+        if let Some(a) = availability {
+            n.availability = Availability::parse(a).map_err(ApiError::bad_request)?;
+        }
+        for l in label_add {
+            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+            if k.is_empty() {
+                return Err(ApiError::bad_request(format!("invalid label {l:?}")));
+            }
+            n.labels.insert(k.to_string(), v.to_string());
+        }
+        for k in label_rm {
+            n.labels.remove(k);
+        }
+        c.etcd.put(&cluster::key_node(&n.id), &n).await?;
+        c.sync_now.notify_waiters();
+        Ok(())
+    }
+
+    pub async fn node_set_role(&self, key: &str, role: Role) -> ApiResult<()> {
+        let c = self.require_manager().await?;
+        let mut n = self.find_node(c, key).await?;
+        if role == Role::Worker && n.role == Role::Manager {
+            let managers = c
+                .etcd
+                .list::<NodeRecord>(cluster::NODES)
+                .await?
+                .into_iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .count();
+            if managers <= 1 {
+                return Err(ApiError::bad_request(format!(
+                    "rpc error: attempting to demote the last manager of the swarm ({})",
+                    n.hostname
+                )));
+            }
+        }
+        n.role = role;
+        c.etcd.put(&cluster::key_node(&n.id), &n).await?;
+        Ok(())
+    }
+
+    pub async fn node_remove(&self, key: &str, force: bool) -> ApiResult<()> {
+        let c = self.require_manager().await?;
+        let n = self.find_node(c, key).await?;
+        let up = c.etcd.get::<Value>(&cluster::key_alive(&n.id)).await?.is_some();
+        if up && !force {
+            return Err(ApiError::bad_request(format!("node {} is not down and can't be removed", n.hostname)));
+        }
+        if n.id == c.node_id {
+            return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
+        }
+        if n.role == Role::Manager {
+            let managers = c
+                .etcd
+                .list::<NodeRecord>(cluster::NODES)
+                .await?
+                .into_iter()
+                .filter(|(_, n)| n.role == Role::Manager)
+                .count();
+            if managers <= 1 {
+                return Err(ApiError::bad_request("cannot remove the last manager of the swarm"));
+            }
+        }
+        network::forget_node(&c.etcd, &n.id).await?;
+        c.etcd.delete(&cluster::key_node(&n.id)).await?;
+        c.etcd.delete(&cluster::key_alive(&n.id)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,89 @@
+//! The cluster view applied to this node: overlay networks, remote endpoints and native-mesh
+//! peers from etcd, re-applied whole on every change and every few seconds.
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Result, anyhow};
+use futures::StreamExt as _;
+use netbee_abi::MacKey;
+use tracing::warn;
+
+use crate::{
+    cluster,
+    daemon::Daemon,
+    datapath,
+    model::{Liveness, NodeRecord},
+    network,
+};
+
+impl Daemon {
+    /// Watches the cluster prefix and re-applies the whole cluster view on any change (and every
+    /// few seconds regardless), so a missed event or an etcd restart heals by itself.
+    pub(super) async fn sync_loop(self: Arc<Self>) {
+        let c = self.cluster.clone().expect("cluster");
+        loop {
+            let watch = async {
+                let mut client = c.etcd.client().await?;
+                let mut stream =
+                    client.watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
+                self.full_sync().await?;
+                loop {
+                    tokio::select! {
+                        m = stream.next() => match m {
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                            None => return Err(anyhow!("watch closed")),
+                        },
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = c.sync_now.notified() => {}
+                    }
+                    self.full_sync().await?;
+                }
+                #[allow(unreachable_code)]
+                Ok::<(), anyhow::Error>(())
+            };
+            if let Err(e) = watch.await {
+                warn!("cluster sync: {e:#}");
+                c.etcd.reset().await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Makes the node's overlay networks, remote endpoints and native-mesh peers match etcd.
+    pub(in crate::daemon) async fn full_sync(&self) -> Result<()> {
+        let c = self.cluster.as_ref().expect("cluster");
+        let view = network::ClusterView::read(&c.etcd).await?;
+        let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
+        let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
+        {
+            let _g = self.op.lock().await;
+            network::sync_cluster_view(&self.net_cx(), &view, &self.containers()?).await?;
+            self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
+        }
+        self.refresh_node_addrs().await
+    }
+
+    /// Makes PEER_NODES the live peers that registered an uplink MAC (they run native mesh
+    /// routing), or nothing when this node does not: the routing mesh reaches their tasks
+    /// natively when they share the uplink's L2 segment (the datapath checks that per packet
+    /// with a FIB lookup) and accepts native mesh frames only from them.
+    pub(super) fn apply_peer_nodes(
+        &self,
+        me: &str,
+        nodes: &[(String, NodeRecord)],
+        alive: &[(String, Liveness)],
+    ) -> Result<()> {
+        let alive = if self.node.uplink_mac.is_some() { alive } else { &[] };
+        let want: Vec<(MacKey, u32)> = alive
+            .iter()
+            .filter_map(|(key, l)| {
+                let id = key.rsplit('/').next()?;
+                let node = nodes.iter().find(|(_, n)| n.id == id && id != me)?;
+                Some((l.uplink_mac?, u32::from(node.1.addr)))
+            })
+            .filter(|(mac, _)| Some(*mac) != self.node.uplink_mac)
+            .map(|(mac, ip)| (MacKey { mac, _pad: [0; 2] }, ip))
+            .collect();
+        datapath::sync(&mut self.dp.lock().unwrap().peer_nodes, &want, |_, _| true)
+    }
+}
