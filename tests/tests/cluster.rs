@@ -1,4 +1,4 @@
-//! Issue 4: a cluster on etcd, overlay networks over VXLAN in eBPF, node management. Each test
+//! The cluster: a swarm on etcd, overlay networks over VXLAN in eBPF, node management. Each test
 //! builds a lab of 3 nodes plus etcd on the underlay.
 use std::time::{Duration, Instant};
 

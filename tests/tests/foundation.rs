@@ -1,4 +1,4 @@
-//! Issue 2: networks, containers and the eBPF bridge datapath on one node. Every test builds its
+//! One node: networks, containers and the eBPF bridge datapath. Every test builds its
 //! own lab (namespaces, a real daemon) and asserts on real packets.
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Issue 7: isolation and spoofing with real traffic, and what the daemon listens on.
+//! Isolation and spoofing with real traffic, and what the daemon listens on.
 //!
 //! `isolation_and_spoofing_matrix` builds one 2-node swarm with an external client and probes
 //! every (source, destination) pair with TCP (an HTTP request), UDP and, towards container

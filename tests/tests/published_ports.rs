@@ -1,4 +1,4 @@
-//! Issue 3: published ports in eBPF — every docker `-p` form, from outside, from the node itself
+//! Published ports in eBPF — every docker `-p` form, from outside, from the node itself
 //! and from other containers, with no firewall rule and no proxy process.
 use std::{collections::BTreeSet, time::Duration};
 

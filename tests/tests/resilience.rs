@@ -1,4 +1,4 @@
-//! Issue 7 (part): restarts under load, crashes mid-operation, conntrack exhaustion and the API's
+//! Resilience: restarts under load, crashes mid-operation, conntrack exhaustion and the API's
 //! handling of hostile input.
 use std::{
     collections::BTreeSet,

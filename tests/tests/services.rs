@@ -1,4 +1,4 @@
-//! Issue 5: replicated services with virtual IPs, embedded DNS and the ingress routing mesh, load
+//! Replicated services with virtual IPs, embedded DNS and the ingress routing mesh, load
 //! balanced round robin by the eBPF datapath.
 use std::{collections::HashMap, time::Duration};
 

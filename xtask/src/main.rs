@@ -2,7 +2,9 @@
 //!   setup   install everything the project needs (idempotent; seconds when already done)
 //!   build   setup, then build netbee (release)
 //!   demo    setup, build, and run the demo lab: networks, containers, published ports, counters
-//!   test    setup, build, and run every test (unit, lab, integration, `bench --quick`)
+//!   lint    formatting and clippy (warnings denied) for the host crates, the fuzz crate and
+//!           datapath-ebpf built for the BPF target
+//!   test    setup, lint, build, and run every test (unit, lab, integration, `bench --quick`)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
 //!   soak    setup, build, and run the long resilience variants (50 crash trials, ...), then
 //!           fuzz every parser for 120 s
@@ -61,13 +63,14 @@ fn main() -> ExitCode {
         "setup" => setup(),
         "build" => setup().and_then(|_| build()),
         "demo" => setup().and_then(|_| build()).and_then(|_| demo(rest)),
-        "test" => setup().and_then(|_| build()).and_then(|_| test(rest)),
+        "lint" => setup().and_then(|_| lint()),
+        "test" => setup().and_then(|_| lint()).and_then(|_| build()).and_then(|_| test(rest)),
         "bench" => setup().and_then(|_| build()).and_then(|_| bench(rest)),
         "soak" => setup().and_then(|_| build()).and_then(|_| soak()),
         "fuzz" => setup().and_then(|_| fuzz(rest)),
         "clean-lab" => build_lab_tool().and_then(|_| run(Command::new(lab_tool()).arg("clean"))),
         _ => {
-            eprintln!("usage: cargo xtask <setup|build|demo|test|bench|soak|fuzz [SECONDS]|clean-lab>");
+            eprintln!("usage: cargo xtask <setup|build|demo|lint|test|bench|soak|fuzz [SECONDS]|clean-lab>");
             return ExitCode::from(2);
         }
     };
@@ -147,9 +150,20 @@ fn setup() -> Result<()> {
     }
     let comps = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
         .unwrap_or_default();
-    if !comps.lines().any(|l| l.starts_with("rust-src")) {
-        log(t0, "rustup component add rust-src --toolchain nightly");
-        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    // rust-src: -Z build-std; clippy: `xtask lint` checks the eBPF crate for the BPF target
+    for comp in ["rust-src", "clippy"] {
+        if !comps.lines().any(|l| l.starts_with(comp)) {
+            log(t0, &format!("rustup component add {comp} --toolchain nightly"));
+            run(Command::new("rustup").args(["component", "add", comp, "--toolchain", "nightly"]))?;
+        }
+    }
+    // the stable toolchain's formatter and linter (`xtask lint`)
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"])).unwrap_or_default();
+    for comp in ["rustfmt", "clippy"] {
+        if !stable.lines().any(|l| l.starts_with(comp)) {
+            log(t0, &format!("rustup component add {comp}"));
+            run(Command::new("rustup").args(["component", "add", comp]))?;
+        }
     }
     let linker = cargo_bin_dir().join("bpf-linker");
     let have = output(Command::new(&linker).arg("--version")).unwrap_or_default();
@@ -328,6 +342,24 @@ fn run_fuzzers(secs: u64) -> Result<()> {
             crashed.join(", ")
         ))
     }
+}
+
+/// Formatting and lints, warnings denied: the host crates, the fuzz crate (its own workspace), and
+/// the eBPF crate for the BPF target, where its programs are compiled (host clippy sees only the
+/// parts that also build for the host).
+fn lint() -> Result<()> {
+    let t0 = Instant::now();
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["fmt", "--check"]).current_dir(root().join("controlplane/fuzz")))?;
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"]))?;
+    run(Command::new(cargo_bin_dir().join("cargo"))
+        .args(["+nightly", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(root().join("datapath-ebpf"))
+        .env("PATH", path_env())
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    eprintln!("xtask lint: formatting and clippy clean ({:.0}s)", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 fn test(args: &[String]) -> Result<()> {

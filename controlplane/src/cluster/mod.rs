@@ -4,9 +4,9 @@
 //! handshake, which a manager answers on its advertise address (port 2377) to check the token.
 pub mod etcd;
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
-use crate::model::Membership;
+use crate::model::{Membership, NodeRecord};
 use etcd::Etcd;
 
 /// What a daemon started with `--cluster-store` keeps about the cluster.
@@ -41,6 +41,14 @@ impl ClusterState {
 
     pub fn member(&self) -> Option<Membership> {
         self.membership.read().unwrap().clone()
+    }
+
+    /// The swarm's nodes and the ids of those alive (holding their liveness lease).
+    pub async fn nodes(&self) -> anyhow::Result<(Vec<NodeRecord>, HashSet<String>)> {
+        let nodes = self.etcd.list(NODES).await?.into_iter().map(|(_, n)| n).collect();
+        let alive =
+            self.etcd.keys(ALIVE).await?.into_iter().filter_map(|k| k.rsplit('/').next().map(String::from)).collect();
+        Ok((nodes, alive))
     }
 }
 

@@ -10,7 +10,7 @@ use netbee_abi::{Backend, BackendKey, FrontendKey, Service, svc_flags};
 
 use crate::{
     daemon::{Daemon, ports::proto_num},
-    datapath::{ignore_missing, ip_be},
+    datapath::{self, ignore_missing, ip_be},
     model::{NodeRecord, ServiceRecord, TaskRecord, TaskState},
     portspec::Proto,
 };
@@ -39,9 +39,9 @@ impl Daemon {
         let delivered = |t: &TaskRecord, ip: Ipv4Addr| -> bool {
             let Ok(ep) = dp.endpoints.get(&ip_be(ip), 0) else { return false };
             if t.node_id == me || t.node_id == "local" {
-                ep.ifindex != 0
+                !datapath::is_remote(&ep)
             } else {
-                ep.ifindex == 0 && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
+                datapath::is_remote(&ep) && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
             }
         };
         let mut want: Vec<(FrontendKey, u32, Vec<Backend>, u32)> = Vec::new();
@@ -79,18 +79,12 @@ impl Daemon {
                 }
             }
         }
-        let want_vips: HashMap<u32, u32> = services
+        let want_vips: Vec<(u32, u32)> = services
             .iter()
             .flat_map(|s| s.vips.iter())
             .filter_map(|v| nets.iter().find(|n| n.id == v.network_id).map(|n| (ip_be(v.ip), n.net_id)))
             .collect();
-        let have_vips: Vec<u32> = dp.vips.keys().filter_map(|k| k.ok()).collect();
-        for k in have_vips.iter().filter(|k| !want_vips.contains_key(k)) {
-            ignore_missing(dp.vips.remove(k))?;
-        }
-        for (k, v) in &want_vips {
-            dp.vips.insert(*k, *v, 0)?;
-        }
+        datapath::sync(&mut dp.vips, &want_vips, |_, _| true)?;
         // ids: keep the one a frontend already has (its round-robin cursor), else a free one
         let existing: HashMap<FrontendKey, Service> =
             dp.frontends.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.id >= SERVICE_ID_BASE).collect();

@@ -69,16 +69,7 @@ impl Daemon {
             };
             return Ok((vec![me], ["local".to_string()].into()));
         }
-        let c = self.cluster.as_ref().unwrap();
-        let nodes: Vec<NodeRecord> = c.etcd.list(cluster::NODES).await?.into_iter().map(|(_, n)| n).collect();
-        let alive: HashSet<String> = c
-            .etcd
-            .keys(cluster::ALIVE)
-            .await?
-            .into_iter()
-            .filter_map(|k| k.rsplit('/').next().map(String::from))
-            .collect();
-        Ok((nodes, alive))
+        self.cluster.as_ref().expect("a swarm member has a cluster").nodes().await
     }
 
     pub(in crate::daemon) fn is_scheduler(&self) -> bool {
