@@ -39,7 +39,7 @@ struct ArpAddrs {
 #[inline(always)]
 fn drop(reason: u32) -> i32 {
     count_drop(reason);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -60,23 +60,23 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, ifindex: u32) -> i32 {
     let oper = u16::from_be(hdr.oper);
     if oper == ARP_REPLY {
         // the container answering the node's own neighbour resolution
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     if oper != ARP_REQUEST {
         return drop(drop_reason::MALFORMED);
     }
-    let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
+    let Some(net) = (unsafe { NETWORKS.get(iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     // a service VIP lives "behind the gateway": frames to it reach this veth, where lb translates
-    let is_vip = || matches!(unsafe { VIPS.get(&tpa) }, Some(n) if *n == iface.net_id);
+    let is_vip = || matches!(unsafe { VIPS.get(tpa) }, Some(n) if *n == iface.net_id);
     let answer = if tpa == net.gateway || is_vip() {
         iface.host_mac
     } else if tpa == spa {
         // gratuitous ARP: nobody else needs to hear it
-        return TC_ACT_SHOT as i32;
+        return TC_ACT_SHOT;
     } else {
-        match unsafe { ENDPOINTS.get(&tpa) } {
+        match unsafe { ENDPOINTS.get(tpa) } {
             Some(ep) if ep.net_id == iface.net_id => ep.mac,
             _ => return drop(drop_reason::NO_SUCH_HOST),
         }

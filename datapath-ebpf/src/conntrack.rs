@@ -3,11 +3,12 @@
 //! entries itself: it records the last time and TCP flags seen, and the daemon's garbage
 //! collector removes a flow once both directions have been idle longer than their state allows
 //! (seconds once closed, hours while established). A full table evicts least-recently-used flows.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use netbee_abi::{CtEntry, CtKey, IPPROTO_TCP, ct_flags, stat};
 
 use crate::{
     maps::{CT, count},
+    mem::copy_to,
     packet::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
@@ -68,7 +69,7 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
     let rev_was_new = put(rev_key, rev)?;
     if put(fwd_key, fwd).is_none() {
         if rev_was_new {
-            let _ = CT.remove(rev_key);
+            remove(rev_key);
         }
         return None;
     }
@@ -85,10 +86,28 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
 #[inline(always)]
 pub fn put(key: &CtKey, e: &CtEntry) -> Option<bool> {
     if let Some(p) = CT.get_ptr_mut(key) {
-        unsafe { *p = *e };
+        // SAFETY: a map value pointer from the lookup just above, apart from `e` on the stack
+        unsafe { copy_to(p, e) };
         return Some(false);
     }
-    CT.insert(key, e, 0).ok().map(|_| true)
+    insert(key, e).then_some(true)
+}
+
+/// Inserts `e` only if no entry exists under `key` (BPF_NOEXIST): false when the key is taken.
+#[inline(always)]
+pub fn claim(key: &CtKey, e: &CtEntry) -> bool {
+    CT.insert(key, e, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Inserts or replaces the entry under `key`.
+#[inline(always)]
+pub fn insert(key: &CtKey, e: &CtEntry) -> bool {
+    CT.insert(key, e, 0).is_ok()
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) {
+    let _ = CT.remove(key);
 }
 
 /// The key of packets flowing the other way once `key` has been rewritten to (addr, port) on

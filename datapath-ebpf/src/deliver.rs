@@ -17,8 +17,8 @@ use netbee_abi::{Endpoint, MacKey, config, drop_reason, stat};
 
 use crate::{
     maps::{NETWORKS, PEER_NODES, config, count, count_drop},
+    mem::zeroed_in,
     packet::{EthHdr, ifindex},
-    zero::zeroed_in,
 };
 
 const AF_INET: u8 = 2;
@@ -26,7 +26,7 @@ const AF_INET: u8 = 2;
 #[inline(always)]
 pub fn drop(reason: u32) -> i32 {
     count_drop(reason);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -47,7 +47,7 @@ fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
 #[inline(always)]
 pub fn to_endpoint(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i32 {
     if ep.ifindex == 0 {
-        return match unsafe { NETWORKS.get(&ep.net_id) } {
+        return match unsafe { NETWORKS.get(ep.net_id) } {
             Some(n) => encap(ctx, ep.node_ip, n.vni, inner_dst_mac(eth, ep)),
             None => drop(drop_reason::NO_SUCH_HOST),
         };
@@ -70,7 +70,7 @@ pub fn to_endpoint_from_wire(ctx: &TcContext, eth: &EthHdr, ep: &Endpoint) -> i3
     if ep.ifindex != 0 {
         return to_endpoint(ctx, eth, ep);
     }
-    match unsafe { NETWORKS.get(&ep.net_id) } {
+    match unsafe { NETWORKS.get(ep.net_id) } {
         Some(n) => to_node(ctx, ep.node_ip, n.vni, inner_dst_mac(eth, ep)),
         None => drop(drop_reason::NO_SUCH_HOST),
     }
@@ -112,7 +112,7 @@ fn adjacent_peer<'a>(ctx: &TcContext, node_ip: u32, fib: &'a mut MaybeUninit<Fib
     {
         return None;
     }
-    match unsafe { PEER_NODES.get(&MacKey { mac: p.dmac, _pad: [0; 2] }) } {
+    match unsafe { PEER_NODES.get(MacKey { mac: p.dmac, _pad: [0; 2] }) } {
         Some(ip) if *ip == node_ip => Some(p),
         _ => None,
     }
@@ -169,7 +169,7 @@ pub fn to_uplink(ctx: &TcContext, saddr: u32, daddr: u32) -> i32 {
         redirected(unsafe { bpf_redirect_neigh(p.ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) })
     } else {
         count(stat::TO_STACK);
-        TC_ACT_OK as i32
+        TC_ACT_OK
     }
 }
 

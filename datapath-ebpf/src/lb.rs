@@ -14,13 +14,13 @@ use crate::maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS};
 #[inline(always)]
 pub fn frontend(addr: u32, port: u16, proto: u8, from_wire: bool) -> Option<Service> {
     let key = FrontendKey { addr, port, proto, _pad: 0 };
-    let svc = match unsafe { FRONTENDS.get(&key) } {
+    let svc = match unsafe { FRONTENDS.get(key) } {
         Some(s) => *s,
         None => {
-            if unsafe { VIPS.get(&addr) }.is_some() {
-                *unsafe { FRONTENDS.get(&FrontendKey { addr, port: 0, proto, _pad: 0 }) }?
+            if unsafe { VIPS.get(addr) }.is_some() {
+                *unsafe { FRONTENDS.get(FrontendKey { addr, port: 0, proto, _pad: 0 }) }?
             } else {
-                unsafe { NODE_ADDRS.get(&addr) }?;
+                unsafe { NODE_ADDRS.get(addr) }?;
                 frontend_wildcard(port, proto)?
             }
         }
@@ -34,7 +34,7 @@ pub fn frontend(addr: u32, port: u16, proto: u8, from_wire: bool) -> Option<Serv
 /// The publish that answers on every node address.
 #[inline(always)]
 pub fn frontend_wildcard(port: u16, proto: u8) -> Option<Service> {
-    unsafe { FRONTENDS.get(&FrontendKey { addr: 0, port, proto, _pad: 0 }) }.copied()
+    unsafe { FRONTENDS.get(FrontendKey { addr: 0, port, proto, _pad: 0 }) }.copied()
 }
 
 #[inline(always)]
@@ -46,5 +46,5 @@ pub fn select_backend(svc: &Service) -> Option<Backend> {
     let n = unsafe { *cursor };
     unsafe { *cursor = n.wrapping_add(1) };
     let slot = n % svc.count + 1;
-    unsafe { BACKENDS.get(&BackendKey { service: svc.id, slot }) }.copied()
+    unsafe { BACKENDS.get(BackendKey { service: svc.id, slot }) }.copied()
 }

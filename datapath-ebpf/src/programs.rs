@@ -6,7 +6,7 @@
 use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, bpf_tunnel_key},
+    bindings::{TC_ACT_OK, bpf_tunnel_key},
     helpers::bpf_skb_get_tunnel_key,
     macros::classifier,
     maps::lpm_trie::Key,
@@ -21,13 +21,13 @@ use crate::{
     arp, conntrack,
     deliver::{drop, encap, to_endpoint, to_endpoint_from_wire, to_node, to_uplink},
     lb,
-    maps::{CT, ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
+    maps::{ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
+    mem::zeroed_in,
     nat,
     packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
-    zero::zeroed_in,
 };
 
-const PASS: i32 = TC_ACT_OK as i32;
+const PASS: i32 = TC_ACT_OK;
 
 #[classifier]
 pub fn tc_from_container(ctx: TcContext) -> i32 {
@@ -53,7 +53,7 @@ pub fn tc_overlay_ingress(ctx: TcContext) -> i32 {
 fn from_container(ctx: &TcContext) -> i32 {
     count(stat::FROM_CONTAINER);
     let ifx = ifindex(ctx);
-    let Some(iface) = (unsafe { IFACES.get(&ifx) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(ifx) }).copied() else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     let Some(eth) = eth(ctx) else {
@@ -75,13 +75,13 @@ fn from_container(ctx: &TcContext) -> i32 {
     }
     // fast path: to another container's own address, from a container that is nobody's backend,
     // no translation can apply (translated flows are keyed by VIPs, node addresses or backends)
-    if iface.flags & iface_flags::BACKEND == 0 {
-        if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
-            if ep.net_id != iface.net_id {
-                return drop(drop_reason::CROSS_NETWORK);
-            }
-            return to_endpoint(ctx, &eth, ep);
+    if iface.flags & iface_flags::BACKEND == 0
+        && let Some(ep) = unsafe { ENDPOINTS.get(ip.daddr) }
+    {
+        if ep.net_id != iface.net_id {
+            return drop(drop_reason::CROSS_NETWORK);
         }
+        return to_endpoint(ctx, &eth, ep);
     }
     if let Some(l4) = l4(ctx, &ip) {
         let key = flow_key(&ip, &l4);
@@ -91,14 +91,12 @@ fn from_container(ctx: &TcContext) -> i32 {
         // only a SYN (or a datagram) can open a translated flow: spare established plain TCP the
         // frontend lookups
         let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(&l4);
-        if opens {
-            if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-                // a VIP answers only inside its own network
-                if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
-                    if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Container) {
-                        return verdict;
-                    }
-                }
+        if opens && let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
+            // a VIP answers only inside its own network
+            if (svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id)
+                && let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Container)
+            {
+                return verdict;
             }
         }
     }
@@ -108,13 +106,13 @@ fn from_container(ctx: &TcContext) -> i32 {
 /// Plain (untranslated) traffic from a container.
 #[inline(always)]
 fn forward(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, iface: &Iface) -> i32 {
-    if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(ip.daddr) } {
         if ep.net_id != iface.net_id {
             return drop(drop_reason::CROSS_NETWORK);
         }
         return to_endpoint(ctx, eth, ep);
     }
-    let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
+    let Some(net) = (unsafe { NETWORKS.get(iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     if ip.daddr & net.mask == net.subnet {
@@ -159,7 +157,7 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, vi
         if nat::rewrite_src(ctx, l4, ip.saddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return match unsafe { ENDPOINTS.get(&ip.daddr) } {
+        return match unsafe { ENDPOINTS.get(ip.daddr) } {
             Some(ep) => to_endpoint(ctx, eth, ep),
             None => to_uplink(ctx, ct.nat_addr, ip.daddr),
         };
@@ -184,7 +182,7 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, vi
 
 #[inline(always)]
 fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32, via: Via) -> i32 {
-    match unsafe { ENDPOINTS.get(&addr) } {
+    match unsafe { ENDPOINTS.get(addr) } {
         Some(ep) if via == Via::Wire => to_endpoint_from_wire(ctx, eth, ep),
         Some(ep) => to_endpoint(ctx, eth, ep),
         None => drop(drop_reason::NO_BACKEND),
@@ -236,22 +234,20 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         let key = flow_key(&ip, &l4);
         // A peer's frames to a local task are never translated here (the peer holds the flow's
         // translation), so they skip the conntrack lookup, which would miss on every one of them.
-        if config(config::MESH_NATIVE) != 0 {
-            if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
-                if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
-                    return verdict;
-                }
-            }
+        if config(config::MESH_NATIVE) != 0
+            && let Some(peer) = unsafe { PEER_NODES.get(MacKey { mac: eth.src, _pad: [0; 2] }) }
+            && let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer)
+        {
+            return verdict;
         }
         if let Some(ct) = conntrack::lookup(&key, &l4) {
             return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
         }
-        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-            if svc.flags & svc_flags::VIP == 0 {
-                if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Wire) {
-                    return verdict;
-                }
-            }
+        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true)
+            && svc.flags & svc_flags::VIP == 0
+            && let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Wire)
+        {
+            return verdict;
         }
     }
     // Containers are reachable from outside only through published ports (as with docker 28+):
@@ -268,11 +264,11 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
 /// translation. None: not such a packet.
 #[inline(always)]
 fn from_peer_node(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, peer: u32) -> Option<i32> {
-    let ep = unsafe { ENDPOINTS.get(&ip.daddr) }?;
-    if ep.ifindex == 0 || unsafe { IFACES.get(&ep.ifindex) }?.flags & iface_flags::BACKEND == 0 {
+    let ep = unsafe { ENDPOINTS.get(ip.daddr) }?;
+    if ep.ifindex == 0 || unsafe { IFACES.get(ep.ifindex) }?.flags & iface_flags::BACKEND == 0 {
         return None;
     }
-    let net = unsafe { NETWORKS.get(&ep.net_id) }?;
+    let net = unsafe { NETWORKS.get(ep.net_id) }?;
     if net.flags & net_flags::OVERLAY == 0 {
         return None;
     }
@@ -342,10 +338,10 @@ fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u1
         let port = port.to_be();
         let rev_key = conntrack::reply_key(key, key.daddr, key.dport);
         let rev_key = CtKey { daddr: node_ip, dport: port, ..rev_key };
-        if CT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok() {
+        if conntrack::claim(&rev_key, &rev) {
             let fwd = conntrack::new_entry(node_ip, port, ct_flags::SNAT, l4, ip.proto);
-            if CT.insert(key, &fwd, 0).is_err() {
-                let _ = CT.remove(&rev_key);
+            if !conntrack::insert(key, &fwd) {
+                conntrack::remove(&rev_key);
                 return None;
             }
             count(stat::CT_CREATED);
@@ -381,10 +377,10 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
             return translated(ctx, &eth, &ip, l4, &ct, Via::Tunnel);
         }
     }
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied() else {
+    let Some(ep) = (unsafe { ENDPOINTS.get(ip.daddr) }).copied() else {
         return drop(drop_reason::NO_SUCH_HOST);
     };
-    let vni_ok = matches!(unsafe { NETWORKS.get(&ep.net_id) }, Some(n) if n.vni == tk.tunnel_id);
+    let vni_ok = matches!(unsafe { NETWORKS.get(ep.net_id) }, Some(n) if n.vni == tk.tunnel_id);
     if ep.ifindex == 0 || !vni_ok {
         return drop(drop_reason::CROSS_NETWORK);
     }
@@ -392,7 +388,7 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
         // A routing-mesh connection from outside the overlay: its replies must return through
         // the node that received it, which holds the translation.
         let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4);
-        if opens && unsafe { ENDPOINTS.get(&ip.saddr) }.is_none() {
+        if opens && unsafe { ENDPOINTS.get(ip.saddr) }.is_none() {
             let key = flow_key(&ip, l4);
             let rev_key = conntrack::reply_key(&key, ip.daddr, l4.dport);
             let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN, l4, ip.proto);
