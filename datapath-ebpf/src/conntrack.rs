@@ -9,7 +9,7 @@ use netbee_abi::{CtEntry, CtKey, IPPROTO_TCP, ct_flags, stat};
 use crate::{
     maps::{CT, count},
     mem::copy_to,
-    packet::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    packet::{Ip4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// Refresh last_seen at most this often: a write per packet would bounce the cache line between
@@ -19,6 +19,13 @@ const REFRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn is_syn(l4: &L4) -> bool {
     l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether this packet may open a flow (and so create entries): any datagram, but of TCP only a
+/// SYN. A stray segment must not, and checking first spares established TCP the lookups.
+#[inline(always)]
+pub fn may_open(ip: &Ip4, l4: &L4) -> bool {
+    ip.proto != IPPROTO_TCP || is_syn(l4)
 }
 
 /// Looks up the entry for this direction and records the packet in it. A TCP SYN on an entry
