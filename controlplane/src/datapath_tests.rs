@@ -488,3 +488,53 @@ fn per_packet_cost_of_the_plain_path() {
     runs.sort();
     eprintln!("tc_from_container, same-network TCP segment: median {} ns/packet (runs {runs:?})", runs[2]);
 }
+
+/// A published port's DNAT on the uplink: a connection's first packet (backend choice, both
+/// conntrack entries created, destination rewritten) and an established one (conntrack hit,
+/// rewrite). Timed one run per packet, since a repeated run would see its own rewrite: each
+/// figure includes the kernel timer's own reads, so compare it only between builds (`cargo test
+/// --release -p netbee per_packet_cost -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn per_packet_cost_of_the_published_port_path() {
+    let (_fs, mut dp) = setup();
+    let node = Ipv4Addr::new(10, 0, 0, 1);
+    let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
+    dp.frontends.insert(key, Service { id: 3, count: 1, net_id: 1, flags: 0 }, 0).unwrap();
+    let backend = Backend { addr: ip_be(Ipv4Addr::from(PEER)), port: 80u16.to_be(), _pad: 0 };
+    dp.backends.insert(BackendKey { service: 3, slot: 1 }, backend, 0).unwrap();
+    let client = [10, 0, 0, 9];
+    let segment = |flags| {
+        let mut p = eth([1; 6], [2; 6], 0x0800);
+        p.extend(ipv4(client, node.octets(), 6, 0, 0, &tcp(40000, 8080, flags)));
+        p.extend(std::iter::repeat_n(0u8, 64));
+        p
+    };
+    let forward = CtKey::new(ip_be(Ipv4Addr::from(client)), ip_be(node), 40000u16.to_be(), 8080u16.to_be(), 6);
+    let reply = CtKey::new(backend.addr, ip_be(Ipv4Addr::from(client)), 80u16.to_be(), 40000u16.to_be(), 6);
+    let median = |mut v: Vec<u32>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    const N: usize = 20_000;
+    let (syn, ack) = (segment(0x02), segment(0x10));
+    let mut first = Vec::with_capacity(N);
+    for _ in 0..N {
+        let _ = dp.ct.remove(&forward);
+        let _ = dp.ct.remove(&reply);
+        let (v, _, ns) = run_repeated(&mut dp, "tc_uplink_ingress", &syn, 1);
+        assert_eq!(v, TC_ACT_REDIRECT, "first packet translated and redirected");
+        first.push(ns);
+    }
+    let mut established = Vec::with_capacity(N);
+    for _ in 0..N {
+        let (v, _, ns) = run_repeated(&mut dp, "tc_uplink_ingress", &ack, 1);
+        assert_eq!(v, TC_ACT_REDIRECT, "established packet translated and redirected");
+        established.push(ns);
+    }
+    eprintln!(
+        "tc_uplink_ingress, published port: first packet median {} ns, established median {} ns (single runs)",
+        median(first),
+        median(established)
+    );
+}

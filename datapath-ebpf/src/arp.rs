@@ -1,16 +1,13 @@
 //! ARP responder for containers: the node answers for the gateway (with the host veth's MAC) and
 //! for other containers of the same network (with their real MAC), so no broadcast ever needs
 //! flooding and a container cannot learn or claim an address that is not its own.
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect,
-    programs::TcContext,
-};
+use aya_ebpf::{helpers::bpf_redirect, programs::TcContext};
 use netbee_abi::{Iface, drop_reason, stat};
 
 use crate::{
-    maps::{ENDPOINTS, NETWORKS, VIPS, count, count_drop},
+    maps::{ENDPOINTS, NETWORKS, VIPS, count},
     packet::ETH_HLEN,
+    verdict::{PASS, SILENT_DROP, drop},
 };
 
 const ARP_REQUEST: u16 = 1;
@@ -37,12 +34,6 @@ struct ArpAddrs {
 }
 
 #[inline(always)]
-fn drop(reason: u32) -> i32 {
-    count_drop(reason);
-    TC_ACT_SHOT as i32
-}
-
-#[inline(always)]
 pub fn from_container(ctx: &TcContext, iface: &Iface, ifindex: u32) -> i32 {
     let Ok(hdr) = ctx.load::<ArpHdr>(ETH_HLEN) else {
         return drop(drop_reason::MALFORMED);
@@ -60,23 +51,23 @@ pub fn from_container(ctx: &TcContext, iface: &Iface, ifindex: u32) -> i32 {
     let oper = u16::from_be(hdr.oper);
     if oper == ARP_REPLY {
         // the container answering the node's own neighbour resolution
-        return TC_ACT_OK as i32;
+        return PASS;
     }
     if oper != ARP_REQUEST {
         return drop(drop_reason::MALFORMED);
     }
-    let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
+    let Some(net) = (unsafe { NETWORKS.get(iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     // a service VIP lives "behind the gateway": frames to it reach this veth, where lb translates
-    let is_vip = || matches!(unsafe { VIPS.get(&tpa) }, Some(n) if *n == iface.net_id);
+    let is_vip = || matches!(unsafe { VIPS.get(tpa) }, Some(n) if *n == iface.net_id);
     let answer = if tpa == net.gateway || is_vip() {
         iface.host_mac
     } else if tpa == spa {
         // gratuitous ARP: nobody else needs to hear it
-        return TC_ACT_SHOT as i32;
+        return SILENT_DROP;
     } else {
-        match unsafe { ENDPOINTS.get(&tpa) } {
+        match unsafe { ENDPOINTS.get(tpa) } {
             Some(ep) if ep.net_id == iface.net_id => ep.mac,
             _ => return drop(drop_reason::NO_SUCH_HOST),
         }

@@ -3,12 +3,13 @@
 //! entries itself: it records the last time and TCP flags seen, and the daemon's garbage
 //! collector removes a flow once both directions have been idle longer than their state allows
 //! (seconds once closed, hours while established). A full table evicts least-recently-used flows.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use netbee_abi::{CtEntry, CtKey, IPPROTO_TCP, ct_flags, stat};
 
 use crate::{
     maps::{CT, count},
-    packet::{L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    mem::copy_to,
+    packet::{Ip4, L4, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 
 /// Refresh last_seen at most this often: a write per packet would bounce the cache line between
@@ -18,6 +19,13 @@ const REFRESH_NS: u64 = 1_000_000_000;
 #[inline(always)]
 pub fn is_syn(l4: &L4) -> bool {
     l4.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether this packet may open a flow (and so create entries): any datagram, but of TCP only a
+/// SYN. A stray segment must not, and checking first spares established TCP the lookups.
+#[inline(always)]
+pub fn may_open(ip: &Ip4, l4: &L4) -> bool {
+    ip.proto != IPPROTO_TCP || is_syn(l4)
 }
 
 /// Looks up the entry for this direction and records the packet in it. A TCP SYN on an entry
@@ -68,7 +76,7 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
     let rev_was_new = put(rev_key, rev)?;
     if put(fwd_key, fwd).is_none() {
         if rev_was_new {
-            let _ = CT.remove(rev_key);
+            remove(rev_key);
         }
         return None;
     }
@@ -85,10 +93,28 @@ pub fn create(fwd_key: &CtKey, fwd: &CtEntry, rev_key: &CtKey, rev: &CtEntry) ->
 #[inline(always)]
 pub fn put(key: &CtKey, e: &CtEntry) -> Option<bool> {
     if let Some(p) = CT.get_ptr_mut(key) {
-        unsafe { *p = *e };
+        // SAFETY: a map value pointer from the lookup just above, apart from `e` on the stack
+        unsafe { copy_to(p, e) };
         return Some(false);
     }
-    CT.insert(key, e, 0).ok().map(|_| true)
+    insert(key, e).then_some(true)
+}
+
+/// Inserts `e` only if no entry exists under `key` (BPF_NOEXIST): false when the key is taken.
+#[inline(always)]
+pub fn claim(key: &CtKey, e: &CtEntry) -> bool {
+    CT.insert(key, e, BPF_NOEXIST as u64).is_ok()
+}
+
+/// Inserts or replaces the entry under `key`.
+#[inline(always)]
+pub fn insert(key: &CtKey, e: &CtEntry) -> bool {
+    CT.insert(key, e, 0).is_ok()
+}
+
+#[inline(always)]
+pub fn remove(key: &CtKey) {
+    let _ = CT.remove(key);
 }
 
 /// The key of packets flowing the other way once `key` has been rewritten to (addr, port) on

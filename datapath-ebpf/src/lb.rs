@@ -1,12 +1,21 @@
-//! Service load balancing: frontend lookup and round-robin backend choice. The cursor is one
+//! Service load balancing: frontend lookup, round-robin backend choice, and a connection's first
+//! packet (backend chosen, both conntrack entries created, destination translated). The cursor is one
 //! counter per service shared by all CPUs, so sequential new connections visit backends in a
 //! strict rotation whichever CPU they land on (a per-CPU cursor would not). It is advanced with a
 //! plain read-modify-write: an atomic fetch-add needs BPF ISA v3, which aya-build 0.2.0 gives no
 //! way to select; two CPUs racing on the same nanosecond may pick the same backend once, which
 //! shifts the rotation but not the shares.
-use netbee_abi::{Backend, BackendKey, FrontendKey, Service, svc_flags};
+use aya_ebpf::programs::TcContext;
+use netbee_abi::{Backend, BackendKey, CtKey, FrontendKey, Service, ct_flags, drop_reason, stat, svc_flags};
 
-use crate::maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS};
+use crate::{
+    conntrack,
+    deliver::{Via, to_backend},
+    maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS, count},
+    nat,
+    packet::{EthHdr, Ip4, L4},
+    verdict::drop,
+};
 
 /// Finds the service behind (addr, port, proto): an exact frontend first, then a VIP's any-port
 /// frontend (port 0: the port is kept), then the publish on every node address when `addr` is
@@ -14,13 +23,13 @@ use crate::maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS};
 #[inline(always)]
 pub fn frontend(addr: u32, port: u16, proto: u8, from_wire: bool) -> Option<Service> {
     let key = FrontendKey { addr, port, proto, _pad: 0 };
-    let svc = match unsafe { FRONTENDS.get(&key) } {
+    let svc = match unsafe { FRONTENDS.get(key) } {
         Some(s) => *s,
         None => {
-            if unsafe { VIPS.get(&addr) }.is_some() {
-                *unsafe { FRONTENDS.get(&FrontendKey { addr, port: 0, proto, _pad: 0 }) }?
+            if unsafe { VIPS.get(addr) }.is_some() {
+                *unsafe { FRONTENDS.get(FrontendKey { addr, port: 0, proto, _pad: 0 }) }?
             } else {
-                unsafe { NODE_ADDRS.get(&addr) }?;
+                unsafe { NODE_ADDRS.get(addr) }?;
                 frontend_wildcard(port, proto)?
             }
         }
@@ -34,7 +43,7 @@ pub fn frontend(addr: u32, port: u16, proto: u8, from_wire: bool) -> Option<Serv
 /// The publish that answers on every node address.
 #[inline(always)]
 pub fn frontend_wildcard(port: u16, proto: u8) -> Option<Service> {
-    unsafe { FRONTENDS.get(&FrontendKey { addr: 0, port, proto, _pad: 0 }) }.copied()
+    unsafe { FRONTENDS.get(FrontendKey { addr: 0, port, proto, _pad: 0 }) }.copied()
 }
 
 #[inline(always)]
@@ -46,5 +55,33 @@ pub fn select_backend(svc: &Service) -> Option<Backend> {
     let n = unsafe { *cursor };
     unsafe { *cursor = n.wrapping_add(1) };
     let slot = n % svc.count + 1;
-    unsafe { BACKENDS.get(&BackendKey { service: svc.id, slot }) }.copied()
+    unsafe { BACKENDS.get(BackendKey { service: svc.id, slot }) }.copied()
+}
+
+/// First packet of a connection to a frontend: pick a backend, remember the choice for both
+/// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
+/// without SYN): the caller treats it as ordinary traffic.
+#[inline(always)]
+pub fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service, via: Via) -> Option<i32> {
+    if !conntrack::may_open(ip, l4) {
+        return None;
+    }
+    let Some(mut be) = select_backend(svc) else {
+        return Some(drop(drop_reason::NO_BACKEND));
+    };
+    if be.port == 0 {
+        // a VIP's any-port frontend keeps the port the client asked for
+        be.port = l4.dport;
+    }
+    let fwd = conntrack::new_entry(be.addr, be.port, ct_flags::DNAT, l4, ip.proto);
+    let rev_key = conntrack::reply_key(key, be.addr, be.port);
+    let rev = conntrack::new_entry(ip.daddr, l4.dport, ct_flags::REVNAT, l4, ip.proto);
+    if conntrack::create(key, &fwd, &rev_key, &rev).is_none() {
+        return Some(drop(drop_reason::CT_INSERT_FAILED));
+    }
+    count(stat::DNAT_NEW);
+    if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
+        return Some(drop(drop_reason::MALFORMED));
+    }
+    Some(to_backend(ctx, eth, be.addr, via))
 }

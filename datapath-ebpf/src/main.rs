@@ -1,29 +1,10 @@
-//! netbee's kernel datapath. Entry points live in `programs.rs` and stay thin; each concern
-//! (parsing, conntrack, NAT, load balancing, ARP, delivery, encapsulation, socket hooks) has its
-//! own module. Built only for the BPF target by the control plane's build.rs; on the host it is an
-//! empty binary so `cargo build --workspace` works.
+//! The eBPF object: links the datapath library (programs and maps) and adds what only a binary
+//! may hold, the panic handler and the license. Built for the BPF target by the control plane's
+//! build.rs; on the host it is an empty binary so `cargo build --workspace` works.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod arp;
-#[cfg(target_arch = "bpf")]
-mod conntrack;
-#[cfg(target_arch = "bpf")]
-mod deliver;
-#[cfg(target_arch = "bpf")]
-mod lb;
-#[cfg(target_arch = "bpf")]
-mod maps;
-#[cfg(target_arch = "bpf")]
-mod nat;
-#[cfg(target_arch = "bpf")]
-mod packet;
-#[cfg(target_arch = "bpf")]
-mod programs;
-#[cfg(target_arch = "bpf")]
-mod sock;
-#[cfg(target_arch = "bpf")]
-mod zero;
+use netbee_ebpf as _;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -1,10 +1,17 @@
-//! Address/port rewriting with incremental checksum updates (RFC 1624 via the kernel helpers).
+//! Address/port rewriting with incremental checksum updates (RFC 1624 via the kernel helpers),
+//! and the choice of a masqueraded connection's source port.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::TcContext,
 };
 
-use crate::packet::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4};
+use netbee_abi::{CtKey, SNAT_PORT_MAX, SNAT_PORT_MIN, ct_flags, stat};
+
+use crate::{
+    conntrack,
+    maps::count,
+    packet::{IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, Ip4, L4},
+};
 
 #[inline(always)]
 fn l4_flags(l4: &L4) -> u64 {
@@ -48,4 +55,30 @@ pub fn rewrite_dst(ctx: &TcContext, l4: &L4, old: u32, new: u32, new_port: u16) 
 #[inline(always)]
 pub fn rewrite_src(ctx: &TcContext, l4: &L4, old: u32, new: u32, new_port: u16) -> Option<()> {
     rewrite(ctx, l4, IP_SRC_OFF, l4.sport_off, old, new, l4.sport, new_port)
+}
+
+/// Claims a free (node_ip, port) for the flow by inserting its reply entry with BPF_NOEXIST;
+/// the reply key includes the remote end, so ports only collide per destination.
+#[inline(always)]
+pub fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u16> {
+    let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let seed = key.saddr ^ key.daddr.rotate_left(7) ^ ((key.sport as u32) << 16 | key.dport as u32);
+    let rev = conntrack::new_entry(ip.saddr, l4.sport, ct_flags::SNAT_REV, l4, ip.proto);
+    for i in 0..16u32 {
+        let port = (SNAT_PORT_MIN as u32 + seed.wrapping_add(i.wrapping_mul(4099)) % range) as u16;
+        let port = port.to_be();
+        let rev_key = conntrack::reply_key(key, key.daddr, key.dport);
+        let rev_key = CtKey { daddr: node_ip, dport: port, ..rev_key };
+        if conntrack::claim(&rev_key, &rev) {
+            let fwd = conntrack::new_entry(node_ip, port, ct_flags::SNAT, l4, ip.proto);
+            if !conntrack::insert(key, &fwd) {
+                conntrack::remove(&rev_key);
+                return None;
+            }
+            count(stat::CT_CREATED);
+            count(stat::CT_CREATED);
+            return Some(port);
+        }
+    }
+    None
 }

@@ -154,6 +154,15 @@ pub fn l4(ctx: &TcContext, ip: &Ip4) -> Option<L4> {
     }
 }
 
+/// Rewrites the frame's destination and source MACs (one store).
+#[inline(always)]
+pub fn set_macs(ctx: &TcContext, dst: &[u8; 6], src: &[u8; 6]) -> Option<()> {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dst);
+    macs[6..].copy_from_slice(src);
+    ctx.store(0, &macs, 0).ok()
+}
+
 #[inline(always)]
 pub fn flow_key(ip: &Ip4, l4: &L4) -> CtKey {
     CtKey::new(ip.saddr, ip.daddr, l4.sport, l4.dport, ip.proto)

@@ -1,33 +1,26 @@
-//! Program entry points. Each attaches to one hook and reads top to bottom as the packet's path.
+//! TC program entry points. Each attaches to one hook and reads top to bottom as the packet's
+//! path; the work is done by the concern modules.
 //!
 //! - `tc_from_container`: ingress of every container's host-side veth (what a container sends).
 //! - `tc_uplink_ingress` / `tc_uplink_egress`: the node's uplink (published ports, masquerade).
 //! - `tc_overlay_ingress`: the collect_md VXLAN device (packets from other nodes).
-use core::mem::{MaybeUninit, size_of};
+use core::mem::MaybeUninit;
 
-use aya_ebpf::{
-    bindings::{BPF_NOEXIST, TC_ACT_OK, bpf_tunnel_key},
-    helpers::bpf_skb_get_tunnel_key,
-    macros::classifier,
-    maps::lpm_trie::Key,
-    programs::TcContext,
-};
+use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use netbee_abi::{
-    CtEntry, CtKey, IPPROTO_UDP, Iface, MacKey, SNAT_PORT_MAX, SNAT_PORT_MIN, Service, VXLAN_PORT, config, ct_flags,
-    drop_reason, iface_flags, net_flags, stat, svc_flags,
+    CtEntry, IPPROTO_UDP, Iface, MacKey, VXLAN_PORT, config, ct_flags, drop_reason, iface_flags, net_flags, stat,
+    svc_flags,
 };
 
 use crate::{
     arp, conntrack,
-    deliver::{drop, encap, to_endpoint, to_endpoint_from_wire, to_node, to_uplink},
+    deliver::{Via, to_backend, to_endpoint, to_uplink},
     lb,
-    maps::{CT, ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
-    nat,
+    maps::{ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
+    nat, overlay,
     packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
-    zero::zeroed_in,
+    verdict::{PASS, drop},
 };
-
-const PASS: i32 = TC_ACT_OK as i32;
 
 #[classifier]
 pub fn tc_from_container(ctx: TcContext) -> i32 {
@@ -53,7 +46,7 @@ pub fn tc_overlay_ingress(ctx: TcContext) -> i32 {
 fn from_container(ctx: &TcContext) -> i32 {
     count(stat::FROM_CONTAINER);
     let ifx = ifindex(ctx);
-    let Some(iface) = (unsafe { IFACES.get(&ifx) }).copied() else {
+    let Some(iface) = (unsafe { IFACES.get(ifx) }).copied() else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     let Some(eth) = eth(ctx) else {
@@ -75,31 +68,27 @@ fn from_container(ctx: &TcContext) -> i32 {
     }
     // fast path: to another container's own address, from a container that is nobody's backend,
     // no translation can apply (translated flows are keyed by VIPs, node addresses or backends)
-    if iface.flags & iface_flags::BACKEND == 0 {
-        if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
-            if ep.net_id != iface.net_id {
-                return drop(drop_reason::CROSS_NETWORK);
-            }
-            return to_endpoint(ctx, &eth, ep);
+    if iface.flags & iface_flags::BACKEND == 0
+        && let Some(ep) = unsafe { ENDPOINTS.get(ip.daddr) }
+    {
+        if ep.net_id != iface.net_id {
+            return drop(drop_reason::CROSS_NETWORK);
         }
+        return to_endpoint(ctx, &eth, ep);
     }
     if let Some(l4) = l4(ctx, &ip) {
         let key = flow_key(&ip, &l4);
         if let Some(ct) = conntrack::lookup(&key, &l4) {
             return translated(ctx, &eth, &ip, &l4, &ct, Via::Container);
         }
-        // only a SYN (or a datagram) can open a translated flow: spare established plain TCP the
-        // frontend lookups
-        let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(&l4);
-        if opens {
-            if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-                // a VIP answers only inside its own network
-                if svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id {
-                    if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Container) {
-                        return verdict;
-                    }
-                }
-            }
+        // spare established plain TCP the frontend lookups
+        if conntrack::may_open(&ip, &l4)
+            && let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true)
+            // a VIP answers only inside its own network
+            && (svc.flags & svc_flags::VIP == 0 || svc.net_id == iface.net_id)
+            && let Some(verdict) = lb::new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Container)
+        {
+            return verdict;
         }
     }
     forward(ctx, &eth, &ip, &iface)
@@ -108,13 +97,13 @@ fn from_container(ctx: &TcContext) -> i32 {
 /// Plain (untranslated) traffic from a container.
 #[inline(always)]
 fn forward(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, iface: &Iface) -> i32 {
-    if let Some(ep) = unsafe { ENDPOINTS.get(&ip.daddr) } {
+    if let Some(ep) = unsafe { ENDPOINTS.get(ip.daddr) } {
         if ep.net_id != iface.net_id {
             return drop(drop_reason::CROSS_NETWORK);
         }
         return to_endpoint(ctx, eth, ep);
     }
-    let Some(net) = (unsafe { NETWORKS.get(&iface.net_id) }) else {
+    let Some(net) = (unsafe { NETWORKS.get(iface.net_id) }) else {
         return drop(drop_reason::UNKNOWN_IFACE);
     };
     if ip.daddr & net.mask == net.subnet {
@@ -135,14 +124,6 @@ fn forward(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, iface: &Iface) -> i32 {
     PASS
 }
 
-/// Which hook a packet entered through.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Via {
-    Container,
-    Wire,
-    Tunnel,
-}
-
 /// Applies an existing conntrack entry and sends the packet on.
 #[inline(always)]
 fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, via: Via) -> i32 {
@@ -159,7 +140,7 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, vi
         if nat::rewrite_src(ctx, l4, ip.saddr, ct.nat_addr, ct.nat_port).is_none() {
             return drop(drop_reason::MALFORMED);
         }
-        return match unsafe { ENDPOINTS.get(&ip.daddr) } {
+        return match unsafe { ENDPOINTS.get(ip.daddr) } {
             Some(ep) => to_endpoint(ctx, eth, ep),
             None => to_uplink(ctx, ct.nat_addr, ip.daddr),
         };
@@ -172,51 +153,10 @@ fn translated(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, ct: &CtEntry, vi
         return to_backend(ctx, eth, ct.nat_addr, via);
     }
     if f & ct_flags::TUNNEL_RETURN != 0 {
-        count(stat::TUNNEL_RETURN);
-        if f & ct_flags::DIRECT != 0 {
-            return to_node(ctx, ct.tunnel_node, ct.vni, None);
-        }
-        return encap(ctx, ct.tunnel_node, ct.vni, None);
+        return overlay::return_to_node(ctx, ct);
     }
     // SNAT entries only matter on the uplink's egress
     PASS
-}
-
-#[inline(always)]
-fn to_backend(ctx: &TcContext, eth: &EthHdr, addr: u32, via: Via) -> i32 {
-    match unsafe { ENDPOINTS.get(&addr) } {
-        Some(ep) if via == Via::Wire => to_endpoint_from_wire(ctx, eth, ep),
-        Some(ep) => to_endpoint(ctx, eth, ep),
-        None => drop(drop_reason::NO_BACKEND),
-    }
-}
-
-/// First packet of a connection to a frontend: pick a backend, remember the choice for both
-/// directions, translate, deliver. None when the packet cannot open a flow (a stray TCP segment
-/// without SYN): the caller treats it as ordinary traffic.
-#[inline(always)]
-fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, svc: &Service, via: Via) -> Option<i32> {
-    if ip.proto == netbee_abi::IPPROTO_TCP && !conntrack::is_syn(l4) {
-        return None;
-    }
-    let Some(mut be) = lb::select_backend(svc) else {
-        return Some(drop(drop_reason::NO_BACKEND));
-    };
-    if be.port == 0 {
-        // a VIP's any-port frontend keeps the port the client asked for
-        be.port = l4.dport;
-    }
-    let fwd = conntrack::new_entry(be.addr, be.port, ct_flags::DNAT, l4, ip.proto);
-    let rev_key = conntrack::reply_key(key, be.addr, be.port);
-    let rev = conntrack::new_entry(ip.daddr, l4.dport, ct_flags::REVNAT, l4, ip.proto);
-    if conntrack::create(key, &fwd, &rev_key, &rev).is_none() {
-        return Some(drop(drop_reason::CT_INSERT_FAILED));
-    }
-    count(stat::DNAT_NEW);
-    if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
-        return Some(drop(drop_reason::MALFORMED));
-    }
-    Some(to_backend(ctx, eth, be.addr, via))
 }
 
 #[inline(always)]
@@ -236,22 +176,20 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         let key = flow_key(&ip, &l4);
         // A peer's frames to a local task are never translated here (the peer holds the flow's
         // translation), so they skip the conntrack lookup, which would miss on every one of them.
-        if config(config::MESH_NATIVE) != 0 {
-            if let Some(peer) = unsafe { PEER_NODES.get(&MacKey { mac: eth.src, _pad: [0; 2] }) } {
-                if let Some(verdict) = from_peer_node(ctx, &eth, &ip, &l4, &key, *peer) {
-                    return verdict;
-                }
-            }
+        if config(config::MESH_NATIVE) != 0
+            && let Some(peer) = unsafe { PEER_NODES.get(MacKey { mac: eth.src, _pad: [0; 2] }) }
+            && let Some(task) = overlay::from_peer_node(&ip, &l4, &key, *peer)
+        {
+            return to_endpoint(ctx, &eth, task);
         }
         if let Some(ct) = conntrack::lookup(&key, &l4) {
             return translated(ctx, &eth, &ip, &l4, &ct, Via::Wire);
         }
-        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true) {
-            if svc.flags & svc_flags::VIP == 0 {
-                if let Some(verdict) = new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Wire) {
-                    return verdict;
-                }
-            }
+        if let Some(svc) = lb::frontend(ip.daddr, l4.dport, ip.proto, true)
+            && svc.flags & svc_flags::VIP == 0
+            && let Some(verdict) = lb::new_dnat(ctx, &eth, &ip, &l4, &key, &svc, Via::Wire)
+        {
+            return verdict;
         }
     }
     // Containers are reachable from outside only through published ports (as with docker 28+):
@@ -260,33 +198,6 @@ fn uplink_ingress(ctx: &TcContext) -> i32 {
         return drop(drop_reason::UNPUBLISHED);
     }
     PASS
-}
-
-/// A routing-mesh packet that a peer node balanced to a task here and sent natively (see
-/// `deliver::to_node`): accepted only for a local service task on an overlay, as the tunnel would
-/// have delivered it, and the flow's replies are sent back to that node, which holds the
-/// translation. None: not such a packet.
-#[inline(always)]
-fn from_peer_node(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, peer: u32) -> Option<i32> {
-    let ep = unsafe { ENDPOINTS.get(&ip.daddr) }?;
-    if ep.ifindex == 0 || unsafe { IFACES.get(&ep.ifindex) }?.flags & iface_flags::BACKEND == 0 {
-        return None;
-    }
-    let net = unsafe { NETWORKS.get(&ep.net_id) }?;
-    if net.flags & net_flags::OVERLAY == 0 {
-        return None;
-    }
-    if ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4) {
-        let rev_key = conntrack::reply_key(key, ip.daddr, l4.dport);
-        let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN | ct_flags::DIRECT, l4, ip.proto);
-        e.tunnel_node = peer;
-        e.vni = net.vni;
-        if conntrack::put(&rev_key, &e).is_some() {
-            count(stat::CT_CREATED);
-        }
-    }
-    count(stat::DIRECT_ROUTE);
-    Some(to_endpoint(ctx, eth, ep))
 }
 
 /// Masquerade: connections that containers open to the outside leave with the node's address
@@ -320,7 +231,7 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
         }
         return PASS;
     }
-    let Some(port) = allocate_snat_port(&key, &ip, &l4, node_ip) else {
+    let Some(port) = nat::allocate_snat_port(&key, &ip, &l4, node_ip) else {
         return drop(drop_reason::NAT_PORTS_EXHAUSTED);
     };
     count(stat::SNAT_NEW);
@@ -330,41 +241,13 @@ fn uplink_egress(ctx: &TcContext) -> i32 {
     PASS
 }
 
-/// Claims a free (node_ip, port) for the flow by inserting its reply entry with BPF_NOEXIST;
-/// the reply key includes the remote end, so ports only collide per destination.
-#[inline(always)]
-fn allocate_snat_port(key: &CtKey, ip: &Ip4, l4: &L4, node_ip: u32) -> Option<u16> {
-    let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
-    let seed = key.saddr ^ key.daddr.rotate_left(7) ^ ((key.sport as u32) << 16 | key.dport as u32);
-    let rev = conntrack::new_entry(ip.saddr, l4.sport, ct_flags::SNAT_REV, l4, ip.proto);
-    for i in 0..16u32 {
-        let port = (SNAT_PORT_MIN as u32 + seed.wrapping_add(i.wrapping_mul(4099)) % range) as u16;
-        let port = port.to_be();
-        let rev_key = conntrack::reply_key(key, key.daddr, key.dport);
-        let rev_key = CtKey { daddr: node_ip, dport: port, ..rev_key };
-        if CT.insert(&rev_key, &rev, BPF_NOEXIST as u64).is_ok() {
-            let fwd = conntrack::new_entry(node_ip, port, ct_flags::SNAT, l4, ip.proto);
-            if CT.insert(key, &fwd, 0).is_err() {
-                let _ = CT.remove(&rev_key);
-                return None;
-            }
-            count(stat::CT_CREATED);
-            count(stat::CT_CREATED);
-            return Some(port);
-        }
-    }
-    None
-}
-
 #[inline(always)]
 fn overlay_ingress(ctx: &TcContext) -> i32 {
     count(stat::DECAP);
     let mut slot = MaybeUninit::uninit();
-    let tk: &mut bpf_tunnel_key = zeroed_in(&mut slot);
-    let rc = unsafe { bpf_skb_get_tunnel_key(ctx.skb.skb, tk, size_of::<bpf_tunnel_key>() as u32, 0) };
-    if rc != 0 {
+    let Some(tunnel) = overlay::tunnel_src(ctx, &mut slot) else {
         return drop(drop_reason::MALFORMED);
-    }
+    };
     let Some(eth) = eth(ctx) else {
         return drop(drop_reason::MALFORMED);
     };
@@ -375,33 +258,25 @@ fn overlay_ingress(ctx: &TcContext) -> i32 {
         return drop(drop_reason::MALFORMED);
     };
     let l4 = l4(ctx, &ip);
-    if let Some(l4) = &l4 {
-        let key = flow_key(&ip, l4);
-        if let Some(ct) = conntrack::lookup(&key, l4) {
-            return translated(ctx, &eth, &ip, l4, &ct, Via::Tunnel);
-        }
+    if let Some(l4) = &l4
+        && let Some(ct) = conntrack::lookup(&flow_key(&ip, l4), l4)
+    {
+        return translated(ctx, &eth, &ip, l4, &ct, Via::Tunnel);
     }
-    let Some(ep) = (unsafe { ENDPOINTS.get(&ip.daddr) }).copied() else {
+    let Some(ep) = (unsafe { ENDPOINTS.get(ip.daddr) }).copied() else {
         return drop(drop_reason::NO_SUCH_HOST);
     };
-    let vni_ok = matches!(unsafe { NETWORKS.get(&ep.net_id) }, Some(n) if n.vni == tk.tunnel_id);
+    let vni_ok = matches!(unsafe { NETWORKS.get(ep.net_id) }, Some(n) if n.vni == tunnel.vni());
     if ep.ifindex == 0 || !vni_ok {
         return drop(drop_reason::CROSS_NETWORK);
     }
-    if let Some(l4) = &l4 {
-        // A routing-mesh connection from outside the overlay: its replies must return through
-        // the node that received it, which holds the translation.
-        let opens = ip.proto != netbee_abi::IPPROTO_TCP || conntrack::is_syn(l4);
-        if opens && unsafe { ENDPOINTS.get(&ip.saddr) }.is_none() {
-            let key = flow_key(&ip, l4);
-            let rev_key = conntrack::reply_key(&key, ip.daddr, l4.dport);
-            let mut e = conntrack::new_entry(0, 0, ct_flags::TUNNEL_RETURN, l4, ip.proto);
-            e.tunnel_node = unsafe { tk.__bindgen_anon_1.remote_ipv4 };
-            e.vni = tk.tunnel_id;
-            if conntrack::put(&rev_key, &e).is_some() {
-                count(stat::CT_CREATED);
-            }
-        }
+    // A routing-mesh connection from outside the overlay: its replies must return through the
+    // node that received it, which holds the translation.
+    if let Some(l4) = &l4
+        && conntrack::may_open(&ip, l4)
+        && unsafe { ENDPOINTS.get(ip.saddr) }.is_none()
+    {
+        overlay::bind_return(&flow_key(&ip, l4), &ip, l4, tunnel.node(), tunnel.vni(), false);
     }
     to_endpoint(ctx, &eth, &ep)
 }

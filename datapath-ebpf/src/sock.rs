@@ -69,7 +69,7 @@ fn translate_to_backend(ctx: &SockAddrContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockKey { cookie, addr: be.addr, port: be.port, _pad: 0 };
     let orig = SockRevNat { addr, port, _pad: 0 };
-    if SOCK_REVNAT.insert(&key, &orig, 0).is_err() {
+    if SOCK_REVNAT.insert(key, orig, 0).is_err() {
         return;
     }
     sa.user_ip4 = be.addr;
@@ -85,7 +85,7 @@ fn translate_to_frontend(ctx: &SockAddrContext) {
     let sa = unsafe { &mut *ctx.sock_addr };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockKey { cookie, addr: sa.user_ip4, port: sa.user_port as u16, _pad: 0 };
-    if let Some(orig) = unsafe { SOCK_REVNAT.get(&key) } {
+    if let Some(orig) = unsafe { SOCK_REVNAT.get(key) } {
         sa.user_ip4 = orig.addr;
         sa.user_port = orig.port as u32;
     }
