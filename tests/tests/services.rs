@@ -344,3 +344,73 @@ fn idle_mesh_connection_survives_fifteen_minutes() -> Result<()> {
     assert!(rest.contains("Hostname"), "the idle connection still works: {rest:?}");
     Ok(())
 }
+
+/// The node `n` sees as the swarm's leader (`node ls`), if any.
+fn leader_seen_by(n: &Node) -> Option<String> {
+    let out = n.netbee(&["node", "ls", "--format", "json"]).ok()?;
+    out.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["ManagerStatus"] == "Leader")
+        .and_then(|v| v["Hostname"].as_str().map(str::to_string))
+}
+
+/// Three managers; the leader's node is lost (daemon and tasks, at once) under load through the
+/// routing mesh of a surviving node: another manager becomes leader within seconds of the old
+/// one's lease expiring, the lost tasks are rescheduled, and `service scale` works afterwards.
+///
+/// ```text
+///   x1 --load--> n2:80 (mesh) --> tasks on n1 n2 n3          n1 = leader, killed
+///                                  => tasks on n2 n3 only, leader n2 or n3, scale 6 -> 4
+/// ```
+#[test]
+fn leader_lost_under_load_another_manager_takes_over() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("failover", &["n1", "n2", "n3"], &["x1"])?;
+    let (n1, n2, n3) = (lab.node("n1"), lab.node("n2"), lab.node("n3"));
+    n1.netbee(&["node", "promote", "n2", "n3"])?;
+    wait_until(Duration::from_secs(10), "n1 leads", || leader_seen_by(n2).as_deref() == Some("n1"))?;
+    create_service(n1, "web", &["--replicas", "6", "--publish", "80:8080"])?;
+    wait_replicas(n1, "web", "6/6")?;
+    assert!(n1.service_running_tasks("web")?.iter().any(|(_, n)| n == "n1"), "the leader runs tasks too");
+
+    let addr: std::net::SocketAddr = format!("{}:80", n2.addr()).parse()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
+    std::thread::sleep(Duration::from_secs(1));
+    n1.kill_everything()?;
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(15), "n1 Down", || {
+        n2.netbee(&["node", "ls"]).map(|o| o.lines().any(|l| l.contains("n1") && l.contains("Down"))).unwrap_or(false)
+    })?;
+    let down = t0.elapsed();
+    wait_until(Duration::from_secs(10), "a new leader", || leader_seen_by(n2).is_some_and(|l| l == "n2" || l == "n3"))?;
+    let elected = t0.elapsed();
+    // every lost task is replaced on a surviving node by the new leader's scheduler
+    wait_until(Duration::from_secs(30), "6 tasks on n2 and n3", || {
+        n2.service_running_tasks("web").is_ok_and(|t| t.len() == 6 && t.iter().all(|(_, n)| n != "n1"))
+    })?;
+    // as in the node-loss test, load balancers stop choosing the lost node's tasks within 10 s
+    // of Down; from then on nothing may fail
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(t0.elapsed().saturating_sub(down)));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = load.join().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = start_load(lab.external("x1").name(), addr, Duration::from_millis(20), stop.clone());
+
+    n3.netbee(&["service", "scale", "web=4"])?;
+    wait_replicas(n3, "web", "4/4")?;
+    wait_until(Duration::from_secs(20), "4 tasks left", || {
+        n3.service_running_tasks("web").is_ok_and(|t| t.len() == 4)
+    })?;
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    eprintln!(
+        "leader loss: n1 Down after {down:?}, new leader after {elected:?}; afterwards {} ok / {} failed",
+        ok.len(),
+        failed.len()
+    );
+    assert!(elected.saturating_sub(down) < Duration::from_secs(10), "new leader {elected:?}, Down {down:?}");
+    assert!(ok.len() > 50, "load ran: {}", ok.len());
+    assert!(failed.is_empty(), "after the takeover nothing fails: {failed:?}");
+    Ok(())
+}

@@ -58,18 +58,7 @@ impl Daemon {
         c.etcd.put_leased(&cluster::key_alive(&c.node_id), &alive, lease).await?;
         let mut client = c.etcd.client().await?;
         let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-        let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
-        let campaign = if me.is_some_and(|n| n.role == Role::Manager) {
-            let (c2, mut client2) = (c.clone(), client.clone());
-            Some(tokio::spawn(async move {
-                if client2.campaign(cluster::ELECTION, c2.node_id.clone(), lease).await.is_ok() {
-                    c2.is_leader.store(true, Ordering::Relaxed);
-                    info!("elected cluster leader");
-                }
-            }))
-        } else {
-            None
-        };
+        let campaign = tokio::spawn(campaign_while_manager(c.clone(), client.clone(), lease));
         let result = async {
             loop {
                 keeper.keep_alive().await?;
@@ -83,9 +72,56 @@ impl Daemon {
             }
         }
         .await;
-        if let Some(t) = campaign {
-            t.abort();
-        }
+        campaign.abort();
         result
     }
 }
+
+/// Campaigns for the scheduler's leadership with this node's lease for as long as the node is a
+/// manager. A campaign waits inside etcd until every earlier candidate's key is gone, and the
+/// client's request timeout ends each wait after a few seconds: it is simply made again (the
+/// candidate key, tied to the lease, stays in its place in the queue). So a manager keeps
+/// campaigning until it wins, a node promoted later starts within a round, and a node that is
+/// not (or no longer) a manager withdraws its candidate key, resigning if it led, so that a
+/// worker never holds the leadership nobody exercises.
+async fn campaign_while_manager(c: Arc<ClusterState>, mut client: etcd_client::Client, lease: i64) {
+    // the key etcd's election API gives a candidate: the election name, '/', the lease in hex
+    let candidate = format!("{}/{lease:x}", cluster::ELECTION);
+    let mut candidate_key_exists = false;
+    loop {
+        let manager = match c.etcd.get::<NodeRecord>(&cluster::key_node(&c.node_id)).await {
+            Ok(me) => me.is_some_and(|n| n.role == Role::Manager),
+            // etcd cannot tell now: keep the current state and ask again
+            Err(_) => {
+                tokio::time::sleep(ROUND).await;
+                continue;
+            }
+        };
+        let leading = c.is_leader.load(Ordering::Relaxed);
+        if manager && !leading {
+            candidate_key_exists = true;
+            let asked = tokio::time::Instant::now();
+            match client.campaign(cluster::ELECTION, c.node_id.clone(), lease).await {
+                Ok(_) => {
+                    c.is_leader.store(true, Ordering::Relaxed);
+                    info!("elected cluster leader");
+                }
+                // the wait timed out (campaign again at once), or etcd refused (not in a loop)
+                Err(_) if asked.elapsed() < ROUND => tokio::time::sleep(ROUND).await,
+                Err(_) => {}
+            }
+            continue;
+        }
+        if !manager && candidate_key_exists && client.delete(candidate.clone(), None).await.is_ok() {
+            candidate_key_exists = false;
+            if leading {
+                c.is_leader.store(false, Ordering::Relaxed);
+                info!("no longer a manager: resigned the leadership");
+            }
+        }
+        tokio::time::sleep(ROUND).await;
+    }
+}
+
+/// How often a candidate or leader checks its role.
+const ROUND: Duration = Duration::from_secs(1);
