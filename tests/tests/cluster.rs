@@ -251,3 +251,92 @@ fn cluster_bad_input() -> Result<()> {
     assert!(!n1.netbee(&["network", "ls"])?.contains(" ov "));
     Ok(())
 }
+
+/// `a.b.c.d/len` as the first and last address.
+fn cidr_range(cidr: &str) -> Result<(u32, u32)> {
+    let (ip, len) = cidr.split_once('/').ok_or_else(|| anyhow!("not a CIDR: {cidr}"))?;
+    let (ip, len): (std::net::Ipv4Addr, u32) = (ip.parse()?, len.parse()?);
+    let size = if len == 0 { u32::MAX } else { (1u32 << (32 - len)) - 1 };
+    Ok((u32::from(ip), u32::from(ip) + size))
+}
+
+/// Trials of concurrent overlay creations on three managers (more with NETBEE_RACE_TRIALS, as
+/// `cargo xtask soak` runs it): ten distinct names spread over the managers plus one name asked
+/// for on all three at once. Every created network must have its own subnet and VNI, and the
+/// shared name exactly one owner.
+///
+/// ```text
+///   n1 n2 n3 (managers) --10 x network create --driver overlay, at once--> etcd
+///   n1 n2 n3            --network create --driver overlay same, at once--> one wins, two 409
+/// ```
+#[test]
+fn concurrent_overlay_creates_on_three_managers_never_collide() -> Result<()> {
+    let lab = cluster("races")?;
+    let n1 = lab.node("n1");
+    n1.netbee(&["node", "promote", "n2"])?;
+    let managers = [lab.node("n1"), lab.node("n2"), lab.node("n3")];
+    let trials: usize = std::env::var("NETBEE_RACE_TRIALS").ok().and_then(|t| t.parse().ok()).unwrap_or(3);
+    for trial in 0..trials {
+        let results: Vec<(String, Result<String>)> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            for i in 0..10 {
+                let (m, name) = (managers[i % 3], format!("r{trial}n{i}"));
+                handles.push(s.spawn(move || {
+                    let r = m.netbee(&["network", "create", "--driver", "overlay", &name]);
+                    (name, r)
+                }));
+            }
+            for m in managers {
+                let name = format!("r{trial}same");
+                handles.push(s.spawn(move || (name.clone(), m.netbee(&["network", "create", "-d", "overlay", &name]))));
+            }
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (name, r) in results.iter().filter(|(n, _)| !n.ends_with("same")) {
+            assert!(r.is_ok(), "trial {trial}: creating {name}: {r:?}");
+        }
+        let same: Vec<&Result<String>> = results.iter().filter(|(n, _)| n.ends_with("same")).map(|(_, r)| r).collect();
+        assert_eq!(
+            same.iter().filter(|r| r.is_ok()).count(),
+            1,
+            "trial {trial}: one owner of the shared name: {same:?}"
+        );
+        // what the cluster holds, as any manager sees it once its sync caught up
+        wait_until(Duration::from_secs(10), "n1 knows every new overlay", || {
+            n1.netbee(&["network", "ls", "--format", "json"]).is_ok_and(|ls| {
+                let names: Vec<String> = ls
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .filter_map(|v| v["Name"].as_str().map(str::to_string))
+                    .collect();
+                results.iter().all(|(n, _)| names.contains(n))
+            })
+        })?;
+        let mut nets = Vec::new();
+        for (name, _) in &results {
+            if !nets.iter().any(|(n, _, _)| n == name) {
+                let v = n1.network_inspect(name)?;
+                let subnet = cidr_range(v["IPAM"]["Config"][0]["Subnet"].as_str().unwrap_or_default())?;
+                let vni =
+                    v["Options"]["com.docker.network.driver.overlay.vxlanid_list"].as_str().unwrap_or("").to_string();
+                nets.push((name.clone(), subnet, vni));
+            }
+        }
+        assert_eq!(nets.len(), 11, "trial {trial}: {nets:?}");
+        for (i, a) in nets.iter().enumerate() {
+            for b in &nets[i + 1..] {
+                assert!(
+                    a.1.1 < b.1.0 || b.1.1 < a.1.0,
+                    "trial {trial}: subnets of {} and {} overlap: {nets:?}",
+                    a.0,
+                    b.0
+                );
+                assert_ne!(a.2, b.2, "trial {trial}: {} and {} share VNI {}", a.0, b.0, a.2);
+            }
+        }
+        for (name, _, _) in &nets {
+            n1.netbee(&["network", "rm", name])?;
+        }
+    }
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //!           datapath-ebpf built for the BPF target
 //!   test    setup, lint, build, and run every test (unit, lab, integration, `bench --quick`)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
-//!   soak    setup, build, and run the long resilience variants (50 crash trials, ...), then
+//!   soak    setup, build, and run the long resilience variants (60 crash trials, 20 trials of
+//!           concurrent creations on three managers, ...), then
 //!           fuzz every parser for 120 s
 //!   fuzz [SECONDS]  setup, then fuzz every parser target in controlplane/fuzz/ for SECONDS each
 //!           (default 60); prints executions and crashes per target, fails on a crash
@@ -253,6 +254,11 @@ fn soak() -> Result<()> {
         ])
         .env("NETBEE_BIN", netbee_bin())
         .env("NETBEE_CRASH_TRIALS", "60"))?;
+    // cluster races: concurrent creations on three managers, many more trials
+    run(cargo()
+        .args(["test", "--release", "-p", "netbee-tests", "--test", "cluster", "concurrent", "--", "--nocapture"])
+        .env("NETBEE_BIN", netbee_bin())
+        .env("NETBEE_RACE_TRIALS", "20"))?;
     run_fuzzers(120)
 }
 

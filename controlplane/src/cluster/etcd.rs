@@ -138,6 +138,26 @@ impl Etcd {
         Ok(r.succeeded())
     }
 
+    /// The revision at which `guard` last changed (0 if it never existed): read it before
+    /// deciding, then commit the decision with [`Etcd::put_guarded`].
+    pub async fn guard_revision(&self, guard: &str) -> Result<i64> {
+        let k = guard.to_string();
+        let r = self.run("get", |mut c| async move { c.get(k, None).await }).await?;
+        Ok(r.kvs().first().map(|kv| kv.mod_revision()).unwrap_or(0))
+    }
+
+    /// Writes `key` only if `guard` has not changed since revision `seen`, and changes `guard` in
+    /// the same transaction: decisions that read a whole set (names, subnets, ports) and commit
+    /// under one guard cannot both win. False when another writer got there first (decide again).
+    pub async fn put_guarded<T: Serialize>(&self, guard: &str, seen: i64, key: &str, v: &T) -> Result<bool> {
+        let (g, k, b) = (guard.to_string(), key.to_string(), serde_json::to_vec(v)?);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(g.clone(), CompareOp::Equal, seen)])
+            .and_then([TxnOp::put(k, b, None), TxnOp::put(g, Vec::new(), None)]);
+        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
+        Ok(r.succeeded())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         let k = key.to_string();
         self.run("delete", |mut c| async move { c.delete(k, None).await }).await.map(|_| ())

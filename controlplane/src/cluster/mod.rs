@@ -75,9 +75,6 @@ pub fn key_alive(id: &str) -> String {
 pub fn key_network(id: &str) -> String {
     format!("/netbee/networks/{id}")
 }
-pub fn key_vni(vni: u32) -> String {
-    format!("/netbee/vni/{vni}")
-}
 pub fn key_ipam(net: &str, ip: Ipv4Addr) -> String {
     format!("/netbee/ipam/{net}/{ip}")
 }
@@ -87,6 +84,9 @@ pub fn key_endpoint(net: &str, ip: Ipv4Addr) -> String {
 pub const NODES: &str = "/netbee/nodes/";
 pub const ALIVE: &str = "/netbee/alive/";
 pub const NETWORKS: &str = "/netbee/networks/";
+/// Changes with every overlay created: creations on different managers commit under it
+/// (`Etcd::put_guarded`), so names, subnets and VNIs are decided one at a time.
+pub const NETWORKS_GUARD: &str = "/netbee/guard/networks";
 pub const ENDPOINTS: &str = "/netbee/endpoints/";
 pub const WATCH_PREFIX: &str = "/netbee/";
 

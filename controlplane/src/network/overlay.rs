@@ -72,43 +72,44 @@ impl NetworkDriver for Overlay {
             )
         })?;
         require_manager(c).await?;
-        let overlays: Vec<NetworkRecord> = c.etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect();
-        if overlays.iter().any(|n| n.name == req.name) {
-            return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
-        }
-        let taken: Vec<(String, ipnetwork::Ipv4Network)> = overlays
-            .iter()
-            .chain(existing)
-            .filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet)))
-            .collect();
-        let cfg = ipam::pool_config(
-            req.subnet.as_deref(),
-            req.gateway.as_deref(),
-            req.ip_range.as_deref(),
-            &taken,
-            &ipam::overlay_default_pools(),
-        )
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        let used: HashSet<u32> = overlays.iter().map(|n| n.vni).collect();
-        let mut vni = cluster::FIRST_VNI + 1;
-        loop {
-            if !used.contains(&vni) && c.etcd.create(&cluster::key_vni(vni), &json!({"network": req.name})).await? {
-                break;
+        // decide from the whole set, commit only if no other manager committed meanwhile
+        let rec = loop {
+            let seen = c.etcd.guard_revision(cluster::NETWORKS_GUARD).await?;
+            let overlays: Vec<NetworkRecord> =
+                c.etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect();
+            if overlays.iter().any(|n| n.name == req.name) {
+                return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
             }
-            vni += 1;
-        }
-        let rec = NetworkRecord {
-            id: names::new_id(),
-            name: req.name.clone(),
-            driver: self.name().into(),
-            created: chrono::Utc::now(),
-            internal: req.internal,
-            net_id: vni,
-            ipam: Some(Allocator::new(cfg)),
-            labels: req.labels.clone(),
-            vni,
+            let taken: Vec<(String, ipnetwork::Ipv4Network)> = overlays
+                .iter()
+                .chain(existing)
+                .filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet)))
+                .collect();
+            let cfg = ipam::pool_config(
+                req.subnet.as_deref(),
+                req.gateway.as_deref(),
+                req.ip_range.as_deref(),
+                &taken,
+                &ipam::overlay_default_pools(),
+            )
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let used: HashSet<u32> = overlays.iter().map(|n| n.vni).collect();
+            let vni = (cluster::FIRST_VNI + 1..).find(|v| !used.contains(v)).expect("a free VNI");
+            let rec = NetworkRecord {
+                id: names::new_id(),
+                name: req.name.clone(),
+                driver: self.name().into(),
+                created: chrono::Utc::now(),
+                internal: req.internal,
+                net_id: vni,
+                ipam: Some(Allocator::new(cfg)),
+                labels: req.labels.clone(),
+                vni,
+            };
+            if c.etcd.put_guarded(cluster::NETWORKS_GUARD, seen, &cluster::key_network(&rec.id), &rec).await? {
+                break rec;
+            }
         };
-        c.etcd.put(&cluster::key_network(&rec.id), &rec).await?;
         cx.store.put(&CachedOverlay(rec.clone()))?;
         self.setup(cx, &rec).await?;
         c.sync_now.notify_waiters();
@@ -134,7 +135,6 @@ impl NetworkDriver for Overlay {
             )));
         }
         c.etcd.delete(&cluster::key_network(&net.id)).await?;
-        c.etcd.delete(&cluster::key_vni(net.vni)).await?;
         c.etcd.delete_prefix(&ipam_prefix(&net.id)).await?;
         self.teardown(cx, net).await?;
         cx.store.delete::<CachedOverlay>(&net.id)?;
