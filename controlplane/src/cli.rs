@@ -158,6 +158,10 @@ struct DaemonArgs {
     /// destination is a container address, unlike cloud VPCs with source/destination checks).
     #[arg(long, value_enum, default_value_t = MeshRouting::Tunnel)]
     mesh_routing: MeshRouting,
+    /// Start even though the state database is empty or missing while the node still has
+    /// containers of an earlier one, removing their networking (recovery after a lost database).
+    #[arg(long)]
+    discard_state: bool,
 }
 
 #[derive(Subcommand)]
@@ -453,6 +457,7 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
             .transpose()
             .map_err(|e| anyhow!(e))?,
         mesh_routing: a.mesh_routing,
+        discard_state: a.discard_state,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(daemon::run(cfg))?;

@@ -90,7 +90,21 @@ impl DecodedCache {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::create(path).with_context(|| format!("opening the state database {}", path.display()))?;
+        // redb panics on some corrupt files instead of returning an error: either way the
+        // daemon stops with the file's name, before it changes anything (and without the
+        // library's panic message: start-up runs before anything else that could panic)
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let opened = std::panic::catch_unwind(|| Database::create(path));
+        std::panic::set_hook(hook);
+        let db = opened
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the state database {} is corrupt (the storage library could not read it)",
+                    path.display()
+                )
+            })?
+            .with_context(|| format!("opening the state database {}", path.display()))?;
         let tx = db.begin_write()?;
         for t in [NETWORKS, CONTAINERS, META, OVERLAYS, SERVICES, TASKS] {
             tx.open_table(t.0)?;

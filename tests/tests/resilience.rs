@@ -538,3 +538,79 @@ fn etcd_member_and_node_loss_under_load() -> Result<()> {
     assert!(ok > 100);
     Ok(())
 }
+
+/// The daemon never destroys what it does not own. With a container publishing a port, each of
+/// these is refused at start with a message naming the reason, and the container answers from
+/// outside throughout: the state database emptied, deleted and filled with random bytes; and a
+/// second daemon in the same network namespace with its own state directory, with the first's
+/// socket, and with the first's bpffs. Restoring the database brings the daemon back with its
+/// container.
+///
+/// ```text
+///   x1 --GET--> n1:8080 --> web        n1: daemon stopped, netbee.redb emptied/deleted/corrupt
+///                                       n1: a second daemon (other root, same socket / bpffs)
+/// ```
+#[test]
+fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
+    let lab = netbee_lab::single_node_lab("owner", &[])?;
+    let n1 = lab.node("n1");
+    n1.run_whoami("web", &["-p", "8080:8080"], 8080)?;
+    let url = format!("http://{}:8080/", n1.addr());
+    let x1 = lab.external("x1");
+    let reachable = || x1.sh(&format!("curl -s -m 3 {url}")).is_ok_and(|o| o.contains("Hostname"));
+    assert!(reachable(), "web answers before");
+    let db = n1.dir().join("state/netbee.redb");
+    let saved = n1.dir().join("netbee.redb.saved");
+    n1.stop_daemon()?;
+    std::fs::copy(&db, &saved)?;
+
+    let refusals: [(&str, &dyn Fn() -> Result<()>, &str); 3] = [
+        ("emptied", &|| Ok(std::fs::write(&db, b"")?), "is empty or new"),
+        ("deleted", &|| Ok(std::fs::remove_file(&db)?), "is empty or new"),
+        (
+            "random bytes",
+            &|| Ok(std::fs::write(&db, (0..64 * 1024).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>())?),
+            "netbee.redb",
+        ),
+    ];
+    for (what, damage, expect) in refusals {
+        damage()?;
+        let err = n1.start_daemon().expect_err(&format!("a daemon started over a store that was {what}"));
+        let err = format!("{err:#}");
+        let said = err.lines().rev().find(|l| l.contains(expect)).unwrap_or_default();
+        eprintln!("store {what}: {said}");
+        assert!(err.contains(expect), "{what}: {err}");
+        assert!(reachable(), "web answers after a start over a store that was {what}");
+        std::fs::copy(&saved, &db)?;
+    }
+    n1.start_daemon()?;
+    assert!(n1.netbee(&["ps"])?.contains("web"), "the restored store knows web");
+    assert!(reachable(), "web answers after the restore");
+
+    // a second daemon in n1's namespace: its own root, then the first's socket, then its bpffs
+    let other = n1.dir().join("other");
+    let bin = netbee_lab::netbee_bin();
+    let second = |extra: &[&str]| -> String {
+        let mut cmd = n1.cmd(&bin.to_string_lossy());
+        cmd.args(["daemon", "--uplink", "eth0", "--root"]).arg(other.join("state"));
+        cmd.args(extra);
+        let o = cmd.output().expect("running a second daemon");
+        assert!(!o.status.success(), "a second daemon started with {extra:?}");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let sock = n1.socket().to_string_lossy().into_owned();
+    let other_sock = other.join("netbee.sock").to_string_lossy().into_owned();
+    let other_bpffs = other.join("bpffs").to_string_lossy().into_owned();
+    let own_bpffs = n1.dir().join("bpffs").to_string_lossy().into_owned();
+    let e = second(&["--socket", &other_sock, "--bpffs", &other_bpffs]);
+    eprintln!("second daemon: {}", e.trim());
+    assert!(e.contains("already manages this network namespace"), "{e}");
+    assert!(reachable(), "web answers after a second daemon in its namespace");
+    let e = second(&["--socket", &sock, "--bpffs", &other_bpffs]);
+    assert!(e.contains("already manages this network namespace") || e.contains("answers on"), "{e}");
+    let e = second(&["--socket", &other_sock, "--bpffs", &own_bpffs]);
+    assert!(e.contains("already"), "{e}");
+    assert!(n1.netbee(&["ps"])?.contains("web"), "the first daemon still answers on its socket");
+    assert!(reachable(), "web answers after the second daemons");
+    Ok(())
+}

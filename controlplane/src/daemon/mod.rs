@@ -2,18 +2,14 @@
 mod containers;
 mod names;
 mod networks;
+mod ownership;
 mod ports;
 mod reconcile;
 mod server;
 pub mod services;
 pub mod swarm;
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::{net::Ipv4Addr, os::fd::AsRawFd as _, path::PathBuf, sync::Arc};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::TcAttachType;
@@ -44,6 +40,9 @@ pub struct DaemonConfig {
     /// etcd endpoints (`--cluster-store`); None runs the node alone on its embedded store.
     pub cluster_store: Option<Vec<String>>,
     pub mesh_routing: MeshRouting,
+    /// Start over an empty or lost store even though the node has state of an earlier one
+    /// (which start-up then removes).
+    pub discard_state: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -86,10 +85,12 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     for d in [cfg.root.clone(), cfg.root.join("containers"), cfg.root.join("netns")] {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let _lock = lock_root(&cfg.root)?;
+    let _claims = ownership::claim(&cfg.root, &cfg.socket, &cfg.bpffs)?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let store = Store::open(&cfg.root.join("netbee.redb"))?;
     let mut dp = Datapath::load(&cfg.bpffs, cfg.conntrack_size)?;
+    let pinned_endpoints = dp.pinned_links()?.iter().filter(|p| p.starts_with("ep-")).count();
+    ownership::check_store_matches_node(&store, &cfg.root, pinned_endpoints, cfg.discard_state)?;
     let nl = Netlink::open()?;
     let uplink = match &cfg.uplink {
         Some(u) => u.clone(),
@@ -164,15 +165,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     tokio::spawn(daemon.clone().service_loop());
     info!(root = %cfg.root.display(), socket = %cfg.socket.display(), "netbee daemon ready");
     server::serve(daemon).await
-}
-
-/// One daemon per state directory: a second one would fight over the same kernel objects.
-fn lock_root(root: &Path) -> Result<std::fs::File> {
-    let f = std::fs::File::create(root.join("daemon.lock"))?;
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        bail!("another netbee daemon is already using {}", root.display());
-    }
-    Ok(f)
 }
 
 fn default_route_device() -> Result<String> {
