@@ -300,3 +300,42 @@ fn conntrack_collects_closed_flows_and_keeps_idle_established_ones() -> Result<(
     assert!(body.contains("Hostname"), "{body}");
     Ok(())
 }
+
+/// A daemon started under `ip netns exec` on a hybrid-cgroup host sees no cgroup v2 hierarchy
+/// (the remounted /sys hides `/sys/fs/cgroup/unified`): it mounts one of its own for the socket
+/// hooks, and processes on the node reach a published port on 127.0.0.1 and on the node's address.
+///
+/// ```text
+///   n1: ip netns exec n1 netbee daemon (no --cgroup)   n1$ curl 127.0.0.1:8080 --> web
+/// ```
+#[test]
+fn node_local_clients_reach_published_ports_with_the_daemon_under_ip_netns_exec() -> Result<()> {
+    let mut lab = netbee_lab::Lab::new("netnsexec")?;
+    lab.add_node("n1")?;
+    let n1 = lab.node("n1");
+    let log = std::fs::File::create(n1.dir().join("daemon.log"))?;
+    let bin = netbee_lab::netbee_bin();
+    let child = std::process::Command::new("ip")
+        .args(["netns", "exec", n1.name()])
+        .arg(&bin)
+        .arg("daemon")
+        .arg("--node-dir")
+        .arg(n1.dir())
+        .args(["--uplink", "eth0", "--hostname", "n1"])
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    // `ip netns exec` execs the daemon in place: in the node's cgroup, the lab's teardown ends it
+    // and every container it starts, also if this test fails
+    std::fs::write(n1.cgroup().join("cgroup.procs"), child.id().to_string())?;
+    wait_until(Duration::from_secs(20), "the daemon answers", || n1.netbee(&["version"]).is_ok())?;
+    let log = std::fs::read_to_string(n1.dir().join("daemon.log"))?;
+    assert!(log.contains("mounted a cgroup v2 hierarchy"), "{log}");
+    n1.run_whoami("web", &["-p", "8080:8080"], 8080)?;
+    for addr in ["127.0.0.1".to_string(), n1.addr().to_string()] {
+        let out = n1.sh(&format!("curl -s -m 3 http://{addr}:8080/"))?;
+        assert!(whoami_field(&out, "Hostname").is_some(), "from the node to {addr}:8080: {out:?}");
+    }
+    Ok(())
+}

@@ -7,9 +7,14 @@ mod ports;
 mod reconcile;
 mod server;
 pub mod services;
-pub mod swarm;
+mod swarm;
 
-use std::{net::Ipv4Addr, os::fd::AsRawFd as _, path::PathBuf, sync::Arc};
+use std::{
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::TcAttachType;
@@ -114,9 +119,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     }
     dp.attach_tc("tc_uplink_ingress", &uplink, TcAttachType::Ingress, "uplink-ingress")?;
     dp.attach_tc("tc_uplink_egress", &uplink, TcAttachType::Egress, "uplink-egress")?;
-    match cfg.cgroup.clone().or_else(cgroup2_root) {
-        Some(cg) => dp.attach_sock_hooks(&cg)?,
-        None => warn!("no cgroup v2 hierarchy: node-local clients cannot reach published ports"),
+    match cfg.cgroup.clone().or_else(cgroup2_root).map(Ok).unwrap_or_else(|| mount_cgroup2(&cfg.root)) {
+        Ok(cg) => dp.attach_sock_hooks(&cg)?,
+        Err(e) => warn!("node-local clients cannot reach published ports: {e:#}"),
     }
     let cluster = match &cfg.cluster_store {
         None => None,
@@ -193,9 +198,29 @@ fn netns_cookie() -> Result<u64> {
     Ok(cookie)
 }
 
-pub fn cgroup2_root() -> Option<PathBuf> {
+/// The cgroup v2 hierarchy this process sees mounted, if any.
+fn cgroup2_root() -> Option<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
     mounts.lines().find(|l| l.split(' ').nth(2) == Some("cgroup2")).and_then(|l| l.split(' ').nth(1)).map(PathBuf::from)
+}
+
+/// A cgroup v2 hierarchy of the daemon's own, at `<root>/cgroup2`, when none is visible: a
+/// v1-only host, or a hybrid host's `/sys/fs/cgroup/unified` hidden by `ip netns exec` (which
+/// remounts /sys). The unified hierarchy exists in every kernel with cgroup v2; its root holds
+/// every process, and the socket hooks act only on this node's network namespace.
+fn mount_cgroup2(root: &Path) -> Result<PathBuf> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let dir = root.join("cgroup2");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let st = nix::sys::statfs::statfs(&dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+        nix::mount::mount(Some("cgroup2"), &dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
+            .with_context(|| {
+                format!("no cgroup v2 hierarchy is mounted, and mounting one at {} failed", dir.display())
+            })?;
+        info!(at = %dir.display(), "mounted a cgroup v2 hierarchy for the socket hooks");
+    }
+    Ok(dir)
 }
 
 impl Daemon {
