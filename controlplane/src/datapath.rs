@@ -141,14 +141,28 @@ impl Datapath {
         let pin_path = self.links_dir.join(pin);
         let p: &mut SchedClassifier =
             self.bpf.program_mut(prog).ok_or_else(|| anyhow!("program {prog} missing"))?.try_into()?;
-        let id = match PinnedLink::from_pin(&pin_path) {
-            Ok(old) => {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).with_context(|| format!("no interface {ifname}"))?;
+        let pinned = PinnedLink::from_pin(&pin_path).ok();
+        // a pinned link lives on after its device is deleted (a veth removed by hand, a NIC reset),
+        // attached to nothing: it is replaced by a link on the device that has the name now
+        let pinned = match pinned {
+            Some(old) if pinned_tcx_ifindex(&pin_path) == Some(ifindex) => Some(old),
+            Some(old) => {
+                drop(old);
+                fs::remove_file(&pin_path)
+                    .with_context(|| format!("unpinning the stale link {}", pin_path.display()))?;
+                None
+            }
+            None => None,
+        };
+        let id = match pinned {
+            Some(old) => {
                 let link = FdLink::from(old).try_into()?;
                 let id = p.attach_to_link(link).with_context(|| format!("replacing {prog} on {ifname}"))?;
                 fs::remove_file(&pin_path)?;
                 id
             }
-            Err(_) => p
+            None => p
                 .attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
                 .with_context(|| format!("attaching {prog} to {ifname}"))?,
         };
@@ -230,6 +244,54 @@ impl Datapath {
     pub fn config_value(&self, idx: u32) -> u64 {
         self.config.get(&idx, 0).unwrap_or(0)
     }
+}
+
+/// The interface a pinned TCX link is attached to (0 once its device is gone), read with
+/// BPF_OBJ_GET and BPF_OBJ_GET_INFO_BY_FD: aya's `LinkInfo` does not expose it. None when the pin
+/// is not a TCX link or cannot be read.
+fn pinned_tcx_ifindex(pin: &Path) -> Option<u32> {
+    use std::os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::ffi::OsStrExt as _,
+    };
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_TYPE_TCX: u32 = 11;
+    /// `union bpf_attr` for BPF_OBJ_GET
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    /// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD
+    #[repr(C)]
+    struct InfoByFd {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).ok()?;
+    let mut get = ObjGet { pathname: path.as_ptr() as u64, bpf_fd: 0, file_flags: 0, path_fd: 0 };
+    // SAFETY: the attribute struct and the path it points to outlive the call
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, &mut get as *mut ObjGet, size_of::<ObjGet>()) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this descriptor to us
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // `struct bpf_link_info`: type, id, prog_id, then the per-type union (8-aligned) at offset 16;
+    // its tcx member starts with the ifindex
+    let mut info = [0u64; 16];
+    let mut req =
+        InfoByFd { bpf_fd: fd.as_raw_fd() as u32, info_len: size_of_val(&info) as u32, info: info.as_mut_ptr() as u64 };
+    // SAFETY: the kernel writes at most info_len bytes into `info`, which outlives the call
+    let rc = unsafe {
+        libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &mut req as *mut InfoByFd, size_of::<InfoByFd>())
+    };
+    let link_type = info[0] as u32;
+    (rc == 0 && link_type == BPF_LINK_TYPE_TCX).then_some(info[2] as u32)
 }
 
 fn pinned_max_entries(pin: &Path) -> Option<u32> {

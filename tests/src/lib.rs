@@ -323,9 +323,22 @@ impl Lab {
     /// Creates namespace `ns` and plugs its `eth0` into the underlay bridge
     /// through a veth whose underlay end is called `host_if`.
     fn plug(&self, ns: &Ns, host_if: &str) -> Result<()> {
+        util::ip(&["netns", "add", ns.name()])?;
+        self.wire(ns, host_if)
+    }
+
+    /// Deletes node `name`'s uplink and creates it anew, as a NIC reset would: the same name,
+    /// address and underlay port, a new interface index.
+    pub fn replug_node(&self, name: &str) -> Result<()> {
+        let node = self.node(name);
+        util::ip(&["-n", node.name(), "link", "del", "eth0"])?;
+        self.wire(node, name)
+    }
+
+    /// `eth0` in `ns`, its peer `host_if` on the underlay bridge.
+    fn wire(&self, ns: &Ns, host_if: &str) -> Result<()> {
         let u = self.underlay.name();
         let n = ns.name();
-        util::ip(&["netns", "add", n])?;
         // Created from inside the underlay namespace, so the pair never
         // exists in the machine's own namespace.
         util::ip(&["-n", u, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", n])?;

@@ -614,3 +614,44 @@ fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
     assert!(reachable(), "web answers after the second daemons");
     Ok(())
 }
+
+/// What others change under the daemon is healed. A container's veth deleted by hand while the
+/// daemon is down is rebuilt at the next start (it used to fail with "Link has been severed"
+/// on every start); one deleted while the daemon runs comes back within seconds; and the node's
+/// uplink deleted and re-created (a NIC reset) serves published ports again within seconds,
+/// with no restart.
+///
+/// ```text
+///   x1 --GET--> n1:8080 --> web     ip link del nbe<web>  /  ip link del eth0 + re-create eth0
+/// ```
+#[test]
+fn deleted_veth_and_recreated_uplink_are_healed() -> Result<()> {
+    let lab = netbee_lab::single_node_lab("heal", &[])?;
+    let n1 = lab.node("n1");
+    n1.run_whoami("web", &["-p", "8080:8080"], 8080)?;
+    let url = format!("http://{}:8080/", n1.addr());
+    let x1 = lab.external("x1");
+    let reachable = || x1.sh(&format!("curl -s -m 2 {url}")).is_ok_and(|o| o.contains("Hostname"));
+    assert!(reachable(), "web answers");
+    let ep =
+        n1.inspect("web")?["NetworkSettings"]["Networks"]["bridge"]["EndpointID"].as_str().unwrap_or("").to_string();
+    let veth = format!("nbe{}", &ep[..12]);
+
+    n1.stop_daemon()?;
+    n1.sh(&format!("ip link del {veth}"))?;
+    assert!(!reachable(), "web unreachable without its veth");
+    n1.start_daemon()?;
+    wait_until(Duration::from_secs(10), "web reachable after a restart", reachable)?;
+
+    n1.sh(&format!("ip link del {veth}"))?;
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "web reachable after its veth was deleted", reachable)?;
+    eprintln!("veth deleted while running: reachable again after {:?}", t.elapsed());
+
+    lab.replug_node("n1")?;
+    let t = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "web reachable after the uplink was re-created", reachable)?;
+    eprintln!("uplink re-created: reachable again after {:?}", t.elapsed());
+    assert!(n1.daemon_log().contains("uplink re-created"), "the daemon noticed the new uplink");
+    Ok(())
+}

@@ -109,7 +109,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         .find(|(i, _, _)| *i == up.index)
         .map(|(_, ip, _)| ip)
         .ok_or_else(|| anyhow!("uplink {uplink} has no IPv4 address"))?;
-    dp.set_config(config::UPLINK_IFINDEX, up.index as u64)?;
     dp.set_config(config::UPLINK_IP, ip_be(uplink_ip) as u64)?;
     dp.set_config(config::NODE_UNDERLAY_IP, u32::from(uplink_ip) as u64)?;
     dp.set_config(config::NODE_NETNS_COOKIE, netns_cookie()?)?;
@@ -117,8 +116,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     for (k, v) in default_timeouts() {
         dp.set_config(k, v)?;
     }
-    dp.attach_tc("tc_uplink_ingress", &uplink, TcAttachType::Ingress, "uplink-ingress")?;
-    dp.attach_tc("tc_uplink_egress", &uplink, TcAttachType::Egress, "uplink-egress")?;
+    attach_uplink(&mut dp, &uplink, up.index)?;
     match cfg.cgroup.clone().or_else(cgroup2_root).map(Ok).unwrap_or_else(|| mount_cgroup2(&cfg.root)) {
         Ok(cg) => dp.attach_sock_hooks(&cg)?,
         Err(e) => warn!("node-local clients cannot reach published ports: {e:#}"),
@@ -167,9 +165,18 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         daemon.start_member_tasks();
     }
     tokio::spawn(reconcile::conntrack_gc(daemon.clone()));
+    tokio::spawn(reconcile::heal_loop(daemon.clone()));
     tokio::spawn(daemon.clone().service_loop());
     info!(root = %cfg.root.display(), socket = %cfg.socket.display(), "netbee daemon ready");
     server::serve(daemon).await
+}
+
+/// The uplink's programs (published ports, masquerade, the routing mesh) and its ifindex in the
+/// datapath's configuration: at start-up, and again when the uplink is re-created.
+fn attach_uplink(dp: &mut Datapath, uplink: &str, index: u32) -> Result<()> {
+    dp.set_config(config::UPLINK_IFINDEX, index as u64)?;
+    dp.attach_tc("tc_uplink_ingress", uplink, TcAttachType::Ingress, "uplink-ingress")?;
+    dp.attach_tc("tc_uplink_egress", uplink, TcAttachType::Egress, "uplink-egress")
 }
 
 fn default_route_device() -> Result<String> {

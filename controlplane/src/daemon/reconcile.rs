@@ -186,6 +186,49 @@ pub fn flow_timeout(proto: u8, flags: u16, timeouts: &[u64; 4]) -> u64 {
     }
 }
 
+/// Heals what changed under the daemon while it runs: an uplink deleted and re-created (a NIC
+/// reset) gets its programs back and the datapath its new ifindex; a running container whose
+/// veth was deleted gets it back from its store record. Checked every 2 s: the same check start-up
+/// makes, so there is one path for both.
+pub async fn heal_loop(d: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Err(e) = d.heal_once().await {
+            warn!("healing: {e:#}");
+        }
+    }
+}
+
+impl Daemon {
+    async fn heal_once(&self) -> Result<()> {
+        if let Some(up) = self.nl.link(&self.node.uplink).await? {
+            let known = self.dp.lock().unwrap().config_value(config::UPLINK_IFINDEX);
+            if known != u64::from(up.index) {
+                super::attach_uplink(&mut self.dp.lock().unwrap(), &self.node.uplink, up.index)?;
+                info!(uplink = %self.node.uplink, ifindex = up.index, "uplink re-created: programs re-attached");
+                self.refresh_node_addrs().await?;
+            }
+        }
+        let missing = |links: &HashSet<String>, c: &ContainerRecord| {
+            c.state.status == Status::Running && c.endpoints.iter().any(|e| !links.contains(&e.host_ifname()))
+        };
+        let links: HashSet<String> = self.nl.links().await?.into_iter().map(|l| l.name).collect();
+        if !self.containers()?.iter().any(|c| missing(&links, c)) {
+            return Ok(());
+        }
+        let _g = self.op.lock().await;
+        let links: HashSet<String> = self.nl.links().await?.into_iter().map(|l| l.name).collect();
+        let nets = self.networks()?;
+        for mut c in self.containers()?.into_iter().filter(|c| missing(&links, c)) {
+            info!(container = %c.name, "an interface of the container was deleted: re-creating it");
+            if let Err(e) = self.restore_running(&mut c, &nets).await {
+                warn!(container = %c.name, "re-creating its interfaces: {e:#}");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Deletes flows idle longer than their state allows; both entries of a flow go together.
 pub async fn conntrack_gc(d: Arc<Daemon>) {
     loop {
