@@ -552,7 +552,7 @@ fn etcd_member_and_node_loss_under_load() -> Result<()> {
 /// ```
 #[test]
 fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
-    let lab = netbee_lab::single_node_lab("owner", &[])?;
+    let lab = single_node_lab("owner", &[])?;
     let n1 = lab.node("n1");
     n1.run_whoami("web", &["-p", "8080:8080"], 8080)?;
     let url = format!("http://{}:8080/", n1.addr());
@@ -564,7 +564,8 @@ fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
     n1.stop_daemon()?;
     std::fs::copy(&db, &saved)?;
 
-    let refusals: [(&str, &dyn Fn() -> Result<()>, &str); 3] = [
+    type Damage<'a> = &'a dyn Fn() -> Result<()>;
+    let refusals: [(&str, Damage, &str); 3] = [
         ("emptied", &|| Ok(std::fs::write(&db, b"")?), "is empty or new"),
         ("deleted", &|| Ok(std::fs::remove_file(&db)?), "is empty or new"),
         (
@@ -626,7 +627,7 @@ fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
 /// ```
 #[test]
 fn deleted_veth_and_recreated_uplink_are_healed() -> Result<()> {
-    let lab = netbee_lab::single_node_lab("heal", &[])?;
+    let lab = single_node_lab("heal", &[])?;
     let n1 = lab.node("n1");
     n1.run_whoami("web", &["-p", "8080:8080"], 8080)?;
     let url = format!("http://{}:8080/", n1.addr());
