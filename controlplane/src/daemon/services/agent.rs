@@ -11,6 +11,7 @@ use anyhow::{Result, anyhow};
 use chrono::Utc;
 use tracing::{info, warn};
 
+use super::scheduler::Pending;
 use crate::{
     api::ContainerCreate,
     daemon::Daemon,
@@ -18,13 +19,19 @@ use crate::{
     portspec::Proto,
 };
 
+/// Tasks an agent starts per pass (see `run_my_tasks`).
+const STARTS_PER_PASS: usize = 16;
 /// How long a task leaving the load balancer keeps serving its established connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Daemon {
     /// The node agent: start this node's assigned tasks, drain and stop the ones told to stop,
     /// report the ones that died.
-    pub(in crate::daemon) async fn run_my_tasks(self: &Arc<Self>, services: &[ServiceRecord]) -> Result<()> {
+    /// Starts at most `STARTS_PER_PASS` tasks, so a node assigned many tasks at once programs its
+    /// load balancers and answers other services' changes between batches.
+    pub(in crate::daemon) async fn run_my_tasks(self: &Arc<Self>, services: &[ServiceRecord]) -> Result<Pending> {
+        let mut started = 0;
+        let mut pending = false;
         let me = self.my_node_id();
         let tasks: Vec<TaskRecord> =
             self.shared().list::<TaskRecord>().await?.into_iter().filter(|t| t.node_id == me).collect();
@@ -39,6 +46,11 @@ impl Daemon {
                 match (t.state, ct) {
                     (TaskState::Assigned, None) => {
                         let Some(s) = services.iter().find(|s| s.id == t.service_id) else { continue };
+                        if started == STARTS_PER_PASS {
+                            pending = true;
+                            continue;
+                        }
+                        started += 1;
                         t.state = TaskState::Starting;
                         self.shared().put(&t).await?;
                         match self.start_task(s, &t).await {
@@ -103,7 +115,7 @@ impl Daemon {
                 self.shared().put(&t).await?;
             }
         }
-        Ok(())
+        Ok(pending)
     }
 
     pub(in crate::daemon) async fn start_task(

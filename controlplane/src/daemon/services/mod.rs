@@ -102,8 +102,14 @@ impl Daemon {
     /// one period.
     pub async fn service_loop(self: Arc<Self>) {
         loop {
-            if let Err(e) = self.service_pass().await {
-                warn!("services: {e:#}");
+            match self.service_pass().await {
+                // a batch is done and more work waits: the next pass follows at once
+                Ok(true) => {
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                Ok(false) => {}
+                Err(e) => warn!("services: {e:#}"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -112,7 +118,8 @@ impl Daemon {
         }
     }
 
-    pub(in crate::daemon) async fn service_pass(self: &Arc<Self>) -> Result<()> {
+    pub(in crate::daemon) async fn service_pass(self: &Arc<Self>) -> Result<scheduler::Pending> {
+        let mut pending = false;
         if self.in_swarm()
             || !self.store.list::<ServiceRecord>()?.is_empty()
             || !self.store.list::<TaskRecord>()?.is_empty()
@@ -120,9 +127,9 @@ impl Daemon {
             let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
             let (nodes, alive) = self.cluster_nodes().await?;
             if self.is_scheduler() {
-                self.schedule(&services, &nodes, &alive).await?;
+                pending |= self.schedule(&services, &nodes, &alive).await?;
             }
-            self.run_my_tasks(&services).await?;
+            pending |= self.run_my_tasks(&services).await?;
             let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
             self.program_services(&services, &tasks, &alive, &nodes)?;
             self.update_dns(&services, &tasks).await;
@@ -130,6 +137,6 @@ impl Daemon {
             self.program_services(&[], &[], &HashSet::new(), &[])?;
             self.update_dns(&[], &[]).await;
         }
-        Ok(())
+        Ok(pending)
     }
 }

@@ -14,6 +14,9 @@ use crate::{
 
 /// Shut-down tasks kept per slot for `service ps`.
 const MAX_HISTORY: usize = 4;
+/// New tasks placed per service and pass: a service of thousands of replicas is placed over
+/// several passes, and every other service gets its turn (and the agents their tasks) in between.
+const PLACEMENTS_PER_PASS: usize = 128;
 
 /// A placement constraint: `node.labels.K==V`, `node.hostname!=H`, `node.role==manager`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,15 +82,20 @@ pub fn pick_node<'a>(
     })
 }
 
+/// Whether a pass left work for the next one (which then follows at once).
+pub(in crate::daemon) type Pending = bool;
+
 impl Daemon {
+    /// One placement pass; places at most `PLACEMENTS_PER_PASS` new tasks per service.
     pub(in crate::daemon) async fn schedule(
         &self,
         services: &[ServiceRecord],
         nodes: &[NodeRecord],
         alive: &HashSet<String>,
-    ) -> Result<()> {
+    ) -> Result<Pending> {
         let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
         let now = Utc::now();
+        let mut pending = false;
         // tasks whose service is gone, whose node is gone/down/drained, or that failed: shut down
         for t in tasks.iter_mut().filter(|t| t.desired_running) {
             let node = nodes.iter().find(|n| n.id == t.node_id);
@@ -141,10 +149,16 @@ impl Daemon {
                 slots.insert(t.slot);
                 *per_service.entry(t.node_id.clone()).or_default() += 1;
             }
+            let mut placed = 0;
             for slot in 1..=s.spec.replicas {
                 if slots.contains(&slot) {
                     continue;
                 }
+                if placed == PLACEMENTS_PER_PASS {
+                    pending = true;
+                    break;
+                }
+                placed += 1;
                 let Some(node) = pick_node(&eligible, &per_service, &per_node_total) else {
                     break;
                 };
@@ -186,7 +200,7 @@ impl Daemon {
                 self.shared().delete::<TaskRecord>(&t.id).await?;
             }
         }
-        Ok(())
+        Ok(pending)
     }
 }
 
