@@ -46,8 +46,24 @@ pub fn remove(path: &Path) -> Result<()> {
 
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    let p = path.to_string_lossy();
-    mounts.lines().any(|l| l.split(' ').nth(4) == Some(&p))
+    let p = mountinfo_escape(&path.to_string_lossy());
+    mounts.lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+}
+
+/// A path as /proc/self/mountinfo writes it: space, tab, newline and backslash as octal escapes
+/// (a state directory with a space in its path used to look unmounted, leaking its mounts).
+fn mountinfo_escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for c in path.chars() {
+        match c {
+            ' ' => out.push_str("\\040"),
+            '\t' => out.push_str("\\011"),
+            '\n' => out.push_str("\\012"),
+            '\\' => out.push_str("\\134"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Runs `f` on a new thread that has entered the namespace at `path`, with its own
@@ -67,4 +83,13 @@ where
     })
     .join()
     .map_err(|_| anyhow::anyhow!("namespace worker thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(super::mountinfo_escape("/var/lib/net bee\\x"), "/var/lib/net\\040bee\\134x");
+        assert_eq!(super::mountinfo_escape("/plain"), "/plain");
+    }
 }

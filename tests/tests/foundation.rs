@@ -375,3 +375,25 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
     assert_eq!(n.sh("ip -br link | wc -l")?, links_before, "no interface was created");
     Ok(())
 }
+
+/// A container whose program cannot start fails `run` with the reason, as docker's does, rather
+/// than `run` succeeding and the container exiting 127 at once with the reason only in its logs;
+/// nothing of it keeps running and no interface is left behind.
+#[test]
+fn start_failures_are_reported_by_run() -> Result<()> {
+    let lab = single_node_lab("startfail", &[])?;
+    let n = lab.node("n1");
+    let links_before = n.sh("ip -br link | wc -l")?;
+    let long = "h".repeat(300);
+    for (args, needle) in [
+        (vec!["run", "-d", "/no/such/program"], "executable file not found"),
+        (vec!["run", "-d", "-w", "/no/such/dir", "sleep", "5"], "working directory \"/no/such/dir\""),
+        (vec!["run", "-d", "--hostname", long.as_str(), "sleep", "5"], "hostname"),
+    ] {
+        let err = n.netbee_refused(&args);
+        assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
+    }
+    assert_eq!(n.netbee(&["ps", "-q"])?.trim(), "", "nothing runs");
+    assert_eq!(n.sh("ip -br link | wc -l")?, links_before, "no interface was left behind");
+    Ok(())
+}

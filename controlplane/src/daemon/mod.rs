@@ -91,6 +91,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }
     let _claims = ownership::claim(&cfg.root, &cfg.socket, &cfg.bpffs)?;
+    raise_fd_limit();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
     let store = Store::open(&cfg.root.join("netbee.redb"))?;
     let mut dp = Datapath::load(&cfg.bpffs, cfg.conntrack_size)?;
@@ -179,6 +180,22 @@ fn attach_uplink(dp: &mut Datapath, uplink: &str, index: u32) -> Result<()> {
     dp.attach_tc("tc_uplink_egress", uplink, TcAttachType::Egress, "uplink-egress")
 }
 
+/// The daemon holds a descriptor per running container (the pidfd it waits on): with the usual
+/// soft limit of 1024 a node would stop near a thousand containers. The hard limit is the
+/// administrator's; the soft one is raised to it.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit read and write the struct this function owns
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                warn!("raising the open-file limit: {}", std::io::Error::last_os_error());
+            }
+        }
+    }
+}
+
 fn default_route_device() -> Result<String> {
     let routes = std::fs::read_to_string("/proc/net/route")?;
     for l in routes.lines().skip(1) {
@@ -233,7 +250,13 @@ fn mount_cgroup2(root: &Path) -> Result<PathBuf> {
 impl Daemon {
     /// What the network drivers work with.
     fn net_cx(&self) -> network::Context<'_> {
-        network::Context { nl: &self.nl, dp: &self.dp, store: &self.store, cluster: self.cluster.as_deref() }
+        network::Context {
+            nl: &self.nl,
+            dp: &self.dp,
+            store: &self.store,
+            cluster: self.cluster.as_deref(),
+            avoid: &[],
+        }
     }
 
     /// Where services and tasks live: etcd in a swarm, the embedded store on a lone node.

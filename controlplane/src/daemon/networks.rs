@@ -33,7 +33,9 @@ impl Daemon {
         let name = req.driver.clone().unwrap_or_else(|| "bridge".into());
         let driver = network::driver(&name)
             .ok_or_else(|| ApiError::bad_request(format!("unknown network driver {name:?}: use bridge or overlay")))?;
-        let rec = driver.create(&self.net_cx(), &req, &all).await?;
+        let node_subnets = network::node_subnets(&self.nl).await?;
+        let cx = network::Context { avoid: &node_subnets, ..self.net_cx() };
+        let rec = driver.create(&cx, &req, &all).await?;
         self.refresh_node_addrs().await?;
         Ok(rec)
     }

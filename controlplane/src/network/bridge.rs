@@ -29,8 +29,7 @@ impl NetworkDriver for Bridge {
     }
 
     async fn create(&self, cx: &Context<'_>, req: &NetworkCreate, existing: &[NetworkRecord]) -> ApiResult<NetworkRecord> {
-        let taken: Vec<(String, ipnetwork::Ipv4Network)> =
-            existing.iter().filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet))).collect();
+        let taken = super::taken_subnets(cx, existing);
         let cfg = ipam::pool_config(
             req.subnet.as_deref(),
             req.gateway.as_deref(),

@@ -14,6 +14,7 @@ use std::{collections::HashSet, net::Ipv4Addr, path::Path, sync::Mutex};
 
 use anyhow::{Result, anyhow};
 use async_trait::async_trait;
+use ipnetwork::Ipv4Network;
 use serde_json::Value;
 
 use crate::{
@@ -61,6 +62,9 @@ pub struct Context<'a> {
     pub dp: &'a Mutex<Datapath>,
     pub store: &'a Store,
     pub cluster: Option<&'a ClusterState>,
+    /// Subnets a network created in this context must not overlap besides the known networks:
+    /// the node's own for a user's `network create`, none for the predefined networks.
+    pub avoid: &'a [(String, Ipv4Network)],
 }
 
 /// A container's interface being attached: where, with which address, and for whom.
@@ -194,6 +198,35 @@ pub fn all(store: &Store) -> Result<Vec<NetworkRecord>> {
     let mut nets: Vec<NetworkRecord> = store.list()?;
     nets.extend(overlay::cached(store)?);
     Ok(nets)
+}
+
+/// Subnets a new network must not overlap: every network this node knows and what the caller
+/// asked to avoid (`Context::avoid`).
+fn taken_subnets(cx: &Context<'_>, existing: &[NetworkRecord]) -> Vec<(String, Ipv4Network)> {
+    existing
+        .iter()
+        .filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet)))
+        .chain(cx.avoid.iter().cloned())
+        .collect()
+}
+
+/// The networks of the node's own interfaces and loopback: a user's network there would put
+/// the LAN gateway's address on its gateway device and cut the node off.
+pub async fn node_subnets(nl: &Netlink) -> Result<Vec<(String, Ipv4Network)>> {
+    let names: std::collections::HashMap<u32, String> =
+        nl.links().await?.into_iter().map(|l| (l.index, l.name)).collect();
+    let mut out = Vec::new();
+    for (index, ip, prefix) in nl.ipv4_addrs().await? {
+        let name = names.get(&index).cloned().unwrap_or_default();
+        // the gateway devices of netbee's own networks are known networks already
+        if ip.is_loopback() || name.starts_with("nbn") {
+            continue;
+        }
+        let net = Ipv4Network::new(ip, prefix)?;
+        out.push((format!("the node's own network on {name}"), Ipv4Network::new(net.network(), prefix)?));
+    }
+    out.push(("loopback".into(), Ipv4Network::new(Ipv4Addr::new(127, 0, 0, 0), 8)?));
+    Ok(out)
 }
 
 /// Creates the predefined networks this node's store lacks (first start).

@@ -80,11 +80,7 @@ impl NetworkDriver for Overlay {
             if overlays.iter().any(|n| n.name == req.name) {
                 return Err(ApiError::conflict(format!("network with name {} already exists", req.name)));
             }
-            let taken: Vec<(String, ipnetwork::Ipv4Network)> = overlays
-                .iter()
-                .chain(existing)
-                .filter_map(|n| n.ipam.as_ref().map(|i| (n.name.clone(), i.config().subnet)))
-                .collect();
+            let taken = super::taken_subnets(cx, &[overlays.as_slice(), existing].concat());
             let cfg = ipam::pool_config(
                 req.subnet.as_deref(),
                 req.gateway.as_deref(),

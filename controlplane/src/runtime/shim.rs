@@ -4,7 +4,7 @@ use std::{
     ffi::CString,
     fs::{File, OpenOptions},
     io::Write as _,
-    os::fd::{AsRawFd as _, IntoRawFd as _},
+    os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd},
     path::Path,
     sync::atomic::{AtomicI32, Ordering},
 };
@@ -59,9 +59,15 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
     }
     unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
         .context("creating mount/uts/ipc/pid namespaces")?;
+    // A start failure (a missing program or working directory, a refused hostname) is reported
+    // through this pipe, so the daemon's `start` fails with the reason instead of a container
+    // that exits 127 at once. Its write end closes on the program's exec (O_CLOEXEC): end of file
+    // with nothing read means the program runs.
+    let (failure_r, failure_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
     let init = match unsafe { fork() }.context("forking the container's init")? {
         ForkResult::Child => {
-            let code = match container_init(spec) {
+            drop(failure_r);
+            let code = match container_init(spec, failure_w) {
                 Ok(code) => code,
                 Err(e) => {
                     let _ = OpenOptions::new()
@@ -76,6 +82,13 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
         }
         ForkResult::Parent { child } => child,
     };
+    drop(failure_w);
+    let mut failure = String::new();
+    let _ = std::io::Read::read_to_string(&mut File::from(failure_r), &mut failure);
+    if !failure.is_empty() {
+        let _ = waitpid(init, None);
+        return Err(anyhow!("{}", failure.trim()));
+    }
     {
         let mut out = std::io::stdout();
         writeln!(out, "{} {}", std::process::id(), init.as_raw())?;
@@ -113,7 +126,24 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 /// PID 1 of the container: prepares the filesystem view, starts the command and forwards signals
 /// to it (the kernel ignores signals a PID 1 has no handler for, so `stop` would otherwise wait
 /// for its timeout on programs like `sleep`).
-fn container_init(spec: &ShimSpec) -> Result<i32> {
+fn container_init(spec: &ShimSpec, failure: OwnedFd) -> Result<i32> {
+    let mut failure = File::from(failure);
+    match prepare_and_start(spec, &mut failure) {
+        Ok(main) => {
+            // the program runs: the report channel closes here (init's copy) and at its exec
+            drop(failure);
+            reap_until(main)
+        }
+        Err(e) => {
+            let _ = write!(failure, "{e:#}");
+            Err(e)
+        }
+    }
+}
+
+/// Prepares the container's filesystem view, then forks and execs its program; returns the
+/// program's pid. A failure of the program's own start is written to `failure` by the child.
+fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making / private")?;
     nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
@@ -157,16 +187,23 @@ fn container_init(spec: &ShimSpec) -> Result<i32> {
             let _ = stderr.into_raw_fd();
             let _ = devnull.as_raw_fd();
             let dir = spec.workdir.as_deref().unwrap_or("/");
-            std::env::set_current_dir(dir).with_context(|| format!("changing to working directory {dir}"))?;
+            if let Err(e) = std::env::set_current_dir(dir) {
+                let _ = write!(failure, "the working directory {dir:?} cannot be used: {e}");
+                std::process::exit(127)
+            }
             let err = nix::unistd::execvpe(&argv[0], &argv, &envp).unwrap_err();
-            eprintln!("netbee: cannot run {:?}: {err}", spec.cmd[0]);
+            let why = match err {
+                nix::errno::Errno::ENOENT => "executable file not found".to_string(),
+                e => e.desc().to_lowercase(),
+            };
+            let _ = write!(failure, "cannot run {:?}: {why}", spec.cmd[0]);
             std::process::exit(if err == nix::errno::Errno::ENOENT { 127 } else { 126 })
         }
         ForkResult::Parent { child } => {
             MAIN_PID.store(child.as_raw(), Ordering::Relaxed);
             drop(stdout);
             drop(stderr);
-            reap_until(child)
+            Ok(child)
         }
     }
 }
