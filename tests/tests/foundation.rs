@@ -358,6 +358,10 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (vec!["network", "create", "--gateway", "10.1.0.1", "x"], "without a subnet"),
         (vec!["network", "create", "--subnet", "10.1.0.0/16", "--gateway", "10.2.0.1", "x"], "gateway"),
         (vec!["network", "create", "--driver", "macvlan", "x"], "unknown network driver"),
+        // the node's own LAN (10.77.0.0/24 in the lab) and loopback
+        (vec!["network", "create", "--subnet", "10.77.0.0/24", "x"], "the node's own network on eth0"),
+        (vec!["network", "create", "--subnet", "10.77.0.0/16", "x"], "the node's own network on eth0"),
+        (vec!["network", "create", "--subnet", "127.0.0.0/16", "x"], "loopback"),
         (vec!["network", "create", "bad name"], "invalid"),
         (vec!["network", "rm", "nosuch"], "not found"),
         (vec!["run", "-d", "--network", "nosuch", "sleep", "1"], "not found"),
@@ -395,5 +399,26 @@ fn start_failures_are_reported_by_run() -> Result<()> {
     }
     assert_eq!(n.netbee(&["ps", "-q"])?.trim(), "", "nothing runs");
     assert_eq!(n.sh("ip -br link | wc -l")?, links_before, "no interface was left behind");
+    Ok(())
+}
+
+/// A state directory whose path has a space: namespaces are recognised as mounted (mountinfo
+/// escapes the space), so a restart re-adopts the container and `rm` leaves no mount behind.
+#[test]
+fn a_state_directory_with_a_space_works_and_leaks_no_mount() -> Result<()> {
+    let root = std::path::PathBuf::from(format!("/tmp/netbee-space-{}/state dir", std::process::id()));
+    let root_arg = root.to_string_lossy().into_owned();
+    let lab = single_node_lab("space", &["--root", &root_arg])?;
+    let n = lab.node("n1");
+    n.netbee(&["run", "-d", "--name", "spacey", "sleep", "600"])?;
+    let escaped = root_arg.replace(' ', "\\040");
+    let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&escaped);
+    assert!(mounted(), "the container's namespace is mounted under {root_arg}");
+    n.restart_daemon()?;
+    assert!(n.netbee(&["ps"])?.contains("spacey"), "re-adopted after a restart");
+    n.netbee(&["rm", "-f", "spacey"])?;
+    assert!(!mounted(), "no mount left under {root_arg}");
+    drop(lab);
+    let _ = std::fs::remove_dir_all(root.parent().unwrap());
     Ok(())
 }
