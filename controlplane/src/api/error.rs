@@ -20,8 +20,9 @@ pub enum ErrorKind {
     /// The object the request names does not exist: 404.
     NotFound,
     /// The request conflicts with the current state: a name or address already in use, an object
-    /// that already exists, a container that is (not) running, a network with active endpoints, a
-    /// port already published, a node already in a swarm: 409.
+    /// that already exists, a container that is (not) running, a network with active endpoints or
+    /// a node with running overlay containers, a port already published, a node already in a
+    /// swarm, a node still up or the swarm's last manager: 409.
     Conflict,
     /// The body is larger than the route accepts: 413.
     PayloadTooLarge,
@@ -99,6 +100,20 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// An address-pool error: an address or subnet another endpoint or network holds is a conflict,
+/// anything else an invalid value. (The call sites in network/ and daemon/ still build 400s from
+/// the message; they move to this with the code they are in.)
+impl From<crate::ipam::IpamError> for ApiError {
+    fn from(e: crate::ipam::IpamError) -> ApiError {
+        use crate::ipam::IpamError;
+        let kind = match e {
+            IpamError::InUse { .. } | IpamError::Overlap { .. } => ErrorKind::Conflict,
+            _ => ErrorKind::InvalidParameter,
+        };
+        ApiError::new(kind, e.to_string())
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.message)
@@ -139,6 +154,22 @@ mod tests {
             assert_eq!(e.status().as_u16(), code, "{:?}", e.kind);
             assert_eq!(e.status(), e.kind.status());
         }
+    }
+
+    #[test]
+    fn address_pool_errors() {
+        use crate::ipam::IpamError;
+        let subnet = "10.0.0.0/24".parse().unwrap();
+        let in_use = ApiError::from(IpamError::InUse { ip: "10.0.0.5".parse().unwrap(), subnet });
+        assert_eq!(
+            (in_use.kind, in_use.message.as_str()),
+            (ErrorKind::Conflict, "address 10.0.0.5 is already in use in subnet 10.0.0.0/24")
+        );
+        let overlap = ApiError::from(IpamError::Overlap { subnet, network: "n".into(), existing: subnet });
+        assert_eq!(overlap.kind, ErrorKind::Conflict);
+        let outside = ApiError::from(IpamError::OutOfSubnet { ip: "10.1.0.5".parse().unwrap(), subnet });
+        assert_eq!(outside.kind, ErrorKind::InvalidParameter);
+        assert_eq!(ApiError::from(IpamError::PoolsExhausted).kind, ErrorKind::InvalidParameter);
     }
 
     #[test]

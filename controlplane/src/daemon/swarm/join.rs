@@ -34,7 +34,7 @@ impl Daemon {
                             Some(i) if token_matches(&req.token, &i.worker_token) => Ok(Json(answer(i, "worker"))),
                             Some(i) if token_matches(&req.token, &i.manager_token) => Ok(Json(answer(i, "manager"))),
                             Some(_) => Err(ApiError::forbidden("invalid join token")),
-                            None => Err(ApiError::bad_request("this manager's swarm no longer exists")),
+                            None => Err(ApiError::not_found("this manager's swarm no longer exists")),
                         }
                     }
                 }),

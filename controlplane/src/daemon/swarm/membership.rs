@@ -88,7 +88,7 @@ impl Daemon {
             .etcd
             .get(&cluster::key_cluster())
             .await?
-            .ok_or_else(|| ApiError::bad_request("the cluster store holds no swarm"))?;
+            .ok_or_else(|| ApiError::not_found("the cluster store holds no swarm"))?;
         if answer.cluster_id != info.id {
             return Err(ApiError::bad_request(format!(
                 "the manager at {remote} belongs to another swarm than this daemon's cluster store"
@@ -106,7 +106,7 @@ impl Daemon {
         let me = nodes.iter().find(|(_, n)| n.id == c.node_id).map(|(_, n)| n.clone());
         let managers = nodes.iter().filter(|(_, n)| n.role == Role::Manager).count();
         if !force && me.as_ref().is_some_and(|m| m.role == Role::Manager) && managers == 1 && nodes.len() > 1 {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::conflict(
                 "You are attempting to leave the swarm on a node that is its last manager: the other nodes would be left without one. Promote another node first, or use --force.",
             ));
         }
@@ -124,7 +124,7 @@ impl Daemon {
             .map(|ct| ct.name)
             .collect();
         if !on_overlays.is_empty() && !force {
-            return Err(ApiError::bad_request(format!(
+            return Err(ApiError::conflict(format!(
                 "containers on overlay networks are running here ({}): stop them or use --force",
                 on_overlays.join(", ")
             )));
@@ -145,7 +145,7 @@ impl Daemon {
     pub async fn join_token(&self, role: &str) -> ApiResult<SwarmJoinTokenResponse> {
         let c = self.require_manager().await?;
         let info: ClusterInfo =
-            c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::bad_request("no swarm in the store"))?;
+            c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::not_found("no swarm in the store"))?;
         let token = match role {
             "worker" => info.worker_token,
             "manager" => info.manager_token,

@@ -108,7 +108,7 @@ impl Daemon {
                 .filter(|(_, n)| n.role == Role::Manager)
                 .count();
             if managers <= 1 {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::conflict(format!(
                     "rpc error: attempting to demote the last manager of the swarm ({})",
                     n.hostname
                 )));
@@ -124,7 +124,7 @@ impl Daemon {
         let n = self.find_node(c, key).await?;
         let up = c.etcd.get::<Value>(&cluster::key_alive(&n.id)).await?.is_some();
         if up && !force {
-            return Err(ApiError::bad_request(format!("node {} is not down and can't be removed", n.hostname)));
+            return Err(ApiError::conflict(format!("node {} is not down and can't be removed", n.hostname)));
         }
         if n.id == c.node_id {
             return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
@@ -138,7 +138,7 @@ impl Daemon {
                 .filter(|(_, n)| n.role == Role::Manager)
                 .count();
             if managers <= 1 {
-                return Err(ApiError::bad_request("cannot remove the last manager of the swarm"));
+                return Err(ApiError::conflict("cannot remove the last manager of the swarm"));
             }
         }
         network::forget_node(&c.etcd, &n.id).await?;
