@@ -13,8 +13,8 @@ use crate::{
         ContainerInspectResponse, ContainerLogsResponse, ContainerSummary, ContainerWaitResponse, DatapathStats,
         Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
         NodeUpdateRequest, Replicas, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary,
-        ServiceUpdateRequest, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
-        SwarmJoinTokenResponse, SystemVersion, Task,
+        ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest,
+        SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
     },
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
@@ -1039,7 +1039,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                     continue;
                 };
                 let req = ServiceUpdateRequest { replicas: Some(Replicas::String(n.into())), ..Default::default() };
-                match c.post::<_, ()>(&format!("/services/{}/update", enc(name)), &req).await {
+                match c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(name)), &req).await {
                     Ok(_) => println!("{name} scaled to {n}"),
                     Err(e) => {
                         eprintln!("{e:#}");
@@ -1052,7 +1052,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
         ServiceCmd::Update { replicas, publish_add, publish_rm, env_add, service } => {
             let req =
                 ServiceUpdateRequest { replicas: replicas.map(Replicas::String), publish_add, publish_rm, env_add };
-            c.post::<_, ()>(&format!("/services/{}/update", enc(&service)), &req).await?;
+            c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(&service)), &req).await?;
             println!("{service}");
             Ok(0)
         }
