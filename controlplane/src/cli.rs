@@ -4,10 +4,18 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 
 use crate::{
-    api::{self, Client, ContainerCreate, NetworkConnect, NetworkCreate},
+    api::{
+        self, Client, ConntrackAgeResponse, ConntrackGcResponse, ContainerCreateRequest, ContainerCreateResponse,
+        ContainerInspectResponse, ContainerLogsResponse, ContainerSummary, ContainerWaitResponse, DatapathStats,
+        Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
+        NodeUpdateRequest, Replicas, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary,
+        ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest,
+        SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+    },
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
 };
@@ -503,19 +511,17 @@ fn labels(v: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
 }
 
 fn exec(host: Option<&str>, container: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<i32> {
-    let info = {
+    let info: ContainerInspectResponse = {
         let rt = rt()?;
         rt.block_on(client(host)?.get(&format!("/containers/{}/json", enc(container))))?
     };
-    if info["State"]["Running"] != json!(true) {
+    if !info.state.running {
         bail!("Error response from daemon: container {container} is not running");
     }
-    let pid = info["State"]["Pid"].as_i64().ok_or_else(|| anyhow!("daemon did not report the container's PID"))? as i32;
+    let pid = info.state.pid;
     let mut full_env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    if let Some(arr) = info["Config"]["Env"].as_array() {
-        full_env.extend(arr.iter().filter_map(|v| v.as_str().map(String::from)));
-    }
-    full_env.push(format!("HOSTNAME={}", info["Config"]["Hostname"].as_str().unwrap_or_default()));
+    full_env.extend(info.config.env);
+    full_env.push(format!("HOSTNAME={}", info.config.hostname));
     full_env.extend(env.iter().cloned());
     crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir)
 }
@@ -527,42 +533,48 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
         match cmd {
             Cmd::Version => {
                 println!("Client: netbee {}", env!("CARGO_PKG_VERSION"));
-                let v = c.get("/version").await?;
-                println!("Server: netbee {}", v["Version"].as_str().unwrap_or("?"));
+                let v: SystemVersion = c.get("/version").await?;
+                println!("Server: netbee {}", v.version);
                 Ok(0)
             }
             Cmd::Network(n) => network(&c, n).await,
             Cmd::Run(a) => run(&c, a, true).await,
             Cmd::Create(a) => run(&c, a, false).await,
-            Cmd::Start { containers } => for_each(&containers, |id| {
-                let c = &c;
-                async move { c.post(&format!("/containers/{}/start", enc(&id)), &Value::Null).await.map(|_| ()) }
-            })
-            .await,
-            Cmd::Stop { time, containers } => for_each(&containers, |id| {
-                let c = &c;
-                async move { c.post(&format!("/containers/{}/stop?t={time}", enc(&id)), &Value::Null).await.map(|_| ()) }
-            })
-            .await,
-            Cmd::Kill { signal, containers } => for_each(&containers, |id| {
-                let (c, signal) = (&c, &signal);
-                async move {
-                    c.post(&format!("/containers/{}/kill?signal={}", enc(&id), enc(signal)), &Value::Null).await.map(|_| ())
-                }
-            })
-            .await,
-            Cmd::Rm { force, containers } => for_each(&containers, |id| {
-                let c = &c;
-                async move { c.delete(&format!("/containers/{}?force={}", enc(&id), force as u8)).await.map(|_| ()) }
-            })
-            .await,
+            Cmd::Start { containers } => {
+                for_each(&containers, |id| {
+                    let c = &c;
+                    async move { c.post_empty(&format!("/containers/{}/start", enc(&id))).await }
+                })
+                .await
+            }
+            Cmd::Stop { time, containers } => {
+                for_each(&containers, |id| {
+                    let c = &c;
+                    async move { c.post_empty(&format!("/containers/{}/stop?t={time}", enc(&id))).await }
+                })
+                .await
+            }
+            Cmd::Kill { signal, containers } => {
+                for_each(&containers, |id| {
+                    let (c, signal) = (&c, &signal);
+                    async move { c.post_empty(&format!("/containers/{}/kill?signal={}", enc(&id), enc(signal))).await }
+                })
+                .await
+            }
+            Cmd::Rm { force, containers } => {
+                for_each(&containers, |id| {
+                    let c = &c;
+                    async move { c.delete(&format!("/containers/{}?force={}", enc(&id), force as u8)).await }
+                })
+                .await
+            }
             Cmd::Ps { all, quiet, format } => ps(&c, all, quiet, &format).await,
             Cmd::Logs { follow, container } => logs(&c, &container, follow).await.map(|_| 0),
             Cmd::Wait { containers } => {
                 let mut last = 0;
                 for id in containers {
-                    let v = c.post(&format!("/containers/{}/wait", enc(&id)), &Value::Null).await?;
-                    last = v["StatusCode"].as_i64().unwrap_or(0);
+                    let v: ContainerWaitResponse = c.post(&format!("/containers/{}/wait", enc(&id)), &()).await?;
+                    last = v.status_code;
                     println!("{last}");
                 }
                 let _ = last;
@@ -570,20 +582,18 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             }
             Cmd::Inspect { format, containers } => {
                 json_only(&format)?;
-                let mut out = Vec::new();
+                let mut out: Vec<ContainerInspectResponse> = Vec::new();
                 for id in containers {
                     out.push(c.get(&format!("/containers/{}/json", enc(&id))).await?);
                 }
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                println!("{}", pretty(&out)?);
                 Ok(0)
             }
             Cmd::Port { container } => {
-                let v = c.get(&format!("/containers/{}/json", enc(&container))).await?;
-                if let Some(ports) = v["NetworkSettings"]["Ports"].as_object() {
-                    for (k, b) in ports {
-                        for e in b.as_array().into_iter().flatten() {
-                            println!("{k} -> {}:{}", e["HostIp"].as_str().unwrap_or(""), e["HostPort"].as_str().unwrap_or(""));
-                        }
+                let v: ContainerInspectResponse = c.get(&format!("/containers/{}/json", enc(&container))).await?;
+                for (k, b) in &v.network_settings.ports {
+                    for e in b.iter().flatten() {
+                        println!("{k} -> {}:{}", e.host_ip, e.host_port);
                     }
                 }
                 Ok(0)
@@ -592,28 +602,29 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Gc) => {
-                let v = c.post("/datapath/conntrack/gc", &Value::Null).await?;
-                println!("removed {} entries, {} live", v["Removed"], v["Live"]);
+                let v: ConntrackGcResponse = c.post("/datapath/conntrack/gc", &()).await?;
+                println!("removed {} entries, {} live", v.removed, v.live);
                 Ok(0)
             }
             Cmd::Datapath(DatapathCmd::ConntrackAge { seconds }) => {
-                let v = c.post(&format!("/datapath/conntrack/age?seconds={seconds}"), &Value::Null).await?;
-                println!("aged {} entries by {seconds} s", v["Aged"]);
+                let v: ConntrackAgeResponse =
+                    c.post(&format!("/datapath/conntrack/age?seconds={seconds}"), &()).await?;
+                println!("aged {} entries by {seconds} s", v.aged);
                 Ok(0)
             }
             Cmd::Datapath(DatapathCmd::Stats { format }) => {
-                let v = c.get("/datapath/stats").await?;
+                let v: DatapathStats = c.get("/datapath/stats").await?;
                 if json_only(&format)? {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    println!("{}", pretty(&v)?);
                 } else {
                     let mut rows = Vec::new();
-                    for (sec, key) in [("counter", "Counters"), ("drop", "Drops")] {
-                        for (k, n) in v[key].as_object().into_iter().flatten() {
+                    for (sec, map) in [("counter", &v.counters), ("drop", &v.drops)] {
+                        for (k, n) in map {
                             rows.push(vec![sec.to_string(), k.clone(), n.to_string()]);
                         }
                     }
-                    for (k, n) in v["Conntrack"].as_object().into_iter().flatten() {
-                        rows.push(vec!["conntrack".into(), k.clone(), n.to_string()]);
+                    for (k, n) in v.conntrack.fields() {
+                        rows.push(vec!["conntrack".into(), k.to_string(), n.to_string()]);
                     }
                     print!("{}", humanize::format_table(&["KIND", "NAME", "VALUE"], &rows));
                 }
@@ -647,33 +658,39 @@ where
 async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
     match cmd {
         NetworkCmd::Create { driver, subnet, gateway, ip_range, internal, labels: l, name } => {
-            let req =
-                NetworkCreate { name, driver: Some(driver), subnet, gateway, ip_range, internal, labels: labels(&l)? };
-            let v = c.post("/networks/create", &serde_json::to_value(req)?).await?;
-            println!("{}", v["Id"].as_str().unwrap_or_default());
+            let req = NetworkCreateRequest {
+                name,
+                driver: Some(driver),
+                subnet,
+                gateway,
+                ip_range,
+                internal,
+                labels: labels(&l)?,
+            };
+            let v: NetworkCreateResponse = c.post("/networks/create", &req).await?;
+            println!("{}", v.id);
             Ok(0)
         }
         NetworkCmd::Ls { quiet, format } => {
-            let v = c.get("/networks").await?;
-            let nets = v.as_array().cloned().unwrap_or_default();
+            let nets: Vec<Network> = c.get("/networks").await?;
             if json_only(&format)? {
                 for n in &nets {
                     println!(
                         "{}",
                         serde_json::to_string(&json!({
-                            "ID": short(&n["Id"]), "Name": n["Name"], "Driver": n["Driver"], "Scope": n["Scope"],
-                            "Internal": n["Internal"], "CreatedAt": n["Created"],
+                            "ID": short(&n.id), "Name": n.name, "Driver": n.driver, "Scope": n.scope,
+                            "Internal": n.internal, "CreatedAt": n.created,
                         }))?
                     );
                 }
             } else if quiet {
                 for n in &nets {
-                    println!("{}", short(&n["Id"]));
+                    println!("{}", short(&n.id));
                 }
             } else {
                 let mut rows: Vec<Vec<String>> = nets
                     .iter()
-                    .map(|n| vec![short(&n["Id"]), s(&n["Name"]), s(&n["Driver"]), s(&n["Scope"])])
+                    .map(|n| vec![short(&n.id), n.name.clone(), n.driver.clone(), n.scope.clone()])
                     .collect();
                 rows.sort_by(|a, b| a[1].cmp(&b[1]));
                 print!("{}", humanize::format_table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"], &rows));
@@ -682,39 +699,46 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
         }
         NetworkCmd::Inspect { format, networks } => {
             json_only(&format)?;
-            let mut out = Vec::new();
+            let mut out: Vec<Network> = Vec::new();
             for n in networks {
                 out.push(c.get(&format!("/networks/{}", enc(&n))).await?);
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            println!("{}", pretty(&out)?);
             Ok(0)
         }
         NetworkCmd::Rm { networks } => {
-            for_each(&networks, |n| async move { c.delete(&format!("/networks/{}", enc(&n))).await.map(|_| ()) }).await
+            for_each(&networks, |n| async move { c.delete(&format!("/networks/{}", enc(&n))).await }).await
         }
         NetworkCmd::Connect { ip, aliases, network, container } => {
-            let req = NetworkConnect { container, ip_address: ip, aliases };
-            c.post(&format!("/networks/{}/connect", enc(&network)), &serde_json::to_value(req)?).await?;
+            let req = NetworkConnectRequest { container, ip_address: ip, aliases };
+            c.post::<_, ()>(&format!("/networks/{}/connect", enc(&network)), &req).await?;
             Ok(0)
         }
         NetworkCmd::Disconnect { network, container } => {
-            let req = NetworkConnect { container, ..Default::default() };
-            c.post(&format!("/networks/{}/disconnect", enc(&network)), &serde_json::to_value(req)?).await?;
+            let req = NetworkDisconnectRequest { container };
+            c.post::<_, ()>(&format!("/networks/{}/disconnect", enc(&network)), &req).await?;
             Ok(0)
         }
     }
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
+/// An id as the listings show it: its first 12 characters.
+fn short(id: &str) -> String {
+    id.chars().take(12).collect()
 }
 
-fn short(v: &Value) -> String {
-    s(v).chars().take(12).collect()
+/// An answer as `inspect` and `--format json` print it: the JSON the daemon sent, keys sorted.
+fn pretty<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::to_value(v)?)?)
+}
+
+/// One line of `--format json`: compact, keys sorted.
+fn line<T: Serialize>(v: &T) -> Result<String> {
+    Ok(serde_json::to_string(&serde_json::to_value(v)?)?)
 }
 
 async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
-    let req = ContainerCreate {
+    let req = ContainerCreateRequest {
         name: a.name,
         cmd: a.cmd,
         env: a
@@ -734,13 +758,13 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         workdir: a.workdir,
         labels: labels(&a.labels)?,
     };
-    let v = c.post("/containers/create", &serde_json::to_value(req)?).await?;
-    let id = s(&v["Id"]);
+    let v: ContainerCreateResponse = c.post("/containers/create", &req).await?;
+    let id = v.id;
     if !start {
         println!("{id}");
         return Ok(0);
     }
-    if let Err(e) = c.post(&format!("/containers/{id}/start"), &Value::Null).await {
+    if let Err(e) = c.post_empty(&format!("/containers/{id}/start")).await {
         // `run` that cannot start leaves nothing behind (docker would keep a Created container)
         let _ = c.delete(&format!("/containers/{id}?force=1")).await;
         return Err(e);
@@ -750,11 +774,11 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         return Ok(0);
     }
     logs(c, &id, true).await?;
-    let v = c.post(&format!("/containers/{id}/wait"), &Value::Null).await?;
+    let v: ContainerWaitResponse = c.post(&format!("/containers/{id}/wait"), &()).await?;
     if a.rm {
         c.delete(&format!("/containers/{id}?force=1")).await?;
     }
-    Ok(v["StatusCode"].as_i64().unwrap_or(0) as i32)
+    Ok(v.status_code as i32)
 }
 
 /// Prints the container's output; with `follow`, until it exits.
@@ -762,26 +786,25 @@ async fn logs(c: &Client, id: &str, follow: bool) -> Result<()> {
     use std::io::Write as _;
     let (mut so, mut se) = (0u64, 0u64);
     loop {
-        let v = match c.get(&format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id))).await {
+        let path = |so: u64, se: u64| format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id));
+        let v: ContainerLogsResponse = match c.get(&path(so, se)).await {
             Ok(v) => v,
             // an auto-removed container is gone once it has exited
             Err(_) if so + se > 0 || follow => return Ok(()),
             Err(e) => return Err(e),
         };
-        print!("{}", v["Stdout"].as_str().unwrap_or_default());
-        eprint!("{}", v["Stderr"].as_str().unwrap_or_default());
+        print!("{}", v.stdout);
+        eprint!("{}", v.stderr);
         let _ = std::io::stdout().flush();
-        so = v["StdoutOffset"].as_u64().unwrap_or(so);
-        se = v["StderrOffset"].as_u64().unwrap_or(se);
+        (so, se) = (v.stdout_offset, v.stderr_offset);
         if !follow {
             return Ok(());
         }
-        if v["Running"] != json!(true) {
+        if !v.running {
             // one more read: output written just before the exit
-            let v = c.get(&format!("/containers/{}/logs?stdout_offset={so}&stderr_offset={se}", enc(id))).await;
-            if let Ok(v) = v {
-                print!("{}", v["Stdout"].as_str().unwrap_or_default());
-                eprint!("{}", v["Stderr"].as_str().unwrap_or_default());
+            if let Ok(v) = c.get::<ContainerLogsResponse>(&path(so, se)).await {
+                print!("{}", v.stdout);
+                eprint!("{}", v.stderr);
             }
             return Ok(());
         }
@@ -790,16 +813,16 @@ async fn logs(c: &Client, id: &str, follow: bool) -> Result<()> {
 }
 
 async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Result<i32> {
-    let v = c.get(&format!("/containers/json?all={}", all as u8)).await?;
-    let list = v.as_array().cloned().unwrap_or_default();
+    let list: Vec<ContainerSummary> = c.get(&format!("/containers/json?all={}", all as u8)).await?;
+    let name =
+        |x: &ContainerSummary| x.names.first().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default();
     if json_only(format)? {
         for x in &list {
             println!(
                 "{}",
                 serde_json::to_string(&json!({
-                    "ID": short(&x["Id"]), "Image": x["Image"], "Command": x["Command"], "Status": x["Status"],
-                    "State": x["State"], "Ports": x["Ports"], "Names": x["Names"][0].as_str().unwrap_or("").trim_start_matches('/'),
-                    "Networks": x["Networks"],
+                    "ID": short(&x.id), "Image": x.image, "Command": x.command, "Status": x.status,
+                    "State": x.state, "Ports": x.ports, "Names": name(x), "Networks": x.networks,
                 }))?
             );
         }
@@ -807,7 +830,7 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     }
     if quiet {
         for x in &list {
-            println!("{}", short(&x["Id"]));
+            println!("{}", short(&x.id));
         }
         return Ok(0);
     }
@@ -815,19 +838,19 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     let rows: Vec<Vec<String>> = list
         .iter()
         .map(|x| {
-            let mut cmd = format!("\"{}\"", s(&x["Command"]));
+            let mut cmd = format!("\"{}\"", x.command);
             if cmd.chars().count() > 22 {
                 cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
             }
-            let age = Duration::from_secs((now - x["Created"].as_i64().unwrap_or(now)).max(0) as u64);
+            let age = Duration::from_secs((now - x.created).max(0) as u64);
             vec![
-                short(&x["Id"]),
-                s(&x["Image"]),
+                short(&x.id),
+                x.image.clone(),
                 cmd,
                 format!("{} ago", humanize::human_duration(age)),
-                s(&x["Status"]),
-                s(&x["Ports"]),
-                x["Names"][0].as_str().unwrap_or("").trim_start_matches('/').to_string(),
+                x.status.clone(),
+                x.ports.clone(),
+                name(x),
             ]
         })
         .collect();
@@ -841,32 +864,31 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
 async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
     match cmd {
         SwarmCmd::Init { advertise_addr } => {
-            let v = c.post("/swarm/init", &json!({ "AdvertiseAddr": advertise_addr })).await?;
-            println!("Swarm initialized: current node ({}) is now a manager.\n", s(&v["NodeID"]));
-            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", s(&v["JoinCommand"]));
+            let v: SwarmInitResponse = c.post("/swarm/init", &SwarmInitRequest { advertise_addr }).await?;
+            println!("Swarm initialized: current node ({}) is now a manager.\n", v.node_id);
+            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", v.join_command);
             println!(
                 "To add a manager to this swarm, run 'netbee swarm join-token manager' and follow the instructions."
             );
             Ok(0)
         }
         SwarmCmd::Join { token, advertise_addr, remote } => {
-            let v = c
-                .post("/swarm/join", &json!({ "Token": token, "RemoteAddr": remote, "AdvertiseAddr": advertise_addr }))
-                .await?;
-            println!("{}", s(&v["Message"]));
+            let req = SwarmJoinRequest { token, remote_addr: remote, advertise_addr };
+            let v: SwarmJoinResponse = c.post("/swarm/join", &req).await?;
+            println!("{}", v.message);
             Ok(0)
         }
         SwarmCmd::JoinToken { quiet, role } => {
-            let v = c.get(&format!("/swarm/join-token?role={}", enc(&role))).await?;
+            let v: SwarmJoinTokenResponse = c.get(&format!("/swarm/join-token?role={}", enc(&role))).await?;
             if quiet {
-                println!("{}", s(&v["Token"]));
+                println!("{}", v.token);
             } else {
-                println!("To add a {role} to this swarm, run the following command:\n\n    {}\n", s(&v["JoinCommand"]));
+                println!("To add a {role} to this swarm, run the following command:\n\n    {}\n", v.join_command);
             }
             Ok(0)
         }
         SwarmCmd::Leave { force } => {
-            c.post(&format!("/swarm/leave?force={}", force as u8), &Value::Null).await?;
+            c.post_empty(&format!("/swarm/leave?force={}", force as u8)).await?;
             println!("Node left the swarm.");
             Ok(0)
         }
@@ -881,34 +903,32 @@ fn title(s: &str) -> String {
 async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
     match cmd {
         NodeCmd::Ls { quiet, format } => {
-            let v = c.get("/nodes").await?;
-            let nodes = v.as_array().cloned().unwrap_or_default();
+            let nodes: Vec<Node> = c.get("/nodes").await?;
             if json_only(&format)? {
                 for n in &nodes {
                     println!(
                         "{}",
                         serde_json::to_string(&json!({
-                            "ID": n["ID"], "Hostname": n["Description"]["Hostname"], "Status": title(&s(&n["Status"]["State"])),
-                            "Availability": title(&s(&n["Spec"]["Availability"])), "ManagerStatus": n["ManagerStatus"],
-                            "Self": n["Self"], "Addr": n["Status"]["Addr"], "Role": n["Spec"]["Role"],
+                            "ID": n.id, "Hostname": n.description.hostname, "Status": title(&n.status.state),
+                            "Availability": n.spec.availability.title(), "ManagerStatus": n.manager_status,
+                            "Self": n.is_self, "Addr": n.status.addr, "Role": n.spec.role,
                         }))?
                     );
                 }
             } else if quiet {
                 for n in &nodes {
-                    println!("{}", s(&n["ID"]));
+                    println!("{}", n.id);
                 }
             } else {
                 let rows: Vec<Vec<String>> = nodes
                     .iter()
                     .map(|n| {
-                        let id = format!("{}{}", s(&n["ID"]), if n["Self"] == json!(true) { " *" } else { "" });
                         vec![
-                            id,
-                            s(&n["Description"]["Hostname"]),
-                            title(&s(&n["Status"]["State"])),
-                            title(&s(&n["Spec"]["Availability"])),
-                            s(&n["ManagerStatus"]),
+                            format!("{}{}", n.id, if n.is_self { " *" } else { "" }),
+                            n.description.hostname.clone(),
+                            title(&n.status.state),
+                            n.spec.availability.title().to_string(),
+                            n.manager_status.clone(),
                         ]
                     })
                     .collect();
@@ -920,39 +940,28 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
             Ok(0)
         }
         NodeCmd::Inspect { nodes } => {
-            let mut out = Vec::new();
+            let mut out: Vec<Node> = Vec::new();
             for n in nodes {
                 out.push(c.get(&format!("/nodes/{}", enc(&n))).await?);
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            println!("{}", pretty(&out)?);
             Ok(0)
         }
         NodeCmd::Update { availability, label_add, label_rm, node } => {
-            c.post(
-                &format!("/nodes/{}/update", enc(&node)),
-                &json!({ "Availability": availability, "LabelAdd": label_add, "LabelRm": label_rm }),
-            )
-            .await?;
+            let req = NodeUpdateRequest { availability, label_add, label_rm };
+            c.post::<_, ()>(&format!("/nodes/{}/update", enc(&node)), &req).await?;
             println!("{node}");
             Ok(0)
         }
         NodeCmd::Promote { nodes } => {
-            for_each(&nodes, |n| async move {
-                c.post(&format!("/nodes/{}/promote", enc(&n)), &Value::Null).await.map(|_| ())
-            })
-            .await
+            for_each(&nodes, |n| async move { c.post_empty(&format!("/nodes/{}/promote", enc(&n))).await }).await
         }
         NodeCmd::Demote { nodes } => {
-            for_each(&nodes, |n| async move {
-                c.post(&format!("/nodes/{}/demote", enc(&n)), &Value::Null).await.map(|_| ())
-            })
-            .await
+            for_each(&nodes, |n| async move { c.post_empty(&format!("/nodes/{}/demote", enc(&n))).await }).await
         }
         NodeCmd::Rm { force, nodes } => {
-            for_each(&nodes, |n| async move {
-                c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await.map(|_| ())
-            })
-            .await
+            for_each(&nodes, |n| async move { c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await })
+                .await
         }
     }
 }
@@ -960,35 +969,28 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
 async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
     match cmd {
         ServiceCmd::Create { name, replicas, publish, networks, constraints, env, cmd } => {
-            let v = c
-                .post(
-                    "/services/create",
-                    &json!({
-                        "Name": name, "Replicas": replicas, "Publish": publish, "Networks": networks,
-                        "Constraints": constraints, "Env": env, "Cmd": cmd,
-                    }),
-                )
-                .await?;
-            println!("{}", s(&v["ID"]));
+            let replicas = replicas.map(Replicas::String);
+            let req = ServiceCreateRequest { name, replicas, publish, networks, constraints, env, cmd };
+            let v: ServiceCreateResponse = c.post("/services/create", &req).await?;
+            println!("{}", v.id);
             Ok(0)
         }
         ServiceCmd::Ls { quiet, format } => {
-            let v = c.get("/services").await?;
-            let list = v.as_array().cloned().unwrap_or_default();
+            let list: Vec<ServiceSummary> = c.get("/services").await?;
             if json_only(&format)? {
                 for x in &list {
-                    println!("{}", serde_json::to_string(x)?);
+                    println!("{}", line(x)?);
                 }
             } else if quiet {
                 for x in &list {
-                    println!("{}", s(&x["ID"]));
+                    println!("{}", x.id);
                 }
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|x| {
-                        let id: String = s(&x["ID"]).chars().take(12).collect();
-                        vec![id, s(&x["Name"]), s(&x["Mode"]), s(&x["Replicas"]), s(&x["Command"]), s(&x["Ports"])]
+                        let (name, mode, replicas) = (x.name.clone(), x.mode.clone(), x.replicas.clone());
+                        vec![short(&x.id), name, mode, replicas, x.command.clone(), x.ports.clone()]
                     })
                     .collect();
                 print!("{}", humanize::format_table(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"], &rows));
@@ -996,11 +998,10 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             Ok(0)
         }
         ServiceCmd::Ps { format, service } => {
-            let v = c.get(&format!("/services/{}/tasks", enc(&service))).await?;
-            let list = v.as_array().cloned().unwrap_or_default();
+            let list: Vec<Task> = c.get(&format!("/services/{}/tasks", enc(&service))).await?;
             if json_only(&format)? {
                 for x in &list {
-                    println!("{}", serde_json::to_string(x)?);
+                    println!("{}", line(x)?);
                 }
                 return Ok(0);
             }
@@ -1008,20 +1009,16 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             let mut rows = Vec::new();
             let mut last_slot = None;
             for x in &list {
-                let slot = x["Slot"].as_u64();
-                let name = if last_slot == slot { format!(" \\_ {}", s(&x["Name"])) } else { s(&x["Name"]) };
-                last_slot = slot;
-                let since = x["Since"].as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-                let ago = since
-                    .map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default())
-                    .unwrap_or_default();
+                let name = if last_slot == Some(x.slot) { format!(" \\_ {}", x.name) } else { x.name.clone() };
+                last_slot = Some(x.slot);
+                let ago = (now - x.since).to_std().unwrap_or_default();
                 rows.push(vec![
-                    s(&x["ID"]).chars().take(12).collect(),
+                    short(&x.id),
                     name,
-                    s(&x["Node"]),
-                    s(&x["DesiredState"]),
-                    format!("{} {} ago", s(&x["CurrentState"]), humanize::human_duration(ago).to_lowercase()),
-                    s(&x["Error"]),
+                    x.node.clone(),
+                    x.desired_state.clone(),
+                    format!("{} {} ago", x.current_state, humanize::human_duration(ago).to_lowercase()),
+                    x.error.clone(),
                 ]);
             }
             print!(
@@ -1031,11 +1028,11 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             Ok(0)
         }
         ServiceCmd::Inspect { services } => {
-            let mut out = Vec::new();
+            let mut out: Vec<Service> = Vec::new();
             for x in services {
                 out.push(c.get(&format!("/services/{}", enc(&x))).await?);
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            println!("{}", pretty(&out)?);
             Ok(0)
         }
         ServiceCmd::Scale { pairs } => {
@@ -1046,7 +1043,8 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                     failed = true;
                     continue;
                 };
-                match c.post(&format!("/services/{}/update", enc(name)), &json!({ "Replicas": n })).await {
+                let req = ServiceUpdateRequest { replicas: Some(Replicas::String(n.into())), ..Default::default() };
+                match c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(name)), &req).await {
                     Ok(_) => println!("{name} scaled to {n}"),
                     Err(e) => {
                         eprintln!("{e:#}");
@@ -1057,16 +1055,14 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             Ok(if failed { 1 } else { 0 })
         }
         ServiceCmd::Update { replicas, publish_add, publish_rm, env_add, service } => {
-            c.post(
-                &format!("/services/{}/update", enc(&service)),
-                &json!({ "Replicas": replicas, "PublishAdd": publish_add, "PublishRm": publish_rm, "EnvAdd": env_add }),
-            )
-            .await?;
+            let req =
+                ServiceUpdateRequest { replicas: replicas.map(Replicas::String), publish_add, publish_rm, env_add };
+            c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(&service)), &req).await?;
             println!("{service}");
             Ok(0)
         }
         ServiceCmd::Rm { services } => {
-            for_each(&services, |x| async move { c.delete(&format!("/services/{}", enc(&x))).await.map(|_| ()) }).await
+            for_each(&services, |x| async move { c.delete(&format!("/services/{}", enc(&x))).await }).await
         }
     }
 }

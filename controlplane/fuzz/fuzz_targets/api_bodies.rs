@@ -1,13 +1,16 @@
 //! Request bodies of the daemon's API, decoded as the daemon decodes them (serde_json, as axum's
 //! `Json` does), then checked with the validation the handlers run before touching the store or
 //! the kernel: names, port specs, addresses, IPAM, service ports, constraints, swarm arguments.
-//! Input: a JSON document, tried as every body type.
+//! Input: a JSON document, tried as every request body type (`api::*Request`), the join port's too.
 #![no_main]
 use std::net::Ipv4Addr;
 
 use libfuzzer_sys::fuzz_target;
 use netbee_controlplane::{
-    api::{ContainerCreate, NetworkConnect, NetworkCreate},
+    api::{
+        ContainerCreateRequest, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+        NodeUpdateRequest, Replicas, ServiceCreateRequest, ServiceUpdateRequest, SwarmInitRequest, SwarmJoinRequest,
+    },
     ipam,
     model::Availability,
     names,
@@ -16,7 +19,6 @@ use netbee_fuzz::{
     check_constraint, check_expose, check_manager_addr, check_names, check_pool, check_publish, check_service_port,
 };
 use serde::Serialize;
-use serde_json::Value;
 
 /// What the client sent survives a round trip through the type (the CLI builds bodies with it).
 fn round_trip<T: Serialize + serde::de::DeserializeOwned>(v: &T) {
@@ -25,13 +27,18 @@ fn round_trip<T: Serialize + serde::de::DeserializeOwned>(v: &T) {
     assert_eq!(serde_json::to_value(&back).expect("serializable"), json);
 }
 
-/// The string elements of a JSON array, as the service handlers read lists.
-fn strings(v: &Value) -> Vec<&str> {
-    v.as_array().into_iter().flatten().filter_map(Value::as_str).collect()
+/// A replica count the daemon accepts is the integer the request wrote.
+fn check_replicas(r: &Replicas) {
+    if let Ok(n) = r.count() {
+        match r {
+            Replicas::Number(v) => assert_eq!(v.as_u64(), Some(n), "{v}"),
+            Replicas::String(s) => assert_eq!(s.trim().parse::<i64>(), Ok(n as i64), "{s:?}"),
+        }
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = serde_json::from_slice::<NetworkCreate>(data) {
+    if let Ok(req) = serde_json::from_slice::<NetworkCreateRequest>(data) {
         round_trip(&req);
         let name = req.name.trim();
         check_names(name);
@@ -44,13 +51,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Ok(req) = serde_json::from_slice::<NetworkConnect>(data) {
+    if let Ok(req) = serde_json::from_slice::<NetworkConnectRequest>(data) {
         round_trip(&req);
         if let Some(ip) = req.ip_address.as_deref() {
             let _ = ip.parse::<Ipv4Addr>();
         }
     }
-    if let Ok(req) = serde_json::from_slice::<ContainerCreate>(data) {
+    if let Ok(req) = serde_json::from_slice::<NetworkDisconnectRequest>(data) {
+        round_trip(&req);
+    }
+    if let Ok(req) = serde_json::from_slice::<ContainerCreateRequest>(data) {
         round_trip(&req);
         if let Some(n) = req.name.as_deref() {
             check_names(n.trim_start_matches('/'));
@@ -65,23 +75,42 @@ fuzz_target!(|data: &[u8]| {
             let _ = ip.parse::<Ipv4Addr>();
         }
     }
-    if let Ok(v) = serde_json::from_slice::<Value>(data) {
-        // services/create and services/{id}/update
-        if let Some(name) = v["Name"].as_str() {
-            check_names(name);
+    if let Ok(req) = serde_json::from_slice::<ServiceCreateRequest>(data) {
+        round_trip(&req);
+        check_names(&req.name);
+        if let Some(r) = &req.replicas {
+            check_replicas(r);
         }
-        for p in strings(&v["Publish"]).into_iter().chain(strings(&v["PublishAdd"])) {
+        for p in &req.publish {
             check_service_port(p);
         }
-        for c in strings(&v["Constraints"]) {
+        for c in &req.constraints {
             check_constraint(c);
         }
-        // swarm/join and nodes/{id}/update
-        if let Some(remote) = v["RemoteAddr"].as_str() {
-            check_manager_addr(remote);
+    }
+    if let Ok(req) = serde_json::from_slice::<ServiceUpdateRequest>(data) {
+        round_trip(&req);
+        if let Some(r) = &req.replicas {
+            check_replicas(r);
         }
-        if let Some(a) = v["Availability"].as_str() {
+        for p in &req.publish_add {
+            check_service_port(p);
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<SwarmInitRequest>(data) {
+        round_trip(&req);
+    }
+    if let Ok(req) = serde_json::from_slice::<SwarmJoinRequest>(data) {
+        round_trip(&req);
+        check_manager_addr(&req.remote_addr);
+    }
+    if let Ok(req) = serde_json::from_slice::<NodeUpdateRequest>(data) {
+        round_trip(&req);
+        if let Some(a) = req.availability.as_deref() {
             let _ = Availability::parse(a);
         }
+    }
+    if let Ok(req) = serde_json::from_slice::<JoinPortRequest>(data) {
+        round_trip(&req);
     }
 });

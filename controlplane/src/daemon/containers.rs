@@ -1,5 +1,6 @@
 //! Container lifecycle: create, start, stop, kill, rm, and the exit monitor.
 use std::{
+    collections::BTreeMap,
     io::BufRead as _,
     os::fd::{FromRawFd as _, OwnedFd},
     process::Stdio,
@@ -10,12 +11,14 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::Daemon;
 use crate::{
-    api::{ApiError, ApiResult, ContainerCreate},
+    api::{
+        self, ApiError, ApiResult, ContainerCreate, ContainerInspectResponse, ContainerLogsResponse, ContainerNode,
+        ContainerSummary, EmptyObject, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkSettings, PortBinding,
+    },
     humanize,
     model::{
         Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status, mac_string,
@@ -438,7 +441,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn container_summary(&self, c: &ContainerRecord, nets: &[NetworkRecord]) -> Value {
+    pub fn container_summary(&self, c: &ContainerRecord, nets: &[NetworkRecord]) -> ContainerSummary {
         let now = chrono::Utc::now();
         let status = match c.state.status {
             Status::Created => humanize::status_created(),
@@ -457,69 +460,64 @@ impl Daemon {
             .iter()
             .filter_map(|a| nets.iter().find(|n| n.id == a.network_id).map(|n| n.name.clone()))
             .collect();
-        json!({
-            "Id": c.id,
-            "Names": [format!("/{}", c.name)],
-            "Image": "host",
-            "Command": c.config.cmd.join(" "),
-            "Created": c.created.timestamp(),
-            "State": status_str(&c.state.status),
-            "Status": status,
-            "Ports": portspec::format_ports(&bindings, &unpublished),
-            "Networks": networks,
-        })
+        ContainerSummary {
+            id: c.id.clone(),
+            names: vec![format!("/{}", c.name)],
+            image: "host".into(),
+            command: c.config.cmd.join(" "),
+            created: c.created.timestamp(),
+            state: status_str(&c.state.status).into(),
+            status,
+            ports: portspec::format_ports(&bindings, &unpublished),
+            networks,
+        }
     }
 
-    pub fn container_inspect(&self, c: &ContainerRecord) -> Result<Value> {
+    pub fn container_inspect(&self, c: &ContainerRecord) -> Result<ContainerInspectResponse> {
         let nets = self.networks()?;
-        let mut ports = serde_json::Map::new();
+        let mut ports: BTreeMap<String, Option<Vec<PortBinding>>> = BTreeMap::new();
         for (port, proto) in &c.config.expose {
-            ports.insert(format!("{port}/{proto}"), Value::Null);
+            ports.insert(format!("{port}/{proto}"), None);
         }
         for s in &c.config.publish {
-            ports.entry(format!("{}/{}", s.container_port, s.proto)).or_insert(Value::Null);
+            ports.entry(format!("{}/{}", s.container_port, s.proto)).or_insert(None);
         }
         for p in &c.ports {
             let k = format!("{}/{}", p.binding.container_port, p.binding.proto);
-            let entry = json!({ "HostIp": p.binding.host_ip.to_string(), "HostPort": p.binding.host_port.to_string() });
-            match ports.get_mut(&k) {
-                Some(Value::Array(a)) => a.push(entry),
-                _ => {
-                    ports.insert(k, json!([entry]));
-                }
-            }
+            let entry =
+                PortBinding { host_ip: p.binding.host_ip.to_string(), host_port: p.binding.host_port.to_string() };
+            ports.entry(k).or_default().get_or_insert_default().push(entry);
         }
-        let mut port_bindings = serde_json::Map::new();
+        let mut port_bindings: BTreeMap<String, Vec<PortBinding>> = BTreeMap::new();
         for s in &c.config.publish {
             let host_port = match s.host_ports {
                 Some((lo, hi)) if lo == hi => lo.to_string(),
                 Some((lo, hi)) => format!("{lo}-{hi}"),
                 None => String::new(),
             };
-            let e = json!({ "HostIp": s.host_ip.map(|i| i.to_string()).unwrap_or_default(), "HostPort": host_port });
-            match port_bindings.get_mut(&format!("{}/{}", s.container_port, s.proto)) {
-                Some(Value::Array(a)) => a.push(e),
-                _ => {
-                    port_bindings.insert(format!("{}/{}", s.container_port, s.proto), json!([e]));
-                }
-            }
+            let e = PortBinding { host_ip: s.host_ip.map(|i| i.to_string()).unwrap_or_default(), host_port };
+            port_bindings.entry(format!("{}/{}", s.container_port, s.proto)).or_default().push(e);
         }
-        let mut networks = serde_json::Map::new();
-        let mut primary = json!({"IPAddress": "", "Gateway": "", "MacAddress": "", "IPPrefixLen": 0});
+        let mut networks = BTreeMap::new();
+        let mut primary = EndpointSettings::default();
         for (i, a) in c.attachments.iter().enumerate() {
             let Some(net) = nets.iter().find(|n| n.id == a.network_id) else { continue };
             let ep = c.endpoints.iter().find(|e| e.network_id == a.network_id);
             let cfg = net.ipam.as_ref().map(|i| i.config());
-            let v = json!({
-                "NetworkID": net.id,
-                "EndpointID": ep.map(|e| e.endpoint_id.clone()).unwrap_or_default(),
-                "Gateway": if ep.is_some() { cfg.map(|c| c.gateway.to_string()).unwrap_or_default() } else { String::new() },
-                "IPAddress": ep.map(|e| e.ip.to_string()).unwrap_or_default(),
-                "IPPrefixLen": if ep.is_some() { cfg.map(|c| c.subnet.prefix()).unwrap_or(0) } else { 0 },
-                "MacAddress": ep.map(|e| mac_string(&e.mac)).unwrap_or_default(),
-                "Aliases": a.aliases,
-                "IPAMConfig": a.ip.map(|ip| json!({"IPv4Address": ip.to_string()})),
-            });
+            let v = EndpointSettings {
+                network_id: net.id.clone(),
+                endpoint_id: ep.map(|e| e.endpoint_id.clone()).unwrap_or_default(),
+                gateway: if ep.is_some() {
+                    cfg.map(|c| c.gateway.to_string()).unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                ip_address: ep.map(|e| e.ip.to_string()).unwrap_or_default(),
+                ip_prefix_len: if ep.is_some() { cfg.map(|c| c.subnet.prefix()).unwrap_or(0).into() } else { 0 },
+                mac_address: ep.map(|e| mac_string(&e.mac)).unwrap_or_default(),
+                aliases: a.aliases.clone(),
+                ipam_config: a.ip.map(|ip| EndpointIpamConfig { ipv4_address: ip.to_string() }),
+            };
             if i == 0 {
                 primary = v.clone();
             }
@@ -540,62 +538,69 @@ impl Daemon {
                 .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
         };
         let dir = self.container_dir(&c.id);
-        Ok(json!({
-            "Node": self.node_info(),
-            "Id": c.id,
-            "Created": c.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "Path": c.config.cmd.first(),
-            "Args": c.config.cmd.iter().skip(1).collect::<Vec<_>>(),
-            "State": {
-                "Status": status_str(&c.state.status),
-                "Running": c.state.status == Status::Running,
-                "Paused": false, "Restarting": false, "OOMKilled": false, "Dead": false,
-                "Pid": c.state.pid,
-                "ExitCode": c.state.exit_code,
-                "Error": c.state.error,
-                "StartedAt": ts(c.state.started_at),
-                "FinishedAt": ts(c.state.finished_at),
+        Ok(ContainerInspectResponse {
+            node: self.node_info().map(serde_json::from_value::<ContainerNode>).transpose()?,
+            id: c.id.clone(),
+            created: c.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            path: c.config.cmd.first().cloned(),
+            args: c.config.cmd.iter().skip(1).cloned().collect(),
+            state: api::ContainerState {
+                status: status_str(&c.state.status).into(),
+                running: c.state.status == Status::Running,
+                paused: false,
+                restarting: false,
+                oom_killed: false,
+                dead: false,
+                pid: c.state.pid,
+                exit_code: c.state.exit_code,
+                error: c.state.error.clone(),
+                started_at: ts(c.state.started_at),
+                finished_at: ts(c.state.finished_at),
             },
-            "Name": format!("/{}", c.name),
-            "LogPath": dir.join("stdout.log"),
-            "HostConfig": {
-                "NetworkMode": mode,
-                "PortBindings": port_bindings,
-                "PublishAllPorts": c.config.publish_all,
-                "AutoRemove": c.config.auto_remove,
+            name: format!("/{}", c.name),
+            log_path: dir.join("stdout.log").to_string_lossy().into_owned(),
+            host_config: HostConfig {
+                network_mode: mode,
+                port_bindings,
+                publish_all_ports: c.config.publish_all,
+                auto_remove: c.config.auto_remove,
             },
-            "Config": {
-                "Hostname": c.config.hostname,
-                "Env": c.config.env,
-                "Cmd": c.config.cmd,
-                "WorkingDir": c.config.workdir.clone().unwrap_or_default(),
-                "ExposedPorts": c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), json!({}))).collect::<serde_json::Map<_, _>>(),
-                "Labels": c.config.labels,
+            config: api::ContainerConfig {
+                hostname: c.config.hostname.clone(),
+                env: c.config.env.clone(),
+                cmd: c.config.cmd.clone(),
+                working_dir: c.config.workdir.clone().unwrap_or_default(),
+                exposed_ports: c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), EmptyObject {})).collect(),
+                labels: c.config.labels.clone(),
             },
-            "NetworkSettings": {
-                "Ports": ports,
-                "IPAddress": primary["IPAddress"],
-                "IPPrefixLen": primary["IPPrefixLen"],
-                "Gateway": primary["Gateway"],
-                "MacAddress": primary["MacAddress"],
-                "Networks": networks,
+            network_settings: NetworkSettings {
+                ports,
+                ip_address: primary.ip_address,
+                ip_prefix_len: primary.ip_prefix_len,
+                gateway: primary.gateway,
+                mac_address: primary.mac_address,
+                networks,
             },
-        }))
+        })
     }
 
-    pub fn container_logs(&self, c: &ContainerRecord, out_off: u64, err_off: u64) -> Result<Value> {
+    pub fn container_logs(&self, c: &ContainerRecord, out_off: u64, err_off: u64) -> Result<ContainerLogsResponse> {
         let dir = self.container_dir(&c.id);
         let read_from = |name: &str, off: u64| -> (String, u64) {
             let bytes = std::fs::read(dir.join(name)).unwrap_or_default();
             let start = (off as usize).min(bytes.len());
             (String::from_utf8_lossy(&bytes[start..]).into_owned(), bytes.len() as u64)
         };
-        let (stdout, so) = read_from("stdout.log", out_off);
-        let (stderr, se) = read_from("stderr.log", err_off);
-        Ok(json!({
-            "Stdout": stdout, "Stderr": stderr, "StdoutOffset": so, "StderrOffset": se,
-            "Running": c.state.status == Status::Running, "ExitCode": c.state.exit_code,
-        }))
+        let (stdout, stdout_offset) = read_from("stdout.log", out_off);
+        let (stderr, stderr_offset) = read_from("stderr.log", err_off);
+        Ok(ContainerLogsResponse {
+            stdout,
+            stderr,
+            stdout_offset,
+            stderr_offset,
+            running: c.state.status == Status::Running,
+            exit_code: c.state.exit_code,
+        })
     }
 
     pub(super) async fn start_monitors(self: &Arc<Self>) -> Result<()> {

@@ -1,13 +1,12 @@
 //! Network operations: create, remove, inspect, connect, disconnect. What depends on the kind of
 //! network is the driver's (`network/`).
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use anyhow::Result;
-use serde_json::{Value, json};
 
 use super::Daemon;
 use crate::{
-    api::{ApiError, ApiResult, NetworkConnect, NetworkCreate},
+    api::{ApiError, ApiResult, Ipam, IpamConfig, Network, NetworkConnect, NetworkContainer, NetworkCreate},
     model::{Attachment, ContainerRecord, Endpoint, NetworkRecord, Status, mac_for_ip, mac_string},
     names,
     network::{self, Attach, PREDEFINED},
@@ -65,8 +64,8 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn network_inspect(&self, net: &NetworkRecord) -> Result<Value> {
-        let mut containers = serde_json::Map::new();
+    pub fn network_inspect(&self, net: &NetworkRecord) -> Result<Network> {
+        let mut containers = BTreeMap::new();
         for c in self.containers()? {
             if c.state.status != Status::Running {
                 continue;
@@ -75,43 +74,43 @@ impl Daemon {
                 let prefix = net.ipam.as_ref().map(|i| i.config().subnet.prefix()).unwrap_or(32);
                 containers.insert(
                     c.id.clone(),
-                    json!({
-                        "Name": c.name,
-                        "EndpointID": e.endpoint_id,
-                        "MacAddress": mac_string(&e.mac),
-                        "IPv4Address": format!("{}/{}", e.ip, prefix),
-                        "IPv6Address": "",
-                    }),
+                    NetworkContainer {
+                        name: c.name.clone(),
+                        endpoint_id: e.endpoint_id.clone(),
+                        mac_address: mac_string(&e.mac),
+                        ipv4_address: format!("{}/{}", e.ip, prefix),
+                        ipv6_address: String::new(),
+                    },
                 );
             }
         }
-        let config: Vec<Value> = net
+        let config: Vec<IpamConfig> = net
             .ipam
             .as_ref()
             .map(|i| {
                 let c = i.config();
-                let mut m = json!({ "Subnet": c.subnet.to_string(), "Gateway": c.gateway.to_string() });
-                if let Some(r) = c.ip_range {
-                    m["IPRange"] = json!(r.to_string());
-                }
-                vec![m]
+                vec![IpamConfig {
+                    subnet: c.subnet.to_string(),
+                    gateway: c.gateway.to_string(),
+                    ip_range: c.ip_range.map(|r| r.to_string()),
+                }]
             })
             .unwrap_or_default();
-        Ok(json!({
-            "Name": net.name,
-            "Id": net.id,
-            "Created": net.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "Scope": net.scope().as_str(),
-            "Driver": net.driver,
-            "EnableIPv6": false,
-            "IPAM": { "Driver": "default", "Options": {}, "Config": config },
-            "Internal": net.internal,
-            "Attachable": false,
-            "Ingress": false,
-            "Containers": containers,
-            "Options": net.driver().inspect_options(net),
-            "Labels": net.labels,
-        }))
+        Ok(Network {
+            name: net.name.clone(),
+            id: net.id.clone(),
+            created: net.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            scope: net.scope().as_str().into(),
+            driver: net.driver.clone(),
+            enable_ipv6: false,
+            ipam: Ipam { driver: "default".into(), options: BTreeMap::new(), config },
+            internal: net.internal,
+            attachable: false,
+            ingress: false,
+            containers,
+            options: serde_json::from_value(net.driver().inspect_options(net))?,
+            labels: net.labels.clone(),
+        })
     }
 
     pub async fn network_connect(&self, key: &str, req: NetworkConnect) -> ApiResult<()> {

@@ -8,19 +8,29 @@ use axum::{
     routing::{delete, get, post},
 };
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
 use tracing::info;
 
 use super::Daemon;
 use crate::{
-    api::{ApiError, ApiResult, ContainerCreate, NetworkConnect, NetworkCreate},
+    api::{
+        ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ConntrackStats, ContainerCreateRequest,
+        ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
+        ContainerWaitResponse, DatapathStats, Network, NetworkConnectRequest, NetworkCreateRequest,
+        NetworkCreateResponse, NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest,
+        ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest,
+        SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+    },
     model::Status,
 };
 
 type D = State<Arc<Daemon>>;
 type Q = Query<HashMap<String, String>>;
 
-/// A JSON body whose rejection (malformed, wrong type, oversized) is a 400 with our error shape.
+/// Routes that answer nothing: `null` on the wire.
+type NoContent = ApiResult<Json<()>>;
+
+/// A JSON body whose rejection is an [`ApiError`] with our error shape: 400 when it is malformed,
+/// of the wrong type or not JSON, 413 when it is too large.
 pub struct Body<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
@@ -31,8 +41,18 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
             Err(e @ JsonRejection::JsonDataError(_)) | Err(e @ JsonRejection::JsonSyntaxError(_)) => {
                 Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text())))
             }
-            Err(e) => Err(ApiError { status: e.status(), message: e.body_text() }),
+            Err(e) => Err(rejection(e.status(), e.body_text())),
         }
+    }
+}
+
+/// The kind of an extractor's other rejections (no JSON content type, a body over the limit, a
+/// body that could not be read), by the status axum gives them.
+fn rejection(status: axum::http::StatusCode, message: String) -> ApiError {
+    match status {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => ApiError::too_large(message),
+        s if s.is_server_error() => ApiError::internal(message),
+        _ => ApiError::bad_request(message),
     }
 }
 
@@ -92,72 +112,70 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     Ok(())
 }
 
-async fn version() -> Json<Value> {
-    Json(json!({ "Version": env!("CARGO_PKG_VERSION"), "ApiVersion": "1.0", "Os": "linux" }))
+async fn version() -> Json<SystemVersion> {
+    Json(SystemVersion { version: env!("CARGO_PKG_VERSION").into(), api_version: "1.0".into(), os: "linux".into() })
 }
 
-async fn network_list(State(d): D) -> ApiResult<Json<Value>> {
+async fn network_list(State(d): D) -> ApiResult<Json<Vec<Network>>> {
     let nets = d.networks()?;
-    let v: Vec<Value> = nets.iter().map(|n| d.network_inspect(n)).collect::<Result<_>>()?;
-    Ok(Json(Value::Array(v)))
+    Ok(Json(nets.iter().map(|n| d.network_inspect(n)).collect::<Result<_>>()?))
 }
 
-async fn network_create(State(d): D, Body(req): Body<NetworkCreate>) -> ApiResult<Json<Value>> {
+async fn network_create(State(d): D, Body(req): Body<NetworkCreateRequest>) -> ApiResult<Json<NetworkCreateResponse>> {
     let n = d.network_create(req).await?;
-    Ok(Json(json!({ "Id": n.id, "Warning": "" })))
+    Ok(Json(NetworkCreateResponse { id: n.id, warning: String::new() }))
 }
 
-async fn network_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn network_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Network>> {
     let n = d.find_network(&id)?;
     Ok(Json(d.network_inspect(&n)?))
 }
 
-async fn network_remove(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn network_remove(State(d): D, Path(id): Path<String>) -> NoContent {
     d.network_remove(&id).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn network_connect(
-    State(d): D,
-    Path(id): Path<String>,
-    Body(req): Body<NetworkConnect>,
-) -> ApiResult<Json<Value>> {
+async fn network_connect(State(d): D, Path(id): Path<String>, Body(req): Body<NetworkConnectRequest>) -> NoContent {
     d.network_connect(&id, req).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
 async fn network_disconnect(
     State(d): D,
     Path(id): Path<String>,
-    Body(req): Body<NetworkConnect>,
-) -> ApiResult<Json<Value>> {
+    Body(req): Body<NetworkDisconnectRequest>,
+) -> NoContent {
     d.network_disconnect(&id, &req.container).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn container_list(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn container_list(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<ContainerSummary>>> {
     let all = q.get("all").is_some_and(|v| v == "1" || v == "true");
     let nets = d.networks()?;
     let mut cs = d.containers()?;
     cs.sort_by_key(|c| std::cmp::Reverse(c.created));
-    let v: Vec<Value> =
-        cs.iter().filter(|c| all || c.state.status == Status::Running).map(|c| d.container_summary(c, &nets)).collect();
-    Ok(Json(Value::Array(v)))
+    Ok(Json(
+        cs.iter().filter(|c| all || c.state.status == Status::Running).map(|c| d.container_summary(c, &nets)).collect(),
+    ))
 }
 
-async fn container_create(State(d): D, Body(req): Body<ContainerCreate>) -> ApiResult<Json<Value>> {
+async fn container_create(
+    State(d): D,
+    Body(req): Body<ContainerCreateRequest>,
+) -> ApiResult<Json<ContainerCreateResponse>> {
     let c = d.container_create(req).await?;
-    Ok(Json(json!({ "Id": c.id, "Name": c.name, "Warnings": [] })))
+    Ok(Json(ContainerCreateResponse { id: c.id, name: c.name, warnings: vec![] }))
 }
 
-async fn container_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn container_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<ContainerInspectResponse>> {
     let c = d.find_container(&id)?;
     Ok(Json(d.container_inspect(&c)?))
 }
 
-async fn container_start(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn container_start(State(d): D, Path(id): Path<String>) -> NoContent {
     d.container_start(&id).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
 fn query_u64(q: &HashMap<String, String>, k: &str, default: u64) -> ApiResult<u64> {
@@ -167,142 +185,141 @@ fn query_u64(q: &HashMap<String, String>, k: &str, default: u64) -> ApiResult<u6
     }
 }
 
-async fn container_stop(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn container_stop(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     d.container_stop(&id, query_u64(&q, "t", 10)?).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn container_kill(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn container_kill(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     d.container_kill(&id, q.get("signal").map(String::as_str).unwrap_or("KILL")).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn container_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn container_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
     d.container_remove(&id, force).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn container_wait(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn container_wait(State(d): D, Path(id): Path<String>) -> ApiResult<Json<ContainerWaitResponse>> {
     let code = d.container_wait(&id).await?;
-    Ok(Json(json!({ "StatusCode": code })))
+    Ok(Json(ContainerWaitResponse { status_code: code.into() }))
 }
 
-async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<ContainerLogsResponse>> {
     let c = d.find_container(&id)?;
     Ok(Json(d.container_logs(&c, query_u64(&q, "stdout_offset", 0)?, query_u64(&q, "stderr_offset", 0)?)?))
 }
 
-async fn datapath_stats(State(d): D) -> ApiResult<Json<Value>> {
+async fn datapath_stats(State(d): D) -> ApiResult<Json<DatapathStats>> {
     let (stats, drops, ct_entries, capacity) = {
         let dp = d.dp.lock().unwrap();
         let (s, dr) = dp.counters()?;
-        (s, dr, dp.ct.keys().count(), dp.ct_capacity())
+        (s, dr, dp.ct.keys().count() as u64, dp.ct_capacity())
     };
     let created = stats.iter().find(|(n, _)| n == "ct_created").map(|(_, v)| *v).unwrap_or(0);
     let removed = d.ct_gc_removed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(Json(json!({
-        "Counters": stats.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
-        "Drops": drops.into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
-        "Conntrack": {
-            "Entries": ct_entries,
-            "Capacity": capacity,
-            "EntriesCreated": created,
-            "EntriesCollected": removed,
+    Ok(Json(DatapathStats {
+        counters: stats.into_iter().collect(),
+        drops: drops.into_iter().collect(),
+        conntrack: ConntrackStats {
+            entries: ct_entries,
+            capacity: capacity.into(),
+            entries_created: created,
+            entries_collected: removed,
             // LRU evictions are silent in the kernel: whatever was created and neither collected
             // nor still present was evicted to make room
-            "Evicted": created.saturating_sub(removed).saturating_sub(ct_entries as u64),
+            evicted: created.saturating_sub(removed).saturating_sub(ct_entries),
         },
-    })))
+    }))
 }
 
-async fn swarm_init(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
-    Ok(Json(d.swarm_init(v["AdvertiseAddr"].as_str()).await?))
+async fn swarm_init(State(d): D, Body(req): Body<SwarmInitRequest>) -> ApiResult<Json<SwarmInitResponse>> {
+    Ok(Json(d.swarm_init(req.advertise_addr.as_deref()).await?))
 }
 
-async fn swarm_join(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
-    let token = v["Token"].as_str().unwrap_or_default();
-    let remote = v["RemoteAddr"].as_str().unwrap_or_default();
-    if token.is_empty() || remote.is_empty() {
+async fn swarm_join(State(d): D, Body(req): Body<SwarmJoinRequest>) -> ApiResult<Json<SwarmJoinResponse>> {
+    if req.token.is_empty() || req.remote_addr.is_empty() {
         return Err(ApiError::bad_request("swarm join needs --token and the manager's address"));
     }
-    d.swarm_join(token, remote, v["AdvertiseAddr"].as_str()).await?;
-    Ok(Json(json!({ "Message": "This node joined a swarm as a node." })))
+    d.swarm_join(&req.token, &req.remote_addr, req.advertise_addr.as_deref()).await?;
+    Ok(Json(SwarmJoinResponse { message: "This node joined a swarm as a node.".into() }))
 }
 
-async fn swarm_leave(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn swarm_leave(State(d): D, Query(q): Q) -> NoContent {
     d.swarm_leave(q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn swarm_join_token(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn swarm_join_token(State(d): D, Query(q): Q) -> ApiResult<Json<SwarmJoinTokenResponse>> {
     Ok(Json(d.join_token(q.get("role").map(String::as_str).unwrap_or("worker")).await?))
 }
 
-async fn node_list(State(d): D) -> ApiResult<Json<Value>> {
-    Ok(Json(Value::Array(d.node_list().await?)))
+async fn node_list(State(d): D) -> ApiResult<Json<Vec<Node>>> {
+    Ok(Json(d.node_list().await?))
 }
 
-async fn node_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn node_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Node>> {
     Ok(Json(d.node_inspect(&id).await?))
 }
 
-async fn node_update(State(d): D, Path(id): Path<String>, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
-    let list = |k: &str| -> Vec<String> {
-        v[k].as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
-    };
-    d.node_update(&id, v["Availability"].as_str(), &list("LabelAdd"), &list("LabelRm")).await?;
-    Ok(Json(Value::Null))
+async fn node_update(State(d): D, Path(id): Path<String>, Body(req): Body<NodeUpdateRequest>) -> NoContent {
+    d.node_update(&id, req.availability.as_deref(), &req.label_add, &req.label_rm).await?;
+    Ok(Json(()))
 }
 
-async fn node_promote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn node_promote(State(d): D, Path(id): Path<String>) -> NoContent {
     d.node_set_role(&id, crate::model::Role::Manager).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn node_demote(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn node_demote(State(d): D, Path(id): Path<String>) -> NoContent {
     d.node_set_role(&id, crate::model::Role::Worker).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn node_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<Value>> {
+async fn node_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     d.node_remove(&id, q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn service_list(State(d): D) -> ApiResult<Json<Value>> {
-    Ok(Json(Value::Array(d.service_list().await?)))
+async fn service_list(State(d): D) -> ApiResult<Json<Vec<ServiceSummary>>> {
+    Ok(Json(d.service_list().await?))
 }
 
-async fn service_create(State(d): D, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
-    let s = d.service_create(&v).await?;
-    Ok(Json(json!({ "ID": s.id })))
+async fn service_create(State(d): D, Body(req): Body<ServiceCreateRequest>) -> ApiResult<Json<ServiceCreateResponse>> {
+    let s = d.service_create(req).await?;
+    Ok(Json(ServiceCreateResponse { id: s.id }))
 }
 
-async fn service_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn service_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Service>> {
     Ok(Json(d.service_inspect(&id).await?))
 }
 
-async fn service_update(State(d): D, Path(id): Path<String>, Body(v): Body<Value>) -> ApiResult<Json<Value>> {
-    let s = d.service_update(&id, &v).await?;
-    Ok(Json(json!({ "ID": s.id })))
+async fn service_update(
+    State(d): D,
+    Path(id): Path<String>,
+    Body(req): Body<ServiceUpdateRequest>,
+) -> ApiResult<Json<ServiceUpdateResponse>> {
+    let s = d.service_update(&id, req).await?;
+    Ok(Json(ServiceUpdateResponse { id: s.id }))
 }
 
-async fn service_remove(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn service_remove(State(d): D, Path(id): Path<String>) -> NoContent {
     d.service_remove(&id).await?;
-    Ok(Json(Value::Null))
+    Ok(Json(()))
 }
 
-async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    Ok(Json(Value::Array(d.service_tasks(&id).await?)))
+async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Vec<Task>>> {
+    Ok(Json(d.service_tasks(&id).await?))
 }
 
-async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<Value>> {
-    let n = d.age_conntrack(query_u64(&q, "seconds", 0)?)?;
-    Ok(Json(json!({ "Aged": n })))
+async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<ConntrackAgeResponse>> {
+    let aged = d.age_conntrack(query_u64(&q, "seconds", 0)?)?;
+    Ok(Json(ConntrackAgeResponse { aged }))
 }
 
-async fn conntrack_gc(State(d): D) -> ApiResult<Json<Value>> {
+async fn conntrack_gc(State(d): D) -> ApiResult<Json<ConntrackGcResponse>> {
     let (removed, live) = d.gc_once()?;
-    Ok(Json(json!({ "Removed": removed, "Live": live })))
+    Ok(Json(ConntrackGcResponse { removed, live }))
 }

@@ -1,9 +1,12 @@
 //! The service API: create, update, rm, ls, inspect, and the task list `service ps` shows.
 use chrono::Utc;
-use serde_json::{Value, json};
 
 use crate::{
-    api::{ApiError, ApiResult},
+    api::{
+        self, ApiError, ApiResult, EndpointPortConfig, EndpointSpec, EndpointVirtualIp, NetworkAttachmentConfig,
+        Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode, ServiceModeReplicated, ServiceSummary,
+        ServiceUpdateRequest, Task, TaskAddress, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+    },
     daemon::Daemon,
     model::{NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
     names,
@@ -31,24 +34,21 @@ pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
 }
 
 impl Daemon {
-    pub async fn service_create(&self, v: &Value) -> ApiResult<ServiceRecord> {
+    pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let name = v["Name"].as_str().unwrap_or_default().to_string();
+        let ServiceCreateRequest { name, replicas, publish, networks: wanted, constraints, env, cmd } = req;
         names::validate_network_name(&name)
             .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
-        let replicas = parse_replicas(&v["Replicas"]).map_err(ApiError::bad_request)?.unwrap_or(1);
-        let cmd: Vec<String> = strings(&v["Cmd"]);
+        let replicas = parse_replicas(replicas.as_ref()).map_err(ApiError::bad_request)?.unwrap_or(1);
         if cmd.is_empty() {
             return Err(ApiError::bad_request("no command specified for the service"));
         }
-        let env = strings(&v["Env"]);
-        let ports = strings(&v["Publish"])
+        let ports = publish
             .iter()
             .map(|p| parse_service_port(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::bad_request)?;
-        let constraints = strings(&v["Constraints"]);
         for c in &constraints {
             parse_constraint(c).map_err(ApiError::bad_request)?;
         }
@@ -58,7 +58,7 @@ impl Daemon {
         }
         self.check_ports_free(&ports, &all, None)?;
         let mut networks = Vec::new();
-        for n in strings(&v["Networks"]) {
+        for n in wanted {
             let net = self.find_network(&n)?;
             if self.in_swarm() && net.scope() != Scope::Swarm {
                 return Err(ApiError::bad_request(format!(
@@ -133,19 +133,20 @@ impl Daemon {
             return Ok(n);
         }
         let req =
-            crate::api::NetworkCreate { name: "ingress".into(), driver: Some("overlay".into()), ..Default::default() };
+            api::NetworkCreateRequest { name: "ingress".into(), driver: Some("overlay".into()), ..Default::default() };
         let _g = self.op.lock().await;
         self.network_create_locked(req).await
     }
 
-    pub async fn service_update(&self, key: &str, v: &Value) -> ApiResult<ServiceRecord> {
+    pub async fn service_update(&self, key: &str, req: ServiceUpdateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
         let mut s = self.find_service(key).await?;
-        if let Some(r) = parse_replicas(&v["Replicas"]).map_err(ApiError::bad_request)? {
+        if let Some(r) = parse_replicas(req.replicas.as_ref()).map_err(ApiError::bad_request)? {
             s.spec.replicas = r;
         }
-        let add = strings(&v["PublishAdd"])
+        let add = req
+            .publish_add
             .iter()
             .map(|p| parse_service_port(p))
             .collect::<Result<Vec<_>, _>>()
@@ -157,7 +158,7 @@ impl Daemon {
                 s.spec.ports.push(p);
             }
         }
-        for r in strings(&v["PublishRm"]) {
+        for r in req.publish_rm {
             let (port, proto) = match r.split_once('/') {
                 Some((p, pr)) => (
                     p.to_string(),
@@ -177,7 +178,7 @@ impl Daemon {
                 return Err(ApiError::bad_request(format!("service {} does not publish {r}", s.spec.name)));
             }
         }
-        let env_add = strings(&v["EnvAdd"]);
+        let env_add = req.env_add;
         let env_changed = !env_add.is_empty();
         for e in env_add {
             let k = e.split('=').next().unwrap_or("").to_string();
@@ -220,58 +221,86 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn service_list(&self) -> ApiResult<Vec<Value>> {
+    pub async fn service_list(&self) -> ApiResult<Vec<ServiceSummary>> {
         let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
-        let mut out: Vec<Value> = services
+        let mut out: Vec<ServiceSummary> = services
             .iter()
             .map(|s| {
-                let running = tasks.iter().filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running).count();
-                json!({
-                    "ID": s.id, "Name": s.spec.name, "Mode": "replicated",
-                    "Replicas": format!("{running}/{}", s.spec.replicas),
-                    "Running": running, "Desired": s.spec.replicas,
-                    "Command": s.spec.cmd.join(" "),
-                    "Ports": s.spec.ports.iter().map(|p| format!("*:{}->{}/{}", p.published, p.target, p.proto)).collect::<Vec<_>>().join(", "),
-                })
+                let running = tasks
+                    .iter()
+                    .filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running)
+                    .count() as u64;
+                ServiceSummary {
+                    id: s.id.clone(),
+                    name: s.spec.name.clone(),
+                    mode: "replicated".into(),
+                    replicas: format!("{running}/{}", s.spec.replicas),
+                    running,
+                    desired: s.spec.replicas,
+                    command: s.spec.cmd.join(" "),
+                    ports: s
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.proto))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }
             })
             .collect();
-        out.sort_by(|a, b| a["Name"].as_str().cmp(&b["Name"].as_str()));
+        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
-    pub async fn service_inspect(&self, key: &str) -> ApiResult<Value> {
+    pub async fn service_inspect(&self, key: &str) -> ApiResult<Service> {
         let s = self.find_service(key).await?;
         let nets = self.networks()?;
-        let vips: Vec<Value> = s
+        let virtual_ips: Vec<EndpointVirtualIp> = s
             .vips
             .iter()
             .map(|v| {
                 let net = nets.iter().find(|n| n.id == v.network_id);
                 let prefix = net.and_then(|n| n.ipam.as_ref()).map(|i| i.config().subnet.prefix()).unwrap_or(32);
-                json!({ "NetworkID": v.network_id, "NetworkName": net.map(|n| n.name.clone()), "Addr": format!("{}/{}", v.ip, prefix) })
+                EndpointVirtualIp {
+                    network_id: v.network_id.clone(),
+                    network_name: net.map(|n| n.name.clone()),
+                    addr: format!("{}/{}", v.ip, prefix),
+                }
             })
             .collect();
-        Ok(json!({
-            "ID": s.id,
-            "CreatedAt": s.created, "UpdatedAt": s.updated,
-            "Spec": {
-                "Name": s.spec.name,
-                "Mode": { "Replicated": { "Replicas": s.spec.replicas } },
-                "TaskTemplate": {
-                    "ContainerSpec": { "Command": s.spec.cmd, "Env": s.spec.env },
-                    "Placement": { "Constraints": s.spec.constraints },
-                    "Networks": s.spec.networks.iter().map(|n| json!({"Target": n})).collect::<Vec<_>>(),
+        Ok(Service {
+            id: s.id,
+            created_at: s.created,
+            updated_at: s.updated,
+            spec: api::ServiceSpec {
+                name: s.spec.name,
+                mode: ServiceMode { replicated: ServiceModeReplicated { replicas: s.spec.replicas } },
+                task_template: TaskSpec {
+                    container_spec: TaskSpecContainerSpec { command: s.spec.cmd, env: s.spec.env },
+                    placement: TaskSpecPlacement { constraints: s.spec.constraints },
+                    networks: s.spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
                 },
-                "EndpointSpec": { "Mode": "vip", "Ports": s.spec.ports.iter().map(|p| json!({
-                    "Protocol": p.proto, "TargetPort": p.target, "PublishedPort": p.published, "PublishMode": "ingress",
-                })).collect::<Vec<_>>() },
+                endpoint_spec: EndpointSpec {
+                    mode: "vip".into(),
+                    ports: s
+                        .spec
+                        .ports
+                        .iter()
+                        .map(|p| EndpointPortConfig {
+                            protocol: p.proto,
+                            target_port: p.target,
+                            published_port: p.published,
+                            publish_mode: "ingress".into(),
+                        })
+                        .collect(),
+                },
             },
-            "Endpoint": { "VirtualIPs": vips },
-        }))
+            endpoint: ServiceEndpoint { virtual_ips },
+        })
     }
 
-    pub async fn service_tasks(&self, key: &str) -> ApiResult<Vec<Value>> {
+    pub async fn service_tasks(&self, key: &str) -> ApiResult<Vec<Task>> {
         let s = self.find_service(key).await?;
         let (nodes, _) = self.cluster_nodes().await?;
         let mut tasks: Vec<TaskRecord> =
@@ -280,13 +309,26 @@ impl Daemon {
         Ok(tasks
             .iter()
             .map(|t| {
-                let node = nodes.iter().find(|n| n.id == t.node_id).map(|n| n.hostname.clone()).unwrap_or_else(|| t.node_id.clone());
-                json!({
-                    "ID": t.id, "Name": format!("{}.{}", t.service_name, t.slot), "Slot": t.slot, "Node": node,
-                    "DesiredState": if t.desired_running { "Running" } else { "Shutdown" },
-                    "CurrentState": title(t.state), "Since": t.updated, "Error": t.message,
-                    "Addresses": t.addrs.iter().map(|(n, ip)| json!({"NetworkID": n, "Addr": ip.to_string()})).collect::<Vec<_>>(),
-                })
+                let node = nodes
+                    .iter()
+                    .find(|n| n.id == t.node_id)
+                    .map(|n| n.hostname.clone())
+                    .unwrap_or_else(|| t.node_id.clone());
+                Task {
+                    id: t.id.clone(),
+                    name: format!("{}.{}", t.service_name, t.slot),
+                    slot: t.slot,
+                    node,
+                    desired_state: if t.desired_running { "Running" } else { "Shutdown" }.into(),
+                    current_state: title(t.state).into(),
+                    since: t.updated,
+                    error: t.message.clone(),
+                    addresses: t
+                        .addrs
+                        .iter()
+                        .map(|(n, ip)| TaskAddress { network_id: n.clone(), addr: ip.to_string() })
+                        .collect(),
+                }
             })
             .collect())
     }
@@ -303,23 +345,9 @@ fn title(s: TaskState) -> &'static str {
     }
 }
 
-fn strings(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|x| x.as_str().map(String::from)).collect()
-}
-
-fn parse_replicas(v: &Value) -> Result<Option<u64>, String> {
-    match v {
-        Value::Null => Ok(None),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) if i >= 0 => Ok(Some(i as u64)),
-            _ => Err(format!("invalid replicas value {n}: must be a non-negative integer")),
-        },
-        Value::String(s) => match s.trim().parse::<i64>() {
-            Ok(i) if i >= 0 => Ok(Some(i as u64)),
-            _ => Err(format!("invalid replicas value {s:?}: must be a non-negative integer")),
-        },
-        other => Err(format!("invalid replicas value {other}")),
-    }
+/// A request's replica count: absent is None, anything but a non-negative integer an error.
+fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
+    v.map(Replicas::count).transpose()
 }
 
 #[cfg(test)]
@@ -340,13 +368,22 @@ mod tests {
         }
     }
 
+    fn replicas_of(v: Value) -> Result<Option<u64>, String> {
+        let req: ServiceUpdateRequest = serde_json::from_value(json!({ "Replicas": v })).unwrap();
+        parse_replicas(req.replicas.as_ref())
+    }
+
     #[test]
     fn replicas() {
-        assert_eq!(parse_replicas(&json!(3)).unwrap(), Some(3));
-        assert_eq!(parse_replicas(&json!("0")).unwrap(), Some(0));
-        assert_eq!(parse_replicas(&Value::Null).unwrap(), None);
-        assert!(parse_replicas(&json!(-1)).is_err());
-        assert!(parse_replicas(&json!("-2")).is_err());
-        assert!(parse_replicas(&json!("x")).is_err());
+        assert_eq!(replicas_of(json!(3)).unwrap(), Some(3));
+        assert_eq!(replicas_of(json!("0")).unwrap(), Some(0));
+        assert_eq!(replicas_of(json!(" 4 ")).unwrap(), Some(4));
+        assert_eq!(replicas_of(Value::Null).unwrap(), None);
+        assert_eq!(parse_replicas(None).unwrap(), None);
+        assert!(replicas_of(json!(-1)).is_err());
+        assert!(replicas_of(json!(1.5)).is_err());
+        assert!(replicas_of(json!(u64::MAX)).is_err());
+        assert!(replicas_of(json!("-2")).is_err());
+        assert!(replicas_of(json!("x")).is_err());
     }
 }

@@ -4,14 +4,13 @@ use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Context as _, Result, anyhow};
 use axum::{Json, Router, routing::post};
-use serde_json::{Value, json};
 use tracing::{info, warn};
 
 use super::ClusterState;
 use crate::{
-    api::ApiError,
+    api::{ApiError, ErrorResponse, JoinPortRequest, JoinPortResponse},
     cluster,
-    daemon::Daemon,
+    daemon::{Daemon, server::Body},
     model::{ClusterInfo, NodeRecord, Role},
 };
 
@@ -24,24 +23,18 @@ impl Daemon {
         let app = Router::new()
             .route(
                 "/join",
-                post(move |Json(body): Json<Value>| {
+                post(move |Body(req): Body<JoinPortRequest>| {
                     let d = d.clone();
                     async move {
                         let c = d.cluster.clone().expect("cluster");
-                        let token = body["Token"].as_str().unwrap_or_default().to_string();
                         let info: Option<ClusterInfo> = c.etcd.get(&cluster::key_cluster()).await.ok().flatten();
+                        let answer =
+                            |i: ClusterInfo, role: &str| JoinPortResponse { cluster_id: i.id, role: role.into() };
                         match info {
-                            Some(i) if token_matches(&token, &i.worker_token) => {
-                                Ok(Json(json!({"ClusterID": i.id, "Role": "worker"})))
-                            }
-                            Some(i) if token_matches(&token, &i.manager_token) => {
-                                Ok(Json(json!({"ClusterID": i.id, "Role": "manager"})))
-                            }
-                            Some(_) => Err(ApiError {
-                                status: axum::http::StatusCode::FORBIDDEN,
-                                message: "invalid join token".into(),
-                            }),
-                            None => Err(ApiError::bad_request("this manager's swarm no longer exists")),
+                            Some(i) if token_matches(&req.token, &i.worker_token) => Ok(Json(answer(i, "worker"))),
+                            Some(i) if token_matches(&req.token, &i.manager_token) => Ok(Json(answer(i, "manager"))),
+                            Some(_) => Err(ApiError::forbidden("invalid join token")),
+                            None => Err(ApiError::not_found("this manager's swarm no longer exists")),
                         }
                     }
                 }),
@@ -95,7 +88,7 @@ fn token_matches(presented: &str, real: &str) -> bool {
 }
 
 /// The join handshake with a manager: POST /join {Token} on its advertise address.
-pub(super) async fn join_request(ip: Ipv4Addr, port: u16, token: &str) -> Result<Value> {
+pub(super) async fn join_request(ip: Ipv4Addr, port: u16, token: &str) -> Result<JoinPortResponse> {
     use http_body_util::{BodyExt as _, Full};
     let stream = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect((ip, port)))
         .await
@@ -103,7 +96,7 @@ pub(super) async fn join_request(ip: Ipv4Addr, port: u16, token: &str) -> Result
         .with_context(|| format!("could not reach the manager at {ip}:{port}"))?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let body = serde_json::to_vec(&json!({ "Token": token }))?;
+    let body = serde_json::to_vec(&JoinPortRequest { token: token.into() })?;
     let req = hyper::Request::post(format!("http://{ip}:{port}/join"))
         .header("host", format!("{ip}:{port}"))
         .header("content-type", "application/json")
@@ -113,14 +106,15 @@ pub(super) async fn join_request(ip: Ipv4Addr, port: u16, token: &str) -> Result
         .map_err(|_| anyhow!("the manager at {ip}:{port} did not answer"))??;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
-    let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     if !status.is_success() {
+        let message = serde_json::from_slice::<ErrorResponse>(&bytes).map(|e| e.message);
         return Err(anyhow!(
             "the manager at {ip}:{port} refused to join: {}",
-            v["message"].as_str().unwrap_or("unknown error")
+            message.as_deref().unwrap_or("unknown error")
         ));
     }
-    Ok(v)
+    // an answer that is not one reads as no swarm (and fails the ClusterID check)
+    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
 }
 
 #[cfg(test)]

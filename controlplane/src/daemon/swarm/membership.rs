@@ -5,12 +5,11 @@ use std::{
 };
 
 use anyhow::Result;
-use serde_json::{Value, json};
 use tracing::info;
 
 use super::join::join_request;
 use crate::{
-    api::{ApiError, ApiResult},
+    api::{ApiError, ApiResult, SwarmInitResponse, SwarmJoinTokenResponse},
     cluster::{self, ClusterState},
     daemon::Daemon,
     model::{Availability, ClusterInfo, Membership, NodeRecord, Role, Status},
@@ -18,7 +17,7 @@ use crate::{
 };
 
 impl Daemon {
-    pub async fn swarm_init(self: &Arc<Self>, advertise: Option<&str>) -> ApiResult<Value> {
+    pub async fn swarm_init(self: &Arc<Self>, advertise: Option<&str>) -> ApiResult<SwarmInitResponse> {
         let _g = self.op.lock().await;
         let c = self.cluster()?.clone();
         if c.member().is_some() {
@@ -41,11 +40,11 @@ impl Daemon {
             )));
         }
         self.become_member(&c, &info, addr, Role::Manager).await?;
-        Ok(json!({
-            "ClusterID": id,
-            "NodeID": c.node_id,
-            "JoinCommand": format!("netbee swarm join --token {} {addr}:{}", info.worker_token, cluster::JOIN_PORT),
-        }))
+        Ok(SwarmInitResponse {
+            cluster_id: id,
+            node_id: c.node_id.clone(),
+            join_command: format!("netbee swarm join --token {} {addr}:{}", info.worker_token, cluster::JOIN_PORT),
+        })
     }
 
     pub(in crate::daemon) async fn become_member(
@@ -84,13 +83,13 @@ impl Daemon {
         let (ip, port) = cluster::parse_manager_addr(remote).map_err(ApiError::bad_request)?;
         let addr = self.local_addr(advertise).await?;
         let answer = join_request(ip, port, token).await.map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
-        let role = if answer["Role"] == "manager" { Role::Manager } else { Role::Worker };
+        let role = if answer.role == "manager" { Role::Manager } else { Role::Worker };
         let info: ClusterInfo = c
             .etcd
             .get(&cluster::key_cluster())
             .await?
-            .ok_or_else(|| ApiError::bad_request("the cluster store holds no swarm"))?;
-        if answer["ClusterID"] != json!(info.id) {
+            .ok_or_else(|| ApiError::not_found("the cluster store holds no swarm"))?;
+        if answer.cluster_id != info.id {
             return Err(ApiError::bad_request(format!(
                 "the manager at {remote} belongs to another swarm than this daemon's cluster store"
             )));
@@ -107,7 +106,7 @@ impl Daemon {
         let me = nodes.iter().find(|(_, n)| n.id == c.node_id).map(|(_, n)| n.clone());
         let managers = nodes.iter().filter(|(_, n)| n.role == Role::Manager).count();
         if !force && me.as_ref().is_some_and(|m| m.role == Role::Manager) && managers == 1 && nodes.len() > 1 {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::conflict(
                 "You are attempting to leave the swarm on a node that is its last manager: the other nodes would be left without one. Promote another node first, or use --force.",
             ));
         }
@@ -125,7 +124,7 @@ impl Daemon {
             .map(|ct| ct.name)
             .collect();
         if !on_overlays.is_empty() && !force {
-            return Err(ApiError::bad_request(format!(
+            return Err(ApiError::conflict(format!(
                 "containers on overlay networks are running here ({}): stop them or use --force",
                 on_overlays.join(", ")
             )));
@@ -143,19 +142,17 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn join_token(&self, role: &str) -> ApiResult<Value> {
+    pub async fn join_token(&self, role: &str) -> ApiResult<SwarmJoinTokenResponse> {
         let c = self.require_manager().await?;
         let info: ClusterInfo =
-            c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::bad_request("no swarm in the store"))?;
+            c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::not_found("no swarm in the store"))?;
         let token = match role {
             "worker" => info.worker_token,
             "manager" => info.manager_token,
             r => return Err(ApiError::bad_request(format!("unknown role {r:?}: use worker or manager"))),
         };
         let addr = c.member().map(|m| m.advertise).unwrap_or(self.node.uplink_ip);
-        Ok(json!({
-            "Token": token,
-            "JoinCommand": format!("netbee swarm join --token {token} {addr}:{}", cluster::JOIN_PORT),
-        }))
+        let join_command = format!("netbee swarm join --token {token} {addr}:{}", cluster::JOIN_PORT);
+        Ok(SwarmJoinTokenResponse { token, join_command })
     }
 }

@@ -1,10 +1,10 @@
 //! `node ls|inspect|update|promote|demote|rm`: the swarm's nodes as a manager sees them.
 use std::{collections::HashSet, time::Duration};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::{
-    api::{ApiError, ApiResult},
+    api::{ApiError, ApiResult, Node, NodeDescription, NodeSpec, NodeStatus},
     cluster::{self, ClusterState},
     daemon::Daemon,
     lookup,
@@ -14,7 +14,7 @@ use crate::{
 
 impl Daemon {
     /// Nodes with their liveness and manager status, as `node ls` shows them.
-    pub async fn node_list(&self) -> ApiResult<Vec<Value>> {
+    pub async fn node_list(&self) -> ApiResult<Vec<Node>> {
         let c = self.require_manager().await?;
         let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
         let alive: HashSet<String> = c
@@ -25,7 +25,7 @@ impl Daemon {
             .filter_map(|k| k.rsplit('/').next().map(String::from))
             .collect();
         let leader = self.leader_id().await;
-        let mut out: Vec<Value> = nodes
+        let mut out: Vec<Node> = nodes
             .into_iter()
             .map(|(_, n)| {
                 let up = alive.contains(&n.id);
@@ -35,18 +35,18 @@ impl Daemon {
                     Role::Manager if up => "Reachable",
                     Role::Manager => "Unreachable",
                 };
-                json!({
-                    "ID": n.id,
-                    "Self": n.id == c.node_id,
-                    "Description": { "Hostname": n.hostname },
-                    "Spec": { "Role": n.role, "Availability": n.availability, "Labels": n.labels },
-                    "Status": { "State": if up { "ready" } else { "down" }, "Addr": n.addr.to_string() },
-                    "ManagerStatus": manager_status,
-                    "CreatedAt": n.created,
-                })
+                Node {
+                    is_self: n.id == c.node_id,
+                    id: n.id,
+                    description: NodeDescription { hostname: n.hostname },
+                    spec: NodeSpec { role: n.role, availability: n.availability, labels: n.labels },
+                    status: NodeStatus { state: if up { "ready" } else { "down" }.into(), addr: n.addr.to_string() },
+                    manager_status: manager_status.into(),
+                    created_at: n.created,
+                }
             })
             .collect();
-        out.sort_by(|a, b| a["Description"]["Hostname"].as_str().cmp(&b["Description"]["Hostname"].as_str()));
+        out.sort_by(|a, b| a.description.hostname.cmp(&b.description.hostname));
         Ok(out)
     }
 
@@ -62,13 +62,11 @@ impl Daemon {
         Ok(lookup::find(&nodes, key)?.clone())
     }
 
-    pub async fn node_inspect(&self, key: &str) -> ApiResult<Value> {
+    pub async fn node_inspect(&self, key: &str) -> ApiResult<Node> {
         let c = self.require_manager().await?;
         let n = self.find_node(c, key).await?;
         let list = self.node_list().await?;
-        list.into_iter()
-            .find(|v| v["ID"] == json!(n.id))
-            .ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
+        list.into_iter().find(|v| v.id == n.id).ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
     }
 
     pub async fn node_update(
@@ -110,7 +108,7 @@ impl Daemon {
                 .filter(|(_, n)| n.role == Role::Manager)
                 .count();
             if managers <= 1 {
-                return Err(ApiError::bad_request(format!(
+                return Err(ApiError::conflict(format!(
                     "rpc error: attempting to demote the last manager of the swarm ({})",
                     n.hostname
                 )));
@@ -126,7 +124,7 @@ impl Daemon {
         let n = self.find_node(c, key).await?;
         let up = c.etcd.get::<Value>(&cluster::key_alive(&n.id)).await?.is_some();
         if up && !force {
-            return Err(ApiError::bad_request(format!("node {} is not down and can't be removed", n.hostname)));
+            return Err(ApiError::conflict(format!("node {} is not down and can't be removed", n.hostname)));
         }
         if n.id == c.node_id {
             return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
@@ -140,7 +138,7 @@ impl Daemon {
                 .filter(|(_, n)| n.role == Role::Manager)
                 .count();
             if managers <= 1 {
-                return Err(ApiError::bad_request("cannot remove the last manager of the swarm"));
+                return Err(ApiError::conflict("cannot remove the last manager of the swarm"));
             }
         }
         network::forget_node(&c.etcd, &n.id).await?;

@@ -1,0 +1,521 @@
+//! Every body on the wire, field by field: each type serializes to exactly the JSON the daemon and
+//! the CLI exchanged before they were typed (the `json!` literals here), and reads it back.
+use std::fmt::Debug;
+
+use chrono::{TimeZone as _, Utc};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::{Value, json};
+
+use super::*;
+use crate::{
+    model::{Availability, Role},
+    portspec::Proto,
+};
+
+/// `v` is `wire` on the wire, and `wire` reads back as `v`.
+#[track_caller]
+fn wire<T: Serialize + DeserializeOwned + PartialEq + Debug>(v: &T, wire: Value) {
+    assert_eq!(serde_json::to_value(v).unwrap(), wire);
+    assert_eq!(&serde_json::from_value::<T>(wire).unwrap(), v);
+}
+
+/// `body` reads as `v`.
+#[track_caller]
+fn reads<T: DeserializeOwned + PartialEq + Debug>(body: Value, v: &T) {
+    assert_eq!(&serde_json::from_value::<T>(body).unwrap(), v);
+}
+
+// ---- requests ----
+
+#[test]
+fn network_create_request() {
+    let req = NetworkCreateRequest {
+        name: "n".into(),
+        driver: Some("overlay".into()),
+        subnet: Some("10.1.0.0/24".into()),
+        gateway: None,
+        ip_range: Some("10.1.0.128/25".into()),
+        internal: true,
+        labels: [("k".to_string(), "v".to_string())].into(),
+    };
+    wire(
+        &req,
+        json!({
+            "Name": "n", "Driver": "overlay", "Subnet": "10.1.0.0/24", "Gateway": null,
+            "IPRange": "10.1.0.128/25", "Internal": true, "Labels": { "k": "v" },
+        }),
+    );
+    reads(json!({ "Name": "n" }), &NetworkCreateRequest { name: "n".into(), ..Default::default() });
+}
+
+#[test]
+fn network_connect_and_disconnect_requests() {
+    let req =
+        NetworkConnectRequest { container: "c".into(), ip_address: Some("10.0.0.9".into()), aliases: vec!["a".into()] };
+    wire(&req, json!({ "Container": "c", "IPAddress": "10.0.0.9", "Aliases": ["a"] }));
+    let req = NetworkDisconnectRequest { container: "c".into() };
+    wire(&req, json!({ "Container": "c" }));
+    // what the CLI sent before disconnect had its own type
+    reads(json!({ "Container": "c", "IPAddress": null, "Aliases": [] }), &req);
+}
+
+#[test]
+fn container_create_request() {
+    let req = ContainerCreateRequest {
+        name: Some("web".into()),
+        cmd: vec!["sleep".into(), "1".into()],
+        env: vec!["A=1".into()],
+        hostname: Some("h".into()),
+        network: Some("net".into()),
+        ip: Some("10.0.0.5".into()),
+        network_aliases: vec!["w".into()],
+        publish: vec!["8080:80".into()],
+        expose: vec!["53/udp".into()],
+        publish_all: true,
+        auto_remove: true,
+        workdir: Some("/tmp".into()),
+        labels: [("k".to_string(), "v".to_string())].into(),
+    };
+    wire(
+        &req,
+        json!({
+            "Name": "web", "Cmd": ["sleep", "1"], "Env": ["A=1"], "Hostname": "h", "Network": "net",
+            "IP": "10.0.0.5", "NetworkAliases": ["w"], "Publish": ["8080:80"], "Expose": ["53/udp"],
+            "PublishAll": true, "AutoRemove": true, "Workdir": "/tmp", "Labels": { "k": "v" },
+        }),
+    );
+    reads(json!({ "Cmd": ["true"] }), &ContainerCreateRequest { cmd: vec!["true".into()], ..Default::default() });
+}
+
+#[test]
+fn service_create_request() {
+    let req = ServiceCreateRequest {
+        name: "s".into(),
+        replicas: Some(Replicas::String("3".into())),
+        publish: vec!["80:8080".into()],
+        networks: vec!["ov".into()],
+        constraints: vec!["node.role==manager".into()],
+        env: vec!["A=1".into()],
+        cmd: vec!["whoami".into()],
+    };
+    wire(
+        &req,
+        json!({
+            "Name": "s", "Replicas": "3", "Publish": ["80:8080"], "Networks": ["ov"],
+            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
+        }),
+    );
+    // docker's clients send numbers, and null for an empty list
+    let number = ServiceCreateRequest { name: "s".into(), replicas: Some(Replicas::Number(2.into())), ..req.clone() };
+    reads(
+        json!({
+            "Name": "s", "Replicas": 2, "Publish": ["80:8080"], "Networks": ["ov"],
+            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
+        }),
+        &number,
+    );
+    reads(
+        json!({ "Name": null, "Replicas": null, "Publish": null, "Networks": null, "Constraints": null, "Env": null, "Cmd": null }),
+        &ServiceCreateRequest::default(),
+    );
+    assert!(serde_json::from_value::<ServiceCreateRequest>(json!({ "Replicas": true })).is_err());
+}
+
+#[test]
+fn service_update_request() {
+    let req = ServiceUpdateRequest {
+        replicas: None,
+        publish_add: vec!["81:80".into()],
+        publish_rm: vec!["80".into()],
+        env_add: vec!["B=2".into()],
+    };
+    wire(&req, json!({ "Replicas": null, "PublishAdd": ["81:80"], "PublishRm": ["80"], "EnvAdd": ["B=2"] }));
+    // `service scale`'s body before it was typed
+    reads(
+        json!({ "Replicas": "5" }),
+        &ServiceUpdateRequest { replicas: Some(Replicas::String("5".into())), ..Default::default() },
+    );
+}
+
+#[test]
+fn swarm_requests() {
+    wire(&SwarmInitRequest { advertise_addr: None }, json!({ "AdvertiseAddr": null }));
+    wire(&SwarmInitRequest { advertise_addr: Some("10.0.0.1".into()) }, json!({ "AdvertiseAddr": "10.0.0.1" }));
+    reads(json!({}), &SwarmInitRequest::default());
+
+    let req = SwarmJoinRequest { token: "T".into(), remote_addr: "10.0.0.1:2377".into(), advertise_addr: None };
+    wire(&req, json!({ "Token": "T", "RemoteAddr": "10.0.0.1:2377", "AdvertiseAddr": null }));
+    reads(json!({ "Token": null, "RemoteAddr": null }), &SwarmJoinRequest::default());
+
+    let req = NodeUpdateRequest {
+        availability: Some("drain".into()),
+        label_add: vec!["a=b".into()],
+        label_rm: vec!["c".into()],
+    };
+    wire(&req, json!({ "Availability": "drain", "LabelAdd": ["a=b"], "LabelRm": ["c"] }));
+    reads(json!({ "Availability": null, "LabelAdd": null, "LabelRm": null }), &NodeUpdateRequest::default());
+}
+
+#[test]
+fn join_port_bodies() {
+    wire(&JoinPortRequest { token: "T".into() }, json!({ "Token": "T" }));
+    reads(json!({}), &JoinPortRequest::default());
+    let answer = JoinPortResponse { cluster_id: "c1".into(), role: "manager".into() };
+    wire(&answer, json!({ "ClusterID": "c1", "Role": "manager" }));
+    reads(json!({}), &JoinPortResponse::default());
+}
+
+// ---- responses ----
+
+#[test]
+fn errors_and_system() {
+    wire(&ErrorResponse { message: "m".into() }, json!({ "message": "m" }));
+    let v = SystemVersion { version: "0.1.0".into(), api_version: "1.0".into(), os: "linux".into() };
+    wire(&v, json!({ "Version": "0.1.0", "ApiVersion": "1.0", "Os": "linux" }));
+    let stats = DatapathStats {
+        counters: [("ct_created".to_string(), 7)].into(),
+        drops: [("no_route".to_string(), 1)].into(),
+        conntrack: ConntrackStats { entries: 3, capacity: 65536, entries_created: 7, entries_collected: 2, evicted: 2 },
+    };
+    wire(
+        &stats,
+        json!({
+            "Counters": { "ct_created": 7 }, "Drops": { "no_route": 1 },
+            "Conntrack": { "Entries": 3, "Capacity": 65536, "EntriesCreated": 7, "EntriesCollected": 2, "Evicted": 2 },
+        }),
+    );
+    // the table lists the conntrack fields in the order of their names, as it did from the JSON
+    let names: Vec<&str> = stats.conntrack.fields().iter().map(|(k, _)| *k).collect();
+    let json_order: Vec<String> =
+        serde_json::to_value(&stats.conntrack).unwrap().as_object().unwrap().keys().cloned().collect();
+    assert_eq!(names, json_order);
+    wire(&ConntrackAgeResponse { aged: 4 }, json!({ "Aged": 4 }));
+    wire(&ConntrackGcResponse { removed: 1, live: 2 }, json!({ "Removed": 1, "Live": 2 }));
+    // routes without an answer send null
+    assert_eq!(serde_json::to_value(()).unwrap(), Value::Null);
+    wire(&(), Value::Null);
+}
+
+#[test]
+fn network_responses() {
+    wire(&NetworkCreateResponse { id: "abc".into(), warning: String::new() }, json!({ "Id": "abc", "Warning": "" }));
+    let net = Network {
+        name: "n".into(),
+        id: "abc".into(),
+        created: "2024-01-02T03:04:05.000000006Z".into(),
+        scope: "local".into(),
+        driver: "bridge".into(),
+        enable_ipv6: false,
+        ipam: Ipam {
+            driver: "default".into(),
+            options: Default::default(),
+            config: vec![IpamConfig { subnet: "10.0.0.0/24".into(), gateway: "10.0.0.1".into(), ip_range: None }],
+        },
+        internal: false,
+        attachable: false,
+        ingress: false,
+        containers: [(
+            "cid".to_string(),
+            NetworkContainer {
+                name: "c".into(),
+                endpoint_id: "eid".into(),
+                mac_address: "02:42:0a:00:00:02".into(),
+                ipv4_address: "10.0.0.2/24".into(),
+                ipv6_address: String::new(),
+            },
+        )]
+        .into(),
+        options: [("com.netbee.network.device".to_string(), "nb-abc".to_string())].into(),
+        labels: Default::default(),
+    };
+    wire(
+        &net,
+        json!({
+            "Name": "n", "Id": "abc", "Created": "2024-01-02T03:04:05.000000006Z", "Scope": "local",
+            "Driver": "bridge", "EnableIPv6": false,
+            "IPAM": { "Driver": "default", "Options": {}, "Config": [{ "Subnet": "10.0.0.0/24", "Gateway": "10.0.0.1" }] },
+            "Internal": false, "Attachable": false, "Ingress": false,
+            "Containers": { "cid": {
+                "Name": "c", "EndpointID": "eid", "MacAddress": "02:42:0a:00:00:02",
+                "IPv4Address": "10.0.0.2/24", "IPv6Address": "",
+            } },
+            "Options": { "com.netbee.network.device": "nb-abc" },
+            "Labels": {},
+        }),
+    );
+    let range = IpamConfig { subnet: "s".into(), gateway: "g".into(), ip_range: Some("r".into()) };
+    wire(&range, json!({ "Subnet": "s", "Gateway": "g", "IPRange": "r" }));
+}
+
+#[test]
+fn container_responses() {
+    let created = ContainerCreateResponse { id: "cid".into(), name: "web".into(), warnings: vec![] };
+    wire(&created, json!({ "Id": "cid", "Name": "web", "Warnings": [] }));
+    let summary = ContainerSummary {
+        id: "cid".into(),
+        names: vec!["/web".into()],
+        image: "host".into(),
+        command: "sleep 1".into(),
+        created: 1_700_000_000,
+        state: "running".into(),
+        status: "Up 2 seconds".into(),
+        ports: "0.0.0.0:8080->80/tcp".into(),
+        networks: vec!["bridge".into()],
+    };
+    wire(
+        &summary,
+        json!({
+            "Id": "cid", "Names": ["/web"], "Image": "host", "Command": "sleep 1", "Created": 1_700_000_000,
+            "State": "running", "Status": "Up 2 seconds", "Ports": "0.0.0.0:8080->80/tcp", "Networks": ["bridge"],
+        }),
+    );
+    let logs = ContainerLogsResponse {
+        stdout: "o".into(),
+        stderr: "e".into(),
+        stdout_offset: 1,
+        stderr_offset: 2,
+        running: false,
+        exit_code: 3,
+    };
+    wire(
+        &logs,
+        json!({ "Stdout": "o", "Stderr": "e", "StdoutOffset": 1, "StderrOffset": 2, "Running": false, "ExitCode": 3 }),
+    );
+    wire(&ContainerWaitResponse { status_code: 137 }, json!({ "StatusCode": 137 }));
+}
+
+#[test]
+fn container_inspect_response() {
+    let endpoint = EndpointSettings {
+        network_id: "nid".into(),
+        endpoint_id: "eid".into(),
+        gateway: "10.0.0.1".into(),
+        ip_address: "10.0.0.2".into(),
+        ip_prefix_len: 24,
+        mac_address: "02:42:0a:00:00:02".into(),
+        aliases: vec!["w".into()],
+        ipam_config: Some(EndpointIpamConfig { ipv4_address: "10.0.0.2".into() }),
+    };
+    let binding = PortBinding { host_ip: "0.0.0.0".into(), host_port: "8080".into() };
+    let inspect = ContainerInspectResponse {
+        node: Some(ContainerNode { id: "node".into(), name: "h1".into(), addr: "192.168.0.1".into() }),
+        id: "cid".into(),
+        created: "2024-01-02T03:04:05.000000006Z".into(),
+        path: Some("sleep".into()),
+        args: vec!["1".into()],
+        state: ContainerState {
+            status: "running".into(),
+            running: true,
+            paused: false,
+            restarting: false,
+            oom_killed: false,
+            dead: false,
+            pid: 42,
+            exit_code: 0,
+            error: String::new(),
+            started_at: "2024-01-02T03:04:06.000000000Z".into(),
+            finished_at: "0001-01-01T00:00:00Z".into(),
+        },
+        name: "/web".into(),
+        log_path: "/var/lib/netbee/containers/cid/stdout.log".into(),
+        host_config: HostConfig {
+            network_mode: "default".into(),
+            port_bindings: [(
+                "80/tcp".to_string(),
+                vec![PortBinding { host_ip: String::new(), host_port: "8080".into() }],
+            )]
+            .into(),
+            publish_all_ports: false,
+            auto_remove: false,
+        },
+        config: ContainerConfig {
+            hostname: "cid".into(),
+            env: vec!["A=1".into()],
+            cmd: vec!["sleep".into(), "1".into()],
+            working_dir: String::new(),
+            exposed_ports: [("53/udp".to_string(), EmptyObject {})].into(),
+            labels: Default::default(),
+        },
+        network_settings: NetworkSettings {
+            ports: [("53/udp".to_string(), None), ("80/tcp".to_string(), Some(vec![binding]))].into(),
+            ip_address: "10.0.0.2".into(),
+            ip_prefix_len: 24,
+            gateway: "10.0.0.1".into(),
+            mac_address: "02:42:0a:00:00:02".into(),
+            networks: [("bridge".to_string(), endpoint)].into(),
+        },
+    };
+    wire(
+        &inspect,
+        json!({
+            "Node": { "ID": "node", "Name": "h1", "Addr": "192.168.0.1" },
+            "Id": "cid",
+            "Created": "2024-01-02T03:04:05.000000006Z",
+            "Path": "sleep",
+            "Args": ["1"],
+            "State": {
+                "Status": "running", "Running": true, "Paused": false, "Restarting": false, "OOMKilled": false,
+                "Dead": false, "Pid": 42, "ExitCode": 0, "Error": "",
+                "StartedAt": "2024-01-02T03:04:06.000000000Z", "FinishedAt": "0001-01-01T00:00:00Z",
+            },
+            "Name": "/web",
+            "LogPath": "/var/lib/netbee/containers/cid/stdout.log",
+            "HostConfig": {
+                "NetworkMode": "default",
+                "PortBindings": { "80/tcp": [{ "HostIp": "", "HostPort": "8080" }] },
+                "PublishAllPorts": false, "AutoRemove": false,
+            },
+            "Config": {
+                "Hostname": "cid", "Env": ["A=1"], "Cmd": ["sleep", "1"], "WorkingDir": "",
+                "ExposedPorts": { "53/udp": {} }, "Labels": {},
+            },
+            "NetworkSettings": {
+                "Ports": { "53/udp": null, "80/tcp": [{ "HostIp": "0.0.0.0", "HostPort": "8080" }] },
+                "IPAddress": "10.0.0.2", "IPPrefixLen": 24, "Gateway": "10.0.0.1", "MacAddress": "02:42:0a:00:00:02",
+                "Networks": { "bridge": {
+                    "NetworkID": "nid", "EndpointID": "eid", "Gateway": "10.0.0.1", "IPAddress": "10.0.0.2",
+                    "IPPrefixLen": 24, "MacAddress": "02:42:0a:00:00:02", "Aliases": ["w"],
+                    "IPAMConfig": { "IPv4Address": "10.0.0.2" },
+                } },
+            },
+        }),
+    );
+    // outside a swarm, without a command, without --ip
+    let mut bare = inspect.clone();
+    bare.node = None;
+    bare.path = None;
+    bare.network_settings.networks.get_mut("bridge").unwrap().ipam_config = None;
+    let v = serde_json::to_value(&bare).unwrap();
+    assert_eq!(v["Node"], Value::Null);
+    assert_eq!(v["Path"], Value::Null);
+    assert_eq!(v["NetworkSettings"]["Networks"]["bridge"]["IPAMConfig"], Value::Null);
+    assert_eq!(serde_json::from_value::<ContainerInspectResponse>(v).unwrap(), bare);
+}
+
+#[test]
+fn service_responses() {
+    wire(&ServiceCreateResponse { id: "sid".into() }, json!({ "ID": "sid" }));
+    wire(&ServiceUpdateResponse { id: "sid".into() }, json!({ "ID": "sid" }));
+    let summary = ServiceSummary {
+        id: "sid".into(),
+        name: "s".into(),
+        mode: "replicated".into(),
+        replicas: "1/2".into(),
+        running: 1,
+        desired: 2,
+        command: "whoami".into(),
+        ports: "*:80->8080/tcp".into(),
+    };
+    wire(
+        &summary,
+        json!({
+            "ID": "sid", "Name": "s", "Mode": "replicated", "Replicas": "1/2", "Running": 1, "Desired": 2,
+            "Command": "whoami", "Ports": "*:80->8080/tcp",
+        }),
+    );
+    let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::nanoseconds(6);
+    let service = Service {
+        id: "sid".into(),
+        created_at: t,
+        updated_at: t,
+        spec: ServiceSpec {
+            name: "s".into(),
+            mode: ServiceMode { replicated: ServiceModeReplicated { replicas: 2 } },
+            task_template: TaskSpec {
+                container_spec: TaskSpecContainerSpec { command: vec!["whoami".into()], env: vec![] },
+                placement: TaskSpecPlacement { constraints: vec![] },
+                networks: vec![NetworkAttachmentConfig { target: "nid".into() }],
+            },
+            endpoint_spec: EndpointSpec {
+                mode: "vip".into(),
+                ports: vec![EndpointPortConfig {
+                    protocol: Proto::Udp,
+                    target_port: 53,
+                    published_port: 5353,
+                    publish_mode: "ingress".into(),
+                }],
+            },
+        },
+        endpoint: ServiceEndpoint {
+            virtual_ips: vec![EndpointVirtualIp {
+                network_id: "nid".into(),
+                network_name: None,
+                addr: "10.0.0.3/24".into(),
+            }],
+        },
+    };
+    wire(
+        &service,
+        json!({
+            "ID": "sid",
+            "CreatedAt": t, "UpdatedAt": t,
+            "Spec": {
+                "Name": "s",
+                "Mode": { "Replicated": { "Replicas": 2 } },
+                "TaskTemplate": {
+                    "ContainerSpec": { "Command": ["whoami"], "Env": [] },
+                    "Placement": { "Constraints": [] },
+                    "Networks": [{ "Target": "nid" }],
+                },
+                "EndpointSpec": { "Mode": "vip", "Ports": [{
+                    "Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353, "PublishMode": "ingress",
+                }] },
+            },
+            "Endpoint": { "VirtualIPs": [{ "NetworkID": "nid", "NetworkName": null, "Addr": "10.0.0.3/24" }] },
+        }),
+    );
+    let task = Task {
+        id: "tid".into(),
+        name: "s.1".into(),
+        slot: 1,
+        node: "h1".into(),
+        desired_state: "Running".into(),
+        current_state: "Running".into(),
+        since: t,
+        error: String::new(),
+        addresses: vec![TaskAddress { network_id: "nid".into(), addr: "10.0.0.4".into() }],
+    };
+    wire(
+        &task,
+        json!({
+            "ID": "tid", "Name": "s.1", "Slot": 1, "Node": "h1", "DesiredState": "Running",
+            "CurrentState": "Running", "Since": t, "Error": "",
+            "Addresses": [{ "NetworkID": "nid", "Addr": "10.0.0.4" }],
+        }),
+    );
+}
+
+#[test]
+fn swarm_responses() {
+    let init =
+        SwarmInitResponse { cluster_id: "c".into(), node_id: "n".into(), join_command: "netbee swarm join".into() };
+    wire(&init, json!({ "ClusterID": "c", "NodeID": "n", "JoinCommand": "netbee swarm join" }));
+    wire(&SwarmJoinResponse { message: "m".into() }, json!({ "Message": "m" }));
+    let token = SwarmJoinTokenResponse { token: "T".into(), join_command: "j".into() };
+    wire(&token, json!({ "Token": "T", "JoinCommand": "j" }));
+    let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+    let node = Node {
+        id: "nid".into(),
+        is_self: true,
+        description: NodeDescription { hostname: "h1".into() },
+        spec: NodeSpec {
+            role: Role::Manager,
+            availability: Availability::Drain,
+            labels: [("k".to_string(), "v".to_string())].into(),
+        },
+        status: NodeStatus { state: "ready".into(), addr: "192.168.0.1".into() },
+        manager_status: "Leader".into(),
+        created_at: t,
+    };
+    wire(
+        &node,
+        json!({
+            "ID": "nid", "Self": true,
+            "Description": { "Hostname": "h1" },
+            "Spec": { "Role": "manager", "Availability": "drain", "Labels": { "k": "v" } },
+            "Status": { "State": "ready", "Addr": "192.168.0.1" },
+            "ManagerStatus": "Leader",
+            "CreatedAt": t,
+        }),
+    );
+}
