@@ -432,7 +432,13 @@ pub fn main() -> i32 {
             .and_then(|rt| rt.block_on(crate::whoami::run(port)))
             .map(|_| 0),
         Cmd::Exec { env, workdir, container, cmd } => exec(host.as_deref(), &container, &cmd, &env, workdir.as_deref()),
-        other => client_command(host.as_deref(), other),
+        other => {
+            // a client writing into a closed pipe (`netbee ps | head -1`) ends quietly, as
+            // command-line tools do, instead of panicking in println!
+            // SAFETY: sets the disposition of one signal before any thread is started
+            unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+            client_command(host.as_deref(), other)
+        }
     };
     match result {
         Ok(code) => code,
@@ -468,7 +474,11 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         discard_state: a.discard_state,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    rt.block_on(daemon::run(cfg))?;
+    let r = rt.block_on(daemon::run(cfg));
+    // background work still running (a scheduler pass, a shim being spawned) is not waited for:
+    // whatever it completed is recorded, and start-up reconcile finishes the rest
+    rt.shutdown_timeout(Duration::from_millis(500));
+    r?;
     Ok(0)
 }
 

@@ -207,6 +207,26 @@ impl Shared<'_> {
         }
     }
 
+    /// The revision of `guard` a decision reads before it commits with [`Shared::put_guarded`]
+    /// (always 0 on a lone node, where the daemon's own locks serialize decisions).
+    pub async fn guard_revision(&self, guard: &str) -> Result<i64> {
+        match self {
+            Shared::Local(_) => Ok(0),
+            Shared::Cluster(e) => e.guard_revision(guard).await,
+        }
+    }
+
+    /// Writes `value` only if `guard` has not changed since `seen` (see `Etcd::put_guarded`):
+    /// false when another manager committed a decision meanwhile.
+    pub async fn put_guarded<T: SharedRecord>(&self, guard: &str, seen: i64, value: &T) -> Result<bool> {
+        match self {
+            Shared::Local(s) => s.put(value).map(|_| true),
+            Shared::Cluster(e) => {
+                e.put_guarded(guard, seen, &format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await
+            }
+        }
+    }
+
     pub async fn delete<T: SharedRecord>(&self, key: &str) -> Result<()> {
         match self {
             Shared::Local(s) => s.delete::<T>(key),

@@ -414,3 +414,109 @@ fn leader_lost_under_load_another_manager_takes_over() -> Result<()> {
     assert!(failed.is_empty(), "after the takeover nothing fails: {failed:?}");
     Ok(())
 }
+
+/// Container short id (its hostname, which whoami answers with) -> container name, on every node.
+fn containers_by_hostname(nodes: &[&Node]) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for n in nodes {
+        for l in n.netbee(&["ps", "--format", "json"])?.lines() {
+            let v: Value = serde_json::from_str(l)?;
+            out.insert(v["ID"].as_str().unwrap_or("").to_string(), v["Names"].as_str().unwrap_or("").to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Trials (more with NETBEE_RACE_TRIALS, as `cargo xtask soak` runs them) of the first services
+/// of a swarm created at once on three managers: they race to create `ingress`. Exactly one
+/// `ingress` results, tasks have distinct addresses on it, and each published port is answered
+/// by its own service's task. Then three services asking for one published port at once on the
+/// three managers: exactly one gets it.
+///
+/// ```text
+///   n1: service create --publish 7001:8080 s1 ─┐
+///   n2: service create --publish 7002:8080 s2 ─┼─ at once ─> one ingress, 7001 -> s1, 7002 -> s2, ...
+///   n3: service create --publish 7003:8080 s3 ─┘
+/// ```
+#[test]
+fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("svcrace", &["n1", "n2", "n3"], &["x1"])?;
+    let nodes = [lab.node("n1"), lab.node("n2"), lab.node("n3")];
+    nodes[0].netbee(&["node", "promote", "n2", "n3"])?;
+    let x1 = lab.external("x1");
+    let trials: usize = std::env::var("NETBEE_RACE_TRIALS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    for trial in 0..trials {
+        let made: Vec<Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|i| {
+                    let (m, port) = (nodes[i], format!("{}:8080", 7001 + i));
+                    s.spawn(move || create_service(m, &format!("s{}", i + 1), &["--publish", &port]))
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, r) in made.iter().enumerate() {
+            assert!(r.is_ok(), "trial {trial}: service s{} on n{}: {r:?}", i + 1, i + 1);
+        }
+        let ingress: Vec<String> = nodes[0]
+            .netbee(&["network", "ls", "--format", "json"])?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["Name"] == "ingress")
+            .map(|v| v["ID"].as_str().unwrap_or("").to_string())
+            .collect();
+        assert_eq!(ingress.len(), 1, "trial {trial}: one ingress network: {ingress:?}");
+        for s in ["s1", "s2", "s3"] {
+            wait_replicas(nodes[0], s, "1/1")?;
+        }
+        // every port answered by its own service's task, from outside, through every node
+        let names = containers_by_hostname(&nodes)?;
+        for (i, n) in nodes.iter().enumerate() {
+            for k in 0..3 {
+                let url = format!("http://{}:{}/", n.addr(), 7001 + k);
+                let mut answered = String::new();
+                wait_until(Duration::from_secs(10), &format!("{url} answers"), || {
+                    answered = hosts(x1, &url, 1).map(|h| h.concat()).unwrap_or_default();
+                    answered != "FAIL" && !answered.is_empty()
+                })?;
+                let owner = names.get(&answered).cloned().unwrap_or_default();
+                assert!(
+                    owner.starts_with(&format!("s{}.", k + 1)),
+                    "trial {trial}: {url} via n{} answered by {answered} ({owner})",
+                    i + 1
+                );
+            }
+        }
+        // distinct task addresses on the one ingress
+        let mut addrs: Vec<String> = Vec::new();
+        for n in &nodes {
+            let v = n.network_inspect("ingress")?;
+            for c in v["Containers"].as_object().into_iter().flatten() {
+                addrs.push(c.1["IPv4Address"].as_str().unwrap_or("").to_string());
+            }
+        }
+        let distinct: std::collections::HashSet<&String> = addrs.iter().collect();
+        assert_eq!(distinct.len(), addrs.len(), "trial {trial}: duplicate task addresses: {addrs:?}");
+
+        // one published port asked for by three services at once: one owner
+        let same: Vec<Result<()>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..3)
+                .map(|i| s.spawn(move || create_service(nodes[i], &format!("p{}", i + 1), &["--publish", "9090:8080"])))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(same.iter().filter(|r| r.is_ok()).count(), 1, "trial {trial}: one owner of 9090: {same:?}");
+
+        for s in ["s1", "s2", "s3", "p1", "p2", "p3"] {
+            let _ = nodes[0].netbee(&["service", "rm", s]);
+        }
+        // the next trial races for ingress again
+        wait_until(Duration::from_secs(40), "ingress removable", || {
+            nodes[0].netbee(&["network", "rm", "ingress"]).is_ok()
+        })?;
+        wait_until(Duration::from_secs(10), "ingress gone everywhere", || {
+            nodes.iter().all(|n| n.netbee(&["network", "inspect", "ingress"]).is_err())
+        })?;
+    }
+    Ok(())
+}

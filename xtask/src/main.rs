@@ -256,7 +256,8 @@ fn soak() -> Result<()> {
         .env("NETBEE_CRASH_TRIALS", "60"))?;
     // cluster races: concurrent creations on three managers, many more trials
     run(cargo()
-        .args(["test", "--release", "-p", "netbee-tests", "--test", "cluster", "concurrent", "--", "--nocapture"])
+        .args(["test", "--release", "-p", "netbee-tests", "--test", "cluster", "--test", "services", "concurrent"])
+        .args(["--", "--nocapture", "--test-threads=1"])
         .env("NETBEE_BIN", netbee_bin())
         .env("NETBEE_RACE_TRIALS", "20"))?;
     run_fuzzers(120)

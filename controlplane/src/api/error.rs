@@ -79,13 +79,14 @@ impl ApiError {
     pub fn too_large(m: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::PayloadTooLarge, m)
     }
+    /// [`ErrorKind::Unavailable`] (503): this node cannot serve the request (not a swarm
+    /// manager, no cluster store), as docker answers.
+    pub fn unavailable(m: impl Into<String>) -> ApiError {
+        ApiError::new(ErrorKind::Unavailable, m)
+    }
     /// [`ErrorKind::Internal`] (500).
     pub fn internal(m: impl Into<String>) -> ApiError {
         ApiError::new(ErrorKind::Internal, m)
-    }
-    /// [`ErrorKind::Unavailable`] (503).
-    pub fn unavailable(m: impl Into<String>) -> ApiError {
-        ApiError::new(ErrorKind::Unavailable, m)
     }
 
     pub fn status(&self) -> StatusCode {

@@ -87,6 +87,9 @@ pub const NETWORKS: &str = "/netbee/networks/";
 /// Changes with every overlay created: creations on different managers commit under it
 /// (`Etcd::put_guarded`), so names, subnets and VNIs are decided one at a time.
 pub const NETWORKS_GUARD: &str = "/netbee/guard/networks";
+/// Changes with every service created or given new published ports: service names and published
+/// ports are decided one at a time across managers.
+pub const SERVICES_GUARD: &str = "/netbee/guard/services";
 pub const ENDPOINTS: &str = "/netbee/endpoints/";
 pub const WATCH_PREFIX: &str = "/netbee/";
 

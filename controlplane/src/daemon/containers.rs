@@ -30,6 +30,10 @@ use crate::{
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// docker's answer to `--ip` on the default network, whose addresses are not kept across restarts.
+pub(super) const USER_IP_ON_DEFAULT_BRIDGE: &str =
+    "user specified IP address is supported on user defined networks only";
+
 /// Every TCP and every UDP port once.
 const MAX_PORTS_PER_CONTAINER: usize = 2 * 65535;
 
@@ -103,8 +107,11 @@ impl Daemon {
                     return Err(ApiError::bad_request(format!("network {} cannot take containers", net.name)));
                 }
                 if let Some(ip) = ip {
+                    if net.name == "bridge" {
+                        return Err(ApiError::bad_request(USER_IP_ON_DEFAULT_BRIDGE));
+                    }
                     let mut probe = net.ipam.clone().expect("bridge network has IPAM");
-                    probe.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    probe.reserve(ip).map_err(ApiError::from)?;
                     if let Some(o) = all.iter().find(|c| c.attachments.iter().any(|a| a.ip == Some(ip))) {
                         return Err(ApiError::conflict(format!(
                             "address {ip} is already reserved by container {}",

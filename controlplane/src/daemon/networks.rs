@@ -140,6 +140,9 @@ impl Daemon {
             .as_deref()
             .map(|s| s.parse::<Ipv4Addr>().map_err(|_| ApiError::bad_request(format!("invalid IP address {s:?}"))))
             .transpose()?;
+        if ip.is_some() && net.name == "bridge" {
+            return Err(ApiError::bad_request(super::containers::USER_IP_ON_DEFAULT_BRIDGE));
+        }
         let att = Attachment { network_id: net.id.clone(), ip, aliases: req.aliases };
         if c.state.status == Status::Running {
             let index = c.endpoints.len();
@@ -148,7 +151,7 @@ impl Daemon {
         } else if let Some(ip) = ip {
             // validate now so a bad address fails here, not at the next start
             let mut probe = net.ipam.clone().expect("bridge network has IPAM");
-            probe.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            probe.reserve(ip).map_err(ApiError::from)?;
         }
         c.attachments.push(att);
         self.put_container(&c)?;

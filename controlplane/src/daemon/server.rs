@@ -56,6 +56,9 @@ fn rejection(status: axum::http::StatusCode, message: String) -> ApiError {
     }
 }
 
+/// How long requests in flight may take once the daemon is told to stop.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     let path = d.cfg.socket.clone();
     if let Some(dir) = path.parent() {
@@ -100,14 +103,28 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/nodes/{id}/demote", post(node_demote))
         .with_state(d);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stopping, stopped) = tokio::sync::oneshot::channel();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         info!("shutting down; containers and the datapath keep running");
+        let _ = stopping.send(());
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    // requests in flight get a moment to finish; a long one (a `wait`, a stuck operation) does
+    // not keep the daemon from stopping: everything it does is recorded before it answers
+    let grace = async {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = axum::serve(listener, app).with_graceful_shutdown(shutdown) => r?,
+        _ = grace => info!("requests still running after {SHUTDOWN_GRACE:?}: stopping without them"),
+    }
     let _ = std::fs::remove_file(&path);
     Ok(())
 }

@@ -37,7 +37,7 @@ impl NetworkDriver for Bridge {
             &taken,
             &ipam::local_default_pools(),
         )
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(ApiError::from)?;
         // datapath ids of node-local networks: the lowest free one (overlays use their VNI)
         let used: HashSet<u32> = existing.iter().map(|n| n.net_id).collect();
         let rec = NetworkRecord {
@@ -88,10 +88,10 @@ impl NetworkDriver for Bridge {
         let ipam = net.ipam.as_mut().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
         let ip = match want {
             Some(ip) => {
-                ipam.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                ipam.reserve(ip).map_err(ApiError::from)?;
                 ip
             }
-            None => ipam.allocate().map_err(|e| ApiError::bad_request(e.to_string()))?,
+            None => ipam.allocate().map_err(ApiError::from)?,
         };
         cx.store.put(&net)?;
         Ok(ip)

@@ -256,7 +256,7 @@ pub async fn prepare_node(cx: &Context<'_>) -> Result<()> {
     Ok(())
 }
 
-pub use overlay::{ClusterView, forget_node, leave_swarm, sync_cluster_view};
+pub use overlay::{ClusterView, adopt_swarm_network, forget_node, leave_swarm, sync_cluster_view};
 
 /// `create` of a mode driver (host, none): only its predefined instance exists.
 fn create_mode(

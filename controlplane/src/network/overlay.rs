@@ -88,7 +88,7 @@ impl NetworkDriver for Overlay {
                 &taken,
                 &ipam::overlay_default_pools(),
             )
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(ApiError::from)?;
             let used: HashSet<u32> = overlays.iter().map(|n| n.vni).collect();
             let vni = (cluster::FIRST_VNI + 1..).find(|v| !used.contains(v)).expect("a free VNI");
             let rec = NetworkRecord {
@@ -158,7 +158,7 @@ impl NetworkDriver for Overlay {
         let ipam = net.ipam.as_ref().ok_or_else(|| ApiError::bad_request("network has no addresses"))?;
         if let Some(ip) = want {
             let mut probe = ipam.clone();
-            probe.reserve(ip).map_err(|e| ApiError::bad_request(e.to_string()))?;
+            probe.reserve(ip).map_err(ApiError::from)?;
             if !c.etcd.create(&cluster::key_ipam(&net.id, ip), &json!({"owner": owner})).await? {
                 return Err(ApiError::conflict(format!("address {ip} is already in use on network {}", net.name)));
             }
@@ -171,7 +171,7 @@ impl NetworkDriver for Overlay {
             }
         }
         loop {
-            let ip = probe.allocate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+            let ip = probe.allocate().map_err(ApiError::from)?;
             if c.etcd.create(&cluster::key_ipam(&net.id, ip), &json!({"owner": owner})).await? {
                 return Ok(ip);
             }
@@ -196,16 +196,16 @@ fn ipam_prefix(network_id: &str) -> String {
 }
 
 fn member<'a>(cx: &Context<'a>) -> ApiResult<(&'a ClusterState, Membership)> {
-    let c = cx.cluster.ok_or_else(|| ApiError::bad_request(cluster::NO_CLUSTER_STORE))?;
-    let m = c.member().ok_or_else(|| ApiError::bad_request(cluster::NOT_MEMBER))?;
+    let c = cx.cluster.ok_or_else(|| ApiError::unavailable(cluster::NO_CLUSTER_STORE))?;
+    let m = c.member().ok_or_else(|| ApiError::unavailable(cluster::NOT_MEMBER))?;
     Ok((c, m))
 }
 
 async fn require_manager(c: &ClusterState) -> ApiResult<()> {
     match c.etcd.get::<NodeRecord>(&cluster::key_node(&c.node_id)).await? {
         Some(n) if n.role == Role::Manager => Ok(()),
-        Some(_) => Err(ApiError::bad_request(cluster::NOT_MANAGER)),
-        None => Err(ApiError::bad_request("this node was removed from the swarm")),
+        Some(_) => Err(ApiError::unavailable(cluster::NOT_MANAGER)),
+        None => Err(ApiError::unavailable("this node was removed from the swarm")),
     }
 }
 
@@ -287,6 +287,18 @@ pub async fn sync_cluster_view(cx: &Context<'_>, view: &ClusterView, containers:
         })
         .collect();
     cx.dp.lock().unwrap().sync_remote_endpoints(&remote)
+}
+
+/// The swarm's overlay called `name` as etcd has it now, made known and set up on this node
+/// (its cluster sync may not have caught up yet); None if there is none.
+pub async fn adopt_swarm_network(cx: &Context<'_>, name: &str) -> Result<Option<NetworkRecord>> {
+    let (c, _) = member(cx).map_err(|e| anyhow!("{e}"))?;
+    let found = c.etcd.list::<NetworkRecord>(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).find(|n| n.name == name);
+    if let Some(n) = &found {
+        cx.store.put(&CachedOverlay(n.clone()))?;
+        Overlay.setup(cx, n).await?;
+    }
+    Ok(found)
 }
 
 /// Leaving the swarm: the overlays and every remote endpoint leave this node.

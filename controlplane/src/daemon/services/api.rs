@@ -3,14 +3,16 @@ use chrono::Utc;
 
 use crate::{
     api::{
-        self, ApiError, ApiResult, EndpointPortConfig, EndpointSpec, EndpointVirtualIp, NetworkAttachmentConfig,
-        Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode, ServiceModeReplicated, ServiceSummary,
-        ServiceUpdateRequest, Task, TaskAddress, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+        self, ApiError, ApiResult, EndpointPortConfig, EndpointSpec, EndpointVirtualIp, ErrorKind,
+        NetworkAttachmentConfig, Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode,
+        ServiceModeReplicated, ServiceSummary, ServiceUpdateRequest, Task, TaskAddress, TaskSpec,
+        TaskSpecContainerSpec, TaskSpecPlacement,
     },
+    cluster,
     daemon::Daemon,
     model::{NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
     names,
-    network::Scope,
+    network::{self, Scope},
     portspec::Proto,
 };
 
@@ -33,6 +35,14 @@ pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
     Ok(ServicePort { published: parse(p)?, target: parse(t)?, proto })
 }
 
+/// Service names are unique in the swarm.
+fn check_name_free(name: &str, all: &[ServiceRecord]) -> ApiResult<()> {
+    if all.iter().any(|s| s.spec.name == name) {
+        return Err(ApiError::conflict(format!("service {name} already exists")));
+    }
+    Ok(())
+}
+
 impl Daemon {
     pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
@@ -52,10 +62,9 @@ impl Daemon {
         for c in &constraints {
             parse_constraint(c).map_err(ApiError::bad_request)?;
         }
+        // refuse early what is already taken; the decision is made again under the guard below
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-        if all.iter().any(|s| s.spec.name == name) {
-            return Err(ApiError::conflict(format!("service {name} already exists")));
-        }
+        check_name_free(&name, &all)?;
         self.check_ports_free(&ports, &all, None)?;
         let mut networks = Vec::new();
         for n in wanted {
@@ -92,7 +101,28 @@ impl Daemon {
             created: Utc::now(),
             updated: Utc::now(),
         };
-        self.shared().put(&rec).await?;
+        // name and ports are decided from the whole set and committed only if no other manager
+        // committed meanwhile; a loser gives its addresses back
+        let committed = loop {
+            let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
+            let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+            if let Err(e) =
+                check_name_free(&rec.spec.name, &all).and_then(|_| self.check_ports_free(&rec.spec.ports, &all, None))
+            {
+                break Err(e);
+            }
+            match self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &rec).await {
+                Ok(true) => break Ok(()),
+                Ok(false) => continue,
+                Err(e) => break Err(e.into()),
+            }
+        };
+        if let Err(e) = committed {
+            for v in &rec.vips {
+                let _ = self.release_ip(&v.network_id, v.ip).await;
+            }
+            return Err(e);
+        }
         self.services.changed.notify_waiters();
         Ok(rec)
     }
@@ -127,7 +157,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// The swarm's `ingress` overlay: services without a network publish through it.
+    /// The swarm's `ingress` overlay: services without a network publish through it. Created by
+    /// the first such service; when managers race to create it, one wins and the others use it.
     pub(in crate::daemon) async fn ingress_network(&self) -> ApiResult<NetworkRecord> {
         if let Ok(n) = self.find_network("ingress") {
             return Ok(n);
@@ -135,7 +166,12 @@ impl Daemon {
         let req =
             api::NetworkCreateRequest { name: "ingress".into(), driver: Some("overlay".into()), ..Default::default() };
         let _g = self.op.lock().await;
-        self.network_create_locked(req).await
+        match self.network_create_locked(req).await {
+            Err(e) if e.kind == ErrorKind::Conflict => {
+                network::adopt_swarm_network(&self.net_cx(), "ingress").await?.ok_or(e)
+            }
+            r => r,
+        }
     }
 
     pub async fn service_update(&self, key: &str, req: ServiceUpdateRequest) -> ApiResult<ServiceRecord> {
@@ -153,9 +189,9 @@ impl Daemon {
             .map_err(ApiError::bad_request)?;
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         self.check_ports_free(&add, &all, Some(&s.id))?;
-        for p in add {
-            if !s.spec.ports.contains(&p) {
-                s.spec.ports.push(p);
+        for p in &add {
+            if !s.spec.ports.contains(p) {
+                s.spec.ports.push(p.clone());
             }
         }
         for r in req.publish_rm {
@@ -186,7 +222,19 @@ impl Daemon {
             s.spec.env.push(e);
         }
         s.updated = Utc::now();
-        self.shared().put(&s).await?;
+        if add.is_empty() {
+            self.shared().put(&s).await?;
+        } else {
+            // new published ports are decided under the services guard, as at create
+            loop {
+                let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
+                let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+                self.check_ports_free(&add, &all, Some(&s.id))?;
+                if self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await? {
+                    break;
+                }
+            }
+        }
         if env_changed {
             // a new environment needs new tasks: replace them one slot at a time through the scheduler
             for mut t in self
@@ -345,9 +393,20 @@ fn title(s: TaskState) -> &'static str {
     }
 }
 
-/// A request's replica count: absent is None, anything but a non-negative integer an error.
+/// The most replicas a service may have. Every replica is a task record in the shared store and a
+/// container on some node; a typo (`--replicas 100000`, `scale web=99999999999`) must be refused at
+/// once rather than make the scheduler write records for minutes.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+/// A request's replica count: absent is None, anything but an integer from 0 to `MAX_REPLICAS`
+/// an error.
 fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
-    v.map(Replicas::count).transpose()
+    match v.map(Replicas::count).transpose()? {
+        Some(n) if n > MAX_REPLICAS => {
+            Err(format!("invalid replicas value {n}: a service has at most {MAX_REPLICAS} replicas"))
+        }
+        n => Ok(n),
+    }
 }
 
 #[cfg(test)]
@@ -385,5 +444,9 @@ mod tests {
         assert!(replicas_of(json!(u64::MAX)).is_err());
         assert!(replicas_of(json!("-2")).is_err());
         assert!(replicas_of(json!("x")).is_err());
+        assert_eq!(replicas_of(json!(MAX_REPLICAS)).unwrap(), Some(MAX_REPLICAS));
+        let e = replicas_of(json!(100_000)).unwrap_err();
+        assert!(e.contains("at most 10000 replicas"), "{e}");
+        assert!(replicas_of(json!("99999999999")).is_err());
     }
 }

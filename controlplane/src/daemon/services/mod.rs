@@ -89,7 +89,7 @@ impl Daemon {
         {
             let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
             if !me.is_some_and(|n| n.role == Role::Manager) {
-                return Err(ApiError::bad_request(
+                return Err(ApiError::unavailable(
                     "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state.",
                 ));
             }

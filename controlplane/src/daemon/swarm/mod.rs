@@ -25,12 +25,12 @@ mod sync;
 
 impl Daemon {
     pub fn cluster(&self) -> ApiResult<&Arc<ClusterState>> {
-        self.cluster.as_ref().ok_or_else(|| ApiError::bad_request(cluster::NO_CLUSTER_STORE))
+        self.cluster.as_ref().ok_or_else(|| ApiError::unavailable(cluster::NO_CLUSTER_STORE))
     }
 
     pub(in crate::daemon) fn member(&self) -> ApiResult<(&Arc<ClusterState>, Membership)> {
         let c = self.cluster()?;
-        let m = c.member().ok_or_else(|| ApiError::bad_request(cluster::NOT_MEMBER))?;
+        let m = c.member().ok_or_else(|| ApiError::unavailable(cluster::NOT_MEMBER))?;
         Ok((c, m))
     }
 
@@ -39,8 +39,8 @@ impl Daemon {
         let me: Option<NodeRecord> = c.etcd.get(&cluster::key_node(&c.node_id)).await?;
         match me {
             Some(n) if n.role == Role::Manager => Ok(c),
-            Some(_) => Err(ApiError::bad_request(cluster::NOT_MANAGER)),
-            None => Err(ApiError::bad_request("this node was removed from the swarm")),
+            Some(_) => Err(ApiError::unavailable(cluster::NOT_MANAGER)),
+            None => Err(ApiError::unavailable("this node was removed from the swarm")),
         }
     }
 
