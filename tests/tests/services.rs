@@ -520,3 +520,32 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
     }
     Ok(())
 }
+
+/// Bounded work: a replica count beyond the limit is refused at once; a service of many replicas
+/// is placed and started in batches, so another service's scale takes effect meanwhile; and the
+/// daemon stops within seconds of SIGTERM while that work goes on.
+#[test]
+fn huge_services_are_refused_and_a_big_one_holds_nothing_back() -> Result<()> {
+    let lab = netbee_lab::single_node_lab("bounded", &[])?;
+    let n1 = lab.node("n1");
+    let e = n1.netbee_refused(&["service", "create", "--name", "huge", "--replicas", "100000", "sleep", "600"]);
+    assert!(e.contains("at most 10000 replicas"), "{e}");
+    create_service(n1, "web", &["--replicas", "1"])?;
+    wait_replicas(n1, "web", "1/1")?;
+    let e = n1.netbee_refused(&["service", "scale", "web=99999999999"]);
+    assert!(e.contains("at most 10000 replicas") || e.contains("invalid"), "{e}");
+    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "sleep", "600"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    n1.netbee(&["service", "scale", "web=3"])?;
+    wait_replicas(n1, "web", "3/3")?;
+    let scaled = t.elapsed();
+    let many = n1.service_replicas("many");
+    eprintln!("web scaled 1 -> 3 in {scaled:?} while many was at {many}");
+    let t = std::time::Instant::now();
+    n1.stop_daemon()?;
+    let stopped = t.elapsed();
+    eprintln!("SIGTERM -> exit in {stopped:?}");
+    assert!(stopped < Duration::from_secs(5), "the daemon took {stopped:?} to stop");
+    Ok(())
+}
