@@ -202,6 +202,14 @@ fn overlay_survives_daemon_and_etcd_restarts() -> Result<()> {
         let counts: Vec<u32> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
         assert_eq!(counts.get(1), Some(&0), "no request failed across the daemon restart (ok, failed = {out})");
     }
+    // while etcd is down, cluster commands fail within seconds with a message, not gRPC text
+    lab.kill_etcd(0)?;
+    let t = Instant::now();
+    let e = lab.node("n1").netbee_refused(&["node", "ls"]);
+    eprintln!("node ls with etcd down: {:?}: {}", t.elapsed(), e.trim());
+    assert!(e.contains("the cluster store (etcd at"), "{e}");
+    assert!(!e.contains("grpc") && !e.contains("status:"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // etcd restarts: nodes reconnect, nothing is lost
     lab.restart_etcd(0)?;
     let (n1, n2) = (lab.node("n1"), lab.node("n2"));

@@ -97,6 +97,9 @@ impl ApiError {
 /// Whatever failed without a kind of its own is the daemon's fault (500).
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> ApiError {
+        if e.downcast_ref::<crate::cluster::etcd::Unreachable>().is_some() {
+            return ApiError::unavailable(format!("{e:#}"));
+        }
         ApiError::internal(format!("{e:#}"))
     }
 }

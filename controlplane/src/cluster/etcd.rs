@@ -2,10 +2,25 @@
 //! an unreachable etcd gives a clear error instead of a hang, and reconnection after failures.
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Serialize, de::DeserializeOwned};
+
+/// etcd could not be reached or did not answer: the API answers 503 with this message (not the
+/// gRPC library's text), as docker does while its raft store has no quorum.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unreachable(pub String);
+
+/// A one-line reason from an etcd client error: a gRPC status's message, or the transport's.
+fn describe(e: &etcd_client::Error) -> String {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
+        etcd_client::Error::TransportError(t) => format!("connection failed ({t})"),
+        e => e.to_string(),
+    }
+}
 
 pub struct Etcd {
     endpoints: Vec<String>,
@@ -49,11 +64,16 @@ impl Etcd {
                     *slot = Some(c.clone());
                     return Ok(c);
                 }
-                Ok(Err(e)) => last = Some(format!("{ep}: {e}")),
+                Ok(Err(e)) => last = Some(format!("{ep}: {}", describe(&e))),
                 Err(_) => last = Some(format!("{ep}: timed out")),
             }
         }
-        Err(anyhow!("cannot reach etcd at {} ({})", self.endpoints.join(","), last.unwrap_or_default()))
+        Err(Unreachable(format!(
+            "the cluster store (etcd at {}) cannot be reached: {}",
+            self.endpoints.join(","),
+            last.unwrap_or_default()
+        ))
+        .into())
     }
 
     /// Forget the connection after an error; the next call starts with the next member.
@@ -74,13 +94,20 @@ impl Etcd {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.reset().await;
-                Err(anyhow!("etcd {what}: {e}"))
+                Err(self.unreachable(what, &describe(&e)).into())
             }
             Err(_) => {
                 self.reset().await;
-                Err(anyhow!("etcd {what}: timed out (is etcd at {} reachable?)", self.endpoints.join(",")))
+                Err(self.unreachable(what, "no answer within 3 s").into())
             }
         }
+    }
+
+    fn unreachable(&self, what: &str, why: &str) -> Unreachable {
+        Unreachable(format!(
+            "the cluster store (etcd at {}) did not complete a {what}: {why}",
+            self.endpoints.join(",")
+        ))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
