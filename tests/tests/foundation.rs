@@ -398,6 +398,11 @@ fn start_failures_are_reported_by_run() -> Result<()> {
         assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
     }
     assert_eq!(n.netbee(&["ps", "-q"])?.trim(), "", "nothing runs");
+    // a reader that closes the pipe early ends the CLI quietly, not with a panic
+    let bin = netbee_bin();
+    let sock = n.socket();
+    let out = n.sh(&format!("{{ {} -H unix://{} version 2>&3 | head -c0; }} 3>&1", bin.display(), sock.display()))?;
+    assert!(!out.contains("panicked"), "{out}");
     assert_eq!(n.sh("ip -br link | wc -l")?, links_before, "no interface was left behind");
     Ok(())
 }

@@ -613,6 +613,17 @@ fn lost_store_and_second_daemon_are_refused_and_change_nothing() -> Result<()> {
     assert!(e.contains("already"), "{e}");
     assert!(n1.netbee(&["ps"])?.contains("web"), "the first daemon still answers on its socket");
     assert!(reachable(), "web answers after the second daemons");
+
+    // --socket naming a regular file: refused, the file left as it was
+    n1.stop_daemon()?;
+    let file = n1.dir().join("notes.txt");
+    std::fs::write(&file, "keep me")?;
+    let mut cmd = n1.cmd(&bin.to_string_lossy());
+    cmd.args(["daemon", "--uplink", "eth0", "--node-dir"]).arg(n1.dir()).arg("--socket").arg(&file);
+    let o = cmd.output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("is not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&file)?, "keep me");
     Ok(())
 }
 

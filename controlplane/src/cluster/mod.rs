@@ -19,6 +19,9 @@ pub struct ClusterState {
     pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Wakes the sync loop (after a change this node made) instead of waiting for the watch.
     pub sync_now: tokio::sync::Notify,
+    /// Counts this node's own overlay creations and removals: the cluster sync reads etcd before
+    /// it takes the operation lock, and applies what it read only if no local change came between.
+    pub overlay_changes: std::sync::atomic::AtomicU64,
 }
 
 impl ClusterState {
@@ -36,6 +39,7 @@ impl ClusterState {
             is_leader: Default::default(),
             tasks: Default::default(),
             sync_now: Default::default(),
+            overlay_changes: Default::default(),
         }
     }
 

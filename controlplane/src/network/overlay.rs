@@ -107,6 +107,7 @@ impl NetworkDriver for Overlay {
             }
         };
         cx.store.put(&CachedOverlay(rec.clone()))?;
+        c.overlay_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.setup(cx, &rec).await?;
         c.sync_now.notify_waiters();
         Ok(rec)
@@ -132,6 +133,7 @@ impl NetworkDriver for Overlay {
         }
         c.etcd.delete(&cluster::key_network(&net.id)).await?;
         c.etcd.delete_prefix(&ipam_prefix(&net.id)).await?;
+        c.overlay_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.teardown(cx, net).await?;
         cx.store.delete::<CachedOverlay>(&net.id)?;
         c.sync_now.notify_waiters();
@@ -295,6 +297,7 @@ pub async fn adopt_swarm_network(cx: &Context<'_>, name: &str) -> Result<Option<
     let (c, _) = member(cx).map_err(|e| anyhow!("{e}"))?;
     let found = c.etcd.list::<NetworkRecord>(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).find(|n| n.name == name);
     if let Some(n) = &found {
+        c.overlay_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         cx.store.put(&CachedOverlay(n.clone()))?;
         Overlay.setup(cx, n).await?;
     }

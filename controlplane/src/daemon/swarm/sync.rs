@@ -1,6 +1,9 @@
 //! The cluster view applied to this node: overlay networks, remote endpoints and native-mesh
 //! peers from etcd, re-applied whole on every change and every few seconds.
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use anyhow::{Result, anyhow};
 use futures::StreamExt as _;
@@ -52,13 +55,19 @@ impl Daemon {
     /// Makes the node's overlay networks, remote endpoints and native-mesh peers match etcd.
     pub(in crate::daemon) async fn full_sync(&self) -> Result<()> {
         let c = self.cluster.as_ref().expect("cluster");
-        let view = network::ClusterView::read(&c.etcd).await?;
-        let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
-        let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
-        {
+        loop {
+            let changes = c.overlay_changes.load(Ordering::SeqCst);
+            let view = network::ClusterView::read(&c.etcd).await?;
+            let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
+            let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
             let _g = self.op.lock().await;
+            // an overlay created or removed here after the read would be undone by the old view
+            if c.overlay_changes.load(Ordering::SeqCst) != changes {
+                continue;
+            }
             network::sync_cluster_view(&self.net_cx(), &view, &self.containers()?).await?;
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
+            break;
         }
         self.refresh_node_addrs().await
     }
