@@ -67,6 +67,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(bpf: &mut Ebpf,
     T::try_from(m).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// cgroup2 magic from linux/magic.h
+pub const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 /// bpffs magic from linux/magic.h
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
@@ -174,6 +176,10 @@ impl Datapath {
     /// Attaches the socket hooks to a cgroup v2 directory. A new link is created before the old
     /// one is released so node-local connections are translated throughout.
     pub fn attach_sock_hooks(&mut self, cgroup: &Path) -> Result<()> {
+        let st = nix::sys::statfs::statfs(cgroup).with_context(|| format!("cgroup {}", cgroup.display()))?;
+        if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+            anyhow::bail!("{} is not a directory of a cgroup v2 hierarchy (--cgroup)", cgroup.display());
+        }
         let cg = fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCK_PROGRAMS {
             let pin_path = self.links_dir.join(format!("cgroup-{name}"));

@@ -339,3 +339,19 @@ fn node_local_clients_reach_published_ports_with_the_daemon_under_ip_netns_exec(
     }
     Ok(())
 }
+
+/// `--cgroup` naming a directory that is not part of a cgroup v2 hierarchy is refused at start
+/// with that reason (it used to fail later with the kernel's "Bad file descriptor").
+#[test]
+fn a_cgroup_option_outside_cgroup_v2_is_refused_with_the_reason() -> Result<()> {
+    let mut lab = netbee_lab::Lab::new("badcgroup")?;
+    lab.add_node("n1")?;
+    let n1 = lab.node("n1");
+    let mut cmd = n1.cmd(&netbee_lab::netbee_bin().to_string_lossy());
+    cmd.args(["daemon", "--uplink", "eth0", "--cgroup", "/tmp", "--node-dir"]).arg(n1.dir());
+    let o = cmd.output()?;
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a daemon started with --cgroup /tmp");
+    assert!(e.contains("/tmp is not a directory of a cgroup v2 hierarchy"), "{e}");
+    Ok(())
+}

@@ -233,11 +233,10 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// remounts /sys). The unified hierarchy exists in every kernel with cgroup v2; its root holds
 /// every process, and the socket hooks act only on this node's network namespace.
 fn mount_cgroup2(root: &Path) -> Result<PathBuf> {
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let dir = root.join("cgroup2");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let st = nix::sys::statfs::statfs(&dir).with_context(|| format!("statfs {}", dir.display()))?;
-    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+    if st.filesystem_type().0 as i64 != crate::datapath::CGROUP2_SUPER_MAGIC {
         nix::mount::mount(Some("cgroup2"), &dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)
             .with_context(|| {
                 format!("no cgroup v2 hierarchy is mounted, and mounting one at {} failed", dir.display())
