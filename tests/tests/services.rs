@@ -137,6 +137,10 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("invalid replicas"));
     let ls = n.netbee(&["service", "ls", "-q"])?;
     assert_eq!(ls.lines().count(), 1, "only the first service exists: {ls}");
+    // a container may not take a port a service publishes (it would stop receiving its traffic)
+    let err = n.netbee_refused(&["run", "-d", "-p", "9000:80", "sleep", "60"]);
+    assert!(err.contains("held by service first"), "{err}");
+    assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim().lines().filter(|l| !l.is_empty()).count(), 1, "only first's task");
     Ok(())
 }
 
@@ -547,5 +551,51 @@ fn huge_services_are_refused_and_a_big_one_holds_nothing_back() -> Result<()> {
     let stopped = t.elapsed();
     eprintln!("SIGTERM -> exit in {stopped:?}");
     assert!(stopped < Duration::from_secs(5), "the daemon took {stopped:?} to stop");
+    Ok(())
+}
+
+/// The leader's link cut for 20 s, then restored: another manager takes over while it is away, and
+/// afterwards every replica slot runs exactly once (the deposed leader's node gives its tasks up
+/// instead of keeping duplicates).
+///
+/// ```text
+///   n1 (leader) eth0 down 20 s: n2/n3 elect, reschedule n1's tasks;  eth0 up: n1 stops its old tasks
+/// ```
+#[test]
+fn leader_cut_off_and_back_leaves_no_duplicate_tasks() -> Result<()> {
+    let lab = netbee_lab::swarm_lab("cutoff", &["n1", "n2", "n3"], &["x1"])?;
+    let (n1, n2) = (lab.node("n1"), lab.node("n2"));
+    n1.netbee(&["node", "promote", "n2", "n3"])?;
+    wait_until(Duration::from_secs(10), "n1 leads", || leader_seen_by(n2).as_deref() == Some("n1"))?;
+    create_service(n1, "web", &["--replicas", "6", "--publish", "80:8080"])?;
+    wait_replicas(n1, "web", "6/6")?;
+    n1.sh("ip link set eth0 down")?;
+    wait_until(Duration::from_secs(20), "a new leader while n1 is cut off", || {
+        leader_seen_by(n2).is_some_and(|l| l == "n2" || l == "n3")
+    })?;
+    wait_until(Duration::from_secs(30), "6 tasks on n2 and n3", || {
+        n2.service_running_tasks("web").is_ok_and(|t| t.len() == 6 && t.iter().all(|(_, n)| n != "n1"))
+    })?;
+    std::thread::sleep(Duration::from_secs(8));
+    n1.sh("ip link set eth0 up")?;
+    wait_until(Duration::from_secs(20), "n1 Ready again", || {
+        n2.netbee(&["node", "ls"]).is_ok_and(|o| o.lines().any(|l| l.contains("n1") && l.contains("Ready")))
+    })?;
+    // the old leader's tasks stop: exactly one container per slot across the nodes
+    let nodes = [n1, n2, lab.node("n3")];
+    wait_until(Duration::from_secs(40), "one web container per slot", || {
+        let mut slots: Vec<String> = Vec::new();
+        for n in &nodes {
+            for l in n.netbee(&["ps", "--format", "json"]).unwrap_or_default().lines() {
+                let name = serde_json::from_str::<Value>(l).ok().and_then(|v| v["Names"].as_str().map(str::to_string));
+                if let Some(slot) = name.as_deref().and_then(|n| n.strip_prefix("web.")).and_then(|r| r.split('.').next()) {
+                    slots.push(slot.to_string());
+                }
+            }
+        }
+        slots.sort();
+        slots == ["1", "2", "3", "4", "5", "6"]
+    })?;
+    assert_eq!(n2.service_replicas("web"), "6/6");
     Ok(())
 }

@@ -7,7 +7,7 @@
 //!   test    setup, lint, build, and run every test (unit, lab, integration, `bench --quick`)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
 //!   soak    setup, build, and run the long resilience variants (60 crash trials, 20 trials of
-//!           concurrent creations on three managers, ...), then
+//!           concurrent creations on three managers, the leader lost three times), then
 //!           fuzz every parser for 120 s
 //!   fuzz [SECONDS]  setup, then fuzz every parser target in controlplane/fuzz/ for SECONDS each
 //!           (default 60); prints executions and crashes per target, fails on a crash
@@ -260,6 +260,12 @@ fn soak() -> Result<()> {
         .args(["--", "--nocapture", "--test-threads=1"])
         .env("NETBEE_BIN", netbee_bin())
         .env("NETBEE_RACE_TRIALS", "20"))?;
+    // the leader's node lost under load, three times
+    for _ in 0..3 {
+        run(cargo()
+            .args(["test", "--release", "-p", "netbee-tests", "--test", "services", "leader_lost", "--", "--nocapture"])
+            .env("NETBEE_BIN", netbee_bin()))?;
+    }
     run_fuzzers(120)
 }
 

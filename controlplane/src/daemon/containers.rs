@@ -155,7 +155,7 @@ impl Daemon {
             ports: vec![],
         };
         // taken host ports are refused now, not at the first start
-        self.compute_bindings(&rec)?;
+        self.compute_bindings(&rec, &self.services_for_ports().await)?;
         std::fs::create_dir_all(self.container_dir(&id)).context("creating the container directory")?;
         self.put_container(&rec)?;
         Ok(rec)
@@ -172,7 +172,7 @@ impl Daemon {
                 ApiError::not_found(format!("network {} attached to {} no longer exists", a.network_id, c.name))
             })?;
         }
-        let bindings = self.compute_bindings(&c)?;
+        let bindings = self.compute_bindings(&c, &self.services_for_ports().await)?;
         match self.start_inner(&mut c, &bindings).await {
             Ok(()) => {
                 let d = self.clone();

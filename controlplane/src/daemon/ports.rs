@@ -9,7 +9,7 @@ use super::Daemon;
 use crate::{
     api::{ApiError, ApiResult},
     datapath::{ignore_missing, ip_be},
-    model::{ContainerRecord, PublishedPort, Status},
+    model::{ContainerRecord, PublishedPort, ServiceRecord, Status},
     portspec::{self, PortBinding, PortSpec, Proto},
 };
 
@@ -67,7 +67,13 @@ fn bound_on_node(ip: Ipv4Addr, port: u16, proto: Proto) -> bool {
 impl Daemon {
     /// Resolves the container's publish specs to concrete host ports, refusing ports that are
     /// taken (by another container's publish or by a socket on the node) with the owner's name.
-    pub(super) fn compute_bindings(&self, c: &ContainerRecord) -> ApiResult<Vec<PortBinding>> {
+    /// `services` are the swarm's (or this lone node's) services: their published ports answer on
+    /// every node, so a container may not take them.
+    pub(super) fn compute_bindings(
+        &self,
+        c: &ContainerRecord,
+        services: &[ServiceRecord],
+    ) -> ApiResult<Vec<PortBinding>> {
         let others: Vec<(String, PortBinding)> = self
             .containers()?
             .into_iter()
@@ -94,6 +100,11 @@ impl Daemon {
                 if out.iter().any(|b| b.host_port == port && b.proto == proto && overlaps(b.host_ip, ip)) {
                     return Some("this container".into());
                 }
+                if let Some(s) =
+                    services.iter().find(|s| s.spec.ports.iter().any(|p| p.published == port && p.proto == proto))
+                {
+                    return Some(format!("service {}", s.spec.name));
+                }
                 if bound_on_node(ip, port, proto) {
                     return Some(socket_owner(port, proto).unwrap_or_else(|| "another process on the node".into()));
                 }
@@ -117,6 +128,18 @@ impl Daemon {
             out.push(PortBinding { host_ip, host_port: port, container_port: spec.container_port, proto: spec.proto });
         }
         Ok(out)
+    }
+
+    /// The services whose published ports containers must leave alone. While the cluster store
+    /// cannot be read, none: local containers keep working through an etcd outage.
+    pub(super) async fn services_for_ports(&self) -> Vec<ServiceRecord> {
+        match self.shared().list::<ServiceRecord>().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("published ports of services unknown, not checked: {e:#}");
+                Vec::new()
+            }
+        }
     }
 
     fn used_service_ids(&self) -> Result<std::collections::BTreeSet<u32>> {
