@@ -588,7 +588,9 @@ fn leader_cut_off_and_back_leaves_no_duplicate_tasks() -> Result<()> {
         for n in &nodes {
             for l in n.netbee(&["ps", "--format", "json"]).unwrap_or_default().lines() {
                 let name = serde_json::from_str::<Value>(l).ok().and_then(|v| v["Names"].as_str().map(str::to_string));
-                if let Some(slot) = name.as_deref().and_then(|n| n.strip_prefix("web.")).and_then(|r| r.split('.').next()) {
+                if let Some(slot) =
+                    name.as_deref().and_then(|n| n.strip_prefix("web.")).and_then(|r| r.split('.').next())
+                {
                     slots.push(slot.to_string());
                 }
             }

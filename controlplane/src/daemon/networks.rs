@@ -52,13 +52,7 @@ impl Daemon {
             .filter(|c| c.state.status == Status::Running && c.endpoints.iter().any(|e| e.network_id == net.id))
             .map(|c| c.name)
             .collect();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "error while removing network: network {} has active endpoints ({})",
-                net.name,
-                users.join(", ")
-            )));
-        }
+        network::refuse_in_use(&net, &users)?;
         net.driver().remove(&self.net_cx(), &net).await?;
         self.refresh_node_addrs().await?;
         Ok(())

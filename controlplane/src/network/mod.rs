@@ -283,6 +283,18 @@ fn create_mode(
     Ok(rec)
 }
 
+/// `network rm` of a network containers still use (named in `users`).
+pub fn refuse_in_use(net: &NetworkRecord, users: &[String]) -> ApiResult<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(format!(
+        "error while removing network: network {} has active endpoints ({})",
+        net.name,
+        users.join(", ")
+    )))
+}
+
 pub fn predefined_error(net: &NetworkRecord) -> ApiError {
     ApiError::bad_request(format!("{} is a pre-defined network and cannot be removed", net.name))
 }

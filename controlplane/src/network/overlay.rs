@@ -124,13 +124,7 @@ impl NetworkDriver for Overlay {
             .filter(|(_, e)| e.network_id == net.id)
             .map(|(_, e)| e.container_name)
             .collect();
-        if !users.is_empty() {
-            return Err(ApiError::conflict(format!(
-                "error while removing network: network {} has active endpoints ({})",
-                net.name,
-                users.join(", ")
-            )));
-        }
+        super::refuse_in_use(net, &users)?;
         c.etcd.delete(&cluster::key_network(&net.id)).await?;
         c.etcd.delete_prefix(&ipam_prefix(&net.id)).await?;
         c.overlay_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -100,13 +100,7 @@ impl Daemon {
         let c = self.require_manager().await?;
         let mut n = self.find_node(c, key).await?;
         if role == Role::Worker && n.role == Role::Manager {
-            let managers = c
-                .etcd
-                .list::<NodeRecord>(cluster::NODES)
-                .await?
-                .into_iter()
-                .filter(|(_, n)| n.role == Role::Manager)
-                .count();
+            let managers = c.nodes().await?.0.iter().filter(|n| n.role == Role::Manager).count();
             if managers <= 1 {
                 return Err(ApiError::conflict(format!(
                     "rpc error: attempting to demote the last manager of the swarm ({})",
@@ -130,13 +124,7 @@ impl Daemon {
             return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
         }
         if n.role == Role::Manager {
-            let managers = c
-                .etcd
-                .list::<NodeRecord>(cluster::NODES)
-                .await?
-                .into_iter()
-                .filter(|(_, n)| n.role == Role::Manager)
-                .count();
+            let managers = c.nodes().await?.0.iter().filter(|n| n.role == Role::Manager).count();
             if managers <= 1 {
                 return Err(ApiError::conflict("cannot remove the last manager of the swarm"));
             }
