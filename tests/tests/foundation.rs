@@ -411,10 +411,13 @@ fn start_failures_are_reported_by_run() -> Result<()> {
 /// escapes the space), so a restart re-adopts the container and `rm` leaves no mount behind.
 #[test]
 fn a_state_directory_with_a_space_works_and_leaks_no_mount() -> Result<()> {
-    let root = std::path::PathBuf::from(format!("/tmp/netbee-space-{}/state dir", std::process::id()));
-    let root_arg = root.to_string_lossy().into_owned();
-    let lab = single_node_lab("space", &["--root", &root_arg])?;
+    // inside the node's directory, so the lab's teardown removes it (and any mount) if this fails
+    let mut lab = netbee_lab::Lab::new("space")?;
+    lab.add_node("n1")?;
     let n = lab.node("n1");
+    let root_arg = n.dir().join("state dir").to_string_lossy().into_owned();
+    n.set_daemon_args(&["--root", &root_arg]);
+    n.start_daemon()?;
     n.netbee(&["run", "-d", "--name", "spacey", "sleep", "600"])?;
     let escaped = root_arg.replace(' ', "\\040");
     let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&escaped);
@@ -423,7 +426,5 @@ fn a_state_directory_with_a_space_works_and_leaks_no_mount() -> Result<()> {
     assert!(n.netbee(&["ps"])?.contains("spacey"), "re-adopted after a restart");
     n.netbee(&["rm", "-f", "spacey"])?;
     assert!(!mounted(), "no mount left under {root_arg}");
-    drop(lab);
-    let _ = std::fs::remove_dir_all(root.parent().unwrap());
     Ok(())
 }
