@@ -10,6 +10,7 @@ mod datapath;
 mod datapath_tests;
 mod dns;
 mod humanize;
+pub mod images;
 pub mod ipam;
 mod lookup;
 pub mod model;

@@ -1,0 +1,54 @@
+//! Images: content-addressed layers and configs under `<root>/images`, and what a container needs
+//! from one (its layers, ready to stack as an overlayfs root, and its config).
+//!
+//! This file is the contract between the image store and the container runtime; the store's
+//! implementation (formats, registry, garbage collection) fills it in.
+use std::{collections::BTreeMap, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::portspec::Proto;
+
+/// The reserved image name that runs a host binary in fresh namespaces on the host's root
+/// (`run -d host /usr/bin/sleep 60`): for benchmarks and tests.
+pub const HOST_IMAGE: &str = "host";
+
+/// An image on this node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// `sha256:<hex>` of the image's config blob (docker's image ID).
+    pub id: String,
+    /// `repo:tag` names pointing at it, normalised (`busybox` → `busybox:latest`).
+    pub repo_tags: Vec<String>,
+    /// `repo@sha256:...` of the manifest it was pulled or pushed as, if any.
+    #[serde(default)]
+    pub repo_digests: Vec<String>,
+    pub created: chrono::DateTime<chrono::Utc>,
+    /// Sum of the unpacked layers' sizes in bytes.
+    pub size: u64,
+    pub config: ImageConfig,
+    /// Uncompressed layer digests (`sha256:<hex>`, the config's rootfs.diff_ids), lowest first.
+    pub layers: Vec<String>,
+}
+
+/// The part of an image's config a container runs with (OCI image-spec `config`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value`
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub exposed_ports: Vec<(u16, Proto)>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the runtime asks of the image store.
+pub trait ImageSource {
+    /// The image a reference names: `repo[:tag]`, `repo@sha256:...`, a full or unique prefix of
+    /// an image ID. Not found → an error reading like docker's ("No such image: X").
+    fn resolve(&self, reference: &str) -> anyhow::Result<ImageRecord>;
+    /// The directories of the image's unpacked layers, topmost first (overlayfs `lowerdir` order).
+    fn layer_dirs(&self, image: &ImageRecord) -> anyhow::Result<Vec<PathBuf>>;
+}
