@@ -324,6 +324,23 @@ pub struct NodeRecord {
     pub created: DateTime<Utc>,
 }
 
+/// A node's published host ports in a swarm (`cluster::key_host_ports`): services' published
+/// ports answer on every node, so a service may not take a port a container publishes on any
+/// node. Written under the services guard when a container claims ports, so the two decisions
+/// cannot both win.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostPorts {
+    pub hostname: String,
+    pub ports: Vec<HostPortClaim>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostPortClaim {
+    pub port: u16,
+    pub proto: Proto,
+    pub container: String,
+}
+
 /// What a live node keeps under its lease (`ALIVE`): gone when the node is.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Liveness {

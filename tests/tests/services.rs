@@ -511,6 +511,38 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
         });
         assert_eq!(same.iter().filter(|r| r.is_ok()).count(), 1, "trial {trial}: one owner of 9090: {same:?}");
 
+        // a service on n1 and containers on n2 and n3 publishing one port at once: either the
+        // service owns it on every node, or the containers own it on theirs
+        let raced: Vec<Result<String>> = std::thread::scope(|s| {
+            let svc = s.spawn(|| create_service(nodes[0], "q1", &["--publish", "9191:8080"]).map(|_| String::new()));
+            let runs: Vec<_> = [1, 2]
+                .map(|i| {
+                    s.spawn(move || nodes[i].netbee(&["run", "-d", "--name", "q", "-p", "9191:80", "sleep", "600"]))
+                })
+                .into_iter()
+                .collect();
+            std::iter::once(svc).chain(runs).map(|h| h.join().unwrap()).collect()
+        });
+        let containers_won = raced[1..].iter().filter(|r| r.is_ok()).count();
+        assert!(
+            raced[0].is_ok() != (containers_won > 0),
+            "trial {trial}: service and containers both own 9191, or neither: {raced:?}"
+        );
+        let _ = nodes[0].netbee(&["service", "rm", "q1"]);
+        for n in &nodes[1..] {
+            let _ = n.netbee(&["rm", "-f", "q"]);
+        }
+        if trial == 0 {
+            // a port a container publishes on another node is refused to a service, by name
+            nodes[1].netbee(&["run", "-d", "--name", "holder", "-p", "9292:80", "sleep", "600"])?;
+            let e = nodes[0].netbee_refused(&["service", "create", "--name", "late", "-p", "9292:8080", "sleep", "60"]);
+            assert!(e.contains("port 9292/tcp is already published by container holder on node n2"), "{e}");
+            nodes[1].netbee(&["rm", "-f", "holder"])?;
+            // released with the container
+            create_service(nodes[0], "late", &["--publish", "9292:8080"])?;
+            nodes[0].netbee(&["service", "rm", "late"])?;
+        }
+
         for s in ["s1", "s2", "s3", "p1", "p2", "p3"] {
             let _ = nodes[0].netbee(&["service", "rm", s]);
         }

@@ -85,6 +85,10 @@ pub fn key_ipam(net: &str, ip: Ipv4Addr) -> String {
 pub fn key_endpoint(net: &str, ip: Ipv4Addr) -> String {
     format!("/netbee/endpoints/{net}/{ip}")
 }
+pub fn key_host_ports(node: &str) -> String {
+    format!("{HOST_PORTS}{node}")
+}
+pub const HOST_PORTS: &str = "/netbee/hostports/";
 pub const NODES: &str = "/netbee/nodes/";
 pub const ALIVE: &str = "/netbee/alive/";
 pub const NETWORKS: &str = "/netbee/networks/";

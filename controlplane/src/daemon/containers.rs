@@ -172,7 +172,7 @@ impl Daemon {
                 ApiError::not_found(format!("network {} attached to {} no longer exists", a.network_id, c.name))
             })?;
         }
-        let bindings = self.compute_bindings(&c, &self.services_for_ports().await)?;
+        let bindings = self.claim_bindings(&c).await?;
         match self.start_inner(&mut c, &bindings).await {
             Ok(()) => {
                 let d = self.clone();
@@ -269,8 +269,12 @@ impl Daemon {
 
     /// Removes the container's kernel objects and address leases (best effort, idempotent).
     pub(super) async fn teardown(&self, c: &mut ContainerRecord) {
+        let had_ports = !c.ports.is_empty();
         if let Err(e) = self.unpublish(c) {
             warn!(container = %c.name, "unpublishing: {e:#}");
+        }
+        if had_ports {
+            self.write_host_ports(Some(c)).await;
         }
         for ep in std::mem::take(&mut c.endpoints) {
             if let Err(e) = self.release_endpoint(&ep).await {

@@ -8,9 +8,11 @@ use netbee_abi::{Backend, BackendKey, FrontendKey, IPPROTO_TCP, IPPROTO_UDP, Ser
 use super::Daemon;
 use crate::{
     api::{ApiError, ApiResult},
+    cluster,
     datapath::{ignore_missing, ip_be},
-    model::{ContainerRecord, PublishedPort, ServiceRecord, Status},
+    model::{ContainerRecord, HostPortClaim, HostPorts, PublishedPort, ServiceRecord, Status},
     portspec::{self, PortBinding, PortSpec, Proto},
+    store::Shared,
 };
 
 pub fn proto_num(p: Proto) -> u8 {
@@ -128,6 +130,88 @@ impl Daemon {
             out.push(PortBinding { host_ip, host_port: port, container_port: spec.container_port, proto: spec.proto });
         }
         Ok(out)
+    }
+
+    /// The container's host ports, decided as `compute_bindings` does. In a swarm they are also
+    /// claimed in etcd (this node's `HostPorts`) under the services guard, against the services
+    /// read at the guard's revision: a service created meanwhile on another manager makes the
+    /// claim fail, and the decision is made again with it. While etcd cannot be reached, local
+    /// containers keep working: the ports are checked against no services and claimed at the
+    /// next full sync.
+    pub(super) async fn claim_bindings(&self, c: &ContainerRecord) -> ApiResult<Vec<PortBinding>> {
+        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else {
+            return self.compute_bindings(c, &self.services_for_ports().await);
+        };
+        loop {
+            let decided = async {
+                let seen = etcd.guard_revision(cluster::SERVICES_GUARD).await?;
+                let services = self.shared().list::<ServiceRecord>().await?;
+                anyhow::Ok((seen, services))
+            }
+            .await;
+            let (seen, services) = match decided {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!("published ports of services unknown, not checked: {e:#}");
+                    return self.compute_bindings(c, &[]);
+                }
+            };
+            let bindings = self.compute_bindings(c, &services)?;
+            if bindings.is_empty() {
+                return Ok(bindings);
+            }
+            let claims = self.host_ports(Some((c, &bindings)))?;
+            match etcd
+                .put_guarded(cluster::SERVICES_GUARD, seen, &cluster::key_host_ports(&cluster.node_id), &claims)
+                .await
+            {
+                Ok(true) => return Ok(bindings),
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!("host ports of {} not claimed in the cluster store: {e:#}", c.name);
+                    return Ok(bindings);
+                }
+            }
+        }
+    }
+
+    /// This node's published host ports: its running containers' (but `c`'s own as `bindings`,
+    /// when it is being started; without `c` when it is being stopped).
+    fn host_ports(&self, starting: Option<(&ContainerRecord, &[PortBinding])>) -> Result<HostPorts> {
+        let mut ports = Vec::new();
+        for o in self.containers()? {
+            if o.state.status != Status::Running || starting.is_some_and(|(c, _)| c.id == o.id) {
+                continue;
+            }
+            ports.extend(o.ports.iter().map(|p| HostPortClaim {
+                port: p.binding.host_port,
+                proto: p.binding.proto,
+                container: o.name.clone(),
+            }));
+        }
+        if let Some((c, bindings)) = starting {
+            ports.extend(bindings.iter().map(|b| HostPortClaim {
+                port: b.host_port,
+                proto: b.proto,
+                container: c.name.clone(),
+            }));
+        }
+        let hostname = self.cluster.as_ref().map(|c| c.hostname.clone()).unwrap_or_default();
+        Ok(HostPorts { hostname, ports })
+    }
+
+    /// Rewrites this node's host-port claims from its running containers, leaving out `stopping`
+    /// (whose ports are being released). Releasing needs no guard: it cannot make two owners.
+    /// The full sync writes them too, for claims an etcd outage kept from being written.
+    pub(super) async fn write_host_ports(&self, stopping: Option<&ContainerRecord>) {
+        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else { return };
+        let claims = match self.host_ports(stopping.map(|c| (c, &[][..]))) {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!("listing host ports: {e:#}"),
+        };
+        if let Err(e) = etcd.put(&cluster::key_host_ports(&cluster.node_id), &claims).await {
+            tracing::warn!("host ports not updated in the cluster store: {e:#}");
+        }
     }
 
     /// The services whose published ports containers must leave alone. While the cluster store

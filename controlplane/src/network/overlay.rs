@@ -307,8 +307,10 @@ pub async fn leave_swarm(cx: &Context<'_>) -> Result<()> {
     cx.dp.lock().unwrap().sync_remote_endpoints(&[])
 }
 
-/// A node removed from the swarm: its endpoints and their address leases go with it.
+/// A node removed from the swarm: its endpoints, their address leases and its host-port claims go
+/// with it.
 pub async fn forget_node(etcd: &Etcd, node_id: &str) -> Result<()> {
+    etcd.delete(&cluster::key_host_ports(node_id)).await?;
     for (k, e) in etcd.list::<RemoteEndpoint>(cluster::ENDPOINTS).await? {
         if e.node_id == node_id {
             etcd.delete(&k).await?;

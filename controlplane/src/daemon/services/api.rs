@@ -10,10 +10,11 @@ use crate::{
     },
     cluster,
     daemon::Daemon,
-    model::{NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
+    model::{HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
     names,
     network::{self, Scope},
     portspec::Proto,
+    store::Shared,
 };
 
 use super::scheduler::parse_constraint;
@@ -65,7 +66,7 @@ impl Daemon {
         // refuse early what is already taken; the decision is made again under the guard below
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         check_name_free(&name, &all)?;
-        self.check_ports_free(&ports, &all, None)?;
+        self.check_ports_free(&ports, &all, &self.other_nodes_host_ports().await?, None)?;
         let mut networks = Vec::new();
         for n in wanted {
             let net = self.find_network(&n)?;
@@ -106,8 +107,9 @@ impl Daemon {
         let committed = loop {
             let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
             let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-            if let Err(e) =
-                check_name_free(&rec.spec.name, &all).and_then(|_| self.check_ports_free(&rec.spec.ports, &all, None))
+            let other_nodes = self.other_nodes_host_ports().await?;
+            if let Err(e) = check_name_free(&rec.spec.name, &all)
+                .and_then(|_| self.check_ports_free(&rec.spec.ports, &all, &other_nodes, None))
             {
                 break Err(e);
             }
@@ -127,10 +129,26 @@ impl Daemon {
         Ok(rec)
     }
 
+    /// Other nodes' published host ports (a swarm's; none on a lone node).
+    pub(in crate::daemon) async fn other_nodes_host_ports(&self) -> ApiResult<Vec<HostPorts>> {
+        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else { return Ok(Vec::new()) };
+        let mine = cluster::key_host_ports(&cluster.node_id);
+        Ok(etcd
+            .list::<HostPorts>(cluster::HOST_PORTS)
+            .await?
+            .into_iter()
+            .filter(|(k, _)| *k != mine)
+            .map(|(_, h)| h)
+            .collect())
+    }
+
+    /// Refuses published ports that a service (other than `except`) or a container on any node
+    /// (`other_nodes`: their claims; this node's own containers are read here) already publishes.
     pub(in crate::daemon) fn check_ports_free(
         &self,
         ports: &[ServicePort],
         all: &[ServiceRecord],
+        other_nodes: &[HostPorts],
         except: Option<&str>,
     ) -> ApiResult<()> {
         for p in ports {
@@ -152,6 +170,14 @@ impl Daemon {
                     "port {}/{} is already published by container {} on this node",
                     p.published, p.proto, c.name
                 )));
+            }
+            for n in other_nodes {
+                if let Some(c) = n.ports.iter().find(|c| c.port == p.published && c.proto == p.proto) {
+                    return Err(ApiError::conflict(format!(
+                        "port {}/{} is already published by container {} on node {}",
+                        p.published, p.proto, c.container, n.hostname
+                    )));
+                }
             }
         }
         Ok(())
@@ -188,7 +214,7 @@ impl Daemon {
             .collect::<Result<Vec<_>, _>>()
             .map_err(ApiError::bad_request)?;
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-        self.check_ports_free(&add, &all, Some(&s.id))?;
+        self.check_ports_free(&add, &all, &self.other_nodes_host_ports().await?, Some(&s.id))?;
         for p in &add {
             if !s.spec.ports.contains(p) {
                 s.spec.ports.push(p.clone());
@@ -229,7 +255,7 @@ impl Daemon {
             loop {
                 let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
                 let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-                self.check_ports_free(&add, &all, Some(&s.id))?;
+                self.check_ports_free(&add, &all, &self.other_nodes_host_ports().await?, Some(&s.id))?;
                 if self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await? {
                     break;
                 }

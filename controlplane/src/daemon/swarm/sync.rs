@@ -69,6 +69,7 @@ impl Daemon {
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
             break;
         }
+        self.write_host_ports(None).await;
         self.refresh_node_addrs().await
     }
 
