@@ -27,6 +27,8 @@ pub struct Node {
     cgroup: PathBuf,
     daemon: Mutex<Option<Child>>,
     daemon_args: Mutex<Vec<String>>,
+    /// Soft open-file limit the daemon starts with (None: inherited).
+    open_files: Mutex<Option<u64>>,
 }
 
 impl Deref for Node {
@@ -38,10 +40,24 @@ impl Deref for Node {
 
 impl Node {
     pub(crate) fn new(ns: Ns, short_name: String, dir: PathBuf, cgroup: PathBuf) -> Node {
-        Node { ns, short_name, dir, cgroup, daemon: Mutex::new(None), daemon_args: Mutex::new(Vec::new()) }
+        Node {
+            ns,
+            short_name,
+            dir,
+            cgroup,
+            daemon: Mutex::new(None),
+            daemon_args: Mutex::new(Vec::new()),
+            open_files: Mutex::new(None),
+        }
     }
 
     /// Extra arguments for every later `start_daemon` (e.g. `--cluster-store`).
+    /// Starts later daemons with this soft open-file limit (the hard limit is left as it is), as
+    /// a service manager's default of 1024 would.
+    pub fn set_open_file_limit(&self, soft: u64) {
+        *self.open_files.lock().unwrap_or_else(|p| p.into_inner()) = Some(soft);
+    }
+
     pub fn set_daemon_args(&self, args: &[&str]) {
         *self.daemon_args.lock().unwrap_or_else(|p| p.into_inner()) = args.iter().map(|s| s.to_string()).collect();
     }
@@ -116,6 +132,22 @@ impl Node {
             .stderr(log);
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
+        }
+        if let Some(soft) = *self.open_files.lock().unwrap_or_else(|p| p.into_inner()) {
+            // SAFETY: between fork and exec only getrlimit/setrlimit run, both async-signal-safe
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
         }
         let child = cmd.spawn().with_context(|| format!("spawning {} daemon on {}", bin.display(), self.name()))?;
         *slot = Some(child);

@@ -667,3 +667,50 @@ fn deleted_veth_and_recreated_uplink_are_healed() -> Result<()> {
     assert!(n1.daemon_log().contains("uplink re-created"), "the daemon noticed the new uplink");
     Ok(())
 }
+
+/// A daemon started with a low soft open-file limit (a service manager's 1024, here 256) raises
+/// it to the hard limit: the pidfd it keeps per container would otherwise stop the node near the
+/// soft limit ("Too many open files" at the 250th container here, the 980th under 1024).
+#[test]
+fn a_low_open_file_limit_does_not_cap_the_containers_of_a_node() -> Result<()> {
+    let mut lab = Lab::new("nofile")?;
+    lab.add_node("n1")?;
+    let n1 = lab.node("n1");
+    n1.set_open_file_limit(256);
+    n1.start_daemon()?;
+    let pid = n1.daemon_pid().expect("daemon started");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or_default().to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.get(3), fields.get(4), "soft open-file limit not raised to the hard one: {line}");
+    let want = 300;
+    std::thread::scope(|s| -> Result<()> {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                s.spawn(move || -> Result<()> {
+                    for i in (t..want).step_by(4) {
+                        n1.netbee(&["run", "-d", "--name", &format!("c{i}"), "--network", "none", "sleep", "600"])?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap()?;
+        }
+        Ok(())
+    })?;
+    let running = n1.netbee(&["ps", "-q"])?.lines().count();
+    assert_eq!(running, want, "running containers");
+    // the limit would have been hit: the daemon holds more files than the soft limit it started with
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+    assert!(open > 256, "the daemon holds {open} files with {want} containers: the test no longer exercises the limit");
+    let ids: Vec<String> = n1.netbee(&["ps", "-aq"])?.lines().map(String::from).collect();
+    for chunk in ids.chunks(50) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(chunk.iter().map(String::as_str));
+        n1.netbee(&args)?;
+    }
+    assert_eq!(n1.netbee(&["ps", "-aq"])?.lines().count(), 0, "containers left after rm -f");
+    Ok(())
+}
