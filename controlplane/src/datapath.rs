@@ -74,7 +74,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Mounts a bpffs instance at `dir` unless one is already there.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::paths::make_dir(dir)?;
     let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
     if st.filesystem_type().0 as i64 == BPF_FS_MAGIC {
         return Ok(());
@@ -91,8 +91,8 @@ impl Datapath {
         let root = bpffs.join("netbee");
         let maps_dir = root.join(format!("maps-v{MAP_VERSION}"));
         let links_dir = root.join("links");
-        fs::create_dir_all(&maps_dir)?;
-        fs::create_dir_all(&links_dir)?;
+        crate::paths::make_dir(&maps_dir)?;
+        crate::paths::make_dir(&links_dir)?;
         let mut bpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries("CT", ct_size)

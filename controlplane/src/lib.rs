@@ -18,6 +18,7 @@ pub mod names;
 mod netlink;
 mod netns;
 mod network;
+mod paths;
 pub mod portspec;
 mod runtime;
 mod store;

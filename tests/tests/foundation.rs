@@ -428,3 +428,48 @@ fn a_state_directory_with_a_space_works_and_leaks_no_mount() -> Result<()> {
     assert!(!mounted(), "no mount left under {root_arg}");
     Ok(())
 }
+
+/// State paths the daemon cannot use are refused before it touches anything, and the error names
+/// the path: a regular file where the state directory should be ("File exists" alone before), a
+/// read-only file system ("Read-only file system" alone before).
+#[test]
+fn unusable_state_paths_are_refused_with_the_path() -> Result<()> {
+    let mut lab = netbee_lab::Lab::new("statepath")?;
+    lab.add_node("n1")?;
+    let n1 = lab.node("n1");
+    let dir = n1.dir().join("paths");
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("a-file");
+    std::fs::write(&file, "not a directory")?;
+    let bin = netbee_bin();
+    let daemon = |root: &str, extra: &str| {
+        format!(
+            "timeout 20 {} daemon --root {root} --socket {d}/s.sock --bpffs {d}/bpf --uplink eth0 {extra} 2>&1; echo \"exit=$?\"",
+            bin.display(),
+            d = dir.display()
+        )
+    };
+    let cases = [
+        (n1.sh(&daemon(&file.to_string_lossy(), ""))?, format!("{} exists and is not a directory", file.display())),
+        (
+            n1.sh(&daemon(&file.join("state").to_string_lossy(), ""))?,
+            format!("{} exists and is not a directory", file.display()),
+        ),
+        (
+            // a read-only mount seen only by this daemon (its own mount namespace)
+            n1.sh(&format!(
+                "unshare -m bash -c 'mkdir -p {d}/ro && mount -t tmpfs -o ro tmpfs {d}/ro && {}'",
+                daemon(&format!("{}/ro/state", dir.display()), "").replace('\'', "'\\''"),
+                d = dir.display()
+            ))?,
+            format!("creating directory {}/ro/state: Read-only file system", dir.display()),
+        ),
+    ];
+    for (out, want) in &cases {
+        assert!(out.contains(want), "wanted {want:?} in:\n{out}");
+        assert!(!out.contains("exit=0") && !out.contains("exit=124"), "the daemon did not refuse at once:\n{out}");
+    }
+    assert_eq!(std::fs::read_to_string(&file)?, "not a directory", "the file in the way was changed");
+    assert!(!dir.join("s.sock").exists(), "a socket was created");
+    Ok(())
+}

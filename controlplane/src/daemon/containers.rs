@@ -156,7 +156,7 @@ impl Daemon {
         };
         // taken host ports are refused now, not at the first start
         self.compute_bindings(&rec, &self.services_for_ports().await)?;
-        std::fs::create_dir_all(self.container_dir(&id)).context("creating the container directory")?;
+        crate::paths::make_dir(&self.container_dir(&id))?;
         self.put_container(&rec)?;
         Ok(rec)
     }
@@ -194,7 +194,7 @@ impl Daemon {
 
     async fn start_inner(&self, c: &mut ContainerRecord, bindings: &[portspec::PortBinding]) -> Result<()> {
         let dir = self.container_dir(&c.id);
-        std::fs::create_dir_all(&dir)?;
+        crate::paths::make_dir(&dir)?;
         let _ = std::fs::remove_file(dir.join("exit.json"));
         let ns = match c.config.network_mode {
             NetworkMode::Host => None,

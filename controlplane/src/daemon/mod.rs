@@ -88,7 +88,7 @@ pub struct Daemon {
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
     for d in [cfg.root.clone(), cfg.root.join("containers"), cfg.root.join("netns")] {
-        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        crate::paths::make_dir(&d)?;
     }
     let _claims = ownership::claim(&cfg.root, &cfg.socket, &cfg.bpffs)?;
     raise_fd_limit();
@@ -234,7 +234,7 @@ fn cgroup2_root() -> Option<PathBuf> {
 /// every process, and the socket hooks act only on this node's network namespace.
 fn mount_cgroup2(root: &Path) -> Result<PathBuf> {
     let dir = root.join("cgroup2");
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    crate::paths::make_dir(&dir)?;
     let st = nix::sys::statfs::statfs(&dir).with_context(|| format!("statfs {}", dir.display()))?;
     if st.filesystem_type().0 as i64 != crate::datapath::CGROUP2_SUPER_MAGIC {
         nix::mount::mount(Some("cgroup2"), &dir, Some("cgroup2"), nix::mount::MsFlags::empty(), None::<&str>)

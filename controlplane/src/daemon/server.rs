@@ -62,7 +62,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     let path = d.cfg.socket.clone();
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        crate::paths::make_dir(dir)?;
     }
     let _ = std::fs::remove_file(&path);
     let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
