@@ -187,6 +187,11 @@ impl Store {
 
 /// Where the records a swarm shares live: etcd when this node is a swarm member (every manager
 /// sees the same), the embedded store when it runs alone. Callers never switch tables by hand.
+/// A fenced write found that this node no longer leads the swarm.
+#[derive(Debug, thiserror::Error)]
+#[error("no longer the swarm's leader: another manager schedules now")]
+pub struct Deposed;
+
 pub enum Shared<'a> {
     Local(&'a Store),
     Cluster(&'a Etcd),
@@ -224,6 +229,32 @@ impl Shared<'_> {
             Shared::Cluster(e) => {
                 e.put_guarded(guard, seen, &format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await
             }
+        }
+    }
+
+    /// The scheduler's writes: in a swarm made only while `fence` (the leader's election key)
+    /// exists, and refused with [`Deposed`] when it does not; a lone node writes as `put` does.
+    pub async fn put_fenced<T: SharedRecord>(&self, fence: Option<&str>, value: &T) -> Result<()> {
+        match (self, fence) {
+            (Shared::Cluster(e), Some(f)) => {
+                let key = format!("{}{}", T::CLUSTER_PREFIX, value.key());
+                if e.put_fenced(f, &key, value).await? { Ok(()) } else { Err(Deposed.into()) }
+            }
+            _ => self.put(value).await,
+        }
+    }
+
+    /// `delete` under the leader's fence (see `put_fenced`).
+    pub async fn delete_fenced<T: SharedRecord>(&self, fence: Option<&str>, key: &str) -> Result<()> {
+        match (self, fence) {
+            (Shared::Cluster(e), Some(f)) => {
+                if e.delete_fenced(f, &format!("{}{key}", T::CLUSTER_PREFIX)).await? {
+                    Ok(())
+                } else {
+                    Err(Deposed.into())
+                }
+            }
+            _ => self.delete::<T>(key).await,
         }
     }
 

@@ -185,6 +185,24 @@ impl Etcd {
         Ok(r.succeeded())
     }
 
+    /// Writes `key` only while `fence` exists (the leader's candidate key, tied to its lease):
+    /// false when the writer is no longer the leader.
+    pub async fn put_fenced<T: Serialize>(&self, fence: &str, key: &str, v: &T) -> Result<bool> {
+        let op = TxnOp::put(key.to_string(), serde_json::to_vec(v)?, None);
+        self.fenced(fence, op).await
+    }
+
+    /// Deletes `key` only while `fence` exists (see `put_fenced`).
+    pub async fn delete_fenced(&self, fence: &str, key: &str) -> Result<bool> {
+        self.fenced(fence, TxnOp::delete(key.to_string(), None)).await
+    }
+
+    async fn fenced(&self, fence: &str, op: TxnOp) -> Result<bool> {
+        let txn = Txn::new().when([Compare::version(fence.to_string(), CompareOp::Greater, 0)]).and_then([op]);
+        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
+        Ok(r.succeeded())
+    }
+
     pub async fn delete(&self, key: &str) -> Result<()> {
         let k = key.to_string();
         self.run("delete", |mut c| async move { c.delete(k, None).await }).await.map(|_| ())

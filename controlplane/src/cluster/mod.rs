@@ -15,7 +15,11 @@ pub struct ClusterState {
     pub node_id: String,
     pub hostname: String,
     pub membership: std::sync::RwLock<Option<Membership>>,
-    pub is_leader: std::sync::atomic::AtomicBool,
+    is_leader: std::sync::atomic::AtomicBool,
+    /// While leading: this node's candidate key in the election. The scheduler's writes are made
+    /// only while it exists (`Etcd::put_fenced`), so a leader whose lease expired while it was cut
+    /// off — another manager leads by then — cannot write a stale decision when it comes back.
+    leader_key: std::sync::Mutex<Option<String>>,
     pub tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Wakes the sync loop (after a change this node made) instead of waiting for the watch.
     pub sync_now: tokio::sync::Notify,
@@ -37,10 +41,27 @@ impl ClusterState {
             hostname,
             membership: std::sync::RwLock::new(membership),
             is_leader: Default::default(),
+            leader_key: Default::default(),
             tasks: Default::default(),
             sync_now: Default::default(),
             overlay_changes: Default::default(),
         }
+    }
+
+    /// Won the election with `candidate_key` (Some), or lost or resigned the leadership (None).
+    pub fn set_leader(&self, candidate_key: Option<String>) {
+        let leading = candidate_key.is_some();
+        *self.leader_key.lock().unwrap() = candidate_key;
+        self.is_leader.store(leading, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.is_leader.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The key the leader's writes are fenced on; None when not leading.
+    pub fn leader_fence(&self) -> Option<String> {
+        self.leader_key.lock().unwrap().clone()
     }
 
     pub fn member(&self) -> Option<Membership> {

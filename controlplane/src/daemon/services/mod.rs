@@ -5,11 +5,7 @@
 //! - `scheduler.rs`: placement (constraints, spreading) on the elected leader;
 //! - `agent.rs`: the node agent that runs this node's tasks as containers;
 //! - `loadbalancer.rs`: every service's VIP per network and its routing-mesh port on every node.
-use std::{
-    collections::HashSet,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Result;
 use chrono::Utc;
@@ -74,7 +70,7 @@ impl Daemon {
 
     pub(in crate::daemon) fn is_scheduler(&self) -> bool {
         match &self.cluster {
-            Some(c) if c.member().is_some() => c.is_leader.load(Ordering::Relaxed),
+            Some(c) if c.member().is_some() => c.is_leader(),
             _ => true,
         }
     }
@@ -127,7 +123,13 @@ impl Daemon {
             let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
             let (nodes, alive) = self.cluster_nodes().await?;
             if self.is_scheduler() {
-                pending |= self.schedule(&services, &nodes, &alive).await?;
+                match self.schedule(&services, &nodes, &alive).await {
+                    Ok(p) => pending |= p,
+                    // lease lost: the liveness loop notices and steps down; this node's own tasks
+                    // and load balancers are still kept below
+                    Err(e) if e.is::<crate::store::Deposed>() => tracing::warn!("scheduling stopped: {e}"),
+                    Err(e) => return Err(e),
+                }
             }
             pending |= self.run_my_tasks(&services).await?;
             let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;

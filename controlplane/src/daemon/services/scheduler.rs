@@ -93,6 +93,12 @@ impl Daemon {
         nodes: &[NodeRecord],
         alive: &HashSet<String>,
     ) -> Result<Pending> {
+        // a swarm's leader writes only while its election key exists (see `ClusterState::set_leader`)
+        let fence = match &self.cluster {
+            Some(c) if c.member().is_some() => Some(c.leader_fence().ok_or(crate::store::Deposed)?),
+            _ => None,
+        };
+        let fence = fence.as_deref();
         let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
         let now = Utc::now();
         let mut pending = false;
@@ -119,7 +125,7 @@ impl Daemon {
                 }
                 t.message = r.to_string();
                 t.updated = now;
-                self.shared().put(&*t).await?;
+                self.shared().put_fenced(fence, &*t).await?;
             }
         }
         let mut per_node_total: HashMap<String, usize> = HashMap::new();
@@ -143,7 +149,7 @@ impl Daemon {
                     t.desired_running = false;
                     t.message = "scaled down".into();
                     t.updated = now;
-                    self.shared().put(&*t).await?;
+                    self.shared().put_fenced(fence, &*t).await?;
                     continue;
                 }
                 slots.insert(t.slot);
@@ -178,7 +184,7 @@ impl Daemon {
                 };
                 *per_service.entry(node.id.clone()).or_default() += 1;
                 *per_node_total.entry(node.id.clone()).or_default() += 1;
-                self.shared().put(&t).await?;
+                self.shared().put_fenced(fence, &t).await?;
                 tasks.push(t);
             }
         }
@@ -192,12 +198,12 @@ impl Daemon {
         for (_, mut old) in by_slot {
             old.sort_by_key(|t| std::cmp::Reverse(t.updated));
             for t in old.iter().skip(MAX_HISTORY) {
-                self.shared().delete::<TaskRecord>(&t.id).await?;
+                self.shared().delete_fenced::<TaskRecord>(fence, &t.id).await?;
             }
         }
         for t in tasks.iter().filter(|t| !t.desired_running && !services.iter().any(|s| s.id == t.service_id)) {
             if matches!(t.state, TaskState::Shutdown | TaskState::Failed) {
-                self.shared().delete::<TaskRecord>(&t.id).await?;
+                self.shared().delete_fenced::<TaskRecord>(fence, &t.id).await?;
             }
         }
         Ok(pending)

@@ -1,9 +1,6 @@
 //! This node's liveness: a key under an etcd lease kept alive while the daemon runs; managers
 //! campaign for the scheduler's leadership with the same lease, so a dead daemon loses both at once.
-use std::{
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use anyhow::{Result, anyhow};
 use tracing::{info, warn};
@@ -46,7 +43,7 @@ impl Daemon {
             if let Err(e) = self.liveness_once(&c).await {
                 warn!("cluster liveness: {e:#}");
             }
-            c.is_leader.store(false, Ordering::Relaxed);
+            c.set_leader(None);
             c.etcd.reset().await;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
@@ -97,13 +94,13 @@ async fn campaign_while_manager(c: Arc<ClusterState>, mut client: etcd_client::C
                 continue;
             }
         };
-        let leading = c.is_leader.load(Ordering::Relaxed);
+        let leading = c.is_leader();
         if manager && !leading {
             candidate_key_exists = true;
             let asked = tokio::time::Instant::now();
             match client.campaign(cluster::ELECTION, c.node_id.clone(), lease).await {
                 Ok(_) => {
-                    c.is_leader.store(true, Ordering::Relaxed);
+                    c.set_leader(Some(candidate.clone()));
                     info!("elected cluster leader");
                 }
                 // the wait timed out (campaign again at once), or etcd refused (not in a loop)
@@ -115,7 +112,7 @@ async fn campaign_while_manager(c: Arc<ClusterState>, mut client: etcd_client::C
         if !manager && candidate_key_exists && client.delete(candidate.clone(), None).await.is_ok() {
             candidate_key_exists = false;
             if leading {
-                c.is_leader.store(false, Ordering::Relaxed);
+                c.set_leader(None);
                 info!("no longer a manager: resigned the leadership");
             }
         }

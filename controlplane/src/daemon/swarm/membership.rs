@@ -1,8 +1,5 @@
 //! `swarm init|join|leave|join-token`.
-use std::{
-    net::Ipv4Addr,
-    sync::{Arc, atomic::Ordering},
-};
+use std::{net::Ipv4Addr, sync::Arc};
 
 use anyhow::Result;
 use tracing::info;
@@ -135,7 +132,7 @@ impl Daemon {
         c.etcd.delete(&cluster::key_node(&c.node_id)).await?;
         self.store.delete_meta("membership")?;
         *c.membership.write().unwrap() = None;
-        c.is_leader.store(false, Ordering::Relaxed);
+        c.set_leader(None);
         network::leave_swarm(&self.net_cx()).await?;
         self.apply_peer_nodes(&c.node_id, &[], &[])?;
         info!("left the swarm");
