@@ -7,7 +7,7 @@ use netbee_lab::{Lab, Node, Ns, http_hostname, netbee_bin, start_load, wait_unti
 use serde_json::Value;
 
 fn whoami_cmd() -> Vec<String> {
-    vec![netbee_bin().to_string_lossy().into_owned(), "whoami".into(), "--port".into(), "8080".into()]
+    vec!["host".into(), netbee_bin().to_string_lossy().into_owned(), "whoami".into(), "--port".into(), "8080".into()]
 }
 
 fn create_service(n: &Node, name: &str, extra: &[&str]) -> Result<()> {
@@ -67,7 +67,7 @@ fn single_node_services_vip_dns_and_published_port() -> Result<()> {
     assert!(whoami_field(&a, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())), "{a}");
 
     // VIP and DNS inside the network
-    n.netbee(&["run", "-d", "--name", "client", "--network", "app", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "client", "--network", "app", "host", "sleep", "600"])?;
     let vip: String = {
         let v: Value = serde_json::from_str(&n.netbee(&["service", "inspect", "web"])?)?;
         v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().split('/').next().unwrap().to_string()
@@ -87,7 +87,7 @@ fn single_node_services_vip_dns_and_published_port() -> Result<()> {
     assert_round_robin(&seen, 3, "VIP from a container");
 
     // another network can neither resolve nor reach it
-    n.netbee(&["run", "-d", "--name", "outsider", "--network", "elsewhere", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "outsider", "--network", "elsewhere", "host", "sleep", "600"])?;
     assert!(!n.exec_ok("outsider", &["getent", "hosts", "web"]), "web must not resolve from another network");
     assert!(!n.exec_ok("outsider", &["curl", "-s", "-m", "2", &format!("http://{vip}:8080/")]));
 
@@ -138,7 +138,7 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     let ls = n.netbee(&["service", "ls", "-q"])?;
     assert_eq!(ls.lines().count(), 1, "only the first service exists: {ls}");
     // a container may not take a port a service publishes (it would stop receiving its traffic)
-    let err = n.netbee_refused(&["run", "-d", "-p", "9000:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "-p", "9000:80", "host", "sleep", "60"]);
     assert!(err.contains("held by service first"), "{err}");
     assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim().lines().filter(|l| !l.is_empty()).count(), 1, "only first's task");
     Ok(())
@@ -210,7 +210,7 @@ fn vip_and_dns_across_nodes() -> Result<()> {
     n1.netbee(&["network", "create", "--driver", "overlay", "other"])?;
     create_service(n1, "api", &["--replicas", "4", "--network", "app"])?;
     wait_replicas(n1, "api", "4/4")?;
-    n1.netbee(&["run", "-d", "--name", "client", "--network", "app", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "client", "--network", "app", "host", "sleep", "600"])?;
     let vip = {
         let v: Value = serde_json::from_str(&n1.netbee(&["service", "inspect", "api"])?)?;
         v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().split('/').next().unwrap().to_string()
@@ -234,7 +234,7 @@ fn vip_and_dns_across_nodes() -> Result<()> {
     let seen: Vec<String> = out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect();
     assert_eq!(seen.len(), 100);
     assert_round_robin(&seen, 4, "VIP across nodes");
-    n1.netbee(&["run", "-d", "--name", "outsider", "--network", "other", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "outsider", "--network", "other", "host", "sleep", "600"])?;
     assert!(!n1.exec_ok("outsider", &["getent", "hosts", "api"]));
     assert!(!n1.exec_ok("outsider", &["curl", "-s", "-m", "2", &format!("http://{vip}:8080/")]));
     Ok(())
@@ -532,13 +532,13 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
 fn huge_services_are_refused_and_a_big_one_holds_nothing_back() -> Result<()> {
     let lab = netbee_lab::single_node_lab("bounded", &[])?;
     let n1 = lab.node("n1");
-    let e = n1.netbee_refused(&["service", "create", "--name", "huge", "--replicas", "100000", "sleep", "600"]);
+    let e = n1.netbee_refused(&["service", "create", "--name", "huge", "--replicas", "100000", "host", "sleep", "600"]);
     assert!(e.contains("at most 10000 replicas"), "{e}");
     create_service(n1, "web", &["--replicas", "1"])?;
     wait_replicas(n1, "web", "1/1")?;
     let e = n1.netbee_refused(&["service", "scale", "web=99999999999"]);
     assert!(e.contains("at most 10000 replicas") || e.contains("invalid"), "{e}");
-    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "sleep", "600"])?;
+    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "host", "sleep", "600"])?;
     std::thread::sleep(Duration::from_millis(500));
     let t = std::time::Instant::now();
     n1.netbee(&["service", "scale", "web=3"])?;
