@@ -402,7 +402,7 @@ struct RunArgs {
     #[arg(long)]
     rm: bool,
     /// Name the container.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     name: Option<String>,
     /// Set an environment variable (KEY=VALUE, or KEY to copy this shell's), over the image's.
     #[arg(short = 'e', long = "env")]
