@@ -144,6 +144,33 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     Ok(())
 }
 
+/// A task whose image its node lacks and cannot pull fails with the pull's reason in `service ps`
+/// (not "task failed"); a container of an unknown image, or with nothing to run, is refused with
+/// docker's message and leaves nothing behind.
+#[test]
+fn missing_images_are_reported() -> Result<()> {
+    let mut lab = Lab::new("svcimg")?;
+    lab.add_node("n1")?;
+    let n = lab.node("n1");
+    n.start_daemon()?;
+    n.netbee(&["service", "create", "--name", "ghost", "registry.invalid/nosuch:1"])?;
+    wait_until(Duration::from_secs(20), "the task's pull error in service ps", || {
+        n.netbee(&["service", "ps", "ghost"]).is_ok_and(|o| o.contains("pulling image registry.invalid/nosuch:1: "))
+    })?;
+    for (args, needle) in [
+        (vec!["run", "-d", "nosuchimage"], "No such image: nosuchimage"),
+        (vec!["run", "-d", "host"], "no command specified"),
+        (vec!["run", "-d", "--entrypoint", "", "host"], "no command specified"),
+        (vec!["run", "-d", "-w", "relative", "host", "sleep", "1"], "needs to be an absolute path"),
+        (vec!["service", "create", "--name", "nocmd", "host"], "no command specified"),
+    ] {
+        let err = n.netbee_refused(&args);
+        assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
+    }
+    assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim(), "", "no container was created");
+    Ok(())
+}
+
 #[test]
 fn routing_mesh_round_robin_on_every_node_with_client_address() -> Result<()> {
     let lab = netbee_lab::swarm_lab_with("mesh", &["n1", "n2", "n3"], &["x1"], &["--mesh-routing", "native"])?;

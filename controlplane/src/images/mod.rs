@@ -55,7 +55,7 @@ pub trait ImageSource {
     /// whose node lacks its image. The error is what `service ps` shows as the task's ERROR.
     /// A source that cannot pull keeps this default.
     fn pull_image<'a>(&'a self, reference: &'a str) -> PullFuture<'a> {
-        Box::pin(async move { Err(anyhow::anyhow!("pulling images is not available: cannot get {reference}")) })
+        Box::pin(async move { Err(anyhow::anyhow!("pulling images is not available (asked for {reference})")) })
     }
 }
 
