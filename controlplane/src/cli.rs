@@ -18,6 +18,7 @@ use crate::{
     },
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
+    runtime::process::merge_env,
 };
 
 #[derive(Parser)]
@@ -91,10 +92,15 @@ enum Cmd {
     },
     /// Run a command inside a running container.
     Exec {
+        /// Set an environment variable (KEY=VALUE), over the container's.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
+        /// Working directory inside the container (default: the container's).
         #[arg(short = 'w', long = "workdir")]
         workdir: Option<String>,
+        /// Run as name|uid[:group|gid] (default: the container's user).
+        #[arg(short = 'u', long)]
+        user: Option<String>,
         container: String,
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
@@ -236,13 +242,19 @@ enum ServiceCmd {
         /// PUBLISHED:TARGET[/udp], served on every node (routing mesh).
         #[arg(short = 'p', long = "publish")]
         publish: Vec<String>,
+        /// Attach the tasks to a network (the first carries the routing mesh).
         #[arg(long = "network")]
         networks: Vec<String>,
+        /// Place tasks only on matching nodes (node.role==manager, node.labels.K==V, ...).
         #[arg(long = "constraint")]
         constraints: Vec<String>,
+        /// Set an environment variable (KEY=VALUE) in every task.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        /// The tasks' image (`host`: a host binary); a node that lacks it pulls it.
+        image: String,
+        /// Command and arguments, replacing the image's command.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
     /// List services.
@@ -383,34 +395,55 @@ enum DatapathCmd {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Run in the background and print the container ID.
     #[arg(short = 'd', long)]
     detach: bool,
+    /// Remove the container when it exits.
     #[arg(long)]
     rm: bool,
-    #[arg(long)]
+    /// Name the container.
+    #[arg(long, allow_hyphen_values = true)]
     name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to copy this shell's), over the image's.
     #[arg(short = 'e', long = "env")]
     env: Vec<String>,
+    /// The container's hostname (default: its short ID).
     #[arg(short = 'h', long)]
     hostname: Option<String>,
+    /// Connect to a network (bridge by default; host or none).
     #[arg(long = "network", alias = "net")]
     network: Option<String>,
+    /// Another name for the container on its network.
     #[arg(long = "network-alias")]
     network_aliases: Vec<String>,
+    /// The container's IPv4 address on a user-defined network.
     #[arg(long)]
     ip: Option<String>,
+    /// Publish a port: [IP:]HOST[-HI]:CONTAINER[/udp], or CONTAINER for a free host port.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Publish the image's exposed ports and --expose ones to free host ports.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
+    /// Expose a port or range (PORT[-HI][/udp]) without publishing it.
     #[arg(long)]
     expose: Vec<String>,
+    /// Working directory inside the container, over the image's (created if missing).
     #[arg(short = 'w', long)]
     workdir: Option<String>,
+    /// Set a label (key=value), over the image's.
     #[arg(short = 'l', long = "label")]
     labels: Vec<String>,
-    /// Program and arguments (a host binary).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    /// Replace the image's entrypoint ("" clears it); the image's command is then dropped.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Run as name|uid[:group|gid], looked up in the container's /etc/passwd and /etc/group.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// The image to run; `host` runs a host binary on the node's own root.
+    image: String,
+    /// Command and arguments, replacing the image's command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     cmd: Vec<String>,
 }
 
@@ -431,7 +464,9 @@ pub fn main() -> i32 {
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(crate::whoami::run(port)))
             .map(|_| 0),
-        Cmd::Exec { env, workdir, container, cmd } => exec(host.as_deref(), &container, &cmd, &env, workdir.as_deref()),
+        Cmd::Exec { env, workdir, user, container, cmd } => {
+            exec(host.as_deref(), &container, &cmd, &env, workdir.as_deref(), user.as_deref())
+        }
         other => {
             // a client writing into a closed pipe (`netbee ps | head -1`) ends quietly, as
             // command-line tools do, instead of panicking in println!
@@ -520,7 +555,14 @@ fn labels(v: &[String]) -> Result<std::collections::BTreeMap<String, String>> {
         .collect()
 }
 
-fn exec(host: Option<&str>, container: &str, cmd: &[String], env: &[String], workdir: Option<&str>) -> Result<i32> {
+fn exec(
+    host: Option<&str>,
+    container: &str,
+    cmd: &[String],
+    env: &[String],
+    workdir: Option<&str>,
+    user: Option<&str>,
+) -> Result<i32> {
     let info: ContainerInspectResponse = {
         let rt = rt()?;
         rt.block_on(client(host)?.get(&format!("/containers/{}/json", enc(container))))?
@@ -529,11 +571,16 @@ fn exec(host: Option<&str>, container: &str, cmd: &[String], env: &[String], wor
         bail!("Error response from daemon: container {container} is not running");
     }
     let pid = info.state.pid;
-    let mut full_env = vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()];
-    full_env.extend(info.config.env);
-    full_env.push(format!("HOSTNAME={}", info.config.hostname));
-    full_env.extend(env.iter().cloned());
-    crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir)
+    // as the container's main process sees it: the default PATH unless the image has one, then
+    // the container's variables, then -e
+    let base = [
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        format!("HOSTNAME={}", info.config.hostname),
+    ];
+    let full_env = merge_env(&merge_env(&base, &info.config.env), env);
+    let workdir = workdir.or(Some(info.config.working_dir.as_str()).filter(|w| !w.is_empty()));
+    let user = user.unwrap_or(&info.config.user);
+    crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir, user)
 }
 
 fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
@@ -750,6 +797,9 @@ fn line<T: Serialize>(v: &T) -> Result<String> {
 async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
     let req = ContainerCreateRequest {
         name: a.name,
+        image: a.image,
+        entrypoint: a.entrypoint.map(|e| if e.is_empty() { vec![] } else { vec![e] }),
+        user: a.user,
         cmd: a.cmd,
         env: a
             .env
@@ -978,9 +1028,9 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
 
 async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
     match cmd {
-        ServiceCmd::Create { name, replicas, publish, networks, constraints, env, cmd } => {
+        ServiceCmd::Create { name, replicas, publish, networks, constraints, env, image, cmd } => {
             let replicas = replicas.map(Replicas::String);
-            let req = ServiceCreateRequest { name, replicas, publish, networks, constraints, env, cmd };
+            let req = ServiceCreateRequest { name, image, replicas, publish, networks, constraints, env, cmd };
             let v: ServiceCreateResponse = c.post("/services/create", &req).await?;
             println!("{}", v.id);
             Ok(0)

@@ -109,6 +109,17 @@ pub fn mac_for_ip(ip: Ipv4Addr) -> [u8; 6] {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ContainerConfig {
+    /// The image as the user named it; `host` runs on the node's root. Records written before
+    /// images existed ran host binaries.
+    #[serde(default = "host_image")]
+    pub image: String,
+    /// The ID of the image resolved at create (`sha256:...`), empty for `host`: a later `tag`
+    /// does not change what the container runs.
+    #[serde(default)]
+    pub image_id: String,
+    /// docker's merged Entrypoint; the process is `entrypoint` followed by `cmd`.
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub hostname: String,
@@ -120,6 +131,20 @@ pub struct ContainerConfig {
     pub workdir: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `uid[:gid]` or `name[:group]`, resolved in the container's root; empty is root.
+    #[serde(default)]
+    pub user: String,
+}
+
+impl ContainerConfig {
+    /// The program and its arguments.
+    pub fn argv(&self) -> Vec<String> {
+        self.entrypoint.iter().chain(&self.cmd).cloned().collect()
+    }
+}
+
+fn host_image() -> String {
+    crate::images::HOST_IMAGE.to_string()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -195,6 +220,9 @@ pub struct ServicePort {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceSpec {
     pub name: String,
+    /// The tasks' image as the user named it; services created before images ran host binaries.
+    #[serde(default = "host_image")]
+    pub image: String,
     pub replicas: u64,
     pub cmd: Vec<String>,
     pub env: Vec<String>,

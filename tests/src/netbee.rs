@@ -61,7 +61,7 @@ impl Node {
         let port_s = port.to_string();
         let mut args = vec!["run", "-d", "--name", name];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[bin.to_str().unwrap(), "whoami", "--port", &port_s]);
+        args.extend_from_slice(&["host", bin.to_str().unwrap(), "whoami", "--port", &port_s]);
         let id = self.netbee(&args)?.trim().to_string();
         crate::wait_until(std::time::Duration::from_secs(10), &format!("{name} listening"), || {
             self.netbee(&["logs", name]).map(|l| l.contains("listening")).unwrap_or(false)

@@ -116,7 +116,7 @@ fn overlay_across_nodes_isolated_and_fast() -> Result<()> {
         .to_string();
 
     n2.run_whoami("srv", &["--network", "ov1"], 8080)?;
-    n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov1", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov1", "host", "sleep", "600"])?;
     let srv = n2.container_ip("srv", "ov1")?;
     let cli = n1.container_ip("cli", "ov1")?;
     assert_eq!(n2.inspect("srv")?["Node"]["Name"], "n2", "inspect shows the node");
@@ -153,7 +153,7 @@ fn overlay_across_nodes_isolated_and_fast() -> Result<()> {
     assert!(!n2.netbee(&["logs", "other"])?.contains("from"), "nothing crossed between overlays");
 
     // 100 MB at full speed, no retransmission storm
-    n2.netbee(&["run", "-d", "--name", "sink", "--network", "ov1", "iperf3", "-s", "-1"])?;
+    n2.netbee(&["run", "-d", "--name", "sink", "--network", "ov1", "host", "iperf3", "-s", "-1"])?;
     let sink = n2.container_ip("sink", "ov1")?;
     std::thread::sleep(Duration::from_millis(500));
     let out = n1.exec("cli", &["iperf3", "-c", &sink, "-n", "100M", "-J"])?;
@@ -180,7 +180,7 @@ fn overlay_survives_daemon_and_etcd_restarts() -> Result<()> {
             n2.netbee(&["network", "ls"]).map(|s| s.contains("ov")).unwrap_or(false)
         })?;
         n2.run_whoami("srv", &["--network", "ov"], 8080)?;
-        n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov", "sleep", "600"])?;
+        n1.netbee(&["run", "-d", "--name", "cli", "--network", "ov", "host", "sleep", "600"])?;
         let srv = n2.container_ip("srv", "ov")?;
         wait_until(Duration::from_secs(10), "overlay up", || {
             n1.exec_ok("cli", &["curl", "-s", "-m", "2", &format!("http://{srv}:8080/")])
@@ -250,7 +250,7 @@ fn cluster_bad_input() -> Result<()> {
     n1.netbee(&["network", "create", "--driver", "overlay", "--subnet", "10.20.0.0/24", "ov"])?;
     let err = n1.netbee_refused(&["network", "create", "--driver", "overlay", "--subnet", "10.20.0.128/25", "ov2"]);
     assert!(err.contains("overlaps") && err.contains("ov"), "{err}");
-    n1.netbee(&["run", "-d", "--name", "user", "--network", "ov", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "user", "--network", "ov", "host", "sleep", "600"])?;
     let err = n1.netbee_refused(&["network", "rm", "ov"]);
     assert!(err.contains("active endpoints") && err.contains("user"), "{err}");
     assert!(n1.netbee(&["network", "ls"])?.contains("ov"));

@@ -56,7 +56,7 @@ fn network_ipam_defaults_overlap_and_docker_fields() -> Result<()> {
     n.run_whoami("web", &["--network", "fixed"], 8080)?;
     let ip = n.container_ip("web", "fixed")?;
     assert_eq!(ip, "10.50.0.128", "first address of the ip-range");
-    n.netbee(&["run", "-d", "--name", "pinned", "--network", "fixed", "--ip", "10.50.0.7", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "pinned", "--network", "fixed", "--ip", "10.50.0.7", "host", "sleep", "600"])?;
     assert_eq!(n.container_ip("pinned", "fixed")?, "10.50.0.7");
 
     let v = n.network_inspect("fixed")?;
@@ -88,7 +88,7 @@ fn same_network_tcp_udp_icmp_with_real_source_address() -> Result<()> {
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     n.run_whoami("srv", &["--network", "app"], 8080)?;
-    n.netbee(&["run", "-d", "--name", "cli", "--network", "app", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "cli", "--network", "app", "host", "sleep", "600"])?;
     let srv = n.container_ip("srv", "app")?;
     let cli = n.container_ip("cli", "app")?;
     // the receiver verifies checksums: no offload on the sender's side
@@ -124,7 +124,7 @@ fn networks_are_isolated_until_connected() -> Result<()> {
     n.netbee(&["network", "create", "red"])?;
     n.netbee(&["network", "create", "blue"])?;
     n.run_whoami("target", &["--network", "blue"], 8080)?;
-    n.netbee(&["run", "-d", "--name", "prober", "--network", "red", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "prober", "--network", "red", "host", "sleep", "600"])?;
     let target = n.container_ip("target", "blue")?;
 
     let drops = n.drops("cross_network")?;
@@ -154,7 +154,7 @@ fn forged_source_ip_or_mac_reaches_nothing_and_is_counted() -> Result<()> {
     let n = lab.node("n1");
     n.netbee(&["network", "create", "net"])?;
     n.run_whoami("victim", &["--network", "net"], 8080)?;
-    n.netbee(&["run", "-d", "--name", "evil", "--network", "net", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "evil", "--network", "net", "host", "sleep", "600"])?;
     let victim = n.container_ip("victim", "net")?;
     assert!(n.exec_ok("evil", &["ping", "-c", "1", "-W", "2", &victim]), "honest traffic works");
 
@@ -196,8 +196,8 @@ fn gateway_masquerade_and_internal_networks() -> Result<()> {
     wait_until(Duration::from_secs(5), "external whoami", || ext.sh("curl -s -m 1 http://127.0.0.1:9000/").is_ok())?;
     n.netbee(&["network", "create", "open"])?;
     n.netbee(&["network", "create", "--internal", "closed"])?;
-    n.netbee(&["run", "-d", "--name", "out", "--network", "open", "sleep", "600"])?;
-    n.netbee(&["run", "-d", "--name", "in", "--network", "closed", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "out", "--network", "open", "host", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "in", "--network", "closed", "host", "sleep", "600"])?;
 
     assert!(n.exec_ok("out", &["ping", "-c", "1", "-W", "2", "172.18.0.1"]), "gateway answers");
     let answer = n.exec("out", &["curl", "-s", "-m", "5", &format!("http://{}:9000/", ext.addr())])?;
@@ -229,14 +229,14 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     let lab = single_node_lab("lifecycle", &[])?;
     let n = lab.node("n1");
     // attached run: output and exit code come back; --rm removes it
-    let o = n.netbee_output(&["run", "--rm", "--name", "once", "sh", "-c", "echo hello; exit 3"]);
+    let o = n.netbee_output(&["run", "--rm", "--name", "once", "host", "sh", "-c", "echo hello; exit 3"]);
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stdout).contains("hello"));
     wait_until(Duration::from_secs(5), "--rm container removed", || {
         !n.netbee(&["ps", "-a"]).unwrap_or_default().contains("once")
     })?;
 
-    n.netbee(&["run", "-d", "--name", "job", "sh", "-c", "echo out; echo err >&2; exit 4"])?;
+    n.netbee(&["run", "-d", "--name", "job", "host", "sh", "-c", "echo out; echo err >&2; exit 4"])?;
     wait_until(Duration::from_secs(5), "job exited", || {
         n.netbee(&["ps", "-a"]).unwrap_or_default().lines().any(|l| l.contains("job") && l.contains("Exited (4)"))
     })?;
@@ -245,7 +245,19 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
     assert!(!n.netbee(&["ps"])?.contains("job"), "ps without -a lists running containers only");
 
-    n.netbee(&["run", "-d", "--name", "box", "--hostname", "boxhost", "-e", "GREETING=hi there", "sleep", "600"])?;
+    n.netbee(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "--hostname",
+        "boxhost",
+        "-e",
+        "GREETING=hi there",
+        "host",
+        "sleep",
+        "600",
+    ])?;
     assert_eq!(n.exec("box", &["hostname"])?.trim(), "boxhost");
     assert_eq!(n.exec("box", &["printenv", "GREETING"])?.trim(), "hi there");
     let hosts = n.exec("box", &["cat", "/etc/hosts"])?;
@@ -262,7 +274,7 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
 
     let id = n.inspect("box")?["Id"].as_str().unwrap().to_string();
     assert!(n.exec("box", &["hostname"]).is_ok());
-    let default_host = n.netbee(&["run", "-d", "sleep", "600"])?.trim().to_string();
+    let default_host = n.netbee(&["run", "-d", "host", "sleep", "600"])?.trim().to_string();
     assert_eq!(
         n.exec(&default_host[..12], &["hostname"])?.trim(),
         &default_host[..12],
@@ -283,9 +295,9 @@ fn container_lifecycle_logs_exec_env_hostname() -> Result<()> {
     assert!(n.netbee(&["inspect", "box"]).is_err());
 
     // host and none network modes
-    n.netbee(&["run", "-d", "--name", "hostnet", "--network", "host", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "hostnet", "--network", "host", "host", "sleep", "600"])?;
     assert!(n.exec("hostnet", &["ip", "-br", "addr"])?.contains(&n.addr().to_string()));
-    n.netbee(&["run", "-d", "--name", "nonet", "--network", "none", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "nonet", "--network", "none", "host", "sleep", "600"])?;
     let addrs = n.exec("nonet", &["ip", "-br", "link"])?;
     assert_eq!(addrs.lines().count(), 1, "only lo: {addrs}");
     Ok(())
@@ -297,7 +309,7 @@ fn containers_survive_daemon_restart_and_are_readopted() -> Result<()> {
     let n = lab.node("n1");
     n.netbee(&["network", "create", "app"])?;
     n.run_whoami("srv", &["--network", "app"], 8080)?;
-    n.netbee(&["run", "-d", "--name", "cli", "--network", "app", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "cli", "--network", "app", "host", "sleep", "600"])?;
     let srv = n.container_ip("srv", "app")?;
     let pid = n.inspect("srv")?["State"]["Pid"].as_i64().unwrap();
     // the client's namespace is entered directly while the daemon is down (exec needs it); by
@@ -332,7 +344,7 @@ fn containers_survive_daemon_restart_and_are_readopted() -> Result<()> {
 fn reconcile_removes_what_the_store_does_not_know() -> Result<()> {
     let lab = single_node_lab("orphans", &[])?;
     let n = lab.node("n1");
-    n.netbee(&["run", "-d", "--name", "keep", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "keep", "host", "sleep", "600"])?;
     n.stop_daemon()?;
     // leftovers of a crash: a veth pair and a namespace file that no container owns
     n.sh("ip link add nbe0123456789ab type veth peer name nbp0123456789ab")?;
@@ -364,11 +376,11 @@ fn bad_input_is_refused_and_changes_nothing() -> Result<()> {
         (vec!["network", "create", "--subnet", "127.0.0.0/16", "x"], "loopback"),
         (vec!["network", "create", "bad name"], "invalid"),
         (vec!["network", "rm", "nosuch"], "not found"),
-        (vec!["run", "-d", "--network", "nosuch", "sleep", "1"], "not found"),
+        (vec!["run", "-d", "--network", "nosuch", "host", "sleep", "1"], "not found"),
         // docker keeps fixed addresses to user networks
-        (vec!["run", "-d", "--ip", "172.17.0.5", "sleep", "1"], "user defined networks only"),
-        (vec!["run", "-d", "-p", "99999:80", "sleep", "1"], "99999"),
-        (vec!["run", "-d", "--name", "-bad", "sleep", "1"], "invalid container name"),
+        (vec!["run", "-d", "--ip", "172.17.0.5", "host", "sleep", "1"], "user defined networks only"),
+        (vec!["run", "-d", "-p", "99999:80", "host", "sleep", "1"], "99999"),
+        (vec!["run", "-d", "--name", "-bad", "host", "sleep", "1"], "invalid container name"),
         (vec!["start", "nosuch"], "No such container"),
     ] {
         let err = n.netbee_refused(&args);
@@ -390,9 +402,9 @@ fn start_failures_are_reported_by_run() -> Result<()> {
     let links_before = n.sh("ip -br link | wc -l")?;
     let long = "h".repeat(300);
     for (args, needle) in [
-        (vec!["run", "-d", "/no/such/program"], "executable file not found"),
-        (vec!["run", "-d", "-w", "/no/such/dir", "sleep", "5"], "working directory \"/no/such/dir\""),
-        (vec!["run", "-d", "--hostname", long.as_str(), "sleep", "5"], "hostname"),
+        (vec!["run", "-d", "host", "/no/such/program"], "executable file not found"),
+        (vec!["run", "-d", "-w", "/no/such/dir", "host", "sleep", "5"], "working directory \"/no/such/dir\""),
+        (vec!["run", "-d", "--hostname", long.as_str(), "host", "sleep", "5"], "hostname"),
     ] {
         let err = n.netbee_refused(&args);
         assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
@@ -418,7 +430,7 @@ fn a_state_directory_with_a_space_works_and_leaks_no_mount() -> Result<()> {
     let root_arg = n.dir().join("state dir").to_string_lossy().into_owned();
     n.set_daemon_args(&["--root", &root_arg]);
     n.start_daemon()?;
-    n.netbee(&["run", "-d", "--name", "spacey", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "spacey", "host", "sleep", "600"])?;
     let escaped = root_arg.replace(' ', "\\040");
     let mounted = || std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(&escaped);
     assert!(mounted(), "the container's namespace is mounted under {root_arg}");

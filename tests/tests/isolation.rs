@@ -486,8 +486,8 @@ fn judge_cell(
 /// Forged source addresses and MACs from containers, on a bridge network and on the overlay:
 /// nothing may arrive at the target and the node's drop counters must grow. Returns failures.
 fn spoofing(n1: &Node, n2: &Node, external: Ipv4Addr, logs: &[(Target, LogReader)]) -> Result<Vec<String>> {
-    n1.netbee(&["run", "-d", "--name", "evil", "--network", "neta", "sleep", "600"])?;
-    n2.netbee(&["run", "-d", "--name", "evilo", "--network", "ovl", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "evil", "--network", "neta", "host", "sleep", "600"])?;
+    n2.netbee(&["run", "-d", "--name", "evilo", "--network", "ovl", "host", "sleep", "600"])?;
     let (evil, evilo) = (Ctx::Container(container_pid(n1, "evil")?), Ctx::Container(container_pid(n2, "evilo")?));
     let cip = |n: &Node, c: &str, net: &str| -> Result<Ipv4Addr> { Ok(n.container_ip(c, net)?.parse()?) };
     let mac = |n: &Node, c: &str, net: &str| -> Result<String> {
@@ -939,8 +939,8 @@ fn daemon_listeners_authenticate() -> Result<()> {
     let t0 = Instant::now();
     let lab = two_nodes("listeners", &["app"])?;
     let (n1, n2, x1) = (lab.node("n1"), lab.node("n2"), lab.external("x1"));
-    n1.netbee(&["run", "-d", "--name", "cli", "--network", "app", "sleep", "600"])?;
-    n2.netbee(&["run", "-d", "--name", "cli2", "--network", "ovl", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "cli", "--network", "app", "host", "sleep", "600"])?;
+    n2.netbee(&["run", "-d", "--name", "cli2", "--network", "ovl", "host", "sleep", "600"])?;
     let gws1 = [ipam(n1, "app", "Gateway")?, ipam(n1, "ovl", "Gateway")?];
     let gws2 = [ipam(n2, "ovl", "Gateway")?];
     let daemon_sockets = |n: &Node, proto: char| -> Result<Vec<(String, u16)>> {

@@ -92,8 +92,8 @@ fn publish_forms_and_paths() -> Result<()> {
 
     // hairpin: another container -> node-address:H, from the same and from another network
     n.netbee(&["network", "create", "other"])?;
-    n.netbee(&["run", "-d", "--name", "c1", "sleep", "600"])?;
-    n.netbee(&["run", "-d", "--name", "c2", "--network", "other", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "c1", "host", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "c2", "--network", "other", "host", "sleep", "600"])?;
     for c in ["c1", "c2"] {
         let ip = n.container_ip(c, if c == "c1" { "bridge" } else { "other" })?;
         let a = n.exec(c, &["curl", "-s", "-m", "3", &format!("http://{node_ip}:8080/")])?;
@@ -113,17 +113,17 @@ fn stop_withdraws_start_republishes_and_conflicts_name_the_owner() -> Result<()>
     n.netbee(&["stop", "web"])?;
     assert!(get(x, &url).is_none(), "stop withdraws the port at once");
     // a stopped container holds no port
-    n.netbee(&["run", "-d", "--name", "squat", "-p", "8080:80", "sleep", "60"])?;
+    n.netbee(&["run", "-d", "--name", "squat", "-p", "8080:80", "host", "sleep", "60"])?;
     n.netbee(&["rm", "-f", "squat"])?;
     n.netbee(&["start", "web"])?;
     wait_until(Duration::from_secs(5), "republished", || get(x, &url).is_some())?;
 
-    let err = n.netbee_refused(&["run", "-d", "--name", "dup", "-p", "8080:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--name", "dup", "-p", "8080:80", "host", "sleep", "60"]);
     assert!(err.contains("8080") && err.contains("container web"), "{err}");
     // a port bound by a process on the node
     let mut squatter = n.cmd("nc").args(["-l", "-p", "6000"]).spawn()?;
     wait_until(Duration::from_secs(3), "nc listening", || n.sh("ss -ltn | grep -q ':6000 '").is_ok())?;
-    let err = n.netbee_refused(&["run", "-d", "--name", "dup2", "-p", "6000:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--name", "dup2", "-p", "6000:80", "host", "sleep", "60"]);
     assert!(err.contains("6000") && err.contains("nc"), "owner process named: {err}");
     squatter.kill()?;
     squatter.wait()?;
@@ -180,6 +180,7 @@ fn nat_checksums_verify_with_offload_off() -> Result<()> {
         "8000:8000",
         "-w",
         dir.to_str().unwrap(),
+        "host",
         "python3",
         "-m",
         "http.server",
@@ -258,13 +259,14 @@ fn bad_publish_specs_are_refused_and_publish_nothing() -> Result<()> {
         ("::80:80:1", "invalid"),
         ("", "invalid"),
     ] {
-        let err = n.netbee_refused(&["run", "-d", "-p", spec, "sleep", "60"]);
+        let err = n.netbee_refused(&["run", "-d", "-p", spec, "host", "sleep", "60"]);
         assert!(err.contains(needle), "-p {spec:?}: {err}");
     }
-    let err = n.netbee_refused(&["run", "-d", "--expose", "x", "-P", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "--expose", "x", "-P", "host", "sleep", "60"]);
     assert!(err.contains("x"), "{err}");
     // ranges are expanded: a request for more ports than exist is refused before it costs memory
-    let err = n.netbee_refused(&["run", "-d", "-p", "1-65535", "-p", "1-65535/udp", "-p", "1-65535", "sleep", "60"]);
+    let err =
+        n.netbee_refused(&["run", "-d", "-p", "1-65535", "-p", "1-65535/udp", "-p", "1-65535", "host", "sleep", "60"]);
     assert!(err.contains("too many ports"), "{err}");
     assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim(), "");
     let st = n.datapath_stats()?;

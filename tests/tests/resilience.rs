@@ -91,6 +91,7 @@ fn daemon_restarts_under_load_fail_no_request() -> Result<()> {
         "9090:8080",
         "--network",
         "app",
+        "host",
         bin.to_str().unwrap(),
         "whoami",
         "--port",
@@ -226,7 +227,7 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
         let create_container = || {
             (
                 "container",
-                ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "sleep", "600"]
+                ["run", "-d", "--name", &name, "--network", "app", "-p", &publish, "host", "sleep", "600"]
                     .map(String::from)
                     .to_vec(),
             )
@@ -245,6 +246,7 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
                     "1",
                     "--publish",
                     &publish,
+                    "host",
                     bin.to_str().unwrap(),
                     "whoami",
                     "--port",
@@ -487,6 +489,7 @@ fn etcd_member_and_node_loss_under_load() -> Result<()> {
         "6",
         "--publish",
         "80:8080",
+        "host",
         bin.to_str().unwrap(),
         "whoami",
         "--port",
@@ -689,7 +692,7 @@ fn a_low_open_file_limit_does_not_cap_the_containers_of_a_node() -> Result<()> {
             .map(|t| {
                 s.spawn(move || -> Result<()> {
                     for i in (t..want).step_by(4) {
-                        n1.netbee(&["run", "-d", "--name", &format!("c{i}"), "--network", "none", "sleep", "600"])?;
+                        n1.netbee(&["run", "-d", "--name", &format!("c{i}"), "--network", "none", "host", "sleep", "600"])?;
                     }
                     Ok(())
                 })

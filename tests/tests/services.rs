@@ -7,7 +7,7 @@ use netbee_lab::{Lab, Node, Ns, http_hostname, netbee_bin, start_load, wait_unti
 use serde_json::Value;
 
 fn whoami_cmd() -> Vec<String> {
-    vec![netbee_bin().to_string_lossy().into_owned(), "whoami".into(), "--port".into(), "8080".into()]
+    vec!["host".into(), netbee_bin().to_string_lossy().into_owned(), "whoami".into(), "--port".into(), "8080".into()]
 }
 
 fn create_service(n: &Node, name: &str, extra: &[&str]) -> Result<()> {
@@ -67,7 +67,7 @@ fn single_node_services_vip_dns_and_published_port() -> Result<()> {
     assert!(whoami_field(&a, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())), "{a}");
 
     // VIP and DNS inside the network
-    n.netbee(&["run", "-d", "--name", "client", "--network", "app", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "client", "--network", "app", "host", "sleep", "600"])?;
     let vip: String = {
         let v: Value = serde_json::from_str(&n.netbee(&["service", "inspect", "web"])?)?;
         v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().split('/').next().unwrap().to_string()
@@ -87,7 +87,7 @@ fn single_node_services_vip_dns_and_published_port() -> Result<()> {
     assert_round_robin(&seen, 3, "VIP from a container");
 
     // another network can neither resolve nor reach it
-    n.netbee(&["run", "-d", "--name", "outsider", "--network", "elsewhere", "sleep", "600"])?;
+    n.netbee(&["run", "-d", "--name", "outsider", "--network", "elsewhere", "host", "sleep", "600"])?;
     assert!(!n.exec_ok("outsider", &["getent", "hosts", "web"]), "web must not resolve from another network");
     assert!(!n.exec_ok("outsider", &["curl", "-s", "-m", "2", &format!("http://{vip}:8080/")]));
 
@@ -138,9 +138,36 @@ fn service_bad_input_changes_nothing() -> Result<()> {
     let ls = n.netbee(&["service", "ls", "-q"])?;
     assert_eq!(ls.lines().count(), 1, "only the first service exists: {ls}");
     // a container may not take a port a service publishes (it would stop receiving its traffic)
-    let err = n.netbee_refused(&["run", "-d", "-p", "9000:80", "sleep", "60"]);
+    let err = n.netbee_refused(&["run", "-d", "-p", "9000:80", "host", "sleep", "60"]);
     assert!(err.contains("held by service first"), "{err}");
     assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim().lines().filter(|l| !l.is_empty()).count(), 1, "only first's task");
+    Ok(())
+}
+
+/// A task whose image its node lacks and cannot pull fails with the pull's reason in `service ps`
+/// (not "task failed"); a container of an unknown image, or with nothing to run, is refused with
+/// docker's message and leaves nothing behind.
+#[test]
+fn missing_images_are_reported() -> Result<()> {
+    let mut lab = Lab::new("svcimg")?;
+    lab.add_node("n1")?;
+    let n = lab.node("n1");
+    n.start_daemon()?;
+    n.netbee(&["service", "create", "--name", "ghost", "registry.invalid/nosuch:1"])?;
+    wait_until(Duration::from_secs(20), "the task's pull error in service ps", || {
+        n.netbee(&["service", "ps", "ghost"]).is_ok_and(|o| o.contains("pulling image registry.invalid/nosuch:1: "))
+    })?;
+    for (args, needle) in [
+        (vec!["run", "-d", "nosuchimage"], "No such image: nosuchimage"),
+        (vec!["run", "-d", "host"], "no command specified"),
+        (vec!["run", "-d", "--entrypoint", "", "host"], "no command specified"),
+        (vec!["run", "-d", "-w", "relative", "host", "sleep", "1"], "needs to be an absolute path"),
+        (vec!["service", "create", "--name", "nocmd", "host"], "no command specified"),
+    ] {
+        let err = n.netbee_refused(&args);
+        assert!(err.contains(needle), "`netbee {}`: expected {needle:?} in {err:?}", args.join(" "));
+    }
+    assert_eq!(n.netbee(&["ps", "-a", "-q"])?.trim(), "", "no container was created");
     Ok(())
 }
 
@@ -210,7 +237,7 @@ fn vip_and_dns_across_nodes() -> Result<()> {
     n1.netbee(&["network", "create", "--driver", "overlay", "other"])?;
     create_service(n1, "api", &["--replicas", "4", "--network", "app"])?;
     wait_replicas(n1, "api", "4/4")?;
-    n1.netbee(&["run", "-d", "--name", "client", "--network", "app", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "client", "--network", "app", "host", "sleep", "600"])?;
     let vip = {
         let v: Value = serde_json::from_str(&n1.netbee(&["service", "inspect", "api"])?)?;
         v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().split('/').next().unwrap().to_string()
@@ -234,7 +261,7 @@ fn vip_and_dns_across_nodes() -> Result<()> {
     let seen: Vec<String> = out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect();
     assert_eq!(seen.len(), 100);
     assert_round_robin(&seen, 4, "VIP across nodes");
-    n1.netbee(&["run", "-d", "--name", "outsider", "--network", "other", "sleep", "600"])?;
+    n1.netbee(&["run", "-d", "--name", "outsider", "--network", "other", "host", "sleep", "600"])?;
     assert!(!n1.exec_ok("outsider", &["getent", "hosts", "api"]));
     assert!(!n1.exec_ok("outsider", &["curl", "-s", "-m", "2", &format!("http://{vip}:8080/")]));
     Ok(())
@@ -517,7 +544,7 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
             let svc = s.spawn(|| create_service(nodes[0], "q1", &["--publish", "9191:8080"]).map(|_| String::new()));
             let runs: Vec<_> = [1, 2]
                 .map(|i| {
-                    s.spawn(move || nodes[i].netbee(&["run", "-d", "--name", "q", "-p", "9191:80", "sleep", "600"]))
+                    s.spawn(move || nodes[i].netbee(&["run", "-d", "--name", "q", "-p", "9191:80", "host", "sleep", "600"]))
                 })
                 .into_iter()
                 .collect();
@@ -534,8 +561,8 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
         }
         if trial == 0 {
             // a port a container publishes on another node is refused to a service, by name
-            nodes[1].netbee(&["run", "-d", "--name", "holder", "-p", "9292:80", "sleep", "600"])?;
-            let e = nodes[0].netbee_refused(&["service", "create", "--name", "late", "-p", "9292:8080", "sleep", "60"]);
+            nodes[1].netbee(&["run", "-d", "--name", "holder", "-p", "9292:80", "host", "sleep", "600"])?;
+            let e = nodes[0].netbee_refused(&["service", "create", "--name", "late", "-p", "9292:8080", "host", "sleep", "60"]);
             assert!(e.contains("port 9292/tcp is already published by container holder on node n2"), "{e}");
             nodes[1].netbee(&["rm", "-f", "holder"])?;
             // released with the container
@@ -564,13 +591,13 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
 fn huge_services_are_refused_and_a_big_one_holds_nothing_back() -> Result<()> {
     let lab = netbee_lab::single_node_lab("bounded", &[])?;
     let n1 = lab.node("n1");
-    let e = n1.netbee_refused(&["service", "create", "--name", "huge", "--replicas", "100000", "sleep", "600"]);
+    let e = n1.netbee_refused(&["service", "create", "--name", "huge", "--replicas", "100000", "host", "sleep", "600"]);
     assert!(e.contains("at most 10000 replicas"), "{e}");
     create_service(n1, "web", &["--replicas", "1"])?;
     wait_replicas(n1, "web", "1/1")?;
     let e = n1.netbee_refused(&["service", "scale", "web=99999999999"]);
     assert!(e.contains("at most 10000 replicas") || e.contains("invalid"), "{e}");
-    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "sleep", "600"])?;
+    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "host", "sleep", "600"])?;
     std::thread::sleep(Duration::from_millis(500));
     let t = std::time::Instant::now();
     n1.netbee(&["service", "scale", "web=3"])?;

@@ -50,7 +50,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         let t0 = Instant::now();
         for i in 0..count {
             let mut c = netbee_cmd(n1);
-            c.args(["run", "-d", "--name", &format!("c{i}"), "--network", "bench", "sleep", "600"]);
+            c.args(["run", "-d", "--name", &format!("c{i}"), "--network", "bench", "host", "sleep", "600"]);
             time_cmd(c).with_context(|| format!("creating container {i}"))?;
         }
         col.add("create", NETBEE, t0.elapsed().as_secs_f64());
@@ -118,6 +118,7 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
             "1",
             "--publish",
             "80:8080",
+            "host",
             &bin,
             "whoami",
             "--port",

@@ -43,8 +43,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         n2.netbee(&["network", "ls"]).map(|s| s.contains("ov")).unwrap_or(false)
     })?;
     let server_cmd = format!("iperf3 -s -p {IPERF_PORT} & exec sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}");
-    nb(n2, &["run", "-d", "--name", "srv", "--network", "ov", "bash", "-c", &server_cmd])?;
-    nb(n1, &["run", "-d", "--name", "cli", "--network", "ov", "sleep", "infinity"])?;
+    nb(n2, &["run", "-d", "--name", "srv", "--network", "ov", "host", "bash", "-c", &server_cmd])?;
+    nb(n1, &["run", "-d", "--name", "cli", "--network", "ov", "host", "sleep", "infinity"])?;
     let srv = Place::Container { node: n2, name: "srv".into() };
     srv.wait_listening(IPERF_PORT, Duration::from_secs(10))?;
     srv.wait_listening(SOCKPERF_PORT, Duration::from_secs(10))?;

@@ -83,7 +83,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             let hi = lo + count - 1;
             let spec = if count == 1 { format!("{lo}:{lo}") } else { format!("{lo}-{hi}:{lo}-{hi}") };
             fill_containers += 1;
-            nb(n1, &["run", "-d", "--name", &format!("fill{fill_containers}"), "-p", &spec, "sleep", "100000"])
+            nb(n1, &["run", "-d", "--name", &format!("fill{fill_containers}"), "-p", &spec, "host", "sleep", "100000"])
                 .with_context(|| format!("publishing {spec}"))?;
             published += count;
         }
@@ -126,7 +126,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
 fn netbee_publish(node: &Node, port: u16) -> Result<f64> {
     let mut c = netbee_cmd(node);
     let spec = format!("{port}:80");
-    c.args(["run", "-d", "--name", "probe", "-p", &spec, "sleep", "600"]);
+    c.args(["run", "-d", "--name", "probe", "-p", &spec, "host", "sleep", "600"]);
     let t = time_cmd(c).context("netbee run -p")?;
     nb(node, &["rm", "-f", "probe"])?;
     Ok(t)
@@ -135,7 +135,7 @@ fn netbee_publish(node: &Node, port: u16) -> Result<f64> {
 /// Seconds for `netbee run -d sleep 600` (the same minus publishing); removed afterwards.
 fn netbee_noport(node: &Node) -> Result<f64> {
     let mut c = netbee_cmd(node);
-    c.args(["run", "-d", "--name", "probe0", "sleep", "600"]);
+    c.args(["run", "-d", "--name", "probe0", "host", "sleep", "600"]);
     let t = time_cmd(c).context("netbee run")?;
     nb(node, &["rm", "-f", "probe0"])?;
     Ok(t)

@@ -50,6 +50,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             "bench",
             "-p",
             &port_spec,
+            "host",
             "nginx",
             "-c",
             &conf_s,

@@ -182,6 +182,7 @@ fn mesh_service(n1: &Node, conf_dir: &std::path::Path) -> Result<()> {
             "--publish",
             &publish,
             "--",
+            "host",
             "nginx",
             "-c",
             &conf_s,

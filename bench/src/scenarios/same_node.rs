@@ -43,8 +43,8 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let server_cmd = format!(
         "iperf3 -s -p {IPERF_PORT} & exec taskset -c {SERVER_CPU} sockperf sr --tcp -i 0.0.0.0 -p {SOCKPERF_PORT}"
     );
-    nb(node, &["run", "-d", "--name", "srv", "--network", "bench", "bash", "-c", &server_cmd])?;
-    nb(node, &["run", "-d", "--name", "cli", "--network", "bench", "sleep", "infinity"])?;
+    nb(node, &["run", "-d", "--name", "srv", "--network", "bench", "host", "bash", "-c", &server_cmd])?;
+    nb(node, &["run", "-d", "--name", "cli", "--network", "bench", "host", "sleep", "infinity"])?;
     let srv = Place::Container { node, name: "srv".into() };
     srv.wait_listening(IPERF_PORT, Duration::from_secs(10))?;
     srv.wait_listening(SOCKPERF_PORT, Duration::from_secs(10))?;

@@ -11,6 +11,11 @@ use super::EmptyObject;
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerCreateRequest {
     pub name: Option<String>,
+    /// As the user wrote it; `host` runs a host binary on the node's root.
+    pub image: String,
+    /// `--entrypoint`: replaces the image's (empty clears it) and drops the image's Cmd.
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's Cmd when not empty.
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub hostname: Option<String>,
@@ -25,6 +30,8 @@ pub struct ContainerCreateRequest {
     pub auto_remove: bool,
     pub workdir: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// `-u`: replaces the image's User.
+    pub user: Option<String>,
 }
 
 /// The name the daemon's internals know the create request by.
@@ -75,6 +82,8 @@ pub struct ContainerInspectResponse {
     /// `/name`.
     pub name: String,
     pub log_path: String,
+    /// The image's ID (`sha256:...`); empty for `host`.
+    pub image: String,
     pub host_config: HostConfig,
     pub config: ContainerConfig,
     pub network_settings: NetworkSettings,
@@ -130,7 +139,12 @@ pub struct PortBinding {
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerConfig {
     pub hostname: String,
+    /// The image as the user named it.
+    pub image: String,
+    pub user: String,
     pub env: Vec<String>,
+    /// Null when there is none, as docker's.
+    pub entrypoint: Option<Vec<String>>,
     pub cmd: Vec<String>,
     pub working_dir: String,
     /// `PORT/PROTO` → `{}`.

@@ -37,6 +37,9 @@ impl Replicas {
 pub struct ServiceCreateRequest {
     #[serde(deserialize_with = "null_default")]
     pub name: String,
+    /// The tasks' image as the user named it (`host`: a host binary).
+    #[serde(deserialize_with = "null_default")]
+    pub image: String,
     /// Default 1.
     pub replicas: Option<Replicas>,
     /// `PUBLISHED:TARGET[/udp]`.
@@ -145,6 +148,8 @@ pub struct TaskSpec {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct TaskSpecContainerSpec {
+    /// The image as the user named it.
+    pub image: String,
     pub command: Vec<String>,
     pub env: Vec<String>,
 }

@@ -63,6 +63,9 @@ fn network_connect_and_disconnect_requests() {
 fn container_create_request() {
     let req = ContainerCreateRequest {
         name: Some("web".into()),
+        image: "busybox".into(),
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        user: Some("1000:50".into()),
         cmd: vec!["sleep".into(), "1".into()],
         env: vec!["A=1".into()],
         hostname: Some("h".into()),
@@ -79,7 +82,8 @@ fn container_create_request() {
     wire(
         &req,
         json!({
-            "Name": "web", "Cmd": ["sleep", "1"], "Env": ["A=1"], "Hostname": "h", "Network": "net",
+            "Name": "web", "Image": "busybox", "Entrypoint": ["/bin/sh"], "User": "1000:50",
+            "Cmd": ["sleep", "1"], "Env": ["A=1"], "Hostname": "h", "Network": "net",
             "IP": "10.0.0.5", "NetworkAliases": ["w"], "Publish": ["8080:80"], "Expose": ["53/udp"],
             "PublishAll": true, "AutoRemove": true, "Workdir": "/tmp", "Labels": { "k": "v" },
         }),
@@ -91,6 +95,7 @@ fn container_create_request() {
 fn service_create_request() {
     let req = ServiceCreateRequest {
         name: "s".into(),
+        image: "host".into(),
         replicas: Some(Replicas::String("3".into())),
         publish: vec!["80:8080".into()],
         networks: vec!["ov".into()],
@@ -101,7 +106,7 @@ fn service_create_request() {
     wire(
         &req,
         json!({
-            "Name": "s", "Replicas": "3", "Publish": ["80:8080"], "Networks": ["ov"],
+            "Name": "s", "Image": "host", "Replicas": "3", "Publish": ["80:8080"], "Networks": ["ov"],
             "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
         }),
     );
@@ -109,7 +114,7 @@ fn service_create_request() {
     let number = ServiceCreateRequest { name: "s".into(), replicas: Some(Replicas::Number(2.into())), ..req.clone() };
     reads(
         json!({
-            "Name": "s", "Replicas": 2, "Publish": ["80:8080"], "Networks": ["ov"],
+            "Name": "s", "Image": "host", "Replicas": 2, "Publish": ["80:8080"], "Networks": ["ov"],
             "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
         }),
         &number,
@@ -318,6 +323,7 @@ fn container_inspect_response() {
         },
         name: "/web".into(),
         log_path: "/var/lib/netbee/containers/cid/stdout.log".into(),
+        image: "sha256:0123".into(),
         host_config: HostConfig {
             network_mode: "default".into(),
             port_bindings: [(
@@ -330,7 +336,10 @@ fn container_inspect_response() {
         },
         config: ContainerConfig {
             hostname: "cid".into(),
+            image: "busybox".into(),
+            user: "app".into(),
             env: vec!["A=1".into()],
+            entrypoint: None,
             cmd: vec!["sleep".into(), "1".into()],
             working_dir: String::new(),
             exposed_ports: [("53/udp".to_string(), EmptyObject {})].into(),
@@ -360,13 +369,15 @@ fn container_inspect_response() {
             },
             "Name": "/web",
             "LogPath": "/var/lib/netbee/containers/cid/stdout.log",
+            "Image": "sha256:0123",
             "HostConfig": {
                 "NetworkMode": "default",
                 "PortBindings": { "80/tcp": [{ "HostIp": "", "HostPort": "8080" }] },
                 "PublishAllPorts": false, "AutoRemove": false,
             },
             "Config": {
-                "Hostname": "cid", "Env": ["A=1"], "Cmd": ["sleep", "1"], "WorkingDir": "",
+                "Hostname": "cid", "Image": "busybox", "User": "app", "Env": ["A=1"], "Entrypoint": null,
+                "Cmd": ["sleep", "1"], "WorkingDir": "",
                 "ExposedPorts": { "53/udp": {} }, "Labels": {},
             },
             "NetworkSettings": {
@@ -422,7 +433,11 @@ fn service_responses() {
             name: "s".into(),
             mode: ServiceMode { replicated: ServiceModeReplicated { replicas: 2 } },
             task_template: TaskSpec {
-                container_spec: TaskSpecContainerSpec { command: vec!["whoami".into()], env: vec![] },
+                container_spec: TaskSpecContainerSpec {
+                    image: "host".into(),
+                    command: vec!["whoami".into()],
+                    env: vec![],
+                },
                 placement: TaskSpecPlacement { constraints: vec![] },
                 networks: vec![NetworkAttachmentConfig { target: "nid".into() }],
             },
@@ -453,7 +468,7 @@ fn service_responses() {
                 "Name": "s",
                 "Mode": { "Replicated": { "Replicas": 2 } },
                 "TaskTemplate": {
-                    "ContainerSpec": { "Command": ["whoami"], "Env": [] },
+                    "ContainerSpec": { "Image": "host", "Command": ["whoami"], "Env": [] },
                     "Placement": { "Constraints": [] },
                     "Networks": [{ "Target": "nid" }],
                 },

@@ -20,12 +20,13 @@ use crate::{
         ContainerSummary, EmptyObject, EndpointIpamConfig, EndpointSettings, HostConfig, NetworkSettings, PortBinding,
     },
     humanize,
+    images::{HOST_IMAGE, ImageConfig},
     model::{
         Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status, mac_string,
     },
     names, netns,
     portspec::{self, Proto},
-    runtime::{self, ExitRecord, ShimSpec},
+    runtime::{self, ExitRecord, ShimSpec, process, rootfs::RootfsSpec},
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -40,9 +41,15 @@ const MAX_PORTS_PER_CONTAINER: usize = 2 * 65535;
 impl Daemon {
     pub async fn container_create(&self, req: ContainerCreate) -> ApiResult<ContainerRecord> {
         let _g = self.op.lock().await;
-        if req.cmd.is_empty() {
-            return Err(ApiError::bad_request("no command specified: give the program to run after the options"));
+        if req.image.is_empty() {
+            return Err(ApiError::bad_request("no image specified: give the image (or host) after the options"));
         }
+        let (image_id, image) = if req.image == HOST_IMAGE {
+            (String::new(), ImageConfig::default())
+        } else {
+            let rec = self.images.resolve(&req.image).map_err(image_error)?;
+            (rec.id, rec.config)
+        };
         let all = self.containers()?;
         let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => {
@@ -76,7 +83,8 @@ impl Daemon {
                 return Err(too_many());
             }
         }
-        let mut expose: Vec<(u16, Proto)> = Vec::new();
+        // what -P publishes: the image's ExposedPorts and --expose
+        let mut expose: Vec<(u16, Proto)> = image.exposed_ports.clone();
         for e in &req.expose {
             expose.extend(portspec::parse_expose(e).map_err(|e| ApiError::bad_request(e.to_string()))?);
             if expose.len() > MAX_PORTS_PER_CONTAINER {
@@ -122,6 +130,22 @@ impl Daemon {
                 (NetworkMode::Bridge, vec![Attachment { network_id: net.id, ip, aliases: req.network_aliases.clone() }])
             }
         };
+        expose.sort();
+        expose.dedup();
+        let process = process::compute(
+            &image,
+            &process::Overrides {
+                entrypoint: req.entrypoint.clone(),
+                cmd: req.cmd.clone(),
+                env: req.env.clone(),
+                workdir: req.workdir.clone(),
+                user: req.user.clone(),
+            },
+        )
+        .map_err(ApiError::bad_request)?;
+        // the container's labels win over the image's
+        let mut labels = image.labels.clone();
+        labels.extend(req.labels);
         let id = names::new_id();
         let hostname = req.hostname.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| id[..12].to_string());
         let rec = ContainerRecord {
@@ -129,16 +153,20 @@ impl Daemon {
             name,
             created: chrono::Utc::now(),
             config: ContainerConfig {
-                cmd: req.cmd,
-                env: req.env,
+                image: req.image,
+                image_id,
+                entrypoint: process.entrypoint,
+                cmd: process.cmd,
+                env: process.env,
                 hostname,
                 network_mode: mode,
                 publish,
                 expose,
                 publish_all: req.publish_all,
                 auto_remove: req.auto_remove,
-                workdir: req.workdir,
-                labels: req.labels,
+                workdir: process.workdir,
+                labels,
+                user: process.user,
             },
             attachments,
             state: ContainerState {
@@ -233,10 +261,11 @@ impl Daemon {
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         std::fs::write(dir.join("resolv.conf"), resolv)?;
-        let mut env = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
-        env.extend(c.config.env.iter().cloned());
+        // an image's PATH replaces the default one; -e values were merged over the image's at create
+        let env = process::merge_env(&[DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")], &c.config.env);
+        let rootfs = self.prepare_rootfs(c)?;
         let spec = ShimSpec {
-            cmd: c.config.cmd.clone(),
+            cmd: c.config.argv(),
             env,
             hostname: hostname.clone(),
             netns: ns,
@@ -247,6 +276,8 @@ impl Daemon {
             stderr: dir.join("stderr.log"),
             workdir: c.config.workdir.clone(),
             exit_file: dir.join("exit.json"),
+            rootfs,
+            user: c.config.user.clone(),
         };
         let spec_path = dir.join("shim.json");
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
@@ -265,6 +296,30 @@ impl Daemon {
         self.publish(c, bindings)?;
         info!(container = %c.name, pid = init_pid, "started");
         Ok(())
+    }
+
+    /// The container's overlayfs root: the image's layers under its writable layer, which lives
+    /// in the container's directory from its first start until `rm`. None for image `host`.
+    fn prepare_rootfs(&self, c: &ContainerRecord) -> Result<Option<RootfsSpec>> {
+        if c.config.image == HOST_IMAGE {
+            return Ok(None);
+        }
+        // by ID: a tag moved since create does not change what the container runs
+        let image = self.images.resolve(&c.config.image_id).with_context(|| format!("image {}", c.config.image))?;
+        let dir = self.container_dir(&c.id);
+        let mut lower = self.images.layer_dirs(&image)?;
+        if lower.is_empty() {
+            // overlayfs needs a lower layer; an image without layers (`import` of an empty
+            // tarball) gets an empty one
+            let empty = dir.join("rootfs").join("empty");
+            std::fs::create_dir_all(&empty)?;
+            lower.push(empty);
+        }
+        let r = RootfsSpec::in_container_dir(&dir, lower);
+        for d in [&r.upper, &r.work, &r.merged] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(Some(r))
     }
 
     /// Removes the container's kernel objects and address leases (best effort, idempotent).
@@ -474,8 +529,8 @@ impl Daemon {
         ContainerSummary {
             id: c.id.clone(),
             names: vec![format!("/{}", c.name)],
-            image: "host".into(),
-            command: c.config.cmd.join(" "),
+            image: c.config.image.clone(),
+            command: c.config.argv().join(" "),
             created: c.created.timestamp(),
             state: status_str(&c.state.status).into(),
             status,
@@ -553,8 +608,8 @@ impl Daemon {
             node: self.node_info().map(serde_json::from_value::<ContainerNode>).transpose()?,
             id: c.id.clone(),
             created: c.created.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            path: c.config.cmd.first().cloned(),
-            args: c.config.cmd.iter().skip(1).cloned().collect(),
+            path: c.config.argv().first().cloned(),
+            args: c.config.argv().into_iter().skip(1).collect(),
             state: api::ContainerState {
                 status: status_str(&c.state.status).into(),
                 running: c.state.status == Status::Running,
@@ -570,6 +625,7 @@ impl Daemon {
             },
             name: format!("/{}", c.name),
             log_path: dir.join("stdout.log").to_string_lossy().into_owned(),
+            image: c.config.image_id.clone(),
             host_config: HostConfig {
                 network_mode: mode,
                 port_bindings,
@@ -578,7 +634,10 @@ impl Daemon {
             },
             config: api::ContainerConfig {
                 hostname: c.config.hostname.clone(),
+                image: c.config.image.clone(),
+                user: c.config.user.clone(),
                 env: c.config.env.clone(),
+                entrypoint: Some(c.config.entrypoint.clone()).filter(|e| !e.is_empty()),
                 cmd: c.config.cmd.clone(),
                 working_dir: c.config.workdir.clone().unwrap_or_default(),
                 exposed_ports: c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), EmptyObject {})).collect(),
@@ -623,6 +682,13 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// An image the store cannot resolve: docker's 404 for a missing one, the store's reason
+/// otherwise.
+fn image_error(e: anyhow::Error) -> ApiError {
+    let msg = format!("{e:#}");
+    if msg.starts_with("No such image") { ApiError::not_found(msg) } else { ApiError::from(e) }
 }
 
 fn status_str(s: &Status) -> &'static str {

@@ -25,6 +25,7 @@ use crate::{
     api::ApiResult,
     cluster::ClusterState,
     datapath::{Datapath, default_timeouts, ip_be},
+    images::{ImageRecord, ImageSource},
     lookup,
     model::{ContainerRecord, NetworkRecord},
     netlink::Netlink,
@@ -84,6 +85,21 @@ pub struct Daemon {
     removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
     services: services::ServiceState,
     dns: names::DnsState,
+    /// The node's images: what containers resolve at create and stack as their root at start.
+    images: Box<dyn ImageSource + Send + Sync>,
+}
+
+/// The image source until the node's image store is wired in: it knows no image, so only the
+/// reserved image `host` runs.
+struct NoImages;
+
+impl ImageSource for NoImages {
+    fn resolve(&self, reference: &str) -> Result<ImageRecord> {
+        Err(anyhow!("No such image: {reference}"))
+    }
+    fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>> {
+        Err(anyhow!("No such image: {}", image.id))
+    }
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -156,6 +172,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         removed_exits: Default::default(),
         services: Default::default(),
         dns: Default::default(),
+        images: Box::new(NoImages),
     });
     network::prepare_node(&daemon.net_cx()).await?;
     network::ensure_predefined(&daemon.net_cx()).await?;

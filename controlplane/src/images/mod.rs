@@ -51,4 +51,14 @@ pub trait ImageSource {
     fn resolve(&self, reference: &str) -> anyhow::Result<ImageRecord>;
     /// The directories of the image's unpacked layers, topmost first (overlayfs `lowerdir` order).
     fn layer_dirs(&self, image: &ImageRecord) -> anyhow::Result<Vec<PathBuf>>;
+    /// Pulls the image a reference names from its registry and returns it, for a service task
+    /// whose node lacks its image. The error is what `service ps` shows as the task's ERROR.
+    /// A source that cannot pull keeps this default.
+    fn pull_image<'a>(&'a self, reference: &'a str) -> PullFuture<'a> {
+        Box::pin(async move { Err(anyhow::anyhow!("pulling images is not available (asked for {reference})")) })
+    }
 }
+
+/// What [`ImageSource::pull_image`] returns: a boxed future, so the trait stays usable as
+/// `dyn ImageSource` while the store's pull is async.
+pub type PullFuture<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<ImageRecord>> + Send + 'a>>;

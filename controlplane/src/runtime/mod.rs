@@ -1,9 +1,12 @@
-//! Containers as plain Linux namespaces around host binaries. The daemon never is the parent of a
+//! Containers as Linux namespaces around an image's root filesystem (or the node's own root for
+//! the reserved image `host`). The daemon never is the parent of a
 //! container: a detached shim creates the namespaces, forks the container's init (PID 1 inside,
 //! which forwards signals and reaps orphans), waits for it and records its exit status in a file.
 //! The daemon can therefore stop, crash or upgrade while containers keep running, and re-adopt
 //! them from the store, the shim's PID and the exit file.
 pub mod exec;
+pub mod process;
+pub mod rootfs;
 pub mod shim;
 
 use std::path::PathBuf;
@@ -25,6 +28,12 @@ pub struct ShimSpec {
     pub stderr: PathBuf,
     pub workdir: Option<String>,
     pub exit_file: PathBuf,
+    /// The image's overlayfs root to pivot into; None runs on the node's root (image `host`).
+    #[serde(default)]
+    pub rootfs: Option<rootfs::RootfsSpec>,
+    /// `uid[:gid]` or `name[:group]`, resolved inside the container's root; empty is root.
+    #[serde(default)]
+    pub user: String,
 }
 
 /// How the container's main process ended, as the shim records it.

@@ -4,7 +4,10 @@ use std::{
     ffi::CString,
     fs::{File, OpenOptions},
     io::Write as _,
-    os::fd::{AsRawFd as _, IntoRawFd as _, OwnedFd},
+    os::{
+        fd::{AsRawFd as _, IntoRawFd as _, OwnedFd},
+        unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    },
     path::Path,
     sync::atomic::{AtomicI32, Ordering},
 };
@@ -17,10 +20,10 @@ use nix::{
         signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
         wait::{WaitStatus, waitpid},
     },
-    unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid},
+    unistd::{ForkResult, Gid, Pid, Uid, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid},
 };
 
-use super::{ExitRecord, ShimSpec};
+use super::{ExitRecord, ShimSpec, process, rootfs};
 
 /// Entry point. Reports "SHIM_PID INIT_PID" (host PIDs) or "error: ..." as one line on stdout.
 pub fn main(spec_path: &Path) -> ! {
@@ -57,8 +60,11 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
         let f = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
         setns(&f, CloneFlags::CLONE_NEWNET).context("joining the container's network namespace")?;
     }
-    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
-        .context("creating mount/uts/ipc/pid namespaces")?;
+    // The mount namespace is the init's own (see `prepare_and_start`): `pivot_root` moves the
+    // root of every process in the namespace, and this supervisor must keep the node's root to
+    // record the exit status in the container's directory.
+    unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
+        .context("creating uts/ipc/pid namespaces")?;
     // A start failure (a missing program or working directory, a refused hostname) is reported
     // through this pipe, so the daemon's `start` fails with the reason instead of a container
     // that exits 127 at once. Its write end closes on the program's exec (O_CLOEXEC): end of file
@@ -144,28 +150,66 @@ fn container_init(spec: &ShimSpec, failure: OwnedFd) -> Result<i32> {
 /// Prepares the container's filesystem view, then forks and execs its program; returns the
 /// program's pid. A failure of the program's own start is written to `failure` by the child.
 fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
+    unshare(CloneFlags::CLONE_NEWNS).context("creating the mount namespace")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making / private")?;
     nix::unistd::sethostname(&spec.hostname).context("setting the hostname")?;
-    for (src, dst) in
-        [(&spec.hosts, "/etc/hosts"), (&spec.resolv, "/etc/resolv.conf"), (&spec.hostname_file, "/etc/hostname")]
-    {
-        mount(Some(src.as_path()), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind-mounting {} on {dst}", src.display()))?;
-    }
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).context("mounting /proc")?;
-    // sysfs shows the namespace's own interfaces; not essential, so failure is tolerated
-    let _ = mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>);
-
-    let argv: Vec<CString> = spec.cmd.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
-    let envp: Vec<CString> = spec.env.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
-    if argv.is_empty() {
-        return Err(anyhow!("no command given"));
-    }
+    let etc = [
+        (spec.hosts.as_path(), "/etc/hosts"),
+        (spec.resolv.as_path(), "/etc/resolv.conf"),
+        (spec.hostname_file.as_path(), "/etc/hostname"),
+    ];
+    // the logs are on the node: opened before the container's root hides it
     let open_log = |p: &Path| OpenOptions::new().create(true).append(true).open(p);
     let stdout = open_log(&spec.stdout).context("opening the stdout log")?;
     let stderr = open_log(&spec.stderr).context("opening the stderr log")?;
+    match &spec.rootfs {
+        Some(r) => rootfs::enter(r, &etc)?,
+        None => host_root(&etc)?,
+    }
+    // The image's root (or the node's for `-u` on image `host`) names the users; the process
+    // of image `host` without `-u` keeps the shim's identity, as it always had.
+    let image_mode = spec.rootfs.is_some();
+    let user = if image_mode || !spec.user.is_empty() {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        Some(process::resolve_user(&spec.user, &read("/etc/passwd"), &read("/etc/group")).map_err(|e| anyhow!(e))?)
+    } else {
+        None
+    };
+    let mut env = spec.env.clone();
+    if let Some(u) = &user
+        && process::env_value(&env, "HOME").is_none()
+    {
+        env.push(format!("HOME={}", u.home));
+    }
+    if image_mode && let Some(w) = &spec.workdir {
+        // docker creates a missing working directory in the container's writable layer
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(w)
+            .with_context(|| format!("creating the working directory {w:?}"))?;
+    }
+    // Inside an image the program is looked up in the container's PATH; `host` keeps execvp's
+    // lookup in the shim's PATH, as before images existed.
+    let program = match spec.cmd.first() {
+        None => return Err(anyhow!("no command given")),
+        Some(p) if !image_mode => p.clone(),
+        Some(p) => {
+            let path = process::env_value(&env, "PATH")
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+            let found = process::lookup_program(p, path, |c| {
+                std::fs::metadata(c).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            });
+            match found {
+                Some(f) => f.to_string_lossy().into_owned(),
+                None => return Err(anyhow!("cannot run {p:?}: executable file not found in $PATH")),
+            }
+        }
+    };
+    let program = CString::new(program)?;
+    let argv: Vec<CString> = spec.cmd.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = env.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?;
 
     let handler = SigAction::new(SigHandler::Handler(forward_signal), SaFlags::SA_RESTART, SigSet::empty());
     for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2] {
@@ -186,12 +230,22 @@ fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
             let _ = stdout.into_raw_fd();
             let _ = stderr.into_raw_fd();
             let _ = devnull.as_raw_fd();
+            if let Some(u) = &user
+                && let Err(e) = switch_user(u)
+            {
+                let _ = write!(failure, "cannot run as user {:?}: {e:#}", spec.user);
+                std::process::exit(127)
+            }
             let dir = spec.workdir.as_deref().unwrap_or("/");
             if let Err(e) = std::env::set_current_dir(dir) {
                 let _ = write!(failure, "the working directory {dir:?} cannot be used: {e}");
                 std::process::exit(127)
             }
-            let err = nix::unistd::execvpe(&argv[0], &argv, &envp).unwrap_err();
+            let err = if image_mode {
+                nix::unistd::execve(&program, &argv, &envp).unwrap_err()
+            } else {
+                nix::unistd::execvpe(&program, &argv, &envp).unwrap_err()
+            };
             let why = match err {
                 nix::errno::Errno::ENOENT => "executable file not found".to_string(),
                 e => e.desc().to_lowercase(),
@@ -206,6 +260,28 @@ fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
             Ok(child)
         }
     }
+}
+
+/// The node's root with netbee's `/etc` files bound over the node's (image `host`).
+fn host_root(etc: &[(&Path, &str)]) -> Result<()> {
+    for (src, dst) in etc {
+        mount(Some(*src), *dst, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind-mounting {} on {dst}", src.display()))?;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).context("mounting /proc")?;
+    // sysfs shows the namespace's own interfaces; not essential, so failure is tolerated
+    let _ = mount(Some("sysfs"), "/sys", Some("sysfs"), nosuid | MsFlags::MS_RDONLY, None::<&str>);
+    Ok(())
+}
+
+/// Groups first: once the uid is not 0 the process may no longer change them.
+fn switch_user(u: &process::ExecUser) -> Result<()> {
+    let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
+    nix::unistd::setgroups(&groups).context("setgroups")?;
+    nix::unistd::setgid(Gid::from_raw(u.gid)).context("setgid")?;
+    nix::unistd::setuid(Uid::from_raw(u.uid)).context("setuid")?;
+    Ok(())
 }
 
 /// Reaps every child (orphans are re-parented to PID 1) until the main process exits.

@@ -71,9 +71,9 @@ fn demo(keep: bool) -> Result<()> {
     check(subnet == "172.18.0.0/16", &format!("first user network got 172.18.0.0/16 (got {subnet})"))?;
 
     say("two containers on it: an HTTP server and a client");
-    println!("$ netbee run -d --name web --network demo {bin} whoami --port 8080");
+    println!("$ netbee run -d --name web --network demo host {bin} whoami --port 8080");
     node.run_whoami("web", &["--network", "demo"], 8080)?;
-    step(node, &["run", "-d", "--name", "client", "--network", "demo", "sleep", "600"])?;
+    step(node, &["run", "-d", "--name", "client", "--network", "demo", "host", "sleep", "600"])?;
     step(node, &["ps"])?;
     let web_ip = node.container_ip("web", "demo")?;
     let client_ip = node.container_ip("client", "demo")?;
@@ -91,7 +91,7 @@ fn demo(keep: bool) -> Result<()> {
     step(node, &["datapath", "stats"])?;
 
     say("a published port: -p 8000:8080, reached from the external client (no iptables, no proxy)");
-    println!("$ netbee run -d --name pub -p 8000:8080 {bin} whoami --port 8080");
+    println!("$ netbee run -d --name pub -p 8000:8080 host {bin} whoami --port 8080");
     node.run_whoami("pub", &["-p", "8000:8080"], 8080)?;
     step(node, &["ps"])?;
     let url = format!("http://{}:8000/", node.addr());
@@ -120,7 +120,7 @@ fn demo(keep: bool) -> Result<()> {
         println!("  export NETBEE_HOST=unix://{}", node.socket().display());
         println!("  {bin} ps ; {bin} network ls ; {bin} exec client curl -s http://{web_ip}:8080/");
         println!("  ip netns exec {} curl -s {url}", ext.name());
-        println!("  {bin} run -d --name more --network demo sleep 600");
+        println!("  {bin} run -d --name more --network demo host sleep 600");
         println!("Press Enter to tear the lab down.");
         let mut s = String::new();
         let _ = std::io::stdin().read_line(&mut s);

@@ -15,6 +15,7 @@ use super::scheduler::Pending;
 use crate::{
     api::ContainerCreate,
     daemon::Daemon,
+    images::HOST_IMAGE,
     model::{ServiceRecord, Status, TaskRecord, TaskState},
     portspec::Proto,
 };
@@ -128,8 +129,10 @@ impl Daemon {
         labels.insert("com.netbee.task.id".to_string(), t.id.clone());
         labels.insert("com.netbee.service.id".to_string(), s.id.clone());
         labels.insert("com.netbee.service.name".to_string(), s.spec.name.clone());
+        self.ensure_image(&s.spec.image).await?;
         let req = ContainerCreate {
             name: Some(name),
+            image: s.spec.image.clone(),
             cmd: s.spec.cmd.clone(),
             env: s.spec.env.clone(),
             network: s.spec.networks.first().cloned(),
@@ -154,6 +157,25 @@ impl Daemon {
         }
         info!(service = %s.spec.name, slot = t.slot, container = %c.name, "task running");
         Ok((c.id.clone(), c.endpoints.iter().map(|e| (e.network_id.clone(), e.ip)).collect()))
+    }
+}
+
+impl Daemon {
+    /// Makes the task's image present on this node: a node that lacks it pulls it from the
+    /// registry its reference names. The error is the task's ERROR in `service ps`.
+    async fn ensure_image(&self, image: &str) -> Result<()> {
+        if image == HOST_IMAGE || self.images.resolve(image).is_ok() {
+            return Ok(());
+        }
+        // one pull per image at a time: the agent starts a service's tasks one after the other,
+        // and a second task finds the image the first one pulled
+        let _g = self.services.pulling.lock().await;
+        if self.images.resolve(image).is_ok() {
+            return Ok(());
+        }
+        info!(image, "pulling the image for a task");
+        self.images.pull_image(image).await.map_err(|e| anyhow!("pulling image {image}: {e:#}"))?;
+        Ok(())
     }
 }
 

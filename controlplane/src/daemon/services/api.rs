@@ -10,6 +10,7 @@ use crate::{
     },
     cluster,
     daemon::Daemon,
+    images::HOST_IMAGE,
     model::{HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
     names,
     network::{self, Scope},
@@ -48,11 +49,15 @@ impl Daemon {
     pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let ServiceCreateRequest { name, replicas, publish, networks: wanted, constraints, env, cmd } = req;
+        let ServiceCreateRequest { name, image, replicas, publish, networks: wanted, constraints, env, cmd } = req;
         names::validate_network_name(&name)
             .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
         let replicas = parse_replicas(replicas.as_ref()).map_err(ApiError::bad_request)?.unwrap_or(1);
-        if cmd.is_empty() {
+        if image.is_empty() {
+            return Err(ApiError::bad_request("no image specified for the service"));
+        }
+        // an image's command is known only where its tasks pull it; `host` has none
+        if image == HOST_IMAGE && cmd.is_empty() {
             return Err(ApiError::bad_request("no command specified for the service"));
         }
         let ports = publish
@@ -97,7 +102,7 @@ impl Daemon {
         }
         let rec = ServiceRecord {
             id: id.clone(),
-            spec: ServiceSpec { name, replicas, cmd, env, networks, ports, constraints },
+            spec: ServiceSpec { name, image, replicas, cmd, env, networks, ports, constraints },
             vips,
             created: Utc::now(),
             updated: Utc::now(),
@@ -351,7 +356,7 @@ impl Daemon {
                 name: s.spec.name,
                 mode: ServiceMode { replicated: ServiceModeReplicated { replicas: s.spec.replicas } },
                 task_template: TaskSpec {
-                    container_spec: TaskSpecContainerSpec { command: s.spec.cmd, env: s.spec.env },
+                    container_spec: TaskSpecContainerSpec { image: s.spec.image, command: s.spec.cmd, env: s.spec.env },
                     placement: TaskSpecPlacement { constraints: s.spec.constraints },
                     networks: s.spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
                 },

@@ -37,6 +37,8 @@ pub(super) struct ServiceState {
     changed: tokio::sync::Notify,
     /// Tasks whose containers are being drained and stopped.
     draining: std::sync::Mutex<HashSet<String>>,
+    /// Held while a task's image is pulled (see `ensure_image`); taken with no other lock held.
+    pulling: tokio::sync::Mutex<()>,
 }
 
 impl Daemon {
