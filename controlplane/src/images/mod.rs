@@ -29,6 +29,20 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// Uncompressed layer digests (`sha256:<hex>`, the config's rootfs.diff_ids), lowest first.
     pub layers: Vec<String>,
+    /// Unpacked size of each layer, in `layers` order.
+    #[serde(default)]
+    pub layer_sizes: Vec<u64>,
+    /// `sha256:...` of the manifest stored with the image (as pulled, or written at import).
+    #[serde(default)]
+    pub manifest: String,
+    /// Every blob the image keeps in the store: its config, its manifest and its layers as
+    /// received (compressed or not). Garbage collection keeps exactly these.
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
 }
 
 /// The part of an image's config a container runs with (OCI image-spec `config`).
@@ -51,4 +65,25 @@ pub trait ImageSource {
     fn resolve(&self, reference: &str) -> anyhow::Result<ImageRecord>;
     /// The directories of the image's unpacked layers, topmost first (overlayfs `lowerdir` order).
     fn layer_dirs(&self, image: &ImageRecord) -> anyhow::Result<Vec<PathBuf>>;
+}
+
+mod archive;
+mod digest;
+mod extract;
+mod reference;
+mod registry;
+mod store;
+
+pub use archive::go_arch;
+pub use digest::{Digest, DigestMismatch};
+pub use extract::{ExtractError, unpack_layer};
+pub use reference::ImageRef;
+pub use registry::RegistryConfig;
+pub use store::{ImageStore, RemoveOutcome};
+
+impl crate::store::Record for ImageRecord {
+    const TABLE: crate::store::Table = crate::store::IMAGES;
+    fn key(&self) -> &str {
+        &self.id
+    }
 }
