@@ -110,8 +110,9 @@ impl Unpacker {
         let h = e.header();
         let meta = Meta {
             mode: h.mode().map_err(|err| refused(&name, format!("bad mode: {err}")))? & 0o7777,
-            uid: h.uid().map_err(|err| refused(&name, format!("bad uid: {err}")))? as u32,
-            gid: h.gid().map_err(|err| refused(&name, format!("bad gid: {err}")))? as u32,
+            // an empty owner field is root, as GNU tar and Go's archive/tar read it
+            uid: h.uid().unwrap_or(0) as u32,
+            gid: h.gid().unwrap_or(0) as u32,
             mtime: h.mtime().unwrap_or(0) as i64,
         };
         let kind = h.entry_type();

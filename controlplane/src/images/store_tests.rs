@@ -133,8 +133,9 @@ fn load_refuses_a_layer_whose_digest_does_not_match() {
             continue;
         }
         if path.ends_with(layer_hex) {
-            let i = data.iter().position(|&c| c == b'1').unwrap();
-            data[i] = b'2';
+            // the first entry's content (after its 512-byte header)
+            assert_eq!(data[512], b'1');
+            data[512] = b'2';
         }
         let mut h = e.header().clone();
         b.append_data(&mut h, &path, &data[..]).unwrap();
