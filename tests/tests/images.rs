@@ -61,9 +61,12 @@ fn load_save_round_trip_and_layer_gc() -> Result<()> {
     Ok(())
 }
 
+/// A layer entry: kind, name, link target.
+type Entry<'a> = (tar::EntryType, &'a str, &'a str);
+
 /// Writes a tar whose only layer entry has the hostile `name` (and `link`), as a docker save
 /// archive whose config names the layer's real digest, so only the extraction rules refuse it.
-fn hostile_archive(dir: &Path, entries: &[(tar::EntryType, &str, &str)]) -> Result<std::path::PathBuf> {
+fn hostile_archive(dir: &Path, entries: &[Entry<'_>]) -> Result<std::path::PathBuf> {
     use sha2::Digest as _;
     let mut layer = tar::Builder::new(Vec::new());
     for (kind, name, link) in entries {
@@ -109,7 +112,7 @@ fn hostile_archives_are_refused_and_change_nothing() -> Result<()> {
     let sentinel = lab.dir().join("sentinel");
     std::fs::create_dir_all(&sentinel)?;
     let abs = format!("{}/abs", sentinel.display());
-    let cases: Vec<(Vec<(tar::EntryType, &str, &str)>, &str)> = vec![
+    let cases: Vec<(Vec<Entry>, &str)> = vec![
         (vec![(tar::EntryType::Regular, "../../../../../../../../tmp/netbee-escape", "")], "`..`"),
         (vec![(tar::EntryType::Regular, &abs, "")], "absolute path"),
         (

@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc};
 use tar::EntryType;
 
 use super::*;
-use crate::images::{ImageSource as _, RemoveOutcome};
+use crate::images::RemoveOutcome;
 
 struct Scratch(PathBuf, ImageStore);
 
@@ -121,14 +121,14 @@ fn load_refuses_a_layer_whose_digest_does_not_match() {
     s.1.remove("app:1", false, &[]).unwrap();
     // rewrite the archive with one byte of the layer changed (and the OCI side removed, so the
     // docker manifest's diff_id check is what catches it)
-    let mut ar = tar::Archive::new(std::fs::File::open(&out).unwrap());
+    let mut ar = tar::Archive::new(File::open(&out).unwrap());
     let mut b = tar::Builder::new(Vec::new());
     let layer_hex = &a.blobs[2][7..];
     for e in ar.entries().unwrap() {
         let mut e = e.unwrap();
         let path = e.path().unwrap().to_string_lossy().into_owned();
         let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut e, &mut data).unwrap();
+        io::Read::read_to_end(&mut e, &mut data).unwrap();
         if path == "index.json" {
             continue;
         }
