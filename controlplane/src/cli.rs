@@ -1,6 +1,6 @@
 //! The docker-style command line. Every command but `daemon`, `shim` and `whoami` is a client of
 //! the daemon's API; `exec` joins the container's namespaces itself.
-use std::{path::PathBuf, time::Duration};
+use std::{os::unix::fs::OpenOptionsExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
@@ -15,6 +15,10 @@ use crate::{
         NodeUpdateRequest, Replicas, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary,
         ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest,
         SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+    },
+    api::{
+        ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest, ImageInspect, ImageLoadRequest,
+        ImageLoadResponse, ImagePruneResponse, ImageReferenceRequest, ImageSaveRequest, ImageSummary, ImageTagRequest,
     },
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
@@ -126,6 +130,48 @@ enum Cmd {
     /// Inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DatapathCmd),
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// List images.
+    Images(ImagesArgs),
+    /// Remove images (untag; delete when no tag is left).
+    Rmi {
+        /// Remove even while a container uses the image (it is then only untagged).
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Create a tag TARGET that refers to SOURCE.
+    Tag { source: String, target: String },
+    /// Create an image from a root-filesystem tarball (FILE or - for stdin).
+    Import {
+        file: String,
+        /// REPO[:TAG] to give the image.
+        reference: Option<String>,
+    },
+    /// Load images from a docker save archive or an OCI layout (tar or directory).
+    Load {
+        /// Archive to read.
+        #[arg(short = 'i', long = "input", required = true)]
+        input: PathBuf,
+        /// Print only the image names.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+    },
+    /// Save images to an archive that is both a docker save archive and an OCI layout.
+    Save {
+        /// File to write.
+        #[arg(short = 'o', long = "output", required = true)]
+        output: PathBuf,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Download an image from a registry.
+    Pull { reference: String },
+    /// Upload an image to a registry.
+    Push { reference: String },
     /// Serve hostname, addresses and the client address over HTTP and UDP (for tests and demos).
     Whoami {
         #[arg(long, default_value_t = 8080)]
@@ -176,6 +222,9 @@ struct DaemonArgs {
     /// containers of an earlier one, removing their networking (recovery after a lost database).
     #[arg(long)]
     discard_state: bool,
+    /// A registry (HOST:PORT) to speak plain HTTP to instead of HTTPS; repeatable.
+    #[arg(long = "insecure-registry")]
+    insecure_registries: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -228,6 +277,46 @@ enum NetworkCmd {
     },
     /// Disconnect a container from a network.
     Disconnect { network: String, container: String },
+}
+
+#[derive(Args)]
+struct ImagesArgs {
+    /// Only show image IDs.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Output format: table or json.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// List images.
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Show images' details (JSON).
+    Inspect {
+        /// Output format: json.
+        #[arg(long)]
+        format: Option<String>,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove even while a container uses the image.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove dangling images (no tag, no container).
+    Prune {
+        /// Do not ask for confirmation (there is no prompt; accepted as docker's).
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -507,6 +596,7 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
             .map_err(|e| anyhow!(e))?,
         mesh_routing: a.mesh_routing,
         discard_state: a.discard_state,
+        insecure_registries: a.insecure_registries,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let r = rt.block_on(daemon::run(cfg));
@@ -595,6 +685,49 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 Ok(0)
             }
             Cmd::Network(n) => network(&c, n).await,
+            Cmd::Image(cmd) => image(&c, cmd).await,
+            Cmd::Images(a) => images(&c, a).await,
+            Cmd::Rmi { force, images } => rmi(&c, &images, force).await,
+            Cmd::Tag { source, target } => {
+                c.post::<_, ()>("/images/tag", &ImageTagRequest { source, target }).await?;
+                Ok(0)
+            }
+            Cmd::Import { file, reference } => import(&c, &file, reference).await,
+            Cmd::Load { input, quiet } => {
+                let path = std::path::absolute(&input)?;
+                let r: ImageLoadResponse =
+                    c.post("/images/load", &ImageLoadRequest { path: path.to_string_lossy().into_owned() }).await?;
+                for l in r.stream {
+                    if !quiet || !l.starts_with("Loaded image ID") {
+                        println!("{}", if quiet { l.trim_start_matches("Loaded image: ").to_string() } else { l });
+                    }
+                }
+                Ok(0)
+            }
+            Cmd::Save { output, images } => {
+                let path = std::path::absolute(&output)?;
+                c.post::<_, ()>(
+                    "/images/save",
+                    &ImageSaveRequest { path: path.to_string_lossy().into_owned(), names: images },
+                )
+                .await?;
+                Ok(0)
+            }
+            Cmd::Pull { reference } => {
+                let r: ImageIdResponse =
+                    c.post("/images/pull", &ImageReferenceRequest { reference: reference.clone() }).await?;
+                if !r.digest.is_empty() {
+                    println!("Digest: {}", r.digest);
+                }
+                println!("Status: Downloaded image for {reference}");
+                Ok(0)
+            }
+            Cmd::Push { reference } => {
+                let r: ImageIdResponse =
+                    c.post("/images/push", &ImageReferenceRequest { reference: reference.clone() }).await?;
+                println!("{reference}: digest: {}", r.digest);
+                Ok(0)
+            }
             Cmd::Run(a) => run(&c, a, true).await,
             Cmd::Create(a) => run(&c, a, false).await,
             Cmd::Start { containers } => {
@@ -1125,4 +1258,156 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             for_each(&services, |x| async move { c.delete(&format!("/services/{}", enc(&x))).await }).await
         }
     }
+}
+
+async fn image(c: &Client, cmd: ImageCmd) -> Result<i32> {
+    match cmd {
+        ImageCmd::Ls(a) => images(c, a).await,
+        ImageCmd::Inspect { format, images } => {
+            json_only(&format)?;
+            let mut out: Vec<ImageInspect> = Vec::new();
+            for i in images {
+                out.push(c.get(&format!("/images/{}/json", enc(&i))).await?);
+            }
+            println!("{}", pretty(&out)?);
+            Ok(0)
+        }
+        ImageCmd::Rm { force, images } => rmi(c, &images, force).await,
+        ImageCmd::Prune { force: _ } => {
+            let r: ImagePruneResponse = c.post("/images/prune", &()).await?;
+            if !r.images_deleted.is_empty() {
+                println!("Deleted Images:");
+                print_deleted(&r.images_deleted);
+                println!();
+            }
+            println!("Total reclaimed space: {}", human_size(r.space_reclaimed));
+            Ok(0)
+        }
+    }
+}
+
+/// `images`: REPOSITORY TAG IMAGE ID CREATED SIZE, one row per tag (`<none>` for an untagged
+/// image), newest first, as docker.
+async fn images(c: &Client, a: ImagesArgs) -> Result<i32> {
+    let list: Vec<ImageSummary> = c.get("/images/json").await?;
+    let json = json_only(&a.format)?;
+    let id = |i: &ImageSummary| short(i.id.trim_start_matches("sha256:"));
+    if a.quiet {
+        let mut seen = std::collections::HashSet::new();
+        for i in &list {
+            if seen.insert(i.id.clone()) {
+                println!("{}", id(i));
+            }
+        }
+        return Ok(0);
+    }
+    let now = chrono::Utc::now().timestamp();
+    let mut rows = Vec::new();
+    for i in &list {
+        let tags: Vec<(String, String)> = if i.repo_tags.is_empty() {
+            vec![("<none>".into(), "<none>".into())]
+        } else {
+            i.repo_tags
+                .iter()
+                .map(|t| {
+                    let at = t.rfind(':').unwrap_or(t.len());
+                    (t[..at].to_string(), t.get(at + 1..).unwrap_or("").to_string())
+                })
+                .collect()
+        };
+        let age = Duration::from_secs(now.saturating_sub(i.created).max(0) as u64);
+        for (repo, tag) in tags {
+            if json {
+                println!(
+                    "{}",
+                    line(&json!({
+                        "Repository": repo, "Tag": tag, "ID": id(i),
+                        "CreatedAt": i.created, "Size": human_size(i.size),
+                    }))?
+                );
+            } else {
+                rows.push(vec![repo, tag, id(i), format!("{} ago", humanize::human_duration(age)), human_size(i.size)]);
+            }
+        }
+    }
+    if !json {
+        print!("{}", humanize::format_table(&["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], &rows));
+    }
+    Ok(0)
+}
+
+/// Sizes as docker prints them: decimal units, three significant digits (`4.26MB`).
+fn human_size(n: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1000.0 && u < units.len() - 1 {
+        v /= 1000.0;
+        u += 1;
+    }
+    let digits = if v >= 100.0 || u == 0 {
+        0
+    } else if v >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let s = format!("{v:.digits$}");
+    let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
+    format!("{s}{}", units[u])
+}
+
+fn print_deleted(items: &[ImageDeleteResponseItem]) {
+    for i in items {
+        if let Some(t) = &i.untagged {
+            println!("Untagged: {t}");
+        }
+        if let Some(d) = &i.deleted {
+            println!("Deleted: {d}");
+        }
+    }
+}
+
+async fn rmi(c: &Client, images: &[String], force: bool) -> Result<i32> {
+    let mut failed = false;
+    for i in images {
+        let r: Result<Vec<ImageDeleteResponseItem>> =
+            c.call::<(), _>("DELETE", &format!("/images/{}?force={}", enc(i), force as u8), None).await;
+        match r {
+            Ok(items) => print_deleted(&items),
+            Err(e) => {
+                eprintln!("{e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { 1 } else { 0 })
+}
+
+/// `import FILE|- [REPO[:TAG]]`: the daemon reads the tarball from a path; stdin is first
+/// copied to a private temporary file (the CLI and daemon share the machine).
+async fn import(c: &Client, file: &str, reference: Option<String>) -> Result<i32> {
+    let mut tmp = None;
+    let path = if file == "-" {
+        let p = std::env::temp_dir().join(format!("netbee-import-{}.tar", crate::names::new_id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| anyhow!("creating {}: {e}", p.display()))?;
+        tmp = Some(p.clone());
+        std::io::copy(&mut std::io::stdin().lock(), &mut f)?;
+        p
+    } else {
+        std::path::absolute(file)?
+    };
+    let r: Result<ImageIdResponse> = c
+        .post("/images/import", &ImageImportRequest { path: path.to_string_lossy().into_owned(), repo: reference })
+        .await;
+    if let Some(p) = tmp {
+        let _ = std::fs::remove_file(p);
+    }
+    println!("{}", r?.id);
+    Ok(0)
 }

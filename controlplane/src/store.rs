@@ -25,6 +25,8 @@ pub const SERVICES: Table = Table::named("services");
 pub const TASKS: Table = Table::named("tasks");
 /// The overlay networks of the cluster as last seen in etcd (`CachedOverlay`).
 pub const OVERLAYS: Table = Table::named("overlays");
+/// Images on this node (`ImageRecord`), by image ID.
+pub const IMAGES: Table = Table::named("images");
 
 /// A kind of record the daemon persists: its table in the embedded store and its key.
 pub trait Record: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {
@@ -106,7 +108,7 @@ impl Store {
             })?
             .with_context(|| format!("opening the state database {}", path.display()))?;
         let tx = db.begin_write()?;
-        for t in [NETWORKS, CONTAINERS, META, OVERLAYS, SERVICES, TASKS] {
+        for t in [NETWORKS, CONTAINERS, META, OVERLAYS, SERVICES, TASKS, IMAGES] {
             tx.open_table(t.0)?;
         }
         tx.commit()?;

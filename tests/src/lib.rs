@@ -427,3 +427,10 @@ fn create_lab_dir(test_name: &str) -> Result<(String, PathBuf)> {
     }
     bail!("could not find a free lab prefix")
 }
+
+/// A test image archive made by `cargo xtask setup` (`busybox-1.tar`, `busybox-2.tar`,
+/// `busybox-entrypoint.tar` under `target/test-images/`).
+pub fn test_image(file: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).join("target/test-images").join(file)
+}

@@ -692,7 +692,17 @@ fn a_low_open_file_limit_does_not_cap_the_containers_of_a_node() -> Result<()> {
             .map(|t| {
                 s.spawn(move || -> Result<()> {
                     for i in (t..want).step_by(4) {
-                        n1.netbee(&["run", "-d", "--name", &format!("c{i}"), "--network", "none", "host", "sleep", "600"])?;
+                        n1.netbee(&[
+                            "run",
+                            "-d",
+                            "--name",
+                            &format!("c{i}"),
+                            "--network",
+                            "none",
+                            "host",
+                            "sleep",
+                            "600",
+                        ])?;
                     }
                     Ok(())
                 })

@@ -544,7 +544,9 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
             let svc = s.spawn(|| create_service(nodes[0], "q1", &["--publish", "9191:8080"]).map(|_| String::new()));
             let runs: Vec<_> = [1, 2]
                 .map(|i| {
-                    s.spawn(move || nodes[i].netbee(&["run", "-d", "--name", "q", "-p", "9191:80", "host", "sleep", "600"]))
+                    s.spawn(move || {
+                        nodes[i].netbee(&["run", "-d", "--name", "q", "-p", "9191:80", "host", "sleep", "600"])
+                    })
                 })
                 .into_iter()
                 .collect();
@@ -562,7 +564,17 @@ fn concurrent_first_services_on_three_managers_share_one_ingress() -> Result<()>
         if trial == 0 {
             // a port a container publishes on another node is refused to a service, by name
             nodes[1].netbee(&["run", "-d", "--name", "holder", "-p", "9292:80", "host", "sleep", "600"])?;
-            let e = nodes[0].netbee_refused(&["service", "create", "--name", "late", "-p", "9292:8080", "host", "sleep", "60"]);
+            let e = nodes[0].netbee_refused(&[
+                "service",
+                "create",
+                "--name",
+                "late",
+                "-p",
+                "9292:8080",
+                "host",
+                "sleep",
+                "60",
+            ]);
             assert!(e.contains("port 9292/tcp is already published by container holder on node n2"), "{e}");
             nodes[1].netbee(&["rm", "-f", "holder"])?;
             // released with the container

@@ -45,7 +45,14 @@ const APT_PACKAGES: &[&str] = &[
     // bench/profile.py
     "linux-perf",
     "python3",
+    // images: a real registry, third-party image tools, and the test images' busybox
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "busybox-static",
 ];
+mod test_images;
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 const LLVM_MAJOR: &str = "22";
@@ -186,6 +193,8 @@ fn setup() -> Result<()> {
         log(t0, &format!("cargo install cargo-fuzz {CARGO_FUZZ_VERSION} (about 100 s)"));
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))?;
     }
+    test_images::build(&root().join("target/test-images"))?;
+    log(t0, "test images present");
     log(t0, "done");
     Ok(())
 }

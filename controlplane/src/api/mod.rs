@@ -14,6 +14,7 @@
 //! - `containers.rs`: `/containers/...`;
 //! - `services.rs`: `/services/...` and their tasks;
 //! - `swarm.rs`: `/swarm/...`, `/nodes/...`, and the join port a manager answers on;
+//! - `images.rs`: `/images/...`;
 //! - `system.rs`: `/version` and `/datapath/...`;
 //! - `error.rs`: [`ApiError`] and its [`ErrorKind`], the one mapping to HTTP statuses.
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use serde_json::Value;
 
 pub mod containers;
 mod error;
+pub mod images;
 pub mod networks;
 pub mod services;
 pub mod swarm;
@@ -34,6 +36,7 @@ pub mod system;
 
 pub use containers::*;
 pub use error::{ApiError, ApiResult, ErrorKind};
+pub use images::*;
 pub use networks::*;
 pub use services::*;
 pub use swarm::*;

@@ -1,5 +1,6 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 mod containers;
+mod images;
 mod names;
 mod networks;
 mod ownership;
@@ -25,7 +26,7 @@ use crate::{
     api::ApiResult,
     cluster::ClusterState,
     datapath::{Datapath, default_timeouts, ip_be},
-    images::{ImageRecord, ImageSource},
+    images::{ImageStore, RegistryConfig},
     lookup,
     model::{ContainerRecord, NetworkRecord},
     netlink::Netlink,
@@ -49,6 +50,8 @@ pub struct DaemonConfig {
     /// Start over an empty or lost store even though the node has state of an earlier one
     /// (which start-up then removes).
     pub discard_state: bool,
+    /// Registries (`HOST:PORT`) spoken to in plain HTTP (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,7 +74,10 @@ pub struct NodeInfo {
 /// operation. Its operations live in the files of this module, one concern each.
 pub struct Daemon {
     cfg: DaemonConfig,
-    store: Store,
+    store: Arc<Store>,
+    /// The node's images (`<root>/images`, records in `store`): what containers resolve at
+    /// create and stack as their root at start.
+    images: ImageStore,
     nl: Netlink,
     dp: std::sync::Mutex<Datapath>,
     /// Serializes every state-changing operation on the node: each one reads, changes the kernel,
@@ -85,21 +91,6 @@ pub struct Daemon {
     removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
     services: services::ServiceState,
     dns: names::DnsState,
-    /// The node's images: what containers resolve at create and stack as their root at start.
-    images: Box<dyn ImageSource + Send + Sync>,
-}
-
-/// The image source until the node's image store is wired in: it knows no image, so only the
-/// reserved image `host` runs.
-struct NoImages;
-
-impl ImageSource for NoImages {
-    fn resolve(&self, reference: &str) -> Result<ImageRecord> {
-        Err(anyhow!("No such image: {reference}"))
-    }
-    fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>> {
-        Err(anyhow!("No such image: {}", image.id))
-    }
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -109,7 +100,7 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     let _claims = ownership::claim(&cfg.root, &cfg.socket, &cfg.bpffs)?;
     raise_fd_limit();
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").context("enabling IPv4 forwarding")?;
-    let store = Store::open(&cfg.root.join("netbee.redb"))?;
+    let store = Arc::new(Store::open(&cfg.root.join("netbee.redb"))?);
     let mut dp = Datapath::load(&cfg.bpffs, cfg.conntrack_size)?;
     let pinned_endpoints = dp.pinned_links()?.iter().filter(|p| p.starts_with("ep-")).count();
     ownership::check_store_matches_node(&store, &cfg.root, pinned_endpoints, cfg.discard_state)?;
@@ -156,9 +147,13 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
             Some(Arc::new(ClusterState::new(eps.clone(), node_id, hostname, membership)))
         }
     };
+    let images =
+        ImageStore::open(&cfg.root, store.clone(), RegistryConfig { insecure: cfg.insecure_registries.clone() })
+            .context("opening the image store")?;
     let daemon = Arc::new(Daemon {
         cfg: cfg.clone(),
         store,
+        images,
         nl,
         dp: std::sync::Mutex::new(dp),
         op: tokio::sync::Mutex::new(()),
@@ -172,7 +167,6 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         removed_exits: Default::default(),
         services: Default::default(),
         dns: Default::default(),
-        images: Box::new(NoImages),
     });
     network::prepare_node(&daemon.net_cx()).await?;
     network::ensure_predefined(&daemon.net_cx()).await?;

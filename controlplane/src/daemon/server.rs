@@ -15,10 +15,12 @@ use crate::{
     api::{
         ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ConntrackStats, ContainerCreateRequest,
         ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
-        ContainerWaitResponse, DatapathStats, Network, NetworkConnectRequest, NetworkCreateRequest,
-        NetworkCreateResponse, NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest,
-        ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest,
-        SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+        ContainerWaitResponse, DatapathStats, ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest,
+        ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse, ImageReferenceRequest, ImageSaveRequest,
+        ImageSummary, ImageTagRequest, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
+        NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
+        ServiceSummary, ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse,
+        SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
     },
     model::Status,
 };
@@ -84,6 +86,16 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/logs", get(container_logs))
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
+        .route("/images/json", get(image_list))
+        .route("/images/load", post(image_load))
+        .route("/images/import", post(image_import))
+        .route("/images/save", post(image_save))
+        .route("/images/pull", post(image_pull))
+        .route("/images/push", post(image_push))
+        .route("/images/tag", post(image_tag))
+        .route("/images/prune", post(image_prune))
+        .route("/images/{name}/json", get(image_inspect))
+        .route("/images/{name}", delete(image_remove))
         .route("/datapath/stats", get(datapath_stats))
         .route("/datapath/conntrack/age", post(conntrack_age))
         .route("/datapath/conntrack/gc", post(conntrack_gc))
@@ -339,4 +351,51 @@ async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<ConntrackAgeR
 async fn conntrack_gc(State(d): D) -> ApiResult<Json<ConntrackGcResponse>> {
     let (removed, live) = d.gc_once()?;
     Ok(Json(ConntrackGcResponse { removed, live }))
+}
+
+async fn image_list(State(d): D) -> ApiResult<Json<Vec<ImageSummary>>> {
+    Ok(Json(d.image_list()?))
+}
+
+async fn image_inspect(State(d): D, Path(name): Path<String>) -> ApiResult<Json<ImageInspect>> {
+    Ok(Json(d.image_inspect(&name)?))
+}
+
+async fn image_remove(
+    State(d): D,
+    Path(name): Path<String>,
+    Query(q): Q,
+) -> ApiResult<Json<Vec<ImageDeleteResponseItem>>> {
+    let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
+    Ok(Json(d.image_remove(&name, force)?))
+}
+
+async fn image_load(State(d): D, Body(req): Body<ImageLoadRequest>) -> ApiResult<Json<ImageLoadResponse>> {
+    Ok(Json(d.image_load(req.path).await?))
+}
+
+async fn image_import(State(d): D, Body(req): Body<ImageImportRequest>) -> ApiResult<Json<ImageIdResponse>> {
+    Ok(Json(d.image_import(req.path, req.repo).await?))
+}
+
+async fn image_save(State(d): D, Body(req): Body<ImageSaveRequest>) -> NoContent {
+    d.image_save(req.path, req.names).await?;
+    Ok(Json(()))
+}
+
+async fn image_pull(State(d): D, Body(req): Body<ImageReferenceRequest>) -> ApiResult<Json<ImageIdResponse>> {
+    Ok(Json(d.image_pull(&req.reference).await?))
+}
+
+async fn image_push(State(d): D, Body(req): Body<ImageReferenceRequest>) -> ApiResult<Json<ImageIdResponse>> {
+    Ok(Json(d.image_push(&req.reference).await?))
+}
+
+async fn image_tag(State(d): D, Body(req): Body<ImageTagRequest>) -> NoContent {
+    d.image_tag(&req.source, &req.target)?;
+    Ok(Json(()))
+}
+
+async fn image_prune(State(d): D) -> ApiResult<Json<ImagePruneResponse>> {
+    Ok(Json(d.image_prune()?))
 }

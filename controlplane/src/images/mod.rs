@@ -1,9 +1,11 @@
 //! Images: content-addressed layers and configs under `<root>/images`, and what a container needs
 //! from one (its layers, ready to stack as an overlayfs root, and its config).
 //!
-//! This file is the contract between the image store and the container runtime; the store's
-//! implementation (formats, registry, garbage collection) fills it in.
-use std::{collections::BTreeMap, path::PathBuf};
+//! One file per concern: `store` (records, blobs, unpacked layers, garbage collection; what the
+//! runtime asks: `resolve`, `layer_dirs`), `extract` (layer tars applied without ever writing
+//! outside the layer), `archive` (`docker save` archives and OCI layouts), `registry` (pull and
+//! push over the OCI distribution API), `reference` and `digest` (names and content addresses).
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +31,20 @@ pub struct ImageRecord {
     pub config: ImageConfig,
     /// Uncompressed layer digests (`sha256:<hex>`, the config's rootfs.diff_ids), lowest first.
     pub layers: Vec<String>,
+    /// Unpacked size of each layer, in `layers` order.
+    #[serde(default)]
+    pub layer_sizes: Vec<u64>,
+    /// `sha256:...` of the manifest stored with the image (as pulled, or written at import).
+    #[serde(default)]
+    pub manifest: String,
+    /// Every blob the image keeps in the store: its config, its manifest and its layers as
+    /// received (compressed or not). Garbage collection keeps exactly these.
+    #[serde(default)]
+    pub blobs: Vec<String>,
+    #[serde(default)]
+    pub architecture: String,
+    #[serde(default)]
+    pub os: String,
 }
 
 /// The part of an image's config a container runs with (OCI image-spec `config`).
@@ -44,21 +60,23 @@ pub struct ImageConfig {
     pub labels: BTreeMap<String, String>,
 }
 
-/// What the runtime asks of the image store.
-pub trait ImageSource {
-    /// The image a reference names: `repo[:tag]`, `repo@sha256:...`, a full or unique prefix of
-    /// an image ID. Not found → an error reading like docker's ("No such image: X").
-    fn resolve(&self, reference: &str) -> anyhow::Result<ImageRecord>;
-    /// The directories of the image's unpacked layers, topmost first (overlayfs `lowerdir` order).
-    fn layer_dirs(&self, image: &ImageRecord) -> anyhow::Result<Vec<PathBuf>>;
-    /// Pulls the image a reference names from its registry and returns it, for a service task
-    /// whose node lacks its image. The error is what `service ps` shows as the task's ERROR.
-    /// A source that cannot pull keeps this default.
-    fn pull_image<'a>(&'a self, reference: &'a str) -> PullFuture<'a> {
-        Box::pin(async move { Err(anyhow::anyhow!("pulling images is not available (asked for {reference})")) })
+mod archive;
+mod digest;
+mod extract;
+mod reference;
+mod registry;
+mod store;
+
+pub use archive::go_arch;
+pub use digest::{Digest, DigestMismatch};
+pub use extract::{ExtractError, unpack_layer};
+pub use reference::ImageRef;
+pub use registry::RegistryConfig;
+pub use store::{ImageStore, RemoveOutcome};
+
+impl crate::store::Record for ImageRecord {
+    const TABLE: crate::store::Table = crate::store::IMAGES;
+    fn key(&self) -> &str {
+        &self.id
     }
 }
-
-/// What [`ImageSource::pull_image`] returns: a boxed future, so the trait stays usable as
-/// `dyn ImageSource` while the store's pull is async.
-pub type PullFuture<'a> = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<ImageRecord>> + Send + 'a>>;

@@ -174,7 +174,7 @@ impl Daemon {
             return Ok(());
         }
         info!(image, "pulling the image for a task");
-        self.images.pull_image(image).await.map_err(|e| anyhow!("pulling image {image}: {e:#}"))?;
+        self.images.pull(image).await.map_err(|e| anyhow!("pulling image {image}: {e:#}"))?;
         Ok(())
     }
 }
