@@ -23,6 +23,7 @@ use crate::{
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
     runtime::process::merge_env,
+    service_progress as progress,
 };
 
 #[derive(Parser)]
@@ -340,6 +341,16 @@ enum ServiceCmd {
         /// Set an environment variable (KEY=VALUE) in every task.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
+        #[command(flatten)]
+        update: UpdateFlags,
+        #[command(flatten)]
+        rollback: RollbackFlags,
+        /// Exit immediately instead of waiting for the service to converge.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Suppress progress output.
+        #[arg(short = 'q', long)]
+        quiet: bool,
         /// The tasks' image (`host`: a host binary); a node that lacks it pulls it.
         image: String,
         /// Command and arguments, replacing the image's command.
@@ -367,19 +378,70 @@ enum ServiceCmd {
     },
     /// Set replica counts: SERVICE=N ...
     Scale {
+        /// Exit immediately instead of waiting for the services to converge.
+        #[arg(short = 'd', long)]
+        detach: bool,
         #[arg(required = true)]
         pairs: Vec<String>,
     },
-    /// Change a service.
+    /// Change a service; tasks whose spec changes are replaced by a rolling update.
     Update {
+        /// Number of tasks.
         #[arg(long, allow_hyphen_values = true)]
         replicas: Option<String>,
+        /// Service image tag.
+        #[arg(long)]
+        image: Option<String>,
+        /// Service command args (split as a shell would).
+        #[arg(long)]
+        args: Option<String>,
+        /// Add or update a published port (PUBLISHED:TARGET[/udp]).
         #[arg(long = "publish-add")]
         publish_add: Vec<String>,
+        /// Remove a published port by its published port (PUBLISHED[/udp]).
         #[arg(long = "publish-rm")]
         publish_rm: Vec<String>,
+        /// Add or update an environment variable (KEY=VALUE).
         #[arg(long = "env-add")]
         env_add: Vec<String>,
+        /// Remove an environment variable (KEY).
+        #[arg(long = "env-rm")]
+        env_rm: Vec<String>,
+        /// Add a network.
+        #[arg(long = "network-add")]
+        network_add: Vec<String>,
+        /// Remove a network.
+        #[arg(long = "network-rm")]
+        network_rm: Vec<String>,
+        /// Add or update a placement constraint.
+        #[arg(long = "constraint-add")]
+        constraint_add: Vec<String>,
+        /// Remove a constraint.
+        #[arg(long = "constraint-rm")]
+        constraint_rm: Vec<String>,
+        /// Force update even if no changes require it.
+        #[arg(long)]
+        force: bool,
+        /// Rollback to previous specification.
+        #[arg(long)]
+        rollback: bool,
+        #[command(flatten)]
+        update: UpdateFlags,
+        #[command(flatten)]
+        rollback_flags: RollbackFlags,
+        /// Exit immediately instead of waiting for the service to converge.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Suppress progress output.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        service: String,
+    },
+    /// Fetch the logs of a service's tasks (those on this node).
+    Logs {
+        /// Do not prefix lines with the task name.
+        #[arg(long = "no-task-ids")]
+        no_task_ids: bool,
         service: String,
     },
     /// Remove services.
@@ -388,6 +450,78 @@ enum ServiceCmd {
         #[arg(required = true)]
         services: Vec<String>,
     },
+}
+
+/// `--update-*`: how a rolling update replaces tasks.
+#[derive(Args, Default)]
+struct UpdateFlags {
+    /// Maximum number of tasks updated simultaneously (0 to update all at once) (default 1).
+    #[arg(long = "update-parallelism")]
+    update_parallelism: Option<String>,
+    /// Delay between updates (ns|us|ms|s|m|h) (default 0s).
+    #[arg(long = "update-delay")]
+    update_delay: Option<String>,
+    /// Update order ("start-first"|"stop-first") (default "stop-first").
+    #[arg(long = "update-order")]
+    update_order: Option<String>,
+    /// Action on update failure ("pause"|"continue"|"rollback") (default "pause").
+    #[arg(long = "update-failure-action")]
+    update_failure_action: Option<String>,
+    /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h) (default 5s).
+    #[arg(long = "update-monitor")]
+    update_monitor: Option<String>,
+    /// Failure rate to tolerate during an update (default 0).
+    #[arg(long = "update-max-failure-ratio")]
+    update_max_failure_ratio: Option<String>,
+}
+
+impl UpdateFlags {
+    fn request(self) -> api::UpdateConfigFlags {
+        api::UpdateConfigFlags {
+            parallelism: self.update_parallelism,
+            delay: self.update_delay,
+            order: self.update_order,
+            failure_action: self.update_failure_action,
+            monitor: self.update_monitor,
+            max_failure_ratio: self.update_max_failure_ratio,
+        }
+    }
+}
+
+/// `--rollback-*`: how a rollback replaces tasks.
+#[derive(Args, Default)]
+struct RollbackFlags {
+    /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once) (default 1).
+    #[arg(long = "rollback-parallelism")]
+    rollback_parallelism: Option<String>,
+    /// Delay between task rollbacks (ns|us|ms|s|m|h) (default 0s).
+    #[arg(long = "rollback-delay")]
+    rollback_delay: Option<String>,
+    /// Rollback order ("start-first"|"stop-first") (default "stop-first").
+    #[arg(long = "rollback-order")]
+    rollback_order: Option<String>,
+    /// Action on rollback failure ("pause"|"continue") (default "pause").
+    #[arg(long = "rollback-failure-action")]
+    rollback_failure_action: Option<String>,
+    /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h) (default 5s).
+    #[arg(long = "rollback-monitor")]
+    rollback_monitor: Option<String>,
+    /// Failure rate to tolerate during a rollback (default 0).
+    #[arg(long = "rollback-max-failure-ratio")]
+    rollback_max_failure_ratio: Option<String>,
+}
+
+impl RollbackFlags {
+    fn request(self) -> api::UpdateConfigFlags {
+        api::UpdateConfigFlags {
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay,
+            order: self.rollback_order,
+            failure_action: self.rollback_failure_action,
+            monitor: self.rollback_monitor,
+            max_failure_ratio: self.rollback_max_failure_ratio,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -1161,12 +1295,39 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
 
 async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
     match cmd {
-        ServiceCmd::Create { name, replicas, publish, networks, constraints, env, image, cmd } => {
+        ServiceCmd::Create {
+            name,
+            replicas,
+            publish,
+            networks,
+            constraints,
+            env,
+            update,
+            rollback,
+            detach,
+            quiet,
+            image,
+            cmd,
+        } => {
             let replicas = replicas.map(Replicas::String);
-            let req = ServiceCreateRequest { name, image, replicas, publish, networks, constraints, env, cmd };
+            let req = ServiceCreateRequest {
+                name,
+                image,
+                replicas,
+                publish,
+                networks,
+                constraints,
+                env,
+                cmd,
+                update_config: update.request(),
+                rollback_config: rollback.request(),
+            };
             let v: ServiceCreateResponse = c.post("/services/create", &req).await?;
             println!("{}", v.id);
-            Ok(0)
+            if detach {
+                return Ok(0);
+            }
+            progress::wait(c, &v.id, progress::Mode::Create, quiet).await
         }
         ServiceCmd::Ls { quiet, format } => {
             let list: Vec<ServiceSummary> = c.get("/services").await?;
@@ -1208,6 +1369,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                 rows.push(vec![
                     short(&x.id),
                     name,
+                    x.image.clone(),
                     x.node.clone(),
                     x.desired_state.clone(),
                     format!("{} {} ago", x.current_state, humanize::human_duration(ago).to_lowercase()),
@@ -1216,7 +1378,10 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             }
             print!(
                 "{}",
-                humanize::format_table(&["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], &rows)
+                humanize::format_table(
+                    &["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"],
+                    &rows
+                )
             );
             Ok(0)
         }
@@ -1228,8 +1393,9 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             println!("{}", pretty(&out)?);
             Ok(0)
         }
-        ServiceCmd::Scale { pairs } => {
+        ServiceCmd::Scale { detach, pairs } => {
             let mut failed = false;
+            let mut scaled = Vec::new();
             for p in pairs {
                 let Some((name, n)) = p.split_once('=') else {
                     eprintln!("invalid scale specifier {p:?}: expected SERVICE=REPLICAS");
@@ -1238,20 +1404,88 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                 };
                 let req = ServiceUpdateRequest { replicas: Some(Replicas::String(n.into())), ..Default::default() };
                 match c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(name)), &req).await {
-                    Ok(_) => println!("{name} scaled to {n}"),
+                    Ok(_) => {
+                        println!("{name} scaled to {n}");
+                        scaled.push(name.to_string());
+                    }
                     Err(e) => {
                         eprintln!("{e:#}");
                         failed = true;
                     }
                 }
             }
+            if !detach {
+                for name in scaled {
+                    if progress::wait(c, &name, progress::Mode::Create, false).await? != 0 {
+                        failed = true;
+                    }
+                }
+            }
             Ok(if failed { 1 } else { 0 })
         }
-        ServiceCmd::Update { replicas, publish_add, publish_rm, env_add, service } => {
-            let req =
-                ServiceUpdateRequest { replicas: replicas.map(Replicas::String), publish_add, publish_rm, env_add };
+        ServiceCmd::Update {
+            replicas,
+            image,
+            args,
+            publish_add,
+            publish_rm,
+            env_add,
+            env_rm,
+            network_add,
+            network_rm,
+            constraint_add,
+            constraint_rm,
+            force,
+            rollback,
+            update,
+            rollback_flags,
+            detach,
+            quiet,
+            service,
+        } => {
+            let args = match args {
+                Some(a) => Some(
+                    shlex::split(&a)
+                        .ok_or_else(|| anyhow!("invalid argument {a:?} for \"--args\" flag: unbalanced quotes"))?,
+                ),
+                None => None,
+            };
+            let req = ServiceUpdateRequest {
+                replicas: replicas.map(Replicas::String),
+                publish_add,
+                publish_rm,
+                env_add,
+                env_rm,
+                image,
+                args,
+                network_add,
+                network_rm,
+                constraint_add,
+                constraint_rm,
+                force,
+                rollback,
+                update_config: update.request(),
+                rollback_config: rollback_flags.request(),
+            };
             c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(&service)), &req).await?;
             println!("{service}");
+            if detach {
+                return Ok(0);
+            }
+            let mode = if rollback { progress::Mode::Rollback } else { progress::Mode::Update };
+            progress::wait(c, &service, mode, quiet).await
+        }
+        ServiceCmd::Logs { no_task_ids, service } => {
+            let logs: Vec<api::ServiceLogLine> = c.get(&format!("/services/{}/logs", enc(&service))).await?;
+            let width = logs.iter().map(|l| l.task.len()).max().unwrap_or(0);
+            for l in logs {
+                let line = if no_task_ids { l.line } else { format!("{:width$}    | {}", l.task, l.line) };
+                if l.stderr {
+                    eprintln!("{line}");
+                } else {
+                    println!("{line}");
+                }
+            }
             Ok(0)
         }
         ServiceCmd::Rm { services } => {

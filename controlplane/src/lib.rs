@@ -21,5 +21,6 @@ mod network;
 mod paths;
 pub mod portspec;
 mod runtime;
+mod service_progress;
 mod store;
 mod whoami;

@@ -217,7 +217,7 @@ pub struct ServicePort {
     pub proto: Proto,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceSpec {
     pub name: String,
     /// The tasks' image as the user named it; services created before images ran host binaries.
@@ -230,21 +230,130 @@ pub struct ServiceSpec {
     pub networks: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub constraints: Vec<String>,
+    /// How a change of the tasks' spec rolls out (`--update-*`).
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    /// How a rollback rolls out (`--rollback-*`).
+    #[serde(default)]
+    pub rollback_config: UpdateConfig,
+    /// Bumped by `service update --force`: tasks of another value are out of date.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+impl ServiceSpec {
+    /// Whether tasks made from `self` and from `other` are the same: what a task runs, not how many
+    /// there are or which ports the routing mesh publishes (those change no task, as in docker).
+    pub fn same_tasks(&self, other: &ServiceSpec) -> bool {
+        self.image == other.image
+            && self.cmd == other.cmd
+            && self.env == other.env
+            && self.networks == other.networks
+            && self.constraints == other.constraints
+            && self.force_update == other.force_update
+    }
+}
+
+/// `--update-order`: whether a slot's new task starts before its old one stops.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// `--update-failure-action`: what too many failed new tasks do to an update.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+/// docker's `UpdateConfig` (the same shape serves `RollbackConfig`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct UpdateConfig {
+    /// Slots replaced at once; 0 replaces all at once.
+    pub parallelism: u64,
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long a new task must keep running before it counts as updated.
+    pub monitor_ms: u64,
+    /// Failed new tasks, as a fraction of the slots, that an update tolerates.
+    pub max_failure_ratio: f64,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5000,
+            max_failure_ratio: 0.0,
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// docker's `UpdateStatus.State`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// The scheduler is replacing tasks.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    pub fn is_rollback(self) -> bool {
+        matches!(self, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    }
+}
+
+/// Where a rolling update stands; kept in the service record so a new leader carries it on.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Vip {
     pub network_id: String,
     pub ip: Ipv4Addr,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ServiceRecord {
     pub id: String,
     pub spec: ServiceSpec,
     pub vips: Vec<Vip>,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
+    /// The spec before the last `service update`: what `--rollback` restores.
+    #[serde(default)]
+    pub previous_spec: Option<ServiceSpec>,
+    /// VIPs on networks only `previous_spec` has: kept so a rollback finds them.
+    #[serde(default)]
+    pub retained_vips: Vec<Vip>,
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -273,6 +382,10 @@ pub struct TaskRecord {
     pub addrs: Vec<(String, Ipv4Addr)>,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
+    /// The spec this task runs (a rolling update replaces tasks whose spec is not the service's);
+    /// none on tasks made before updates existed, which the scheduler stamps with the current one.
+    #[serde(default)]
+    pub spec: Option<ServiceSpec>,
 }
 
 impl Record for ServiceRecord {

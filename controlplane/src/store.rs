@@ -246,6 +246,30 @@ impl Shared<'_> {
         }
     }
 
+    /// Writes `value` only if the stored record is still `expect` (and, with `fence`, only while
+    /// this node leads): false when someone else changed it since it was read (read and decide
+    /// again). On a lone node the caller holds the service lock, so compare and write cannot
+    /// interleave with another writer.
+    pub async fn put_if_unchanged<T: SharedRecord + Serialize + PartialEq>(
+        &self,
+        fence: Option<&str>,
+        expect: &T,
+        value: &T,
+    ) -> Result<bool> {
+        match self {
+            Shared::Local(s) => {
+                if s.get::<T>(expect.key())?.as_ref() != Some(expect) {
+                    return Ok(false);
+                }
+                s.put(value).map(|_| true)
+            }
+            Shared::Cluster(e) => {
+                let key = format!("{}{}", T::CLUSTER_PREFIX, value.key());
+                e.put_if_value(fence, &key, expect, value).await
+            }
+        }
+    }
+
     /// `delete` under the leader's fence (see `put_fenced`).
     pub async fn delete_fenced<T: SharedRecord>(&self, fence: Option<&str>, key: &str) -> Result<()> {
         match (self, fence) {

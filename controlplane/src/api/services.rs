@@ -53,6 +53,26 @@ pub struct ServiceCreateRequest {
     pub env: Vec<String>,
     #[serde(deserialize_with = "null_default")]
     pub cmd: Vec<String>,
+    /// `--update-*`.
+    pub update_config: UpdateConfigFlags,
+    /// `--rollback-*`.
+    pub rollback_config: UpdateConfigFlags,
+}
+
+/// The `--update-*` (or `--rollback-*`) flags as typed: the daemon parses and checks them, so a
+/// bad value is refused before anything changes. Absent fields keep their value.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct UpdateConfigFlags {
+    pub parallelism: Option<String>,
+    /// A Go duration (`10s`, `1m30s`).
+    pub delay: Option<String>,
+    /// `start-first` or `stop-first`.
+    pub order: Option<String>,
+    /// `pause`, `continue` or `rollback`.
+    pub failure_action: Option<String>,
+    pub monitor: Option<String>,
+    pub max_failure_ratio: Option<String>,
 }
 
 /// The answer to `POST /services/create`.
@@ -76,6 +96,27 @@ pub struct ServiceUpdateRequest {
     /// `KEY=VALUE`, replacing KEY's value.
     #[serde(deserialize_with = "null_default")]
     pub env_add: Vec<String>,
+    /// `KEY`: removed from the environment.
+    #[serde(deserialize_with = "null_default")]
+    pub env_rm: Vec<String>,
+    /// A new image for the tasks.
+    pub image: Option<String>,
+    /// The tasks' command and arguments (`--args`, already split as a shell would).
+    pub args: Option<Vec<String>>,
+    #[serde(deserialize_with = "null_default")]
+    pub network_add: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub network_rm: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub constraint_add: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
+    pub constraint_rm: Vec<String>,
+    /// Replace every task even if nothing else changes.
+    pub force: bool,
+    /// Restore the previous spec (every other field is ignored).
+    pub rollback: bool,
+    pub update_config: UpdateConfigFlags,
+    pub rollback_config: UpdateConfigFlags,
 }
 
 /// The answer to `POST /services/{id}/update` (docker's carries `Warnings`).
@@ -105,7 +146,7 @@ pub struct ServiceSummary {
 }
 
 /// `GET /services/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct Service {
     #[serde(rename = "ID")]
@@ -113,15 +154,47 @@ pub struct Service {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub spec: ServiceSpec,
+    /// The spec `service update --rollback` restores.
+    pub previous_spec: Option<ServiceSpec>,
     pub endpoint: ServiceEndpoint,
+    /// The last rolling update (none before the first).
+    pub update_status: Option<ServiceUpdateStatus>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// docker's `UpdateStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceUpdateStatus {
+    /// `updating`, `paused`, `completed`, `rollback_started`, `rollback_paused` or
+    /// `rollback_completed`.
+    pub state: String,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub message: String,
+}
+
+/// docker's `UpdateConfig` and `RollbackConfig` (durations in nanoseconds, as docker's API).
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceUpdateConfig {
+    pub parallelism: u64,
+    pub delay: u64,
+    /// `pause`, `continue` or `rollback`.
+    pub failure_action: String,
+    pub monitor: u64,
+    pub max_failure_ratio: f64,
+    /// `stop-first` or `start-first`.
+    pub order: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceSpec {
     pub name: String,
     pub mode: ServiceMode,
     pub task_template: TaskSpec,
+    pub update_config: ServiceUpdateConfig,
+    pub rollback_config: ServiceUpdateConfig,
     pub endpoint_spec: EndpointSpec,
 }
 
@@ -221,6 +294,14 @@ pub struct Task {
     pub since: DateTime<Utc>,
     pub error: String,
     pub addresses: Vec<TaskAddress>,
+    /// The image the task runs (an update changes it task by task).
+    #[serde(default)]
+    pub image: String,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    /// Whether the task runs the service's current spec.
+    #[serde(default)]
+    pub up_to_date: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -229,4 +310,15 @@ pub struct TaskAddress {
     #[serde(rename = "NetworkID")]
     pub network_id: String,
     pub addr: String,
+}
+
+/// An element of `GET /services/{id}/logs`: one line of a task's output. Only tasks whose
+/// containers run on the answering node are included (nodes have no API to each other).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceLogLine {
+    /// `SERVICE.SLOT.TASKID@NODE`, docker's prefix.
+    pub task: String,
+    pub line: String,
+    pub stderr: bool,
 }

@@ -102,12 +102,29 @@ fn service_create_request() {
         constraints: vec!["node.role==manager".into()],
         env: vec!["A=1".into()],
         cmd: vec!["whoami".into()],
+        ..Default::default()
     };
-    wire(
-        &req,
+    // clients that know no update settings leave them out
+    reads(
         json!({
             "Name": "s", "Image": "host", "Replicas": "3", "Publish": ["80:8080"], "Networks": ["ov"],
             "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
+        }),
+        &req,
+    );
+    let flags = UpdateConfigFlags {
+        parallelism: Some("2".into()),
+        delay: Some("2s".into()),
+        order: Some("start-first".into()),
+        failure_action: Some("rollback".into()),
+        monitor: Some("1s".into()),
+        max_failure_ratio: Some("0.5".into()),
+    };
+    wire(
+        &flags,
+        json!({
+            "Parallelism": "2", "Delay": "2s", "Order": "start-first", "FailureAction": "rollback", "Monitor": "1s",
+            "MaxFailureRatio": "0.5",
         }),
     );
     // docker's clients send numbers, and null for an empty list
@@ -133,8 +150,24 @@ fn service_update_request() {
         publish_add: vec!["81:80".into()],
         publish_rm: vec!["80".into()],
         env_add: vec!["B=2".into()],
+        ..Default::default()
     };
-    wire(&req, json!({ "Replicas": null, "PublishAdd": ["81:80"], "PublishRm": ["80"], "EnvAdd": ["B=2"] }));
+    reads(json!({ "Replicas": null, "PublishAdd": ["81:80"], "PublishRm": ["80"], "EnvAdd": ["B=2"] }), &req);
+    let req = ServiceUpdateRequest {
+        image: Some("app:2".into()),
+        args: Some(vec!["sh".into(), "-c".into(), "exit 1".into()]),
+        network_add: vec!["a".into()],
+        rollback: true,
+        update_config: UpdateConfigFlags { delay: Some("2s".into()), ..Default::default() },
+        ..Default::default()
+    };
+    reads(
+        json!({
+            "Image": "app:2", "Args": ["sh", "-c", "exit 1"], "NetworkAdd": ["a"], "Rollback": true,
+            "UpdateConfig": { "Delay": "2s" },
+        }),
+        &req,
+    );
     // `service scale`'s body before it was typed
     reads(
         json!({ "Replicas": "5" }),
@@ -441,6 +474,15 @@ fn service_responses() {
                 placement: TaskSpecPlacement { constraints: vec![] },
                 networks: vec![NetworkAttachmentConfig { target: "nid".into() }],
             },
+            update_config: ServiceUpdateConfig {
+                parallelism: 2,
+                delay: 2_000_000_000,
+                failure_action: "rollback".into(),
+                monitor: 5_000_000_000,
+                max_failure_ratio: 0.5,
+                order: "start-first".into(),
+            },
+            rollback_config: ServiceUpdateConfig::default(),
             endpoint_spec: EndpointSpec {
                 mode: "vip".into(),
                 ports: vec![EndpointPortConfig {
@@ -458,6 +500,13 @@ fn service_responses() {
                 addr: "10.0.0.3/24".into(),
             }],
         },
+        previous_spec: None,
+        update_status: Some(ServiceUpdateStatus {
+            state: "rollback_completed".into(),
+            started_at: t,
+            completed_at: None,
+            message: "rollback completed".into(),
+        }),
     };
     wire(
         &service,
@@ -472,11 +521,23 @@ fn service_responses() {
                     "Placement": { "Constraints": [] },
                     "Networks": [{ "Target": "nid" }],
                 },
+                "UpdateConfig": {
+                    "Parallelism": 2, "Delay": 2_000_000_000u64, "FailureAction": "rollback",
+                    "Monitor": 5_000_000_000u64, "MaxFailureRatio": 0.5, "Order": "start-first",
+                },
+                "RollbackConfig": {
+                    "Parallelism": 0, "Delay": 0, "FailureAction": "", "Monitor": 0, "MaxFailureRatio": 0.0,
+                    "Order": "",
+                },
                 "EndpointSpec": { "Mode": "vip", "Ports": [{
                     "Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353, "PublishMode": "ingress",
                 }] },
             },
+            "PreviousSpec": null,
             "Endpoint": { "VirtualIPs": [{ "NetworkID": "nid", "NetworkName": null, "Addr": "10.0.0.3/24" }] },
+            "UpdateStatus": {
+                "State": "rollback_completed", "StartedAt": t, "CompletedAt": null, "Message": "rollback completed",
+            },
         }),
     );
     let task = Task {
@@ -489,6 +550,9 @@ fn service_responses() {
         since: t,
         error: String::new(),
         addresses: vec![TaskAddress { network_id: "nid".into(), addr: "10.0.0.4".into() }],
+        image: "app:1".into(),
+        created_at: Some(t),
+        up_to_date: true,
     };
     wire(
         &task,
@@ -496,6 +560,7 @@ fn service_responses() {
             "ID": "tid", "Name": "s.1", "Slot": 1, "Node": "h1", "DesiredState": "Running",
             "CurrentState": "Running", "Since": t, "Error": "",
             "Addresses": [{ "NetworkID": "nid", "Addr": "10.0.0.4" }],
+            "Image": "app:1", "CreatedAt": t, "UpToDate": true,
         }),
     );
 }

@@ -192,6 +192,19 @@ impl Etcd {
         self.fenced(fence, op).await
     }
 
+    /// Writes `key` only if its value is still `expect` (compare-and-swap; a concurrent writer's
+    /// change is not overwritten) and, with `fence`, only while the fence exists. False when
+    /// either check failed.
+    pub async fn put_if_value<T: Serialize>(&self, fence: Option<&str>, key: &str, expect: &T, v: &T) -> Result<bool> {
+        let mut when = vec![Compare::value(key.to_string(), CompareOp::Equal, serde_json::to_vec(expect)?)];
+        if let Some(f) = fence {
+            when.push(Compare::version(f.to_string(), CompareOp::Greater, 0));
+        }
+        let txn = Txn::new().when(when).and_then([TxnOp::put(key.to_string(), serde_json::to_vec(v)?, None)]);
+        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
+        Ok(r.succeeded())
+    }
+
     /// Deletes `key` only while `fence` exists (see `put_fenced`).
     pub async fn delete_fenced(&self, fence: &str, key: &str) -> Result<bool> {
         self.fenced(fence, TxnOp::delete(key.to_string(), None)).await

@@ -104,6 +104,7 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/services/{id}", get(service_inspect).delete(service_remove))
         .route("/services/{id}/update", post(service_update))
         .route("/services/{id}/tasks", get(service_tasks))
+        .route("/services/{id}/logs", get(service_logs))
         .route("/swarm/init", post(swarm_init))
         .route("/swarm/join", post(swarm_join))
         .route("/swarm/leave", post(swarm_leave))
@@ -341,6 +342,10 @@ async fn service_remove(State(d): D, Path(id): Path<String>) -> NoContent {
 
 async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Vec<Task>>> {
     Ok(Json(d.service_tasks(&id).await?))
+}
+
+async fn service_logs(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Vec<crate::api::ServiceLogLine>>> {
+    Ok(Json(d.service_logs(&id).await?))
 }
 
 async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<ConntrackAgeResponse>> {

@@ -47,6 +47,15 @@ impl Daemon {
                 match (t.state, ct) {
                     (TaskState::Assigned, None) => {
                         let Some(s) = services.iter().find(|s| s.id == t.service_id) else { continue };
+                        // the task runs the spec it carries (during an update, old and new ones run)
+                        let view;
+                        let s = match &t.spec {
+                            Some(spec) if spec != &s.spec => {
+                                view = ServiceRecord { spec: spec.clone(), ..s.clone() };
+                                &view
+                            }
+                            _ => s,
+                        };
                         if started == STARTS_PER_PASS {
                             pending = true;
                             continue;

@@ -5,20 +5,23 @@ use crate::{
     api::{
         self, ApiError, ApiResult, EndpointPortConfig, EndpointSpec, EndpointVirtualIp, ErrorKind,
         NetworkAttachmentConfig, Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode,
-        ServiceModeReplicated, ServiceSummary, ServiceUpdateRequest, Task, TaskAddress, TaskSpec,
-        TaskSpecContainerSpec, TaskSpecPlacement,
+        ServiceModeReplicated, ServiceSummary, ServiceUpdateConfig, ServiceUpdateRequest, ServiceUpdateStatus, Task,
+        TaskAddress, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
     },
     cluster,
     daemon::Daemon,
     images::HOST_IMAGE,
-    model::{HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
+    model::{
+        FailureAction, HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord,
+        TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, Vip,
+    },
     names,
     network::{self, Scope},
     portspec::Proto,
     store::Shared,
 };
 
-use super::scheduler::parse_constraint;
+use super::{scheduler::parse_constraint, update};
 
 /// Parses `P:T[/udp]` (and `T` alone is refused: the routing mesh needs a published port).
 pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
@@ -49,7 +52,18 @@ impl Daemon {
     pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let ServiceCreateRequest { name, image, replicas, publish, networks: wanted, constraints, env, cmd } = req;
+        let ServiceCreateRequest {
+            name,
+            image,
+            replicas,
+            publish,
+            networks: wanted,
+            constraints,
+            env,
+            cmd,
+            update_config: update_flags,
+            rollback_config: rollback_flags,
+        } = req;
         names::validate_network_name(&name)
             .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
         let replicas = parse_replicas(replicas.as_ref()).map_err(ApiError::bad_request)?.unwrap_or(1);
@@ -68,6 +82,10 @@ impl Daemon {
         for c in &constraints {
             parse_constraint(c).map_err(ApiError::bad_request)?;
         }
+        let mut update_config = UpdateConfig::default();
+        update::apply_flags(&mut update_config, &update_flags, "update").map_err(ApiError::bad_request)?;
+        let mut rollback_config = UpdateConfig::default();
+        update::apply_flags(&mut rollback_config, &rollback_flags, "rollback").map_err(ApiError::bad_request)?;
         // refuse early what is already taken; the decision is made again under the guard below
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         check_name_free(&name, &all)?;
@@ -75,15 +93,7 @@ impl Daemon {
         let mut networks = Vec::new();
         for n in wanted {
             let net = self.find_network(&n)?;
-            if self.in_swarm() && net.scope() != Scope::Swarm {
-                return Err(ApiError::bad_request(format!(
-                    "network {} cannot be used with services: only overlay networks span the swarm",
-                    net.name
-                )));
-            }
-            if !net.carries_containers() {
-                return Err(ApiError::bad_request(format!("network {} cannot carry services", net.name)));
-            }
+            self.check_service_network(&net)?;
             networks.push(net.id);
         }
         if networks.is_empty() {
@@ -102,10 +112,25 @@ impl Daemon {
         }
         let rec = ServiceRecord {
             id: id.clone(),
-            spec: ServiceSpec { name, image, replicas, cmd, env, networks, ports, constraints },
+            spec: ServiceSpec {
+                name,
+                image,
+                replicas,
+                cmd,
+                env,
+                networks,
+                ports,
+                constraints,
+                update_config,
+                rollback_config,
+                force_update: 0,
+            },
             vips,
             created: Utc::now(),
             updated: Utc::now(),
+            previous_spec: None,
+            retained_vips: Vec::new(),
+            update_status: None,
         };
         // name and ports are decided from the whole set and committed only if no other manager
         // committed meanwhile; a loser gives its addresses back
@@ -208,9 +233,109 @@ impl Daemon {
     pub async fn service_update(&self, key: &str, req: ServiceUpdateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let mut s = self.find_service(key).await?;
+        let orig = self.find_service(key).await?;
+        let now = Utc::now();
+        let mut s = orig.clone();
+        if req.rollback {
+            if s.previous_spec.is_none() {
+                return Err(ApiError::bad_request(format!("service {} does not have a previous spec", s.spec.name)));
+            }
+            update::swap_for_rollback(&mut s);
+            s.update_status = Some(UpdateStatus {
+                state: UpdateState::RollbackStarted,
+                started_at: now,
+                completed_at: None,
+                message: "manually requested rollback".into(),
+            });
+        } else {
+            self.apply_update(&mut s, &req).await?;
+            if !s.spec.same_tasks(&orig.spec) {
+                s.update_status = Some(UpdateStatus {
+                    state: UpdateState::Updating,
+                    started_at: now,
+                    completed_at: None,
+                    message: "update in progress".into(),
+                });
+            }
+            if s.spec != orig.spec {
+                s.previous_spec = Some(orig.spec.clone());
+            }
+        }
+        // VIPs: the spec's networks have one (kept, taken back from the retained ones, or new);
+        // the previous spec's keep theirs for a rollback; the rest are given back after the commit
+        let mut known: Vec<Vip> = orig.vips.iter().chain(&orig.retained_vips).cloned().collect();
+        let mut fresh = Vec::new();
+        for nid in s.spec.networks.clone() {
+            if !known.iter().any(|v| v.network_id == nid) {
+                let net = self.find_network(&nid)?;
+                let ip = {
+                    let _g = self.op.lock().await;
+                    net.driver().allocate(&self.net_cx(), &net, None, &format!("vip-{}", s.id)).await?
+                };
+                let v = Vip { network_id: nid, ip };
+                fresh.push(v.clone());
+                known.push(v);
+            }
+        }
+        let prev_nets: &[String] = s.previous_spec.as_ref().map_or(&[], |p| &p.networks);
+        s.vips = s.spec.networks.iter().filter_map(|n| known.iter().find(|v| &v.network_id == n).cloned()).collect();
+        s.retained_vips = known
+            .iter()
+            .filter(|v| !s.spec.networks.contains(&v.network_id) && prev_nets.contains(&v.network_id))
+            .cloned()
+            .collect();
+        let released: Vec<Vip> = known
+            .iter()
+            .filter(|v| !s.spec.networks.contains(&v.network_id) && !prev_nets.contains(&v.network_id))
+            .cloned()
+            .collect();
+        s.updated = now;
+        let added: Vec<ServicePort> = s.spec.ports.iter().filter(|p| !orig.spec.ports.contains(p)).cloned().collect();
+        let committed = if added.is_empty() {
+            self.shared().put(&s).await.map_err(ApiError::from)
+        } else {
+            // new published ports are decided under the services guard, as at create
+            loop {
+                let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
+                let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+                if let Err(e) = self.check_ports_free(&added, &all, &self.other_nodes_host_ports().await?, Some(&s.id))
+                {
+                    break Err(e);
+                }
+                match self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await {
+                    Ok(true) => break Ok(()),
+                    Ok(false) => continue,
+                    Err(e) => break Err(e.into()),
+                }
+            }
+        };
+        let give_back = if committed.is_ok() { released } else { fresh };
+        for v in &give_back {
+            let _ = self.release_ip(&v.network_id, v.ip).await;
+        }
+        committed?;
+        self.services.changed.notify_waiters();
+        Ok(s)
+    }
+
+    /// Applies a `service update`'s changes to `s`, checking each; the first bad one is the error
+    /// and nothing is recorded.
+    async fn apply_update(&self, s: &mut ServiceRecord, req: &ServiceUpdateRequest) -> ApiResult<()> {
+        let spec = &mut s.spec;
         if let Some(r) = parse_replicas(req.replicas.as_ref()).map_err(ApiError::bad_request)? {
-            s.spec.replicas = r;
+            spec.replicas = r;
+        }
+        if let Some(image) = &req.image {
+            if image.trim().is_empty() {
+                return Err(ApiError::bad_request("no image specified for the service"));
+            }
+            spec.image = image.trim().to_string();
+        }
+        if let Some(args) = &req.args {
+            spec.cmd = args.clone();
+        }
+        if spec.image == HOST_IMAGE && spec.cmd.is_empty() {
+            return Err(ApiError::bad_request("no command specified for the service"));
         }
         let add = req
             .publish_add
@@ -220,12 +345,7 @@ impl Daemon {
             .map_err(ApiError::bad_request)?;
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         self.check_ports_free(&add, &all, &self.other_nodes_host_ports().await?, Some(&s.id))?;
-        for p in &add {
-            if !s.spec.ports.contains(p) {
-                s.spec.ports.push(p.clone());
-            }
-        }
-        for r in req.publish_rm {
+        for r in &req.publish_rm {
             let (port, proto) = match r.split_once('/') {
                 Some((p, pr)) => (
                     p.to_string(),
@@ -239,49 +359,87 @@ impl Daemon {
                 .unwrap_or("")
                 .parse()
                 .map_err(|_| ApiError::bad_request(format!("invalid port {r:?}")))?;
-            let before = s.spec.ports.len();
-            s.spec.ports.retain(|p| !(p.published == port && p.proto == proto));
-            if before == s.spec.ports.len() {
-                return Err(ApiError::bad_request(format!("service {} does not publish {r}", s.spec.name)));
+            let before = spec.ports.len();
+            spec.ports.retain(|p| !(p.published == port && p.proto == proto));
+            if before == spec.ports.len() {
+                return Err(ApiError::bad_request(format!("service {} does not publish {r}", spec.name)));
             }
         }
-        let env_add = req.env_add;
-        let env_changed = !env_add.is_empty();
-        for e in env_add {
-            let k = e.split('=').next().unwrap_or("").to_string();
-            s.spec.env.retain(|x| x.split('=').next() != Some(k.as_str()));
-            s.spec.env.push(e);
-        }
-        s.updated = Utc::now();
-        if add.is_empty() {
-            self.shared().put(&s).await?;
-        } else {
-            // new published ports are decided under the services guard, as at create
-            loop {
-                let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
-                let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-                self.check_ports_free(&add, &all, &self.other_nodes_host_ports().await?, Some(&s.id))?;
-                if self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await? {
-                    break;
-                }
+        for p in add {
+            if !spec.ports.contains(&p) {
+                spec.ports.push(p);
             }
         }
-        if env_changed {
-            // a new environment needs new tasks: replace them one slot at a time through the scheduler
-            for mut t in self
-                .shared()
-                .list::<TaskRecord>()
-                .await?
-                .into_iter()
-                .filter(|t| t.service_id == s.id && t.desired_running)
-            {
-                t.desired_running = false;
-                t.message = "updated".into();
-                self.shared().put(&t).await?;
+        for k in &req.env_rm {
+            let k = k.split('=').next().unwrap_or("");
+            spec.env.retain(|x| x.split('=').next() != Some(k));
+        }
+        for e in &req.env_add {
+            let k = e.split('=').next().unwrap_or("");
+            if k.is_empty() {
+                return Err(ApiError::bad_request(format!("invalid environment variable {e:?}: expected KEY=VALUE")));
+            }
+            spec.env.retain(|x| x.split('=').next() != Some(k));
+            spec.env.push(e.clone());
+        }
+        for c in &req.constraint_rm {
+            spec.constraints.retain(|x| x.replace(' ', "") != c.replace(' ', ""));
+        }
+        for c in &req.constraint_add {
+            parse_constraint(c).map_err(ApiError::bad_request)?;
+            if !spec.constraints.contains(c) {
+                spec.constraints.push(c.clone());
             }
         }
-        self.services.changed.notify_waiters();
-        Ok(s)
+        for n in &req.network_rm {
+            // by name or id; a network deleted since is still removable by its id
+            let id = match self.find_network(n) {
+                Ok(net) => net.id,
+                Err(_) => spec.networks.iter().find(|id| id.starts_with(n.as_str())).cloned().unwrap_or_default(),
+            };
+            if !spec.networks.contains(&id) {
+                return Err(ApiError::bad_request(format!("service {} is not attached to network {n}", spec.name)));
+            }
+            spec.networks.retain(|x| *x != id);
+        }
+        for n in &req.network_add {
+            let net = self.find_network(n)?;
+            self.check_service_network(&net)?;
+            if spec.networks.contains(&net.id) {
+                return Err(ApiError::bad_request(format!(
+                    "service {} is already attached to network {}",
+                    spec.name, net.name
+                )));
+            }
+            spec.networks.push(net.id);
+        }
+        if spec.networks.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "service {} would be left without a network: add another one first",
+                spec.name
+            )));
+        }
+        update::apply_flags(&mut spec.update_config, &req.update_config, "update").map_err(ApiError::bad_request)?;
+        update::apply_flags(&mut spec.rollback_config, &req.rollback_config, "rollback")
+            .map_err(ApiError::bad_request)?;
+        if req.force {
+            spec.force_update += 1;
+        }
+        Ok(())
+    }
+
+    /// A network services may use: in a swarm an overlay, and one that carries containers.
+    fn check_service_network(&self, net: &NetworkRecord) -> ApiResult<()> {
+        if self.in_swarm() && net.scope() != Scope::Swarm {
+            return Err(ApiError::bad_request(format!(
+                "network {} cannot be used with services: only overlay networks span the swarm",
+                net.name
+            )));
+        }
+        if !net.carries_containers() {
+            return Err(ApiError::bad_request(format!("network {} cannot carry services", net.name)));
+        }
+        Ok(())
     }
 
     pub async fn service_remove(&self, key: &str) -> ApiResult<()> {
@@ -293,7 +451,7 @@ impl Daemon {
             t.desired_running = false;
             self.shared().put(&t).await?;
         }
-        for v in &s.vips {
+        for v in s.vips.iter().chain(&s.retained_vips) {
             let _ = self.release_ip(&v.network_id, v.ip).await;
         }
         self.services.changed.notify_waiters();
@@ -352,30 +510,18 @@ impl Daemon {
             id: s.id,
             created_at: s.created,
             updated_at: s.updated,
-            spec: api::ServiceSpec {
-                name: s.spec.name,
-                mode: ServiceMode { replicated: ServiceModeReplicated { replicas: s.spec.replicas } },
-                task_template: TaskSpec {
-                    container_spec: TaskSpecContainerSpec { image: s.spec.image, command: s.spec.cmd, env: s.spec.env },
-                    placement: TaskSpecPlacement { constraints: s.spec.constraints },
-                    networks: s.spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
-                },
-                endpoint_spec: EndpointSpec {
-                    mode: "vip".into(),
-                    ports: s
-                        .spec
-                        .ports
-                        .iter()
-                        .map(|p| EndpointPortConfig {
-                            protocol: p.proto,
-                            target_port: p.target,
-                            published_port: p.published,
-                            publish_mode: "ingress".into(),
-                        })
-                        .collect(),
-                },
-            },
+            spec: api_spec(s.spec),
+            previous_spec: s.previous_spec.map(api_spec),
             endpoint: ServiceEndpoint { virtual_ips },
+            update_status: s.update_status.map(|u| ServiceUpdateStatus {
+                state: serde_json::to_value(u.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                started_at: u.started_at,
+                completed_at: u.completed_at,
+                message: u.message,
+            }),
         })
     }
 
@@ -407,9 +553,92 @@ impl Daemon {
                         .iter()
                         .map(|(n, ip)| TaskAddress { network_id: n.clone(), addr: ip.to_string() })
                         .collect(),
+                    image: t.spec.as_ref().map_or_else(|| s.spec.image.clone(), |sp| sp.image.clone()),
+                    created_at: Some(t.created),
+                    up_to_date: update::up_to_date(&s, t),
                 }
             })
             .collect())
+    }
+}
+
+/// A service spec as docker's API shows it.
+fn api_spec(spec: ServiceSpec) -> api::ServiceSpec {
+    let ports = spec
+        .ports
+        .iter()
+        .map(|p| EndpointPortConfig {
+            protocol: p.proto,
+            target_port: p.target,
+            published_port: p.published,
+            publish_mode: "ingress".into(),
+        })
+        .collect();
+    api::ServiceSpec {
+        name: spec.name,
+        mode: ServiceMode { replicated: ServiceModeReplicated { replicas: spec.replicas } },
+        task_template: TaskSpec {
+            container_spec: TaskSpecContainerSpec { image: spec.image, command: spec.cmd, env: spec.env },
+            placement: TaskSpecPlacement { constraints: spec.constraints },
+            networks: spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
+        },
+        update_config: api_update_config(&spec.update_config),
+        rollback_config: api_update_config(&spec.rollback_config),
+        endpoint_spec: EndpointSpec { mode: "vip".into(), ports },
+    }
+}
+
+fn api_update_config(c: &UpdateConfig) -> ServiceUpdateConfig {
+    ServiceUpdateConfig {
+        parallelism: c.parallelism,
+        delay: c.delay_ms * 1_000_000,
+        failure_action: match c.failure_action {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+        .into(),
+        monitor: c.monitor_ms * 1_000_000,
+        max_failure_ratio: c.max_failure_ratio,
+        order: match c.order {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+        .into(),
+    }
+}
+
+impl Daemon {
+    /// The output of the service's tasks whose containers are on this node, task by task in slot
+    /// order, each line prefixed as docker does (`web.1.TASKID@node`). Tasks elsewhere are not
+    /// included: nodes have no API to each other to fetch them through.
+    pub async fn service_logs(&self, key: &str) -> ApiResult<Vec<api::ServiceLogLine>> {
+        let s = self.find_service(key).await?;
+        let me = self.my_node_id();
+        let (nodes, _) = self.cluster_nodes().await?;
+        let host = nodes.iter().find(|n| n.id == me).map_or_else(|| me.clone(), |n| n.hostname.clone());
+        let mut tasks: Vec<TaskRecord> = self
+            .shared()
+            .list::<TaskRecord>()
+            .await?
+            .into_iter()
+            .filter(|t| t.service_id == s.id && t.node_id == me && t.container_id.is_some())
+            .collect();
+        tasks.sort_by_key(|t| (t.slot, t.created));
+        let mut out = Vec::new();
+        for t in tasks {
+            let Ok(c) = self.find_container(t.container_id.as_deref().unwrap_or_default()) else { continue };
+            let logs = self.container_logs(&c, 0, 0)?;
+            let task = format!("{}.{}.{}@{host}", s.spec.name, t.slot, &t.id[..12.min(t.id.len())]);
+            for (text, stderr) in [(logs.stdout, false), (logs.stderr, true)] {
+                out.extend(text.lines().map(|l| api::ServiceLogLine {
+                    task: task.clone(),
+                    line: l.to_string(),
+                    stderr,
+                }));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -4,7 +4,8 @@
 //! - `api.rs`: the API handlers (create, update, rm, ls, inspect, ps);
 //! - `scheduler.rs`: placement (constraints, spreading) on the elected leader;
 //! - `agent.rs`: the node agent that runs this node's tasks as containers;
-//! - `loadbalancer.rs`: every service's VIP per network and its routing-mesh port on every node.
+//! - `loadbalancer.rs`: every service's VIP per network and its routing-mesh port on every node;
+//! - `update.rs`: rolling updates and rollbacks (what the scheduler does for each).
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Result;
@@ -22,6 +23,7 @@ mod agent;
 mod api;
 mod loadbalancer;
 mod scheduler;
+mod update;
 
 pub use api::parse_service_port;
 pub use loadbalancer::SERVICE_ID_BASE;

@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::Result;
 use chrono::Utc;
 
+use super::update;
 use crate::{
     daemon::Daemon,
-    model::{Availability, NodeRecord, Role, ServiceRecord, TaskRecord, TaskState},
+    model::{Availability, NodeRecord, Role, ServiceRecord, TaskRecord, TaskState, UpdateOrder},
     names,
 };
 
@@ -133,6 +134,15 @@ impl Daemon {
             *per_node_total.entry(t.node_id.clone()).or_default() += 1;
         }
         for s in services {
+            if self.advance_update(s, &tasks, now, fence).await? {
+                // the record changed (a rollback swapped the spec): place from it next pass
+                pending = true;
+                continue;
+            }
+            let step =
+                update::plan(s, &tasks.iter().filter(|t| t.service_id == s.id).cloned().collect::<Vec<_>>(), now);
+            let rolling = s.update_status.as_ref().is_some_and(|u| u.state.in_progress());
+            let stop_first = rolling && update::active_config(s).order == UpdateOrder::StopFirst;
             let constraints: Vec<Constraint> =
                 s.spec.constraints.iter().filter_map(|c| parse_constraint(c).ok()).collect();
             let eligible: Vec<NodeRecord> = nodes
@@ -143,21 +153,62 @@ impl Daemon {
                 .cloned()
                 .collect();
             let mut per_service: HashMap<String, usize> = HashMap::new();
-            let mut slots: HashSet<u64> = HashSet::new();
-            for t in tasks.iter_mut().filter(|t| t.service_id == s.id && t.desired_running) {
-                if t.slot > s.spec.replicas || slots.contains(&t.slot) {
+            let mut by_slot: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+            for (i, t) in tasks.iter_mut().enumerate().filter(|(_, t)| t.service_id == s.id && t.desired_running) {
+                if t.spec.is_none() {
+                    // made before tasks carried their spec: it runs the current one
+                    t.spec = Some(s.spec.clone());
+                    self.shared().put_fenced(fence, &*t).await?;
+                }
+                if t.slot > s.spec.replicas || step.shutdown.contains(&t.id) {
                     t.desired_running = false;
-                    t.message = "scaled down".into();
+                    t.message = if t.slot > s.spec.replicas { "scaled down".into() } else { String::new() };
                     t.updated = now;
                     self.shared().put_fenced(fence, &*t).await?;
                     continue;
                 }
-                slots.insert(t.slot);
-                *per_service.entry(t.node_id.clone()).or_default() += 1;
+                by_slot.entry(t.slot).or_default().push(i);
+            }
+            // one task per slot: the newest up-to-date one, and during a start-first update the
+            // old one beside it until the new one runs
+            let mut slots: HashSet<u64> = HashSet::new();
+            for (slot, idx) in by_slot {
+                let keep = *idx
+                    .iter()
+                    .max_by_key(|i| {
+                        let t = &tasks[**i];
+                        (update::up_to_date(s, t), t.state == TaskState::Running, t.created)
+                    })
+                    .expect("a slot in the map has a task");
+                let keep_old = !stop_first && rolling && tasks[keep].state != TaskState::Running;
+                for i in idx {
+                    if i != keep && !(keep_old && tasks[i].state == TaskState::Running) {
+                        let t = &mut tasks[i];
+                        t.desired_running = false;
+                        t.message = String::new();
+                        t.updated = now;
+                        self.shared().put_fenced(fence, &*t).await?;
+                    } else {
+                        *per_service.entry(tasks[i].node_id.clone()).or_default() += 1;
+                    }
+                }
+                slots.insert(slot);
             }
             let mut placed = 0;
             for slot in 1..=s.spec.replicas {
-                if slots.contains(&slot) {
+                if slots.contains(&slot) && !step.start.contains(&slot) {
+                    continue;
+                }
+                // stop-first: the new task waits until the old one has stopped
+                if stop_first
+                    && tasks.iter().any(|t| {
+                        t.service_id == s.id
+                            && t.slot == slot
+                            && !t.desired_running
+                            && matches!(t.state, TaskState::Running | TaskState::Starting)
+                            && alive.contains(&t.node_id)
+                    })
+                {
                     continue;
                 }
                 if placed == PLACEMENTS_PER_PASS {
@@ -181,6 +232,7 @@ impl Daemon {
                     addrs: vec![],
                     created: now,
                     updated: now,
+                    spec: Some(s.spec.clone()),
                 };
                 *per_service.entry(node.id.clone()).or_default() += 1;
                 *per_node_total.entry(node.id.clone()).or_default() += 1;
@@ -207,6 +259,37 @@ impl Daemon {
             }
         }
         Ok(pending)
+    }
+}
+
+impl Daemon {
+    /// Records the update status [`update::plan`] decides for `s` (a rollback also swaps the
+    /// spec). The write is made only if the record is unchanged since this pass read it, so a
+    /// `service update` made meanwhile is never overwritten; the next pass decides again. True
+    /// when the record changed.
+    async fn advance_update(
+        &self,
+        s: &ServiceRecord,
+        tasks: &[TaskRecord],
+        now: chrono::DateTime<Utc>,
+        fence: Option<&str>,
+    ) -> Result<bool> {
+        if !s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
+            return Ok(false);
+        }
+        let mine: Vec<TaskRecord> = tasks.iter().filter(|t| t.service_id == s.id).cloned().collect();
+        let step = update::plan(s, &mine, now);
+        let Some(status) = step.status else { return Ok(false) };
+        let mut next = s.clone();
+        if step.rollback {
+            update::swap_for_rollback(&mut next);
+        }
+        tracing::info!(service = %s.spec.name, state = ?status.state, "{}", status.message);
+        next.update_status = Some(status);
+        let _g = self.services.op.lock().await;
+        // false: lost to a concurrent change, or no longer the leader; the next pass reads again
+        self.shared().put_if_unchanged(fence, s, &next).await?;
+        Ok(true)
     }
 }
 
