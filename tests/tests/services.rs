@@ -153,7 +153,8 @@ fn missing_images_are_reported() -> Result<()> {
     lab.add_node("n1")?;
     let n = lab.node("n1");
     n.start_daemon()?;
-    n.netbee(&["service", "create", "--name", "ghost", "registry.invalid/nosuch:1"])?;
+    // -d: its task cannot start, so the service never converges (without it the CLI would wait)
+    n.netbee(&["service", "create", "-d", "--name", "ghost", "registry.invalid/nosuch:1"])?;
     wait_until(Duration::from_secs(20), "the task's pull error in service ps", || {
         n.netbee(&["service", "ps", "ghost"]).is_ok_and(|o| o.contains("pulling image registry.invalid/nosuch:1: "))
     })?;
@@ -609,7 +610,7 @@ fn huge_services_are_refused_and_a_big_one_holds_nothing_back() -> Result<()> {
     wait_replicas(n1, "web", "1/1")?;
     let e = n1.netbee_refused(&["service", "scale", "web=99999999999"]);
     assert!(e.contains("at most 10000 replicas") || e.contains("invalid"), "{e}");
-    n1.netbee(&["service", "create", "--name", "many", "--replicas", "150", "host", "sleep", "600"])?;
+    n1.netbee(&["service", "create", "-d", "--name", "many", "--replicas", "150", "host", "sleep", "600"])?;
     std::thread::sleep(Duration::from_millis(500));
     let t = std::time::Instant::now();
     n1.netbee(&["service", "scale", "web=3"])?;

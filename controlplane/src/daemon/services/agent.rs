@@ -162,6 +162,26 @@ impl Daemon {
         let targets: Vec<u16> = s.spec.ports.iter().filter(|p| p.proto == Proto::Tcp).map(|p| p.target).collect();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !targets.iter().all(|p| listening(c.state.pid, *p)) && tokio::time::Instant::now() < deadline {
+            // a task that exits before it listens failed: it must not join a load balancer, and a
+            // rolling update counts it at once
+            if !std::path::Path::new(&format!("/proc/{}", c.state.pid)).exists() {
+                // the exit is recorded by the container's watch a moment later
+                let mut code = None;
+                for _ in 0..20 {
+                    match self.find_container(&c.id) {
+                        Ok(r) if r.state.status != Status::Running => {
+                            code = Some(r.state.exit_code);
+                            break;
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                let _ = self.container_remove(&c.id, true).await;
+                return Err(match code {
+                    Some(code) => anyhow!("task exited with code {code} before listening on its published ports"),
+                    None => anyhow!("task exited before listening on its published ports"),
+                });
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         info!(service = %s.spec.name, slot = t.slot, container = %c.name, "task running");

@@ -124,7 +124,10 @@ impl Daemon {
                 if !alive.contains(&t.node_id) && t.state == TaskState::Running {
                     t.state = TaskState::Orphaned;
                 }
-                t.message = r.to_string();
+                // a failed task keeps the agent's cause (a pull error, an exit code) as its ERROR
+                if !(t.state == TaskState::Failed && !t.message.is_empty()) {
+                    t.message = r.to_string();
+                }
                 t.updated = now;
                 self.shared().put_fenced(fence, &*t).await?;
             }
