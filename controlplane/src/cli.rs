@@ -456,10 +456,10 @@ enum ServiceCmd {
 #[derive(Args, Default)]
 struct UpdateFlags {
     /// Maximum number of tasks updated simultaneously (0 to update all at once) (default 1).
-    #[arg(long = "update-parallelism")]
+    #[arg(long = "update-parallelism", allow_hyphen_values = true)]
     update_parallelism: Option<String>,
     /// Delay between updates (ns|us|ms|s|m|h) (default 0s).
-    #[arg(long = "update-delay")]
+    #[arg(long = "update-delay", allow_hyphen_values = true)]
     update_delay: Option<String>,
     /// Update order ("start-first"|"stop-first") (default "stop-first").
     #[arg(long = "update-order")]
@@ -468,10 +468,10 @@ struct UpdateFlags {
     #[arg(long = "update-failure-action")]
     update_failure_action: Option<String>,
     /// Duration after each task update to monitor for failure (ns|us|ms|s|m|h) (default 5s).
-    #[arg(long = "update-monitor")]
+    #[arg(long = "update-monitor", allow_hyphen_values = true)]
     update_monitor: Option<String>,
     /// Failure rate to tolerate during an update (default 0).
-    #[arg(long = "update-max-failure-ratio")]
+    #[arg(long = "update-max-failure-ratio", allow_hyphen_values = true)]
     update_max_failure_ratio: Option<String>,
 }
 
@@ -492,10 +492,10 @@ impl UpdateFlags {
 #[derive(Args, Default)]
 struct RollbackFlags {
     /// Maximum number of tasks rolled back simultaneously (0 to roll back all at once) (default 1).
-    #[arg(long = "rollback-parallelism")]
+    #[arg(long = "rollback-parallelism", allow_hyphen_values = true)]
     rollback_parallelism: Option<String>,
     /// Delay between task rollbacks (ns|us|ms|s|m|h) (default 0s).
-    #[arg(long = "rollback-delay")]
+    #[arg(long = "rollback-delay", allow_hyphen_values = true)]
     rollback_delay: Option<String>,
     /// Rollback order ("start-first"|"stop-first") (default "stop-first").
     #[arg(long = "rollback-order")]
@@ -504,10 +504,10 @@ struct RollbackFlags {
     #[arg(long = "rollback-failure-action")]
     rollback_failure_action: Option<String>,
     /// Duration after each task rollback to monitor for failure (ns|us|ms|s|m|h) (default 5s).
-    #[arg(long = "rollback-monitor")]
+    #[arg(long = "rollback-monitor", allow_hyphen_values = true)]
     rollback_monitor: Option<String>,
     /// Failure rate to tolerate during a rollback (default 0).
-    #[arg(long = "rollback-max-failure-ratio")]
+    #[arg(long = "rollback-max-failure-ratio", allow_hyphen_values = true)]
     rollback_max_failure_ratio: Option<String>,
 }
 

@@ -164,7 +164,9 @@ impl Daemon {
         while !targets.iter().all(|p| listening(c.state.pid, *p)) && tokio::time::Instant::now() < deadline {
             // a task that exits before it listens failed: it must not join a load balancer, and a
             // rolling update counts it at once
-            if !std::path::Path::new(&format!("/proc/{}", c.state.pid)).exists() {
+            let exited = !std::path::Path::new(&format!("/proc/{}", c.state.pid)).exists()
+                || self.find_container(&c.id).is_ok_and(|r| r.state.status != Status::Running);
+            if exited {
                 // the exit is recorded by the container's watch a moment later
                 let mut code = None;
                 for _ in 0..20 {
@@ -208,21 +210,28 @@ impl Daemon {
     }
 }
 
-/// Whether a TCP socket listens on `port` in the container's network namespace.
+/// Whether a TCP socket listens on `port` in the container's network namespace: on IPv4 or on
+/// IPv6 (a server bound to `[::]`, as busybox httpd is, takes IPv4 connections too).
 fn listening(pid: i32, port: u16) -> bool {
-    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
     let want = format!("{port:04X}");
-    t.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
+    ["tcp", "tcp6"].iter().any(|table| {
+        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { return false };
+        t.lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
+        })
     })
 }
 
-/// Established TCP connections in the container's network namespace (via its init's /proc).
+/// Established TCP connections in the container's network namespace (via its init's /proc), IPv4
+/// and IPv6.
 fn established_connections(pid: i32) -> usize {
     if pid <= 0 {
         return 0;
     }
-    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return 0 };
-    t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count()
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+        .map(|t| t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count())
+        .sum()
 }
