@@ -121,7 +121,7 @@ enum Cmd {
     Port { container: String },
     /// Manage replicated services.
     #[command(subcommand)]
-    Service(ServiceCmd),
+    Service(Box<ServiceCmd>),
     /// Manage the swarm (cluster).
     #[command(subcommand)]
     Swarm(SwarmCmd),
@@ -922,7 +922,7 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 }
                 Ok(0)
             }
-            Cmd::Service(cmd) => service(&c, cmd).await,
+            Cmd::Service(cmd) => service(&c, *cmd).await,
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Gc) => {

@@ -125,7 +125,7 @@ impl Daemon {
                     t.state = TaskState::Orphaned;
                 }
                 // a failed task keeps the agent's cause (a pull error, an exit code) as its ERROR
-                if !(t.state == TaskState::Failed && !t.message.is_empty()) {
+                if t.state != TaskState::Failed || t.message.is_empty() {
                     t.message = r.to_string();
                 }
                 t.updated = now;
