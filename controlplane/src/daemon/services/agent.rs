@@ -179,21 +179,51 @@ impl Daemon {
     }
 }
 
-/// Whether a TCP socket listens on `port` in the container's network namespace.
-fn listening(pid: i32, port: u16) -> bool {
-    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return false };
-    let want = format!("{port:04X}");
-    t.lines().skip(1).any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
-    })
+/// The TCP sockets in the container's network namespace (via its init's /proc) as (local port,
+/// state) pairs, IPv4 and IPv6 alike: a server listening on `::` (busybox httpd, most images'
+/// servers) accepts IPv4 connections but appears only in `tcp6`.
+fn tcp_sockets(pid: i32) -> Vec<(u16, String)> {
+    if pid <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for l in t.lines().skip(1) {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Some(state)) = (port, f.get(3)) {
+                out.push((port, state.to_string()));
+            }
+        }
+    }
+    out
 }
 
-/// Established TCP connections in the container's network namespace (via its init's /proc).
+/// Whether a TCP socket listens on `port` in the container's network namespace.
+fn listening(pid: i32, port: u16) -> bool {
+    tcp_sockets(pid).iter().any(|(p, state)| *p == port && state == "0A")
+}
+
+/// Established TCP connections in the container's network namespace.
 fn established_connections(pid: i32) -> usize {
-    if pid <= 0 {
-        return 0;
+    tcp_sockets(pid).iter().filter(|(_, state)| state == "01").count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server bound to `::` (as busybox httpd binds) counts as listening: it used to be looked
+    /// for in `tcp` only, and its task joined the load balancers only after a 10 s timeout.
+    #[test]
+    fn listeners_on_ipv6_any_are_seen() {
+        let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+        let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let me = std::process::id() as i32;
+        assert!(listening(me, v6.local_addr().unwrap().port()), "a listener on [::] is not seen");
+        assert!(listening(me, v4.local_addr().unwrap().port()), "a listener on 0.0.0.0 is not seen");
+        let unused = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        assert!(!listening(me, unused), "a closed port is seen as listening");
     }
-    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else { return 0 };
-    t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count()
 }
