@@ -285,15 +285,16 @@ fn service_tasks_pull_their_image_from_a_registry_and_serve_it_through_the_mesh(
         assert!(nodes.len() >= 2, "through {n}, answers from tasks on {nodes:?}: {seen:?}");
     }
 
-    // a tag the registry does not have: failed tasks with the pull's own error
+    // a tag the registry does not have: failed tasks with the pull's own error, also once the
+    // scheduler has shut them down and replaced them (their history keeps the reason)
     let ghost = format!("{REG}/netbee-test/web:nope");
     n1.netbee(&["service", "create", "--name", "ghost", "--replicas", "2", &ghost])?;
     let mut ps = String::new();
-    wait_until(Duration::from_secs(30), "ghost's tasks failed with the pull error", || {
+    wait_until(Duration::from_secs(30), "ghost's failed tasks shut down and replaced", || {
         ps = n1.netbee(&["service", "ps", "--format", "json", "ghost"]).unwrap_or_default();
         ps.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|t| t["CurrentState"] == "Failed")
+            .filter(|t| t["CurrentState"] == "Failed" && t["DesiredState"] == "Shutdown")
             .count()
             >= 2
     })?;
