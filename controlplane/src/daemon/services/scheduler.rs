@@ -123,7 +123,10 @@ impl Daemon {
                 if !alive.contains(&t.node_id) && t.state == TaskState::Running {
                     t.state = TaskState::Orphaned;
                 }
-                t.message = r.to_string();
+                // a failed task keeps the reason its agent recorded (a pull error, an exit code)
+                if t.state != TaskState::Failed || t.message.is_empty() {
+                    t.message = r.to_string();
+                }
                 t.updated = now;
                 self.shared().put_fenced(fence, &*t).await?;
             }
