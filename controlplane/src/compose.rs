@@ -250,7 +250,93 @@ pub fn load(stack: &str, files: &[ComposeFile], env: &dyn Fn(&str) -> Option<Str
             _ => return Err(format!("{}: top-level object must be a mapping", f.name)),
         }
     }
-    plan(stack, merged, env)
+    let mut unset = Vec::new();
+    interpolate(&mut merged, env, &mut unset)?;
+    let mut p = plan(stack, merged, env)?;
+    unset.sort();
+    unset.dedup();
+    for v in unset.iter().rev() {
+        p.warnings.insert(0, format!("The \"{v}\" variable is not set. Defaulting to a blank string."));
+    }
+    Ok(p)
+}
+
+/// Substitutes the client's environment into every string value, as docker's loader does:
+/// `$VAR`, `${VAR}`, `${VAR:-default}` (unset or empty), `${VAR-default}` (unset),
+/// `${VAR:?message}`/`${VAR?message}` (an error), and `$$` for a literal `$`. Unset variables
+/// without a default are blank and collected in `unset` for a warning.
+fn interpolate(v: &mut Value, env: &dyn Fn(&str) -> Option<String>, unset: &mut Vec<String>) -> Result<(), String> {
+    match v {
+        Value::String(s) => *s = substitute(s, env, unset)?,
+        Value::Sequence(items) => {
+            for i in items {
+                interpolate(i, env, unset)?;
+            }
+        }
+        Value::Mapping(m) => {
+            for (_, i) in m.iter_mut() {
+                interpolate(i, env, unset)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn substitute(s: &str, env: &dyn Fn(&str) -> Option<String>, unset: &mut Vec<String>) -> Result<String, String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at + 1..];
+        if let Some(r) = rest.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('{') {
+            let end = r.find('}').ok_or_else(|| format!("invalid interpolation format for {s:?}: missing }}"))?;
+            let expr = &r[..end];
+            rest = &r[end + 1..];
+            let split = expr.find(|c: char| !is_name(c)).unwrap_or(expr.len());
+            let (name, op) = expr.split_at(split);
+            if name.is_empty() {
+                return Err(format!("invalid interpolation format for {s:?}: ${{{expr}}}"));
+            }
+            let val = env(name);
+            let val_nonempty = val.clone().filter(|v| !v.is_empty());
+            let text = match op {
+                "" => val.unwrap_or_else(|| {
+                    unset.push(name.to_string());
+                    String::new()
+                }),
+                _ if op.starts_with(":-") => val_nonempty.unwrap_or_else(|| op[2..].to_string()),
+                _ if op.starts_with('-') => val.unwrap_or_else(|| op[1..].to_string()),
+                _ if op.starts_with(":?") => {
+                    val_nonempty.ok_or_else(|| format!("required variable {name} is missing a value: {}", &op[2..]))?
+                }
+                _ if op.starts_with('?') => {
+                    val.ok_or_else(|| format!("required variable {name} is missing a value: {}", &op[1..]))?
+                }
+                _ => return Err(format!("invalid interpolation format for {s:?}: ${{{expr}}}")),
+            };
+            out.push_str(&text);
+        } else {
+            let end = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+            if end == 0 {
+                // a lone `$` stays as written
+                out.push('$');
+                continue;
+            }
+            let name = &rest[..end];
+            rest = &rest[end..];
+            out.push_str(&env(name).unwrap_or_else(|| {
+                unset.push(name.to_string());
+                String::new()
+            }));
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// Later values win; mappings merge key by key (so a second file can change one service's image).

@@ -253,3 +253,39 @@ fn stack_names_are_checked() {
     let e = load("bad name", &[ComposeFile { name: "f".into(), text: FULL.into() }], &|_| None).unwrap_err();
     assert!(e.contains("invalid stack name"), "{e}");
 }
+
+#[test]
+fn variables_are_substituted_from_the_client_environment() {
+    let env = |k: &str| match k {
+        "TAG" => Some("2".to_string()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    };
+    let mut unset = Vec::new();
+    for (text, want) in [
+        ("i:${TAG}", "i:2"),
+        ("i:$TAG", "i:2"),
+        ("${EMPTY:-d}", "d"),
+        ("${EMPTY-d}", ""),
+        ("${NOPE-d}", "d"),
+        ("$$HOME and $", "$HOME and $"),
+        ("a${NOPE}b", "ab"),
+    ] {
+        assert_eq!(substitute(text, &env, &mut unset).unwrap(), want, "{text}");
+    }
+    assert_eq!(unset, ["NOPE"]);
+    assert!(substitute("${NOPE:?set it}", &env, &mut unset).unwrap_err().contains("NOPE is missing a value: set it"));
+    assert!(substitute("${TAG", &env, &mut unset).is_err());
+    let p = load(
+        "st",
+        &[ComposeFile {
+            name: "f".into(),
+            text: "services:\n  a:\n    image: i:${TAG}\n    command: echo $$X $MISSING\n".into(),
+        }],
+        &env,
+    )
+    .unwrap();
+    assert_eq!(svc(&p, "a").image, "i:2");
+    assert_eq!(svc(&p, "a").cmd, ["echo", "$X"]);
+    assert_eq!(p.warnings, ["The \"MISSING\" variable is not set. Defaulting to a blank string."]);
+}
