@@ -288,3 +288,34 @@ fn stack_bad_input_creates_nothing() -> Result<()> {
     assert!(none.status.success() && String::from_utf8_lossy(&none.stderr).contains("Nothing found in stack: nosuch"));
     Ok(())
 }
+
+/// A changed spec replaces the tasks (a new environment needs new containers); `--prune` removes
+/// the services the file no longer defines, and only with it.
+#[test]
+fn stack_redeploy_replaces_changed_tasks_and_prunes() -> Result<()> {
+    let lab = swarm_lab("stkprune", &["n1"], &[])?;
+    let n = lab.node("n1");
+    n.netbee(&["load", "-i", test_image("busybox-1.tar").to_str().unwrap()])?;
+    let two = compose(8090, 1);
+    n.netbee(&["stack", "deploy", "-c", &write(&lab, "two.yml", &two)?, "pr"])?;
+    wait_stack(n, "pr", &[("pr_client", "1/1"), ("pr_web", "1/1")])?;
+    let before = task_ids(n, &["pr_web"])?;
+
+    // web gets an environment and client leaves the file: without --prune client stays
+    let only_web = (two[..two.find("  client:").unwrap()].to_string() + "networks:\n  front:\n    driver: overlay\n")
+        .replace("    labels:\n      tier: web\n", "    environment: [MODE=new]\n    labels:\n      tier: web\n");
+    let f = write(&lab, "one.yml", &only_web)?;
+    n.netbee(&["stack", "deploy", "-c", &f, "pr"])?;
+    wait_until(Duration::from_secs(30), "pr_web's task replaced", || {
+        task_ids(n, &["pr_web"]).is_ok_and(|t| t.len() == 1 && t != before) && n.service_replicas("pr_web") == "1/1"
+    })?;
+    let (node, web) = running_task(&lab, "pr_web")?;
+    assert_eq!(node.exec(&web, &["sh", "-c", "echo $MODE"])?.trim(), "new");
+    assert!(stack_services(n, "pr").contains_key("pr_client"), "kept without --prune");
+    let out = n.netbee(&["stack", "deploy", "--prune", "-c", &f, "pr"])?;
+    assert!(out.contains("Removing service pr_client"), "{out}");
+    assert_eq!(stack_services(n, "pr").keys().collect::<Vec<_>>(), ["pr_web"]);
+    n.netbee(&["stack", "rm", "pr"])?;
+    assert_eq!(n.netbee(&["service", "ls", "-q"])?.trim(), "");
+    Ok(())
+}
