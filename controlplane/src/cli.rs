@@ -25,6 +25,9 @@ use crate::{
     runtime::process::merge_env,
 };
 
+mod stack;
+use stack::StackCmd;
+
 #[derive(Parser)]
 #[command(name = "netbee", version, about = "eBPF container networking: daemon and docker-style CLI")]
 struct Cli {
@@ -121,6 +124,9 @@ enum Cmd {
     /// Manage replicated services.
     #[command(subcommand)]
     Service(ServiceCmd),
+    /// Manage stacks: services and networks deployed together from compose files.
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Manage the swarm (cluster).
     #[command(subcommand)]
     Swarm(SwarmCmd),
@@ -340,6 +346,12 @@ enum ServiceCmd {
         /// Set an environment variable (KEY=VALUE) in every task.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
+        /// Set a service label (KEY=VALUE).
+        #[arg(short = 'l', long = "label")]
+        label: Vec<String>,
+        /// Set a label (KEY=VALUE) on every task's container.
+        #[arg(long = "container-label")]
+        container_label: Vec<String>,
         /// The tasks' image (`host`: a host binary); a node that lacks it pulls it.
         image: String,
         /// Command and arguments, replacing the image's command.
@@ -789,6 +801,7 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 Ok(0)
             }
             Cmd::Service(cmd) => service(&c, cmd).await,
+            Cmd::Stack(cmd) => stack::stack(&c, cmd).await,
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Gc) => {
@@ -1161,9 +1174,32 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
 
 async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
     match cmd {
-        ServiceCmd::Create { name, replicas, publish, networks, constraints, env, image, cmd } => {
+        ServiceCmd::Create {
+            name,
+            replicas,
+            publish,
+            networks,
+            constraints,
+            env,
+            label,
+            container_label,
+            image,
+            cmd,
+        } => {
             let replicas = replicas.map(Replicas::String);
-            let req = ServiceCreateRequest { name, image, replicas, publish, networks, constraints, env, cmd };
+            let req = ServiceCreateRequest {
+                name,
+                image,
+                replicas,
+                publish,
+                networks,
+                constraints,
+                env,
+                cmd,
+                labels: labels(&label)?,
+                container_labels: labels(&container_label)?,
+                ..Default::default()
+            };
             let v: ServiceCreateResponse = c.post("/services/create", &req).await?;
             println!("{}", v.id);
             Ok(0)
@@ -1248,8 +1284,13 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             Ok(if failed { 1 } else { 0 })
         }
         ServiceCmd::Update { replicas, publish_add, publish_rm, env_add, service } => {
-            let req =
-                ServiceUpdateRequest { replicas: replicas.map(Replicas::String), publish_add, publish_rm, env_add };
+            let req = ServiceUpdateRequest {
+                replicas: replicas.map(Replicas::String),
+                publish_add,
+                publish_rm,
+                env_add,
+                ..Default::default()
+            };
             c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(&service)), &req).await?;
             println!("{service}");
             Ok(0)

@@ -217,7 +217,7 @@ pub struct ServicePort {
     pub proto: Proto,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ServiceSpec {
     pub name: String,
     /// The tasks' image as the user named it; services created before images ran host binaries.
@@ -230,6 +230,17 @@ pub struct ServiceSpec {
     pub networks: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub constraints: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Labels of every task's container.
+    #[serde(default)]
+    pub container_labels: BTreeMap<String, String>,
+    /// Network id -> further names of the service there, resolving to its VIP on that network.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Replaces the image's entrypoint when set.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -1,4 +1,6 @@
 //! `/services/...`: docker's service and task models.
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +55,18 @@ pub struct ServiceCreateRequest {
     pub env: Vec<String>,
     #[serde(deserialize_with = "null_default")]
     pub cmd: Vec<String>,
+    /// Replaces the image's entrypoint (compose `entrypoint:`); absent keeps it.
+    pub entrypoint: Option<Vec<String>>,
+    /// The service's labels (`--label`; a stack's `com.docker.stack.namespace`).
+    #[serde(deserialize_with = "null_default")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels of every task's container (`--container-label`, compose `labels:`).
+    #[serde(deserialize_with = "null_default")]
+    pub container_labels: BTreeMap<String, String>,
+    /// Further names of the service on a network of `networks` (keyed as named there): they
+    /// resolve to the service's VIP on that network only.
+    #[serde(deserialize_with = "null_default")]
+    pub network_aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// The answer to `POST /services/create`.
@@ -76,6 +90,9 @@ pub struct ServiceUpdateRequest {
     /// `KEY=VALUE`, replacing KEY's value.
     #[serde(deserialize_with = "null_default")]
     pub env_add: Vec<String>,
+    /// The whole new spec, replacing the service's (docker's update body is one; `stack deploy`
+    /// sends it). Its name must be the service's; with it, the other fields must be absent.
+    pub spec: Option<ServiceCreateRequest>,
 }
 
 /// The answer to `POST /services/{id}/update` (docker's carries `Warnings`).
@@ -102,6 +119,12 @@ pub struct ServiceSummary {
     pub command: String,
     /// `*:PUBLISHED->TARGET/PROTO, ...`.
     pub ports: String,
+    /// The tasks' image (`stack services`' IMAGE).
+    #[serde(default)]
+    pub image: String,
+    /// The service's labels (`stack ls` groups by `com.docker.stack.namespace`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /services/{id}`.
@@ -120,6 +143,8 @@ pub struct Service {
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceSpec {
     pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub mode: ServiceMode,
     pub task_template: TaskSpec,
     pub endpoint_spec: EndpointSpec,
@@ -152,6 +177,11 @@ pub struct TaskSpecContainerSpec {
     pub image: String,
     pub command: Vec<String>,
     pub env: Vec<String>,
+    /// The image's entrypoint replaced; absent when the image's is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +195,9 @@ pub struct TaskSpecPlacement {
 pub struct NetworkAttachmentConfig {
     /// The network's id.
     pub target: String,
+    /// The service's further names on this network (they resolve to its VIP there).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,11 +1,6 @@
 //! The node agent: starts this node's assigned tasks as containers, drains and stops the ones
 //! told to stop, and reports the ones that died.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Result, anyhow};
 use chrono::Utc;
@@ -125,7 +120,8 @@ impl Daemon {
         t: &TaskRecord,
     ) -> Result<(String, Vec<(String, Ipv4Addr)>)> {
         let name = format!("{}.{}.{}", s.spec.name, t.slot, &t.id[..12]);
-        let mut labels = BTreeMap::new();
+        // the service's container labels, then netbee's own (which the agent finds tasks by)
+        let mut labels = s.spec.container_labels.clone();
         labels.insert("com.netbee.task.id".to_string(), t.id.clone());
         labels.insert("com.netbee.service.id".to_string(), s.id.clone());
         labels.insert("com.netbee.service.name".to_string(), s.spec.name.clone());
@@ -133,6 +129,7 @@ impl Daemon {
         let req = ContainerCreate {
             name: Some(name),
             image: s.spec.image.clone(),
+            entrypoint: s.spec.entrypoint.clone(),
             cmd: s.spec.cmd.clone(),
             env: s.spec.env.clone(),
             network: s.spec.networks.first().cloned(),

@@ -12,8 +12,7 @@ use crate::{
     daemon::Daemon,
     images::HOST_IMAGE,
     model::{HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord, TaskState, Vip},
-    names,
-    network::{self, Scope},
+    names, network,
     portspec::Proto,
     store::Shared,
 };
@@ -49,7 +48,20 @@ impl Daemon {
     pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let ServiceCreateRequest { name, image, replicas, publish, networks: wanted, constraints, env, cmd } = req;
+        let ServiceCreateRequest {
+            name,
+            image,
+            replicas,
+            publish,
+            networks: wanted,
+            constraints,
+            env,
+            cmd,
+            entrypoint,
+            labels,
+            container_labels,
+            network_aliases,
+        } = req;
         names::validate_network_name(&name)
             .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
         let replicas = parse_replicas(replicas.as_ref()).map_err(ApiError::bad_request)?.unwrap_or(1);
@@ -72,24 +84,8 @@ impl Daemon {
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         check_name_free(&name, &all)?;
         self.check_ports_free(&ports, &all, &self.other_nodes_host_ports().await?, None)?;
-        let mut networks = Vec::new();
-        for n in wanted {
-            let net = self.find_network(&n)?;
-            if self.in_swarm() && net.scope() != Scope::Swarm {
-                return Err(ApiError::bad_request(format!(
-                    "network {} cannot be used with services: only overlay networks span the swarm",
-                    net.name
-                )));
-            }
-            if !net.carries_containers() {
-                return Err(ApiError::bad_request(format!("network {} cannot carry services", net.name)));
-            }
-            networks.push(net.id);
-        }
-        if networks.is_empty() {
-            let default = if self.in_swarm() { self.ingress_network().await? } else { self.find_network("bridge")? };
-            networks.push(default.id);
-        }
+        let aliases = self.service_aliases(&wanted, network_aliases)?;
+        let networks = self.service_networks(wanted).await?;
         let id = names::new_id()[..25].to_string();
         let mut vips = Vec::new();
         for nid in &networks {
@@ -102,7 +98,20 @@ impl Daemon {
         }
         let rec = ServiceRecord {
             id: id.clone(),
-            spec: ServiceSpec { name, image, replicas, cmd, env, networks, ports, constraints },
+            spec: ServiceSpec {
+                name,
+                image,
+                replicas,
+                cmd,
+                env,
+                networks,
+                ports,
+                constraints,
+                labels,
+                container_labels,
+                aliases,
+                entrypoint,
+            },
             vips,
             created: Utc::now(),
             updated: Utc::now(),
@@ -209,6 +218,17 @@ impl Daemon {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
         let mut s = self.find_service(key).await?;
+        if let Some(spec) = req.spec {
+            // docker's whole-spec update (`stack deploy` again): nothing else may come with it
+            if req.replicas.is_some()
+                || !req.publish_add.is_empty()
+                || !req.publish_rm.is_empty()
+                || !req.env_add.is_empty()
+            {
+                return Err(ApiError::bad_request("a whole spec cannot be combined with other changes"));
+            }
+            return self.service_replace_spec(s, spec).await;
+        }
         if let Some(r) = parse_replicas(req.replicas.as_ref()).map_err(ApiError::bad_request)? {
             s.spec.replicas = r;
         }
@@ -325,6 +345,8 @@ impl Daemon {
                         .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.proto))
                         .collect::<Vec<_>>()
                         .join(", "),
+                    image: s.spec.image.clone(),
+                    labels: s.spec.labels.clone(),
                 }
             })
             .collect();
@@ -354,11 +376,26 @@ impl Daemon {
             updated_at: s.updated,
             spec: api::ServiceSpec {
                 name: s.spec.name,
+                labels: s.spec.labels,
                 mode: ServiceMode { replicated: ServiceModeReplicated { replicas: s.spec.replicas } },
                 task_template: TaskSpec {
-                    container_spec: TaskSpecContainerSpec { image: s.spec.image, command: s.spec.cmd, env: s.spec.env },
+                    container_spec: TaskSpecContainerSpec {
+                        image: s.spec.image,
+                        command: s.spec.cmd,
+                        env: s.spec.env,
+                        entrypoint: s.spec.entrypoint,
+                        labels: s.spec.container_labels,
+                    },
                     placement: TaskSpecPlacement { constraints: s.spec.constraints },
-                    networks: s.spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
+                    networks: s
+                        .spec
+                        .networks
+                        .into_iter()
+                        .map(|target| NetworkAttachmentConfig {
+                            aliases: s.spec.aliases.get(&target).cloned().unwrap_or_default(),
+                            target,
+                        })
+                        .collect(),
                 },
                 endpoint_spec: EndpointSpec {
                     mode: "vip".into(),
@@ -431,7 +468,7 @@ pub const MAX_REPLICAS: u64 = 10_000;
 
 /// A request's replica count: absent is None, anything but an integer from 0 to `MAX_REPLICAS`
 /// an error.
-fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
+pub(super) fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
     match v.map(Replicas::count).transpose()? {
         Some(n) if n > MAX_REPLICAS => {
             Err(format!("invalid replicas value {n}: a service has at most {MAX_REPLICAS} replicas"))

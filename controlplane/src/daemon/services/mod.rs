@@ -21,9 +21,10 @@ use crate::{
 mod agent;
 mod api;
 mod loadbalancer;
+mod respec;
 mod scheduler;
 
-pub use api::parse_service_port;
+pub use api::{MAX_REPLICAS, parse_service_port};
 pub use loadbalancer::SERVICE_ID_BASE;
 pub use scheduler::{Constraint, node_matches, parse_constraint, pick_node};
 
