@@ -26,6 +26,9 @@ use crate::{
     service_progress as progress,
 };
 
+mod stack;
+use stack::StackCmd;
+
 #[derive(Parser)]
 #[command(name = "netbee", version, about = "eBPF container networking: daemon and docker-style CLI")]
 struct Cli {
@@ -122,6 +125,9 @@ enum Cmd {
     /// Manage replicated services.
     #[command(subcommand)]
     Service(Box<ServiceCmd>),
+    /// Manage stacks: services and networks deployed together from compose files.
+    #[command(subcommand)]
+    Stack(StackCmd),
     /// Manage the swarm (cluster).
     #[command(subcommand)]
     Swarm(SwarmCmd),
@@ -341,6 +347,12 @@ enum ServiceCmd {
         /// Set an environment variable (KEY=VALUE) in every task.
         #[arg(short = 'e', long = "env")]
         env: Vec<String>,
+        /// Set a service label (KEY=VALUE).
+        #[arg(short = 'l', long = "label")]
+        label: Vec<String>,
+        /// Set a label (KEY=VALUE) on every task's container.
+        #[arg(long = "container-label")]
+        container_label: Vec<String>,
         #[command(flatten)]
         update: UpdateFlags,
         #[command(flatten)]
@@ -923,6 +935,7 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 Ok(0)
             }
             Cmd::Service(cmd) => service(&c, *cmd).await,
+            Cmd::Stack(cmd) => stack::stack(&c, cmd).await,
             Cmd::Swarm(cmd) => swarm(&c, cmd).await,
             Cmd::Node(cmd) => node(&c, cmd).await,
             Cmd::Datapath(DatapathCmd::Gc) => {
@@ -1306,6 +1319,8 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             rollback,
             detach,
             quiet,
+            label,
+            container_label,
             image,
             cmd,
         } => {
@@ -1321,6 +1336,9 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                 cmd,
                 update_config: update.request(),
                 rollback_config: rollback.request(),
+                labels: labels(&label)?,
+                container_labels: labels(&container_label)?,
+                ..Default::default()
             };
             let v: ServiceCreateResponse = c.post("/services/create", &req).await?;
             println!("{}", v.id);
@@ -1466,6 +1484,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
                 rollback,
                 update_config: update.request(),
                 rollback_config: rollback_flags.request(),
+                spec: None,
             };
             c.post::<_, ServiceUpdateResponse>(&format!("/services/{}/update", enc(&service)), &req).await?;
             println!("{service}");

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod cli;
 pub mod cluster;
+pub mod compose;
 pub mod daemon;
 mod datapath;
 #[cfg(test)]

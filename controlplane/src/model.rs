@@ -239,15 +239,30 @@ pub struct ServiceSpec {
     /// Bumped by `service update --force`: tasks of another value are out of date.
     #[serde(default)]
     pub force_update: u64,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Labels of every task's container.
+    #[serde(default)]
+    pub container_labels: BTreeMap<String, String>,
+    /// Network id -> further names of the service there, resolving to its VIP on that network.
+    #[serde(default)]
+    pub aliases: BTreeMap<String, Vec<String>>,
+    /// Replaces the image's entrypoint when set.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
 }
 
 impl ServiceSpec {
-    /// Whether tasks made from `self` and from `other` are the same: what a task runs, not how many
-    /// there are or which ports the routing mesh publishes (those change no task, as in docker).
+    /// Whether tasks made from `self` and from `other` are the same: what a task runs, where it is
+    /// attached and placed. How many there are, the ports the routing mesh publishes, the
+    /// service's labels and its aliases (names that resolve to its VIP) change no task, as in
+    /// docker; a change of anything else replaces the tasks by a rolling update.
     pub fn same_tasks(&self, other: &ServiceSpec) -> bool {
         self.image == other.image
+            && self.entrypoint == other.entrypoint
             && self.cmd == other.cmd
             && self.env == other.env
+            && self.container_labels == other.container_labels
             && self.networks == other.networks
             && self.constraints == other.constraints
             && self.force_update == other.force_update

@@ -74,6 +74,18 @@ fn an_imported_rootfs_serves_its_own_files_through_a_published_port() -> Result<
     tar_dir(&rootfs, &tarball)?;
     let id = n.netbee(&["import", tarball.to_str().unwrap(), "imported:1"])?;
     assert!(id.trim().starts_with("sha256:"), "import prints the image ID: {id}");
+    // `import -` reads the tarball from standard input: the same content, the same layer
+    let bin = netbee_lab::netbee_bin();
+    let from_stdin = n.sh(&format!(
+        "{} -H unix://{} import - imported:stdin < {}",
+        bin.display(),
+        n.socket().display(),
+        tarball.display()
+    ))?;
+    assert!(from_stdin.trim().starts_with("sha256:"), "import - prints the image ID: {from_stdin}");
+    let layers = std::fs::read_dir(n.dir().join("state/images/layers"))?.count();
+    assert_eq!(layers, 1, "the same tarball twice is one layer");
+    n.netbee(&["rmi", "imported:stdin"])?;
     n.netbee(&["run", "-d", "--name", "web", "-p", "8080:80", "imported:1", "httpd", "-f", "-p", "80", "-h", "/www"])?;
     let page = fetch(x1, &format!("http://{}:8080/", n.addr()))?;
     assert_eq!(page, "only-in-the-imported-image\n", "page served from the image");
@@ -184,7 +196,17 @@ fn writable_layers_and_images_in_use_and_a_umoci_layout() -> Result<()> {
     umoci(&["unpack", "--image", &format!("{l}:made"), bundle.to_str().unwrap()])?;
     make_rootfs(&bundle.join("rootfs"), "made-by-umoci\n")?;
     umoci(&["repack", "--image", &format!("{l}:made"), bundle.to_str().unwrap()])?;
-    umoci(&["config", "--image", &format!("{l}:made"), "--config.cmd", "cat", "--config.cmd", "/www/index.html"])?;
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{l}:made"),
+        "--config.cmd",
+        "cat",
+        "--config.cmd",
+        "/www/index.html",
+        "--config.label",
+        "org.example.made-by=umoci",
+    ])?;
     let archive = lab.dir().join("umoci.tar");
     tar_dir(&layout, &archive)?;
     let out = n.netbee(&["load", "-i", archive.to_str().unwrap()])?;
@@ -197,6 +219,13 @@ fn writable_layers_and_images_in_use_and_a_umoci_layout() -> Result<()> {
         .trim()
         .to_string();
     assert_eq!(output_of(n, "umoci", &[&name])?, "made-by-umoci");
+    // the image's labels are the container's, under its own
+    n.netbee(&["create", "--name", "labelled", "--label", "org.example.own=yes", &name])?;
+    let v: serde_json::Value = serde_json::from_str(&n.netbee(&["inspect", "labelled"])?)?;
+    let labels = &v[0]["Config"]["Labels"];
+    assert_eq!(labels["org.example.made-by"], "umoci", "image label: {labels}");
+    assert_eq!(labels["org.example.own"], "yes", "container label: {labels}");
+    n.netbee(&["rm", "labelled"])?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! Images at the image level: load/save round trips, third-party tools' archives, hostile
 //! archives refused with the store unchanged, layer garbage collection, and pull/push against
 //! Debian's docker-registry running in the lab.
-use std::{path::Path, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::Result;
 use netbee_lab::{single_node_lab, test_image, wait_until};
@@ -149,50 +149,187 @@ fn hostile_archives_are_refused_and_change_nothing() -> Result<()> {
     Ok(())
 }
 
+/// Debian's docker-registry serving plain HTTP on external `x`'s address, port 5000, storing under
+/// the lab's directory; stopped on drop (declare it after the lab, so it goes first).
+struct Registry(std::process::Child);
+
+impl Registry {
+    fn start(lab: &netbee_lab::Lab, x: &str) -> Result<Registry> {
+        let ns = lab.external(x);
+        let addr = format!("{}:5000", ns.addr());
+        let storage = lab.dir().join(format!("registry-{x}"));
+        std::fs::create_dir_all(&storage)?;
+        let cfg = lab.dir().join(format!("registry-{x}.yml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                storage.display()
+            ),
+        )?;
+        let log = std::fs::File::create(lab.dir().join(format!("registry-{x}.log")))?;
+        let child = ns
+            .cmd("/usr/bin/docker-registry")
+            .args(["serve", cfg.to_str().unwrap()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let reg = Registry(child);
+        wait_until(Duration::from_secs(10), "registry listening", || {
+            ns.sh(&format!("curl -sf http://{addr}/v2/ >/dev/null")).is_ok()
+        })?;
+        Ok(reg)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn pull_and_push_against_a_registry_in_the_lab() -> Result<()> {
     let lab = single_node_lab("img-registry", &["--insecure-registry", "10.77.0.101:5000"])?;
-    let storage = lab.dir().join("registry");
-    std::fs::create_dir_all(&storage)?;
-    let cfg = lab.dir().join("registry.yml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 10.77.0.101:5000\n",
-            storage.display()
-        ),
-    )?;
-    let log = std::fs::File::create(lab.dir().join("registry.log"))?;
-    let mut reg = lab
-        .external("x1")
-        .cmd("/usr/bin/docker-registry")
-        .args(["serve", cfg.to_str().unwrap()])
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let result = (|| -> Result<()> {
-        let x1 = lab.external("x1");
-        wait_until(Duration::from_secs(10), "registry listening", || {
-            x1.sh("wget -q -O- http://10.77.0.101:5000/v2/ >/dev/null 2>&1 || curl -sf http://10.77.0.101:5000/v2/")
-                .is_ok()
+    let _registry = Registry::start(&lab, "x1")?;
+    let n = lab.node("n1");
+    n.netbee(&["load", "-i", test_image("busybox-1.tar").to_str().unwrap()])?;
+    let id = id_of(n, "netbee-test/busybox:1")?;
+    n.netbee(&["tag", "netbee-test/busybox:1", "10.77.0.101:5000/web:1.1"])?;
+    let out = n.netbee(&["push", "10.77.0.101:5000/web:1.1"])?;
+    assert!(out.contains("digest: sha256:"), "{out}");
+    n.netbee(&["rmi", "10.77.0.101:5000/web:1.1"])?;
+    n.netbee(&["rmi", "netbee-test/busybox:1"])?;
+    assert!(image_ids(n)?.is_empty());
+    let out = n.netbee(&["pull", "10.77.0.101:5000/web:1.1"])?;
+    assert!(out.contains("Digest: sha256:"), "{out}");
+    assert_eq!(id_of(n, "10.77.0.101:5000/web:1.1")?, id, "pulled image has the pushed ID");
+    let err = n.netbee_refused(&["pull", "10.77.0.101:5000/web:nope"]);
+    assert!(err.contains("10.77.0.101:5000/web:nope") && err.contains("not found"), "{err}");
+    Ok(())
+}
+
+/// `(task hostname, node)` for every running task of the service, after each task wrote its
+/// hostname into `/www/host` (which its httpd then serves): `netbee exec` into every container of
+/// every node. Container hostnames are their short ids, distinct per task.
+fn mark_tasks(lab: &netbee_lab::Lab) -> Result<HashMap<String, String>> {
+    let mut by_host = HashMap::new();
+    for node in lab.nodes() {
+        for id in node.netbee(&["ps", "-q"])?.split_whitespace() {
+            let h = node.exec(id, &["sh", "-c", "hostname > /www/host && cat /www/host"])?.trim().to_string();
+            by_host.insert(h, node.short_name().to_string());
+        }
+    }
+    Ok(by_host)
+}
+
+/// Acceptance (d) of the images issue: an image pushed from one node to a registry on the
+/// underlay is pulled by the other nodes when the scheduler places a service's tasks there, and
+/// every node serves the image's own content through the routing mesh from tasks on several nodes;
+/// a tag the registry lacks gives failed tasks whose error in `service ps` is the pull's own.
+#[test]
+fn service_tasks_pull_their_image_from_a_registry_and_serve_it_through_the_mesh() -> Result<()> {
+    const REG: &str = "10.77.0.101:5000";
+    let lab =
+        netbee_lab::swarm_lab_with("img-svc-pull", &["n1", "n2", "n3"], &["x1", "x2"], &["--insecure-registry", REG])?;
+    let _registry = Registry::start(&lab, "x1")?;
+    let (n1, client) = (lab.node("n1"), lab.external("x2"));
+    let image = format!("{REG}/netbee-test/web:1");
+
+    n1.netbee(&["load", "-i", test_image("busybox-1.tar").to_str().unwrap()])?;
+    n1.netbee(&["tag", "netbee-test/busybox:1", &image])?;
+    let out = n1.netbee(&["push", &image])?;
+    assert!(out.contains("digest: sha256:"), "{out}");
+    for n in ["n2", "n3"] {
+        assert!(image_ids(lab.node(n))?.is_empty(), "{n} starts without images");
+    }
+
+    // no CMD: the image's own Cmd (httpd -f -p 80 -h /www) runs in every task; -d: the wait below
+    // is bounded, the CLI's would not be if a pull failed
+    n1.netbee(&["service", "create", "-d", "--name", "web", "--replicas", "6", "-p", "8080:80", &image])?;
+    wait_until(Duration::from_secs(60), "web 6/6", || n1.service_replicas("web") == "6/6")?;
+    let placed = n1.service_running_tasks("web")?;
+    for n in ["n1", "n2", "n3"] {
+        assert!(placed.iter().any(|(_, node)| node == n), "a task on {n}: {placed:?}");
+    }
+    let ps = n1.netbee(&["service", "ps", "web"])?;
+    assert!(!ps.contains("pulling image"), "{ps}");
+    for n in ["n2", "n3"] {
+        let node = lab.node(n);
+        let images = node.netbee(&["images"])?;
+        assert!(
+            images.lines().any(|l| l.starts_with(&format!("{REG}/netbee-test/web ")) && l.contains(" 1 ")),
+            "{n} pulled {image}: {images}"
+        );
+        assert_eq!(id_of(node, &image)?, id_of(n1, &image)?, "{n} has the pushed image");
+    }
+
+    let tasks = mark_tasks(&lab)?;
+    assert_eq!(tasks.len(), 6, "six task containers: {tasks:?}");
+    for n in ["n1", "n2", "n3"] {
+        let url = format!("http://{}:8080", lab.node(n).addr());
+        let index = client.sh(&format!("curl -sf -m 3 {url}/"))?;
+        assert_eq!(index.trim(), "netbee test image one", "the image's index.html through {n}");
+        // every node programs its load balancer on its own pass: wait until all six answer
+        let mut seen: Vec<String> = Vec::new();
+        wait_until(Duration::from_secs(20), &format!("{n} balances over the six tasks"), || {
+            seen = client
+                .sh(&format!("for i in $(seq 12); do curl -sf -m 3 {url}/host || echo FAIL; done"))
+                .map(|o| o.lines().map(str::to_string).collect())
+                .unwrap_or_default();
+            seen.iter().collect::<std::collections::HashSet<_>>().len() == 6
         })?;
-        let n = lab.node("n1");
-        n.netbee(&["load", "-i", test_image("busybox-1.tar").to_str().unwrap()])?;
-        let id = id_of(n, "netbee-test/busybox:1")?;
-        n.netbee(&["tag", "netbee-test/busybox:1", "10.77.0.101:5000/web:1.1"])?;
-        let out = n.netbee(&["push", "10.77.0.101:5000/web:1.1"])?;
-        assert!(out.contains("digest: sha256:"), "{out}");
-        n.netbee(&["rmi", "10.77.0.101:5000/web:1.1"])?;
-        n.netbee(&["rmi", "netbee-test/busybox:1"])?;
-        assert!(image_ids(n)?.is_empty());
-        let out = n.netbee(&["pull", "10.77.0.101:5000/web:1.1"])?;
-        assert!(out.contains("Digest: sha256:"), "{out}");
-        assert_eq!(id_of(n, "10.77.0.101:5000/web:1.1")?, id, "pulled image has the pushed ID");
-        let err = n.netbee_refused(&["pull", "10.77.0.101:5000/web:nope"]);
-        assert!(err.contains("10.77.0.101:5000/web:nope") && err.contains("not found"), "{err}");
-        Ok(())
-    })();
-    let _ = reg.kill();
-    let _ = reg.wait();
-    result
+        assert!(!seen.iter().any(|h| h == "FAIL"), "through {n}: {seen:?}");
+        let nodes: std::collections::BTreeSet<&str> =
+            seen.iter().filter_map(|h| tasks.get(h)).map(String::as_str).collect();
+        assert!(nodes.len() >= 2, "through {n}, answers from tasks on {nodes:?}: {seen:?}");
+    }
+
+    // a tag the registry does not have: failed tasks with the pull's own error, also once the
+    // scheduler has shut them down and replaced them (their history keeps the reason)
+    let ghost = format!("{REG}/netbee-test/web:nope");
+    // -d: its tasks cannot start, so the service never converges (the CLI would wait for ever)
+    n1.netbee(&["service", "create", "-d", "--name", "ghost", "--replicas", "2", &ghost])?;
+    let mut ps = String::new();
+    wait_until(Duration::from_secs(30), "ghost's failed tasks shut down and replaced", || {
+        ps = n1.netbee(&["service", "ps", "--format", "json", "ghost"]).unwrap_or_default();
+        ps.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|t| t["CurrentState"] == "Failed" && t["DesiredState"] == "Shutdown")
+            .count()
+            >= 2
+    })?;
+    let failed: Vec<serde_json::Value> = ps
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|t| t["CurrentState"] == "Failed")
+        .collect();
+    for t in &failed {
+        let err = t["Error"].as_str().unwrap_or_default();
+        assert!(
+            err.starts_with(&format!("pulling image {ghost}: "))
+                && (err.contains("not found") || err.contains("manifest unknown")),
+            "the pull error, not a generic one: {t}"
+        );
+    }
+    let table = n1.netbee(&["service", "ps", "ghost"])?;
+    assert!(table.contains("pulling image") && !table.contains("task failed"), "{table}");
+    assert!(n1.service_running_tasks("ghost")?.is_empty());
+
+    // everything removed
+    n1.netbee(&["service", "rm", "web", "ghost"])?;
+    for node in lab.nodes() {
+        wait_until(Duration::from_secs(40), &format!("{}'s tasks removed", node.short_name()), || {
+            node.netbee(&["ps", "-a", "-q"]).is_ok_and(|o| o.trim().is_empty())
+        })?;
+        for id in image_ids(node)? {
+            node.netbee(&["rmi", "-f", &id])?;
+        }
+        assert!(image_ids(node)?.is_empty());
+        assert_eq!(layer_count(node), 0, "{} freed its layers", node.short_name());
+    }
+    assert!(n1.netbee(&["service", "ls", "-q"])?.trim().is_empty());
+    assert!(client.sh(&format!("curl -s -m 2 http://{}:8080/", n1.addr())).is_err(), "the port is withdrawn");
+    Ok(())
 }

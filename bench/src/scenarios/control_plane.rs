@@ -9,6 +9,15 @@
 //! web=40` (from 1) until all 40 tasks answer through one node's routing-mesh port (40
 //! consecutive new connections reach 40 distinct tasks; quick mode: 1 → 8). No baseline:
 //! absolute values, targets from the project brief "100 containers ≤ 10 s, scale 1 → 40 ≤ 10 s".
+//!
+//! Image containers (the images issue, acceptance g), on the same node with the test image
+//! `netbee-test/busybox:1` loaded: the wall time to create 100 of them one after the other
+//! (`netbee run -d --network bench netbee-test/busybox:1 sleep 600`; quick mode: 20; target
+//! ≤ 10 s), and the time of one such `run -d` (CLI spawn to exit) beside the host-binary
+//! `run -d --network bench host sleep 600` of today, the two alternated (image first in even
+//! pairs, host first in odd ones) so drift hits both alike: 20 pairs over the run (⌈20/rounds⌉
+//! per round; quick mode: 5). The ratio is host/image (> 1 would mean the image container starts
+//! faster); the gap is what an image root costs (overlayfs mount, pivot_root, /dev, /sys).
 
 use std::time::{Duration, Instant};
 
@@ -18,20 +27,50 @@ use super::{Ctx, nb, netbee_lab};
 use crate::report::{Better, Collector, Metric, MetricDef, NETBEE};
 use crate::sys::{netbee_cmd, time_cmd};
 
+/// The image of the image-container measurements (loaded from `target/test-images/`).
+const IMAGE: &str = "netbee-test/busybox:1";
+/// The comparison system of the image `run -d`: today's host-binary container.
+const HOST_BINARY: &str = "`run -d host` (host binary)";
+
+/// `run -d` pairs (image, host binary) per round: 20 over a full run, 5 in quick mode.
+fn run_pairs(ctx: &Ctx) -> usize {
+    if ctx.quick { 5 } else { 20usize.div_ceil(ctx.rounds.max(1)) }
+}
+
 pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let count: usize = if ctx.quick { 20 } else { 100 };
     let lab = netbee_lab("bench-control-plane", false)?;
     let n1 = lab.node("n1");
     nb(n1, &["network", "create", "bench"])?;
+    let archive = netbee_lab::test_image("busybox-1.tar");
+    if !archive.is_file() {
+        bail!("{} is missing: run `cargo xtask setup`", archive.display());
+    }
+    nb(n1, &["load", "-i", &archive.to_string_lossy()])?;
 
+    let create_target = if count == 100 {
+        "≤ 10 s".to_string()
+    } else {
+        format!("≤ {:.0} s (10 s per 100)", 10.0 * count as f64 / 100.0)
+    };
+    let pairs = run_pairs(ctx);
     let defs = vec![
-        MetricDef::new("create", format!("create {count} containers, sequential"), "s", Better::Lower).target(
-            if count == 100 {
-                "≤ 10 s".to_string()
-            } else {
-                format!("≤ {:.0} s (10 s per 100)", 10.0 * count as f64 / 100.0)
-            },
-        ),
+        MetricDef::new("create", format!("create {count} containers, sequential"), "s", Better::Lower)
+            .target(create_target.clone()),
+        MetricDef::new(
+            "createimg",
+            format!("create {count} image containers ({IMAGE}), sequential"),
+            "s",
+            Better::Lower,
+        )
+        .target(create_target),
+        MetricDef::new(
+            "runimage",
+            format!("`run -d` of an image container ({IMAGE}), {} runs", pairs * ctx.rounds),
+            "ms",
+            Better::Lower,
+        )
+        .vs(HOST_BINARY, "—"),
         MetricDef::new("restart", format!("daemon restart to ready, {count} containers"), "s", Better::Lower)
             .target("—"),
         MetricDef::new("rss", format!("daemon RSS idle, {count} containers"), "MiB", Better::Lower).target("—"),
@@ -87,9 +126,32 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         }
 
         let names: Vec<String> = (0..count).map(|i| format!("c{i}")).collect();
-        let mut args = vec!["rm", "-f"];
-        args.extend(names.iter().map(String::as_str));
-        nb(n1, &args)?;
+        remove(n1, &names)?;
+
+        // image containers: `count` in a row, then `run -d` alternated with the host binary
+        let t0 = Instant::now();
+        for i in 0..count {
+            let mut c = netbee_cmd(n1);
+            c.args(["run", "-d", "--name", &format!("i{i}"), "--network", "bench", IMAGE, "sleep", "600"]);
+            time_cmd(c).with_context(|| format!("creating image container {i}"))?;
+        }
+        col.add("createimg", NETBEE, t0.elapsed().as_secs_f64());
+        let names: Vec<String> = (0..count).map(|i| format!("i{i}")).collect();
+        remove(n1, &names)?;
+
+        let mut names = Vec::new();
+        for k in 0..pairs {
+            let order = if k % 2 == 0 { [NETBEE, HOST_BINARY] } else { [HOST_BINARY, NETBEE] };
+            for system in order {
+                let (name, image) =
+                    if system == NETBEE { (format!("r{k}i"), IMAGE) } else { (format!("r{k}h"), "host") };
+                let mut c = netbee_cmd(n1);
+                c.args(["run", "-d", "--name", &name, "--network", "bench", image, "sleep", "600"]);
+                col.add("runimage", system, 1e3 * time_cmd(c).with_context(|| format!("run -d {image}"))?);
+                names.push(name);
+            }
+        }
+        remove(n1, &names)?;
     }
     drop(lab);
     scale_rounds(ctx, &mut col)?;
@@ -136,7 +198,8 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
     for round in 0..ctx.rounds {
         ctx.round_banner("control-plane (scale)", round);
         let t0 = Instant::now();
-        nb(n1, &["service", "scale", &format!("web={n}")])?;
+        // -d: timed by the answers below, not by the CLI's convergence display (it polls)
+        nb(n1, &["service", "scale", "-d", &format!("web={n}")])?;
         loop {
             if x.run(move || distinct(n)) == n {
                 break;
@@ -147,7 +210,7 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
         col.add("scale", NETBEE, t0.elapsed().as_secs_f64());
-        nb(n1, &["service", "scale", "web=1"])?;
+        nb(n1, &["service", "scale", "-d", "web=1"])?;
         netbee_lab::wait_until(Duration::from_secs(120), "scaled back to 1", || {
             n1.service_running_tasks("web").map(|t| t.len() == 1).unwrap_or(false)
                 && lab.nodes().iter().all(|node| {
@@ -160,6 +223,14 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
                 })
         })?;
     }
+    Ok(())
+}
+
+/// `netbee rm -f NAMES...`.
+fn remove(n: &netbee_lab::Node, names: &[String]) -> Result<()> {
+    let mut args = vec!["rm", "-f"];
+    args.extend(names.iter().map(String::as_str));
+    nb(n, &args)?;
     Ok(())
 }
 

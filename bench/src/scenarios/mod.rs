@@ -91,7 +91,9 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "control-plane",
         description: "time to create 100 containers, daemon restart-to-ready with 100 containers, daemon RSS \
-                      idle with 100 containers, time to create a network (absolute values, no baseline)",
+                      idle with 100 containers, time to create a network, scale a service 1 → 40 (absolute \
+                      values); time to create 100 image containers, and `run -d` of an image container beside \
+                      the host-binary `run -d host` measured alternately",
         run: Some(control_plane::run),
         pending: "",
     },

@@ -1,4 +1,6 @@
 //! `/services/...`: docker's service and task models.
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +59,18 @@ pub struct ServiceCreateRequest {
     pub update_config: UpdateConfigFlags,
     /// `--rollback-*`.
     pub rollback_config: UpdateConfigFlags,
+    /// Replaces the image's entrypoint (compose `entrypoint:`); absent keeps it.
+    pub entrypoint: Option<Vec<String>>,
+    /// The service's labels (`--label`; a stack's `com.docker.stack.namespace`).
+    #[serde(deserialize_with = "null_default")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels of every task's container (`--container-label`, compose `labels:`).
+    #[serde(deserialize_with = "null_default")]
+    pub container_labels: BTreeMap<String, String>,
+    /// Further names of the service on a network of `networks` (keyed as named there): they
+    /// resolve to the service's VIP on that network only.
+    #[serde(deserialize_with = "null_default")]
+    pub network_aliases: BTreeMap<String, Vec<String>>,
 }
 
 /// The `--update-*` (or `--rollback-*`) flags as typed: the daemon parses and checks them, so a
@@ -117,6 +131,9 @@ pub struct ServiceUpdateRequest {
     pub rollback: bool,
     pub update_config: UpdateConfigFlags,
     pub rollback_config: UpdateConfigFlags,
+    /// The whole new spec, replacing the service's (docker's update body is one; `stack deploy`
+    /// sends it). Its name must be the service's; with it, the other fields must be absent.
+    pub spec: Option<ServiceCreateRequest>,
 }
 
 /// The answer to `POST /services/{id}/update` (docker's carries `Warnings`).
@@ -143,6 +160,12 @@ pub struct ServiceSummary {
     pub command: String,
     /// `*:PUBLISHED->TARGET/PROTO, ...`.
     pub ports: String,
+    /// The tasks' image (`stack services`' IMAGE).
+    #[serde(default)]
+    pub image: String,
+    /// The service's labels (`stack ls` groups by `com.docker.stack.namespace`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `GET /services/{id}`.
@@ -191,6 +214,8 @@ pub struct ServiceUpdateConfig {
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceSpec {
     pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub mode: ServiceMode,
     pub task_template: TaskSpec,
     pub update_config: ServiceUpdateConfig,
@@ -225,6 +250,11 @@ pub struct TaskSpecContainerSpec {
     pub image: String,
     pub command: Vec<String>,
     pub env: Vec<String>,
+    /// The image's entrypoint replaced; absent when the image's is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +268,9 @@ pub struct TaskSpecPlacement {
 pub struct NetworkAttachmentConfig {
     /// The network's id.
     pub target: String,
+    /// The service's further names on this network (they resolve to its VIP there).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,13 +102,18 @@ fn service_create_request() {
         constraints: vec!["node.role==manager".into()],
         env: vec!["A=1".into()],
         cmd: vec!["whoami".into()],
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        labels: [("l".to_string(), "1".to_string())].into(),
+        container_labels: [("c".to_string(), "2".to_string())].into(),
+        network_aliases: [("ov".to_string(), vec!["www".to_string()])].into(),
         ..Default::default()
     };
     // clients that know no update settings leave them out
     reads(
         json!({
             "Name": "s", "Image": "host", "Replicas": "3", "Publish": ["80:8080"], "Networks": ["ov"],
-            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
+            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"], "Entrypoint": ["/bin/sh"],
+            "Labels": { "l": "1" }, "ContainerLabels": { "c": "2" }, "NetworkAliases": { "ov": ["www"] },
         }),
         &req,
     );
@@ -132,12 +137,16 @@ fn service_create_request() {
     reads(
         json!({
             "Name": "s", "Image": "host", "Replicas": 2, "Publish": ["80:8080"], "Networks": ["ov"],
-            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"],
+            "Constraints": ["node.role==manager"], "Env": ["A=1"], "Cmd": ["whoami"], "Entrypoint": ["/bin/sh"],
+            "Labels": { "l": "1" }, "ContainerLabels": { "c": "2" }, "NetworkAliases": { "ov": ["www"] },
         }),
         &number,
     );
     reads(
-        json!({ "Name": null, "Replicas": null, "Publish": null, "Networks": null, "Constraints": null, "Env": null, "Cmd": null }),
+        json!({
+            "Name": null, "Replicas": null, "Publish": null, "Networks": null, "Constraints": null, "Env": null,
+            "Cmd": null, "Entrypoint": null, "Labels": null, "ContainerLabels": null, "NetworkAliases": null,
+        }),
         &ServiceCreateRequest::default(),
     );
     assert!(serde_json::from_value::<ServiceCreateRequest>(json!({ "Replicas": true })).is_err());
@@ -167,6 +176,19 @@ fn service_update_request() {
             "UpdateConfig": { "Delay": "2s" },
         }),
         &req,
+    );
+    // a whole spec (`stack deploy` of a service that exists)
+    reads(
+        json!({ "Spec": { "Name": "s", "Image": "img", "UpdateConfig": { "Parallelism": "2" } } }),
+        &ServiceUpdateRequest {
+            spec: Some(ServiceCreateRequest {
+                name: "s".into(),
+                image: "img".into(),
+                update_config: UpdateConfigFlags { parallelism: Some("2".into()), ..Default::default() },
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
     );
     // `service scale`'s body before it was typed
     reads(
@@ -449,12 +471,15 @@ fn service_responses() {
         desired: 2,
         command: "whoami".into(),
         ports: "*:80->8080/tcp".into(),
+        image: "host".into(),
+        labels: [("com.docker.stack.namespace".to_string(), "st".to_string())].into(),
     };
     wire(
         &summary,
         json!({
             "ID": "sid", "Name": "s", "Mode": "replicated", "Replicas": "1/2", "Running": 1, "Desired": 2,
-            "Command": "whoami", "Ports": "*:80->8080/tcp",
+            "Command": "whoami", "Ports": "*:80->8080/tcp", "Image": "host",
+            "Labels": { "com.docker.stack.namespace": "st" },
         }),
     );
     let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::nanoseconds(6);
@@ -464,15 +489,18 @@ fn service_responses() {
         updated_at: t,
         spec: ServiceSpec {
             name: "s".into(),
+            labels: [("k".to_string(), "v".to_string())].into(),
             mode: ServiceMode { replicated: ServiceModeReplicated { replicas: 2 } },
             task_template: TaskSpec {
                 container_spec: TaskSpecContainerSpec {
                     image: "host".into(),
                     command: vec!["whoami".into()],
                     env: vec![],
+                    entrypoint: None,
+                    labels: Default::default(),
                 },
                 placement: TaskSpecPlacement { constraints: vec![] },
-                networks: vec![NetworkAttachmentConfig { target: "nid".into() }],
+                networks: vec![NetworkAttachmentConfig { target: "nid".into(), aliases: vec!["a".into()] }],
             },
             update_config: ServiceUpdateConfig {
                 parallelism: 2,
@@ -515,11 +543,12 @@ fn service_responses() {
             "CreatedAt": t, "UpdatedAt": t,
             "Spec": {
                 "Name": "s",
+                "Labels": { "k": "v" },
                 "Mode": { "Replicated": { "Replicas": 2 } },
                 "TaskTemplate": {
-                    "ContainerSpec": { "Image": "host", "Command": ["whoami"], "Env": [] },
+                    "ContainerSpec": { "Image": "host", "Command": ["whoami"], "Env": [], "Labels": {} },
                     "Placement": { "Constraints": [] },
-                    "Networks": [{ "Target": "nid" }],
+                    "Networks": [{ "Target": "nid", "Aliases": ["a"] }],
                 },
                 "UpdateConfig": {
                     "Parallelism": 2, "Delay": 2_000_000_000u64, "FailureAction": "rollback",

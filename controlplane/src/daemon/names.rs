@@ -80,6 +80,10 @@ impl Daemon {
         for s in services {
             for v in &s.vips {
                 add(&v.network_id, &s.spec.name, v.ip);
+                // a service's aliases are names of its VIP on their network only
+                for alias in s.spec.aliases.get(&v.network_id).into_iter().flatten() {
+                    add(&v.network_id, alias, v.ip);
+                }
             }
             let mut live: Vec<&TaskRecord> = tasks
                 .iter()

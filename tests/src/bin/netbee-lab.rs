@@ -5,7 +5,7 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
-use netbee_lab::{Lab, Node, netbee_bin, sweep_stale, wait_until, whoami_field};
+use netbee_lab::{Node, netbee_bin, swarm_lab, sweep_stale, test_image, wait_until, whoami_field};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,21 +48,22 @@ fn check(ok: bool, what: &str) -> Result<()> {
 fn demo(keep: bool) -> Result<()> {
     let bin = netbee_bin();
     let bin = bin.to_str().unwrap();
-    let mut lab = Lab::new("demo")?;
-    lab.add_node("n1")?;
-    lab.add_external("x1")?;
-    let node = lab.node("n1");
+    // two nodes in a swarm (etcd on the underlay) and an external client
+    let lab = swarm_lab("demo", &["n1", "n2"], &["x1"])?;
+    let (node, node2) = (lab.node("n1"), lab.node("n2"));
     let ext = lab.external("x1");
     say(&format!(
-        "lab: node {} ({}) and external client {} ({}) on an underlay bridge",
+        "lab: nodes {} ({}) and {} ({}) in a swarm, external client {} ({}), on an underlay bridge",
         node.name(),
         node.addr(),
+        node2.name(),
+        node2.addr(),
         ext.name(),
         ext.addr()
     ));
-    node.start_daemon()?;
-    say(&format!("netbee daemon running in the node, state in {}", node.dir().join("state").display()));
+    say(&format!("a netbee daemon runs in each node, n1's state in {}", node.dir().join("state").display()));
     step(node, &["version"])?;
+    step(node, &["node", "ls"])?;
 
     say("a user network, docker-style");
     step(node, &["network", "create", "demo"])?;
@@ -106,6 +107,69 @@ fn demo(keep: bool) -> Result<()> {
     println!("[{}]$ curl -s http://127.0.0.1:8000/   (a process on the node itself)", node.name());
     print!("{from_node}");
     check(whoami_field(&from_node, "Hostname").is_some(), "127.0.0.1:8000 from the node reaches the container")?;
+
+    say("a container from an image: load a `docker save` archive, run its own web server");
+    let archive = test_image("busybox-1.tar");
+    step(node, &["load", "-i", archive.to_str().unwrap()])?;
+    step(node, &["images"])?;
+    step(node, &["run", "-d", "--name", "site", "-p", "8001:80", "netbee-test/busybox:1"])?;
+    let site = format!("http://{}:8001/", node.addr());
+    println!("[{}]$ curl -s {site}", ext.name());
+    let page = ext.sh(&format!("curl -s -m 5 {site}"))?;
+    print!("{page}");
+    check(page.trim() == "netbee test image one", "the page comes from inside the image")?;
+    let root = step(node, &["exec", "site", "ls", "/"])?;
+    check(!root.contains("usr"), "the container sees the image's root filesystem, not the node's")?;
+
+    say("a replicated service: 4 tasks over both nodes, published on port 8080 of every node");
+    step(node2, &["load", "-i", archive.to_str().unwrap()])?;
+    step(
+        node,
+        &[
+            "service",
+            "create",
+            // the demo waits for 4/4 below, for a bounded time
+            "-d",
+            "--name",
+            "hello",
+            "--replicas",
+            "4",
+            "-p",
+            "8080:80",
+            "netbee-test/busybox:1",
+            "sh",
+            "-c",
+            "hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )?;
+    wait_until(Duration::from_secs(30), "hello 4/4", || node.service_replicas("hello") == "4/4")?;
+    step(node, &["service", "ls"])?;
+    step(node, &["service", "ps", "hello"])?;
+
+    say("round robin through the routing mesh: 8 new connections to n1:8080 and 8 to n2:8080");
+    for n in [node, node2] {
+        let url = format!("http://{}:8080/", n.addr());
+        // a task joins a node's load balancer once that node has its endpoint; wait for all four
+        wait_until(Duration::from_secs(10), &format!("all 4 tasks behind {url}"), || {
+            let seen: std::collections::BTreeSet<String> =
+                (0..4).filter_map(|_| ext.sh(&format!("curl -s -m 5 {url}")).ok()).collect();
+            seen.len() == 4
+        })?;
+        let mut answers: Vec<String> = Vec::new();
+        for _ in 0..8 {
+            answers.push(ext.sh(&format!("curl -s -m 5 {url}"))?.trim().to_string());
+        }
+        println!("[{}]$ for i in $(seq 8); do curl -s {url}; done", ext.name());
+        println!("   {}", answers.join(" "));
+        let mut counts = std::collections::BTreeMap::new();
+        for a in &answers {
+            *counts.entry(a.clone()).or_insert(0) += 1;
+        }
+        check(
+            counts.len() == 4 && counts.values().all(|c| *c == 2),
+            &format!("via {}: each of the 4 tasks answered exactly 2 of 8 ({counts:?})", n.name()),
+        )?;
+    }
 
     say("the daemon restarts; containers and forwarding keep going");
     node.kill_daemon()?;

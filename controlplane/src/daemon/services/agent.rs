@@ -1,11 +1,6 @@
 //! The node agent: starts this node's assigned tasks as containers, drains and stops the ones
 //! told to stop, and reports the ones that died.
-use std::{
-    collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
 use anyhow::{Result, anyhow};
 use chrono::Utc;
@@ -134,7 +129,8 @@ impl Daemon {
         t: &TaskRecord,
     ) -> Result<(String, Vec<(String, Ipv4Addr)>)> {
         let name = format!("{}.{}.{}", s.spec.name, t.slot, &t.id[..12]);
-        let mut labels = BTreeMap::new();
+        // the service's container labels, then netbee's own (which the agent finds tasks by)
+        let mut labels = s.spec.container_labels.clone();
         labels.insert("com.netbee.task.id".to_string(), t.id.clone());
         labels.insert("com.netbee.service.id".to_string(), s.id.clone());
         labels.insert("com.netbee.service.name".to_string(), s.spec.name.clone());
@@ -142,6 +138,7 @@ impl Daemon {
         let req = ContainerCreate {
             name: Some(name),
             image: s.spec.image.clone(),
+            entrypoint: s.spec.entrypoint.clone(),
             cmd: s.spec.cmd.clone(),
             env: s.spec.env.clone(),
             network: s.spec.networks.first().cloned(),
@@ -210,28 +207,51 @@ impl Daemon {
     }
 }
 
-/// Whether a TCP socket listens on `port` in the container's network namespace: on IPv4 or on
-/// IPv6 (a server bound to `[::]`, as busybox httpd is, takes IPv4 connections too).
-fn listening(pid: i32, port: u16) -> bool {
-    let want = format!("{port:04X}");
-    ["tcp", "tcp6"].iter().any(|table| {
-        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { return false };
-        t.lines().skip(1).any(|l| {
+/// The TCP sockets in the container's network namespace (via its init's /proc) as (local port,
+/// state) pairs, IPv4 and IPv6 alike: a server listening on `::` (busybox httpd, most images'
+/// servers) accepts IPv4 connections but appears only in `tcp6`.
+fn tcp_sockets(pid: i32) -> Vec<(u16, String)> {
+    if pid <= 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else { continue };
+        for l in t.lines().skip(1) {
             let f: Vec<&str> = l.split_whitespace().collect();
-            f.get(3) == Some(&"0A") && f.get(1).and_then(|a| a.rsplit(':').next()) == Some(want.as_str())
-        })
-    })
+            let port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Some(state)) = (port, f.get(3)) {
+                out.push((port, state.to_string()));
+            }
+        }
+    }
+    out
 }
 
-/// Established TCP connections in the container's network namespace (via its init's /proc), IPv4
-/// and IPv6.
+/// Whether a TCP socket listens on `port` in the container's network namespace.
+fn listening(pid: i32, port: u16) -> bool {
+    tcp_sockets(pid).iter().any(|(p, state)| *p == port && state == "0A")
+}
+
+/// Established TCP connections in the container's network namespace.
 fn established_connections(pid: i32) -> usize {
-    if pid <= 0 {
-        return 0;
+    tcp_sockets(pid).iter().filter(|(_, state)| state == "01").count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server bound to `::` (as busybox httpd binds) counts as listening: it used to be looked
+    /// for in `tcp` only, and its task joined the load balancers only after a 10 s timeout.
+    #[test]
+    fn listeners_on_ipv6_any_are_seen() {
+        let v6 = std::net::TcpListener::bind("[::]:0").unwrap();
+        let v4 = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let me = std::process::id() as i32;
+        assert!(listening(me, v6.local_addr().unwrap().port()), "a listener on [::] is not seen");
+        assert!(listening(me, v4.local_addr().unwrap().port()), "a listener on 0.0.0.0 is not seen");
+        let unused = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        assert!(!listening(me, unused), "a closed port is seen as listening");
     }
-    ["tcp", "tcp6"]
-        .iter()
-        .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
-        .map(|t| t.lines().skip(1).filter(|l| l.split_whitespace().nth(3) == Some("01")).count())
-        .sum()
 }

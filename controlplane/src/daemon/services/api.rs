@@ -15,13 +15,12 @@ use crate::{
         FailureAction, HostPorts, NetworkRecord, ServicePort, ServiceRecord, ServiceSpec, Status, TaskRecord,
         TaskState, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, Vip,
     },
-    names,
-    network::{self, Scope},
+    names, network,
     portspec::Proto,
     store::Shared,
 };
 
-use super::{scheduler::parse_constraint, update};
+use super::{respec, scheduler::parse_constraint, update};
 
 /// Parses `P:T[/udp]` (and `T` alone is refused: the routing mesh needs a published port).
 pub fn parse_service_port(s: &str) -> Result<ServicePort, String> {
@@ -52,57 +51,15 @@ impl Daemon {
     pub async fn service_create(&self, req: ServiceCreateRequest) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
-        let ServiceCreateRequest {
-            name,
-            image,
-            replicas,
-            publish,
-            networks: wanted,
-            constraints,
-            env,
-            cmd,
-            update_config: update_flags,
-            rollback_config: rollback_flags,
-        } = req;
-        names::validate_network_name(&name)
-            .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
-        let replicas = parse_replicas(replicas.as_ref()).map_err(ApiError::bad_request)?.unwrap_or(1);
-        if image.is_empty() {
-            return Err(ApiError::bad_request("no image specified for the service"));
-        }
-        // an image's command is known only where its tasks pull it; `host` has none
-        if image == HOST_IMAGE && cmd.is_empty() {
-            return Err(ApiError::bad_request("no command specified for the service"));
-        }
-        let ports = publish
-            .iter()
-            .map(|p| parse_service_port(p))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::bad_request)?;
-        for c in &constraints {
-            parse_constraint(c).map_err(ApiError::bad_request)?;
-        }
-        let mut update_config = UpdateConfig::default();
-        update::apply_flags(&mut update_config, &update_flags, "update").map_err(ApiError::bad_request)?;
-        let mut rollback_config = UpdateConfig::default();
-        update::apply_flags(&mut rollback_config, &rollback_flags, "rollback").map_err(ApiError::bad_request)?;
+        let (mut spec, wanted) = respec::checked_spec(req)?;
         // refuse early what is already taken; the decision is made again under the guard below
         let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-        check_name_free(&name, &all)?;
-        self.check_ports_free(&ports, &all, &self.other_nodes_host_ports().await?, None)?;
-        let mut networks = Vec::new();
-        for n in wanted {
-            let net = self.find_network(&n)?;
-            self.check_service_network(&net)?;
-            networks.push(net.id);
-        }
-        if networks.is_empty() {
-            let default = if self.in_swarm() { self.ingress_network().await? } else { self.find_network("bridge")? };
-            networks.push(default.id);
-        }
+        check_name_free(&spec.name, &all)?;
+        self.check_ports_free(&spec.ports, &all, &self.other_nodes_host_ports().await?, None)?;
+        self.attach_networks(&mut spec, wanted).await?;
         let id = names::new_id()[..25].to_string();
         let mut vips = Vec::new();
-        for nid in &networks {
+        for nid in &spec.networks {
             let net = self.find_network(nid)?;
             let ip = {
                 let _g = self.op.lock().await;
@@ -112,19 +69,7 @@ impl Daemon {
         }
         let rec = ServiceRecord {
             id: id.clone(),
-            spec: ServiceSpec {
-                name,
-                image,
-                replicas,
-                cmd,
-                env,
-                networks,
-                ports,
-                constraints,
-                update_config,
-                rollback_config,
-                force_update: 0,
-            },
+            spec,
             vips,
             created: Utc::now(),
             updated: Utc::now(),
@@ -236,7 +181,18 @@ impl Daemon {
         let orig = self.find_service(key).await?;
         let now = Utc::now();
         let mut s = orig.clone();
-        if req.rollback {
+        if let Some(spec) = &req.spec {
+            // docker's whole-spec update (`stack deploy` again): nothing else may come with it
+            if req != (ServiceUpdateRequest { spec: req.spec.clone(), ..Default::default() }) {
+                return Err(ApiError::bad_request("a whole spec cannot be combined with other changes"));
+            }
+            s.spec = self.whole_spec(&orig.spec, spec.clone()).await?;
+            if s.spec == orig.spec {
+                // deploying the same file again changes nothing
+                return Ok(orig);
+            }
+            begin_update(&mut s, &orig.spec, now);
+        } else if req.rollback {
             if s.previous_spec.is_none() {
                 return Err(ApiError::bad_request(format!("service {} does not have a previous spec", s.spec.name)));
             }
@@ -249,68 +205,62 @@ impl Daemon {
             });
         } else {
             self.apply_update(&mut s, &req).await?;
-            if !s.spec.same_tasks(&orig.spec) {
-                s.update_status = Some(UpdateStatus {
-                    state: UpdateState::Updating,
-                    started_at: now,
-                    completed_at: None,
-                    message: "update in progress".into(),
-                });
-            }
-            if s.spec != orig.spec {
-                s.previous_spec = Some(orig.spec.clone());
-            }
+            begin_update(&mut s, &orig.spec, now);
         }
         // VIPs: the spec's networks have one (kept, taken back from the retained ones, or new);
         // the previous spec's keep theirs for a rollback; the rest are given back after the commit
         let mut known: Vec<Vip> = orig.vips.iter().chain(&orig.retained_vips).cloned().collect();
         let mut fresh = Vec::new();
-        for nid in s.spec.networks.clone() {
-            if !known.iter().any(|v| v.network_id == nid) {
-                let net = self.find_network(&nid)?;
-                let ip = {
-                    let _g = self.op.lock().await;
-                    net.driver().allocate(&self.net_cx(), &net, None, &format!("vip-{}", s.id)).await?
-                };
-                let v = Vip { network_id: nid, ip };
-                fresh.push(v.clone());
-                known.push(v);
+        let committed: ApiResult<Vec<Vip>> = async {
+            for nid in s.spec.networks.clone() {
+                if !known.iter().any(|v| v.network_id == nid) {
+                    let net = self.find_network(&nid)?;
+                    let ip = {
+                        let _g = self.op.lock().await;
+                        net.driver().allocate(&self.net_cx(), &net, None, &format!("vip-{}", s.id)).await?
+                    };
+                    let v = Vip { network_id: nid, ip };
+                    fresh.push(v.clone());
+                    known.push(v);
+                }
             }
-        }
-        let prev_nets: &[String] = s.previous_spec.as_ref().map_or(&[], |p| &p.networks);
-        s.vips = s.spec.networks.iter().filter_map(|n| known.iter().find(|v| &v.network_id == n).cloned()).collect();
-        s.retained_vips = known
-            .iter()
-            .filter(|v| !s.spec.networks.contains(&v.network_id) && prev_nets.contains(&v.network_id))
-            .cloned()
-            .collect();
-        let released: Vec<Vip> = known
-            .iter()
-            .filter(|v| !s.spec.networks.contains(&v.network_id) && !prev_nets.contains(&v.network_id))
-            .cloned()
-            .collect();
-        s.updated = now;
-        let added: Vec<ServicePort> = s.spec.ports.iter().filter(|p| !orig.spec.ports.contains(p)).cloned().collect();
-        let committed = if added.is_empty() {
-            self.shared().put(&s).await.map_err(ApiError::from)
-        } else {
+            let prev_nets: &[String] = s.previous_spec.as_ref().map_or(&[], |p| &p.networks);
+            s.vips =
+                s.spec.networks.iter().filter_map(|n| known.iter().find(|v| &v.network_id == n).cloned()).collect();
+            let (retained, released): (Vec<Vip>, Vec<Vip>) = known
+                .iter()
+                .filter(|v| !s.spec.networks.contains(&v.network_id))
+                .cloned()
+                .partition(|v| prev_nets.contains(&v.network_id));
+            s.retained_vips = retained;
+            s.updated = now;
+            let added: Vec<ServicePort> =
+                s.spec.ports.iter().filter(|p| !orig.spec.ports.contains(p)).cloned().collect();
+            if added.is_empty() {
+                self.shared().put(&s).await?;
+                return Ok(released);
+            }
             // new published ports are decided under the services guard, as at create
             loop {
                 let seen = self.shared().guard_revision(cluster::SERVICES_GUARD).await?;
                 let all: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-                if let Err(e) = self.check_ports_free(&added, &all, &self.other_nodes_host_ports().await?, Some(&s.id))
-                {
-                    break Err(e);
+                if !all.iter().any(|o| o.id == s.id) {
+                    // removed meanwhile (the lookup above was before the guard)
+                    return Err(ApiError::not_found(format!("service {} not found", s.spec.name)));
                 }
-                match self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await {
-                    Ok(true) => break Ok(()),
-                    Ok(false) => continue,
-                    Err(e) => break Err(e.into()),
+                self.check_ports_free(&added, &all, &self.other_nodes_host_ports().await?, Some(&s.id))?;
+                if self.shared().put_guarded(cluster::SERVICES_GUARD, seen, &s).await? {
+                    return Ok(released);
                 }
             }
+        }
+        .await;
+        // the VIPs of networks neither spec has go back once committed; new ones if not
+        let give_back = match &committed {
+            Ok(released) => released,
+            Err(_) => &fresh,
         };
-        let give_back = if committed.is_ok() { released } else { fresh };
-        for v in &give_back {
+        for v in give_back {
             let _ = self.release_ip(&v.network_id, v.ip).await;
         }
         committed?;
@@ -401,6 +351,7 @@ impl Daemon {
                 return Err(ApiError::bad_request(format!("service {} is not attached to network {n}", spec.name)));
             }
             spec.networks.retain(|x| *x != id);
+            spec.aliases.remove(&id);
         }
         for n in &req.network_add {
             let net = self.find_network(n)?;
@@ -424,20 +375,6 @@ impl Daemon {
             .map_err(ApiError::bad_request)?;
         if req.force {
             spec.force_update += 1;
-        }
-        Ok(())
-    }
-
-    /// A network services may use: in a swarm an overlay, and one that carries containers.
-    fn check_service_network(&self, net: &NetworkRecord) -> ApiResult<()> {
-        if self.in_swarm() && net.scope() != Scope::Swarm {
-            return Err(ApiError::bad_request(format!(
-                "network {} cannot be used with services: only overlay networks span the swarm",
-                net.name
-            )));
-        }
-        if !net.carries_containers() {
-            return Err(ApiError::bad_request(format!("network {} cannot carry services", net.name)));
         }
         Ok(())
     }
@@ -483,6 +420,8 @@ impl Daemon {
                         .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.proto))
                         .collect::<Vec<_>>()
                         .join(", "),
+                    image: s.spec.image.clone(),
+                    labels: s.spec.labels.clone(),
                 }
             })
             .collect();
@@ -562,6 +501,22 @@ impl Daemon {
     }
 }
 
+/// Records that `s.spec` replaced `prev`: the old spec is kept for a rollback when anything
+/// changed, and a rolling update starts when the tasks must be replaced.
+fn begin_update(s: &mut ServiceRecord, prev: &ServiceSpec, now: chrono::DateTime<Utc>) {
+    if !s.spec.same_tasks(prev) {
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating,
+            started_at: now,
+            completed_at: None,
+            message: "update in progress".into(),
+        });
+    }
+    if s.spec != *prev {
+        s.previous_spec = Some(prev.clone());
+    }
+}
+
 /// A service spec as docker's API shows it.
 fn api_spec(spec: ServiceSpec) -> api::ServiceSpec {
     let ports = spec
@@ -576,11 +531,25 @@ fn api_spec(spec: ServiceSpec) -> api::ServiceSpec {
         .collect();
     api::ServiceSpec {
         name: spec.name,
+        labels: spec.labels,
         mode: ServiceMode { replicated: ServiceModeReplicated { replicas: spec.replicas } },
         task_template: TaskSpec {
-            container_spec: TaskSpecContainerSpec { image: spec.image, command: spec.cmd, env: spec.env },
+            container_spec: TaskSpecContainerSpec {
+                image: spec.image,
+                command: spec.cmd,
+                env: spec.env,
+                entrypoint: spec.entrypoint,
+                labels: spec.container_labels,
+            },
             placement: TaskSpecPlacement { constraints: spec.constraints },
-            networks: spec.networks.into_iter().map(|target| NetworkAttachmentConfig { target }).collect(),
+            networks: spec
+                .networks
+                .into_iter()
+                .map(|target| NetworkAttachmentConfig {
+                    aliases: spec.aliases.get(&target).cloned().unwrap_or_default(),
+                    target,
+                })
+                .collect(),
         },
         update_config: api_update_config(&spec.update_config),
         rollback_config: api_update_config(&spec.rollback_config),
@@ -660,7 +629,7 @@ pub const MAX_REPLICAS: u64 = 10_000;
 
 /// A request's replica count: absent is None, anything but an integer from 0 to `MAX_REPLICAS`
 /// an error.
-fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
+pub(super) fn parse_replicas(v: Option<&Replicas>) -> Result<Option<u64>, String> {
     match v.map(Replicas::count).transpose()? {
         Some(n) if n > MAX_REPLICAS => {
             Err(format!("invalid replicas value {n}: a service has at most {MAX_REPLICAS} replicas"))

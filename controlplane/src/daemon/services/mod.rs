@@ -22,12 +22,14 @@ use crate::{
 mod agent;
 mod api;
 mod loadbalancer;
+mod respec;
 mod scheduler;
 mod update;
 
-pub use api::parse_service_port;
+pub use api::{MAX_REPLICAS, parse_service_port};
 pub use loadbalancer::SERVICE_ID_BASE;
 pub use scheduler::{Constraint, node_matches, parse_constraint, pick_node};
+pub use update::parse_duration;
 
 /// What the service loop and the service API share on a node.
 #[derive(Default)]

@@ -124,7 +124,7 @@ impl Daemon {
                 if !alive.contains(&t.node_id) && t.state == TaskState::Running {
                     t.state = TaskState::Orphaned;
                 }
-                // a failed task keeps the agent's cause (a pull error, an exit code) as its ERROR
+                // a failed task keeps the reason its agent recorded (a pull error, an exit code)
                 if t.state != TaskState::Failed || t.message.is_empty() {
                     t.message = r.to_string();
                 }

@@ -286,6 +286,10 @@ mod tests {
             update_config: cfg.clone(),
             rollback_config: cfg,
             force_update: 0,
+            labels: Default::default(),
+            container_labels: Default::default(),
+            aliases: Default::default(),
+            entrypoint: None,
         }
     }
 
@@ -425,6 +429,34 @@ mod tests {
         let mut s = service("app:2", 4, cfg(1, 0, UpdateOrder::StopFirst), 100);
         s.update_status.as_mut().unwrap().state = UpdateState::RollbackStarted;
         assert_eq!(plan(&s, &ts, at(103)).status.unwrap().state, UpdateState::RollbackPaused);
+    }
+
+    #[test]
+    fn what_replaces_tasks() {
+        let base = spec("app:1", 2, UpdateConfig::default());
+        let same = |f: &dyn Fn(&mut ServiceSpec)| {
+            let mut s = base.clone();
+            f(&mut s);
+            assert_ne!(s, base);
+            s.same_tasks(&base)
+        };
+        // what a task runs, where it is attached and placed
+        assert!(!same(&|s| s.image = "app:2".into()));
+        assert!(!same(&|s| s.entrypoint = Some(vec!["sh".into()])));
+        assert!(!same(&|s| s.cmd = vec!["x".into()]));
+        assert!(!same(&|s| s.env = vec!["A=1".into()]));
+        assert!(!same(&|s| s.container_labels = [("k".to_string(), "v".to_string())].into()));
+        assert!(!same(&|s| s.networks.push("n2".into())));
+        assert!(!same(&|s| s.constraints = vec!["node.role==manager".into()]));
+        assert!(!same(&|s| s.force_update = 1));
+        // applied to the running tasks: counts, ports, the service's labels, DNS aliases, settings
+        assert!(same(&|s| s.replicas = 5));
+        assert!(same(&|s| s.labels = [("k".to_string(), "v".to_string())].into()));
+        assert!(same(&|s| s.aliases = [("n1".to_string(), vec!["www".to_string()])].into()));
+        assert!(same(&|s| s.update_config.parallelism = 3));
+        assert!(same(&|s| {
+            s.ports = vec![crate::model::ServicePort { published: 80, target: 80, proto: crate::portspec::Proto::Tcp }]
+        }));
     }
 
     #[test]
