@@ -74,7 +74,10 @@ impl Daemon {
         self.check_ports_free(&ports, &all, &self.other_nodes_host_ports().await?, None)?;
         let mut networks = Vec::new();
         for n in wanted {
-            let net = self.find_network(&n)?;
+            let net = {
+                let _g = self.op.lock().await;
+                self.find_network_or_adopt(&n).await?
+            };
             if self.in_swarm() && net.scope() != Scope::Swarm {
                 return Err(ApiError::bad_request(format!(
                     "network {} cannot be used with services: only overlay networks span the swarm",
@@ -130,6 +133,8 @@ impl Daemon {
             }
             return Err(e);
         }
+        // its name resolves to its VIPs when the command returns
+        self.note_service(&rec.id, Some(&rec)).await;
         self.services.changed.notify_waiters();
         Ok(rec)
     }
@@ -296,6 +301,8 @@ impl Daemon {
         for v in &s.vips {
             let _ = self.release_ip(&v.network_id, v.ip).await;
         }
+        // its name and `tasks.` name go when the command returns
+        self.note_service(&s.id, None).await;
         self.services.changed.notify_waiters();
         Ok(())
     }
