@@ -202,18 +202,27 @@ fn task_states(n: &Node, service: &str) -> Vec<(String, String, String, String)>
 
 /// Acceptance f: `network create --driver overlay X` on n1 followed at once by `service create
 /// --network X` on n2 succeeds every time, and the tasks (spread over the three nodes, so on
-/// nodes whose cluster sync may not have seen X yet) run without a failure. Trials:
+/// nodes whose cluster sync may not have seen X yet) run without a failure; so do `run
+/// --network X` and `network inspect X` on the third node right after the create. Trials:
 /// NETBEE_RACE_TRIALS (50 in `cargo xtask soak`).
 #[test]
 fn an_overlay_is_usable_on_every_node_when_create_returns() -> Result<()> {
     let lab = managers_lab("namesf")?;
-    let (n1, n2) = (lab.node("n1"), lab.node("n2"));
+    let (n1, n2, n3) = (lab.node("n1"), lab.node("n2"), lab.node("n3"));
     let trials = trials(3);
-    let (mut create, mut tasks) = (Misses::default(), Misses::default());
+    let (mut create, mut tasks, mut other) = (Misses::default(), Misses::default(), Misses::default());
     let started = Instant::now();
     for i in 0..trials {
         let (net, svc) = (format!("ov{i}"), format!("s{i}"));
         n1.netbee(&["network", "create", "--driver", "overlay", &net])?;
+        // every few trials the third node is asked first, by a container or an inspect
+        if i % 4 == 1 {
+            let r = n3.netbee(&["run", "-d", "--name", &format!("r{i}"), "--network", &net, "host", "sleep", "600"]);
+            other.check(r.is_ok(), || format!("trial {i}: run --network {net} on n3: {r:?}"));
+        } else if i % 4 == 3 {
+            let r = n3.netbee(&["network", "inspect", &net]);
+            other.check(r.is_ok(), || format!("trial {i}: network inspect {net} on n3: {r:?}"));
+        }
         let r = n2.netbee(&[
             "service",
             "create",
@@ -239,13 +248,15 @@ fn an_overlay_is_usable_on_every_node_when_create_returns() -> Result<()> {
         n2.netbee(&["service", "rm", &svc])?;
     }
     eprintln!(
-        "{trials} trials in {:.1} s: service create failed {} times, tasks failed in {} trials",
+        "{trials} trials in {:.1} s: service create failed {} times, tasks failed in {} trials, n3's run/inspect failed {} times",
         started.elapsed().as_secs_f64(),
         create.count,
-        tasks.count
+        tasks.count,
+        other.count
     );
     assert_eq!(create.count, 0, "service create right after network create: {:?}", create.examples);
     assert_eq!(tasks.count, 0, "tasks: {:?}", tasks.examples);
+    assert_eq!(other.count, 0, "the third node: {:?}", other.examples);
     Ok(())
 }
 

@@ -41,7 +41,7 @@ impl Daemon {
 
     pub async fn network_remove(&self, key: &str) -> ApiResult<()> {
         let _g = self.op.lock().await;
-        let net = self.find_network(key)?;
+        let net = self.find_network_or_adopt(key).await?;
         if PREDEFINED.contains(&net.name.as_str()) {
             return Err(network::predefined_error(&net));
         }
@@ -130,6 +130,15 @@ impl Daemon {
             }
             None => Err(unknown),
         }
+    }
+
+    /// The network `key` names, for `network inspect`: also one this node has not synced yet.
+    pub async fn network_find(&self, key: &str) -> ApiResult<NetworkRecord> {
+        if let Ok(n) = self.find_network(key) {
+            return Ok(n);
+        }
+        let _g = self.op.lock().await;
+        self.find_network_or_adopt(key).await
     }
 
     pub async fn network_connect(&self, key: &str, req: NetworkConnect) -> ApiResult<()> {
