@@ -24,6 +24,11 @@
 //!   its own task, so a slow upstream delays only the queries that wait on it) and
 //!   [`MAX_TCP_CONNECTIONS`] TCP connections; beyond that forwards get SERVFAIL and new
 //!   connections are closed.
+//! - A name this node does not know yet may already exist on another node (a container run there
+//!   a moment ago, whose record reaches this node with the next cluster sync). [`Names::lookup`]
+//!   says so with [`Lookup::Unsettled`], and the query waits, like a forwarded one and within the
+//!   same bound, for [`Names::settle`]: a view of the cluster read after the query came in. The
+//!   name then resolves at once, without the client retrying after a cached NXDOMAIN.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -31,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use futures::future::BoxFuture;
 use hickory_proto::op::{Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
@@ -67,6 +73,9 @@ pub enum Lookup {
     NotFound,
     /// Not a netbee name: forward to the upstream resolvers.
     Forward,
+    /// Not known here yet, but it could be another node's new name: the answer is what
+    /// [`Names::settle`] returns.
+    Unsettled,
 }
 
 /// The daemon's view of names. Called inline on the server's receive path, so it should be
@@ -75,7 +84,15 @@ pub trait Names: Send + Sync + 'static {
     /// `client` is the source address of the query, `local` the gateway address it was sent to,
     /// `name` lower-cased, without the trailing dot.
     fn lookup(&self, client: Ipv4Addr, local: Ipv4Addr, name: &str) -> Lookup;
+
+    /// The answer for a name `lookup` found [`Lookup::Unsettled`], once what the cluster had when
+    /// the query came in is known here (bounded by the implementation; never `Unsettled`).
+    fn settle(self: Arc<Self>, client: Ipv4Addr, local: Ipv4Addr, name: String) -> BoxFuture<'static, Lookup>;
 }
+
+/// How long a query waits for [`Names::settle`] before it is answered SERVFAIL (the client asks
+/// again).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A running server; dropping it stops it (its sockets close once the aborted tasks are gone,
 /// and in-flight forwards and open TCP connections are cut, as they belong to those tasks).
@@ -174,10 +191,13 @@ pub fn answer(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names
 struct Request {
     meta: Metadata,
     query: Query,
+    /// The name to settle first (an [`Lookup::Unsettled`] one), and whom it was asked by.
+    settle: Option<(String, Ipv4Addr, Ipv4Addr)>,
 }
 
 enum Action {
     Reply(Vec<u8>),
+    /// Answered in a task of its own: forwarded upstream, or settled first (`Request::settle`).
     Forward(Request),
     /// Malformed or not a query: no reply (and on TCP, close the connection).
     Ignore,
@@ -207,9 +227,18 @@ fn handle(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names, ma
     };
     let ascii = question.name().to_lowercase().to_ascii();
     let name = ascii.strip_suffix('.').unwrap_or(&ascii);
-    let req = Request { meta: header.metadata, query: question };
-    let built = match names.lookup(client, local, name) {
-        Lookup::Forward => return Action::Forward(req),
+    let mut req = Request { meta: header.metadata, query: question, settle: None };
+    let lookup = names.lookup(client, local, name);
+    if lookup == Lookup::Unsettled {
+        req.settle = Some((name.to_string(), client, local));
+    }
+    respond(req, lookup, max_len)
+}
+
+/// The action for `req` now that its name's lookup is known.
+fn respond(req: Request, lookup: Lookup, max_len: usize) -> Action {
+    let built = match lookup {
+        Lookup::Forward | Lookup::Unsettled => return Action::Forward(req),
         Lookup::NotFound => build(&req.meta, Some(&req.query), ResponseCode::NXDomain, true, &[], max_len),
         Lookup::Found(addrs) => {
             let is_a = req.query.query_class() == DNSClass::IN && req.query.query_type() == RecordType::A;
@@ -221,6 +250,27 @@ fn handle(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names, ma
         Some(r) => Action::Reply(r),
         None => Action::Ignore,
     }
+}
+
+/// The answer to a query `handle` could not answer at once: its name settled first if it asked
+/// that, then forwarded upstream if it is not netbee's. SERVFAIL when neither answers in time.
+async fn answer_later(mut req: Request, query: &[u8], shared: &Shared, tcp: bool, max_len: usize) -> Option<Vec<u8>> {
+    if let Some((name, client, local)) = req.settle.take() {
+        let Ok(lookup) = timeout(SETTLE_TIMEOUT, shared.names.clone().settle(client, local, name)).await else {
+            return servfail(&req, max_len);
+        };
+        match respond(req, lookup, max_len) {
+            Action::Reply(r) => return Some(r),
+            Action::Ignore => return None,
+            Action::Forward(r) => req = r,
+        }
+    }
+    let forwarded = if tcp {
+        forward_tcp(query, req.meta.id, &shared.upstreams).await
+    } else {
+        forward_udp(query, req.meta.id, &shared.upstreams).await
+    };
+    forwarded.or_else(|| servfail(&req, max_len))
 }
 
 /// Builds a response echoing the query's id, opcode, RD and CD (and question, when given),
@@ -326,12 +376,8 @@ async fn udp_loop(sock: Arc<UdpSocket>, local: Ipv4Addr, shared: Arc<Shared>) {
                 let (sock, shared) = (sock.clone(), shared.clone());
                 forwards.spawn(async move {
                     let _permit = permit;
-                    let response = match forward_udp(&query, req.meta.id, &shared.upstreams).await {
-                        Some(r) => r,
-                        None => match servfail(&req, UDP_MAX_RESPONSE) {
-                            Some(r) => r,
-                            None => return,
-                        },
+                    let Some(response) = answer_later(req, &query, &shared, false, UDP_MAX_RESPONSE).await else {
+                        return;
                     };
                     if let Err(e) = sock.send_to(&response, peer).await {
                         debug!(error = %e, %peer, "dns: udp send failed");
@@ -411,11 +457,7 @@ async fn tcp_connection(stream: TcpStream, client: Ipv4Addr, local: Ipv4Addr, sh
                     let (tx, shared) = (tx.clone(), shared.clone());
                     forwards.spawn(async move {
                         let _permit = permit;
-                        let response = match forward_tcp(&msg, req.meta.id, &shared.upstreams).await {
-                            Some(r) => Some(r),
-                            None => servfail(&req, MAX_MESSAGE),
-                        };
-                        if let Some(r) = response {
+                        if let Some(r) = answer_later(req, &msg, &shared, true, MAX_MESSAGE).await {
                             let _ = tx.send(r).await;
                         }
                     });
@@ -533,7 +575,9 @@ mod tests {
     const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
     const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
-    /// "web" has two replicas; "hidden" exists elsewhere; "many" has 100; the rest forwards.
+    /// "web" has two replicas; "hidden" exists elsewhere; "many" has 100; "late" and "late-none"
+    /// are unsettled, settling after 50 ms to web's first replica and to a name to forward; the
+    /// rest forwards.
     #[derive(Default)]
     struct TestNames {
         asked: Mutex<Vec<(Ipv4Addr, Ipv4Addr, String)>>,
@@ -546,8 +590,16 @@ mod tests {
                 "web" | "web.mynet" => Lookup::Found(vec![WEB1, WEB2]),
                 "many" => Lookup::Found((1..=100).map(|i| Ipv4Addr::new(10, 89, 0, i)).collect()),
                 "hidden" => Lookup::NotFound,
+                "late" | "late-none" => Lookup::Unsettled,
                 _ => Lookup::Forward,
             }
+        }
+
+        fn settle(self: Arc<Self>, _: Ipv4Addr, _: Ipv4Addr, name: String) -> BoxFuture<'static, Lookup> {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if name == "late" { Lookup::Found(vec![WEB1]) } else { Lookup::Forward }
+            })
         }
     }
 
@@ -840,6 +892,10 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         let r = udp_ask(addr, &query(101, "hidden.", RecordType::A)).await;
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
 
+        // an unsettled name is answered once it settles, over both transports
+        let r = udp_ask(addr, &query(110, "late.", RecordType::A)).await;
+        assert_eq!((r.metadata.id, a_records(&r)), (110, vec![WEB1]), "late over udp");
+
         // Several queries on one TCP connection; and what UDP truncates, TCP carries.
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let r = tcp_ask(&mut stream, &query(102, "web.", RecordType::A)).await;
@@ -852,6 +908,8 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         assert!(r.metadata.truncation);
         let r = tcp_ask(&mut stream, &query(105, "many.", RecordType::A)).await;
         assert_eq!(a_records(&r).len(), 100);
+        let r = tcp_ask(&mut stream, &query(111, "late.", RecordType::A)).await;
+        assert_eq!((r.metadata.id, a_records(&r)), (111, vec![WEB1]), "late over tcp");
 
         // Garbage over UDP is ignored and the server keeps serving.
         let sock = UdpSocket::bind((LO, 0)).await.unwrap();
@@ -891,6 +949,9 @@ nameserver 127.0.0.53 # systemd-resolved\n";
         // The same connection still answers local names.
         let r = tcp_ask(&mut stream, &query(202, "web.", RecordType::A)).await;
         assert_eq!(a_records(&r), vec![WEB1, WEB2]);
+        // an unsettled name that settles as not netbee's is forwarded
+        let r = udp_ask(addr, &query(203, "late-none.", RecordType::A)).await;
+        assert_eq!((r.metadata.id, a_records(&r)), (203, vec![UPSTREAM_ANSWER]), "late-none forwarded");
     }
 
     #[tokio::test]

@@ -269,6 +269,11 @@ fn soak() -> Result<()> {
         .args(["--", "--nocapture", "--test-threads=1"])
         .env("NETBEE_BIN", netbee_bin())
         .env("NETBEE_RACE_TRIALS", "20"))?;
+    // names resolvable when the command returns, overlays usable on every node at once: 50 trials
+    run(cargo()
+        .args(["test", "--release", "-p", "netbee-tests", "--test", "names", "--", "--nocapture", "--test-threads=1"])
+        .env("NETBEE_BIN", netbee_bin())
+        .env("NETBEE_RACE_TRIALS", "50"))?;
     // the leader's node lost under load, three times
     for _ in 0..3 {
         run(cargo()

@@ -110,7 +110,7 @@ impl Daemon {
                 (if network == "host" { NetworkMode::Host } else { NetworkMode::None }, vec![])
             }
             key => {
-                let net = self.find_network(key)?;
+                let net = self.find_network_or_adopt(key).await?;
                 if !net.carries_containers() {
                     return Err(ApiError::bad_request(format!("network {} cannot take containers", net.name)));
                 }
@@ -206,6 +206,8 @@ impl Daemon {
                 let d = self.clone();
                 let (id, shim) = (c.id.clone(), c.state.shim_pid);
                 tokio::spawn(async move { d.watch(id, shim).await });
+                // its names resolve when `run` returns, not at the next pass of a loop
+                self.refresh_names().await;
                 Ok(())
             }
             Err(e) => {
@@ -375,6 +377,7 @@ impl Daemon {
             self.store.delete::<ContainerRecord>(&c.id)?;
             let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         }
+        self.refresh_names().await;
         Ok(())
     }
 
@@ -502,6 +505,7 @@ impl Daemon {
         if let Some(mut c) = self.store.get::<ContainerRecord>(&c.id)? {
             self.teardown(&mut c).await;
             self.store.delete::<ContainerRecord>(&c.id)?;
+            self.refresh_names().await;
         }
         let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         Ok(())

@@ -6,7 +6,7 @@ use anyhow::Result;
 
 use super::Daemon;
 use crate::{
-    api::{ApiError, ApiResult, Ipam, IpamConfig, Network, NetworkConnect, NetworkContainer, NetworkCreate},
+    api::{ApiError, ApiResult, ErrorKind, Ipam, IpamConfig, Network, NetworkConnect, NetworkContainer, NetworkCreate},
     model::{Attachment, ContainerRecord, Endpoint, NetworkRecord, Status, mac_for_ip, mac_string},
     names,
     network::{self, Attach, PREDEFINED},
@@ -41,7 +41,7 @@ impl Daemon {
 
     pub async fn network_remove(&self, key: &str) -> ApiResult<()> {
         let _g = self.op.lock().await;
-        let net = self.find_network(key)?;
+        let net = self.find_network_or_adopt(key).await?;
         if PREDEFINED.contains(&net.name.as_str()) {
             return Err(network::predefined_error(&net));
         }
@@ -55,6 +55,8 @@ impl Daemon {
         network::refuse_in_use(&net, &users)?;
         net.driver().remove(&self.net_cx(), &net).await?;
         self.refresh_node_addrs().await?;
+        // its DNS server goes with its gateway
+        self.refresh_names().await;
         Ok(())
     }
 
@@ -107,9 +109,41 @@ impl Daemon {
         })
     }
 
+    /// `find_network`, and when this node does not know the network yet, the swarm's overlay of
+    /// that name or id as etcd has it now, set up here at once: `network create` returns on one
+    /// manager before the other nodes' cluster sync has seen the overlay (etcd is the truth), and
+    /// a command or a task given it right after must not fail with "not found". The caller holds
+    /// the operation lock (adopting sets the network up in the kernel).
+    pub(super) async fn find_network_or_adopt(&self, key: &str) -> ApiResult<NetworkRecord> {
+        let unknown = match self.find_network(key) {
+            Ok(n) => return Ok(n),
+            Err(e) => e,
+        };
+        if unknown.kind != ErrorKind::NotFound || !self.in_swarm() {
+            return Err(unknown);
+        }
+        match network::adopt_swarm_network(&self.net_cx(), key).await? {
+            Some(n) => {
+                // published ports answer on its gateway too, as after `network create`
+                self.refresh_node_addrs().await?;
+                Ok(n)
+            }
+            None => Err(unknown),
+        }
+    }
+
+    /// The network `key` names, for `network inspect`: also one this node has not synced yet.
+    pub async fn network_find(&self, key: &str) -> ApiResult<NetworkRecord> {
+        if let Ok(n) = self.find_network(key) {
+            return Ok(n);
+        }
+        let _g = self.op.lock().await;
+        self.find_network_or_adopt(key).await
+    }
+
     pub async fn network_connect(&self, key: &str, req: NetworkConnect) -> ApiResult<()> {
         let _g = self.op.lock().await;
-        let net = self.find_network(key)?;
+        let net = self.find_network_or_adopt(key).await?;
         if !net.carries_containers() {
             return Err(ApiError::bad_request(format!(
                 "container cannot be disconnected from or connected to network {} ({} driver)",
@@ -149,6 +183,7 @@ impl Daemon {
         }
         c.attachments.push(att);
         self.put_container(&c)?;
+        self.refresh_names().await;
         Ok(())
     }
 
@@ -168,6 +203,7 @@ impl Daemon {
         }
         c.attachments.retain(|a| a.network_id != net.id);
         self.put_container(&c)?;
+        self.refresh_names().await;
         Ok(())
     }
 

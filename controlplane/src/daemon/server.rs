@@ -157,7 +157,7 @@ async fn network_create(State(d): D, Body(req): Body<NetworkCreateRequest>) -> A
 }
 
 async fn network_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Network>> {
-    let n = d.find_network(&id)?;
+    let n = d.network_find(&id).await?;
     Ok(Json(d.network_inspect(&n)?))
 }
 

@@ -17,10 +17,11 @@ use serde_json::{Value, json};
 
 use super::{Attach, Context, NetworkDriver, Scope, kernel};
 use crate::{
-    api::{ApiError, ApiResult, NetworkCreate},
+    api::{ApiError, ApiResult, ErrorKind, NetworkCreate},
     cluster::{self, ClusterState, etcd::Etcd},
     datapath::ip_be,
     ipam::{self, Allocator},
+    lookup,
     model::{CachedOverlay, ContainerRecord, Endpoint, Membership, NetworkRecord, NodeRecord, RemoteEndpoint, Role, Status},
     names,
     store::Store,
@@ -240,6 +241,11 @@ impl ClusterView {
             endpoints: etcd.list(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect(),
         })
     }
+
+    /// Every overlay endpoint of the swarm, this node's included.
+    pub fn endpoints(&self) -> &[RemoteEndpoint] {
+        &self.endpoints
+    }
 }
 
 /// Makes this node's overlays and remote endpoints match the cluster view, and re-registers the
@@ -285,11 +291,17 @@ pub async fn sync_cluster_view(cx: &Context<'_>, view: &ClusterView, containers:
     cx.dp.lock().unwrap().sync_remote_endpoints(&remote)
 }
 
-/// The swarm's overlay called `name` as etcd has it now, made known and set up on this node
-/// (its cluster sync may not have caught up yet); None if there is none.
-pub async fn adopt_swarm_network(cx: &Context<'_>, name: &str) -> Result<Option<NetworkRecord>> {
-    let (c, _) = member(cx).map_err(|e| anyhow!("{e}"))?;
-    let found = c.etcd.list::<NetworkRecord>(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).find(|n| n.name == name);
+/// The swarm's overlay that `key` names (its name, id or a unique id prefix) as etcd has it now,
+/// made known and set up on this node (its cluster sync may not have caught up yet); None if
+/// there is none.
+pub async fn adopt_swarm_network(cx: &Context<'_>, key: &str) -> ApiResult<Option<NetworkRecord>> {
+    let (c, _) = member(cx)?;
+    let overlays: Vec<NetworkRecord> = c.etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect();
+    let found = match lookup::find(&overlays, key) {
+        Ok(n) => Some(n.clone()),
+        Err(e) if e.kind == ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
     if let Some(n) = &found {
         c.overlay_changes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         cx.store.put(&CachedOverlay(n.clone()))?;

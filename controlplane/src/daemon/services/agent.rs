@@ -70,7 +70,10 @@ impl Daemon {
                             }
                         }
                         t.updated = Utc::now();
+                        // `tasks.S` lists it by the time anyone reads Running (see `note_task`)
+                        self.note_task(&t).await;
                         self.shared().put(&t).await?;
+                        self.note_task(&t).await;
                     }
                     (TaskState::Running | TaskState::Starting, Some(c)) if c.state.status != Status::Running => {
                         t.state = TaskState::Failed;

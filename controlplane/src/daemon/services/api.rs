@@ -100,6 +100,8 @@ impl Daemon {
             }
             return Err(e);
         }
+        // its name resolves to its VIPs when the command returns
+        self.note_service(&rec.id, Some(&rec)).await;
         self.services.changed.notify_waiters();
         Ok(rec)
     }
@@ -264,6 +266,8 @@ impl Daemon {
             let _ = self.release_ip(&v.network_id, v.ip).await;
         }
         committed?;
+        // names on added networks resolve, and on removed ones go, when the command returns
+        self.note_service(&s.id, Some(&s)).await;
         self.services.changed.notify_waiters();
         Ok(s)
     }
@@ -354,7 +358,10 @@ impl Daemon {
             spec.aliases.remove(&id);
         }
         for n in &req.network_add {
-            let net = self.find_network(n)?;
+            let net = {
+                let _g = self.op.lock().await;
+                self.find_network_or_adopt(n).await?
+            };
             self.check_service_network(&net)?;
             if spec.networks.contains(&net.id) {
                 return Err(ApiError::bad_request(format!(
@@ -391,6 +398,8 @@ impl Daemon {
         for v in s.vips.iter().chain(&s.retained_vips) {
             let _ = self.release_ip(&v.network_id, v.ip).await;
         }
+        // its name and `tasks.` name go when the command returns
+        self.note_service(&s.id, None).await;
         self.services.changed.notify_waiters();
         Ok(())
     }

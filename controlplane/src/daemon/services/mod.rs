@@ -122,6 +122,8 @@ impl Daemon {
 
     pub(in crate::daemon) async fn service_pass(self: &Arc<Self>) -> Result<scheduler::Pending> {
         let mut pending = false;
+        // before the services and tasks are read: the DNS keeps what this node changed since
+        let read_at = std::time::Instant::now();
         if self.in_swarm()
             || !self.store.list::<ServiceRecord>()?.is_empty()
             || !self.store.list::<TaskRecord>()?.is_empty()
@@ -140,10 +142,10 @@ impl Daemon {
             pending |= self.run_my_tasks(&services).await?;
             let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
             self.program_services(&services, &tasks, &alive, &nodes)?;
-            self.update_dns(&services, &tasks).await;
+            self.update_dns(read_at, &services, &tasks).await;
         } else {
             self.program_services(&[], &[], &HashSet::new(), &[])?;
-            self.update_dns(&[], &[]).await;
+            self.update_dns(read_at, &[], &[]).await;
         }
         Ok(pending)
     }

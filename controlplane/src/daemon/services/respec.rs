@@ -86,7 +86,10 @@ impl Daemon {
     pub(super) async fn service_networks(&self, wanted: Vec<String>) -> ApiResult<Vec<String>> {
         let mut networks: Vec<String> = Vec::new();
         for n in wanted {
-            let net = self.find_network(&n)?;
+            let net = {
+                let _g = self.op.lock().await;
+                self.find_network_or_adopt(&n).await?
+            };
             self.check_service_network(&net)?;
             if !networks.contains(&net.id) {
                 networks.push(net.id);
@@ -145,8 +148,9 @@ impl Daemon {
     /// Resolves a request's networks and aliases (see [`checked_spec`]) into `spec`.
     pub(super) async fn attach_networks(&self, spec: &mut ServiceSpec, wanted: WantedNetworks) -> ApiResult<()> {
         let (networks, aliases) = wanted;
+        // networks first: one this node has not synced yet is adopted, and aliases then find it
+        spec.networks = self.service_networks(networks.clone()).await?;
         spec.aliases = self.service_aliases(&networks, aliases)?;
-        spec.networks = self.service_networks(networks).await?;
         Ok(())
     }
 

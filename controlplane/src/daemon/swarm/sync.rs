@@ -2,7 +2,7 @@
 //! peers from etcd, re-applied whole on every change and every few seconds.
 use std::{
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Result, anyhow};
@@ -14,7 +14,7 @@ use crate::{
     cluster,
     daemon::Daemon,
     datapath,
-    model::{Liveness, NodeRecord},
+    model::{Liveness, NodeRecord, ServiceRecord, TaskRecord},
     network,
 };
 
@@ -38,6 +38,8 @@ impl Daemon {
                         },
                         _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                         _ = c.sync_now.notified() => {}
+                        // a DNS query waits for a name another node may have made
+                        _ = self.dns.names.sync_wanted.notified() => {}
                     }
                     self.full_sync().await?;
                 }
@@ -52,11 +54,13 @@ impl Daemon {
         }
     }
 
-    /// Makes the node's overlay networks, remote endpoints and native-mesh peers match etcd.
+    /// Makes the node's overlay networks, remote endpoints, native-mesh peers and DNS names match
+    /// etcd.
     pub(in crate::daemon) async fn full_sync(&self) -> Result<()> {
         let c = self.cluster.as_ref().expect("cluster");
-        loop {
+        let view = loop {
             let changes = c.overlay_changes.load(Ordering::SeqCst);
+            let read_at = Instant::now();
             let view = network::ClusterView::read(&c.etcd).await?;
             let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
             let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
@@ -67,8 +71,15 @@ impl Daemon {
             }
             network::sync_cluster_view(&self.net_cx(), &view, &self.containers()?).await?;
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
-            break;
-        }
+            break (read_at, view);
+        };
+        // this watch sees every change of another node's tasks and containers first: their names
+        // follow at once (once the datapath reaches them), not at the service loop's next pass
+        let (read_at, view) = view;
+        let services: Vec<ServiceRecord> = self.shared().list().await?;
+        let tasks: Vec<TaskRecord> = self.shared().list().await?;
+        self.dns_sources_from_cluster(read_at, view.endpoints(), &services, &tasks).await;
+        self.dns.names.synced();
         self.write_host_ports(None).await;
         self.refresh_node_addrs().await
     }
