@@ -27,7 +27,7 @@ use netbee_abi::{
     drop_reason, stat,
 };
 
-const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
+pub(crate) const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
 
 pub const TC_PROGRAMS: [&str; 4] = ["tc_from_container", "tc_uplink_ingress", "tc_uplink_egress", "tc_overlay_ingress"];
 pub const SOCK_PROGRAMS: [&str; 4] = ["sock_connect4", "sock_sendmsg4", "sock_recvmsg4", "sock_getpeername4"];

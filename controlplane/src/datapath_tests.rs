@@ -538,3 +538,23 @@ fn per_packet_cost_of_the_published_port_path() {
         median(established)
     );
 }
+
+/// The round-robin cursor is advanced with BPF's atomic fetch-and-add (ISA v3: opcode 0xdb =
+/// STX|ATOMIC|DW, imm 0x01 = ADD|FETCH), not a load and a store two CPUs can interleave; the
+/// instruction is written out in `mem::fetch_add` because the compiler will not emit it for this
+/// target, so check that it is really in the object.
+#[test]
+fn the_round_robin_cursor_is_an_atomic_fetch_and_add() {
+    use object::{Object as _, ObjectSection as _, SectionKind};
+    let file = object::File::parse(crate::datapath::OBJECT).expect("the eBPF object parses");
+    let with_fetch_add: Vec<String> = file
+        .sections()
+        .filter(|s| s.kind() == SectionKind::Text)
+        .filter(|s| {
+            s.data().unwrap_or_default().chunks_exact(8).any(|insn| insn[0] == 0xdb && insn[4..8] == [1, 0, 0, 0])
+        })
+        .map(|s| s.name().unwrap_or("?").to_string())
+        .collect();
+    // backends are chosen in the socket programs and on the container and uplink TC paths
+    assert!(with_fetch_add.len() >= 2, "atomic_fetch_add (0xdb, imm 1) found only in sections {with_fetch_add:?}");
+}

@@ -4,9 +4,9 @@
 //! field says otherwise.
 #![no_std]
 
-/// Bumped whenever a pinned map changes layout; the loader pins maps under `maps-v<VERSION>` so an
+/// Bumped whenever a pinned map changes layout (3: RR cursors are u64); the loader pins maps under `maps-v<VERSION>` so an
 /// upgrade never reinterprets an old map with a new layout (Cilium PR #10289).
-pub const MAP_VERSION: u32 = 2;
+pub const MAP_VERSION: u32 = 3;
 
 pub const MAX_ENDPOINTS: u32 = 65536;
 pub const MAX_NETWORKS: u32 = 4096;

@@ -1,10 +1,9 @@
 //! Service load balancing: frontend lookup, round-robin backend choice, and a connection's first
 //! packet (backend chosen, both conntrack entries created, destination translated). The cursor is one
 //! counter per service shared by all CPUs, so sequential new connections visit backends in a
-//! strict rotation whichever CPU they land on (a per-CPU cursor would not). It is advanced with a
-//! plain read-modify-write: an atomic fetch-add needs BPF ISA v3, which aya-build 0.2.0 gives no
-//! way to select; two CPUs racing on the same nanosecond may pick the same backend once, which
-//! shifts the rotation but not the shares.
+//! strict rotation whichever CPU they land on (a per-CPU cursor would not). It is advanced with an
+//! atomic fetch-and-add (`mem::fetch_add`), so two CPUs choosing at the same
+//! moment still take consecutive slots: docker's strict order holds under concurrency.
 use aya_ebpf::programs::TcContext;
 use netbee_abi::{Backend, BackendKey, CtKey, FrontendKey, Service, ct_flags, drop_reason, stat, svc_flags};
 
@@ -12,7 +11,7 @@ use crate::{
     conntrack,
     deliver::{Via, to_backend},
     maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS, count},
-    nat,
+    mem, nat,
     packet::{EthHdr, Ip4, L4},
     verdict::drop,
 };
@@ -52,9 +51,10 @@ pub fn select_backend(svc: &Service) -> Option<Backend> {
         return None;
     }
     let cursor = RR.get_ptr_mut(svc.id)?;
-    let n = unsafe { *cursor };
-    unsafe { *cursor = n.wrapping_add(1) };
-    let slot = n % svc.count + 1;
+    // SAFETY: a value pointer of the RR array, valid for the whole program run
+    let n = unsafe { mem::fetch_add(cursor) };
+    // u64 % u32 fits u32
+    let slot = (n % u64::from(svc.count)) as u32 + 1;
     unsafe { BACKENDS.get(BackendKey { service: svc.id, slot }) }.copied()
 }
 

@@ -15,8 +15,10 @@
 //! - `fib`: FIB lookups
 //! - `arp`: the ARP responder
 //! - `maps`: every map, counters, configuration
-//! - `mem`: zero-fill and copies without memset/memmove calls
+//! - `mem`: zero-fill and copies without memset/memmove calls, the one atomic add
 #![no_std]
+// mem::fetch_add's one instruction (see there)
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod arp;
 mod conntrack;

@@ -43,9 +43,9 @@ pub static VIPS: HashMap<u32, u32> = HashMap::pinned(MAX_FRONTENDS, 0);
 pub static FRONTENDS: HashMap<FrontendKey, Service> = HashMap::pinned(MAX_FRONTENDS, 0);
 #[map]
 pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_SLOTS, 0);
-/// Round-robin cursor per service id.
+/// Round-robin cursor per service id (u64: the atomic fetch-and-add is a 64-bit one, see mem.rs).
 #[map]
-pub static RR: Array<u32> = Array::pinned(MAX_SERVICES, 0);
+pub static RR: Array<u64> = Array::pinned(MAX_SERVICES, 0);
 
 #[map]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_DEFAULT_SIZE, 0);

@@ -8,6 +8,8 @@
 //!   no longer prove the two apart).
 //!
 //! Volatile word accesses keep LLVM from turning either back into the call.
+//!
+//! And the datapath's one atomic read-modify-write, [`fetch_add`].
 use core::mem::{MaybeUninit, align_of, size_of};
 
 /// Zeroes `slot` in place and returns it initialized. `T` must be a plain-old-data helper
@@ -42,5 +44,40 @@ pub unsafe fn copy_to<T: Copy>(dst: *mut T, src: &T) {
         // SAFETY: i < size_of::<T>() / 8 keeps both accesses inside their 8-aligned `T`s
         unsafe { d.add(i).write_volatile(s.add(i).read()) };
         i += 1;
+    }
+}
+
+/// Adds 1 to `*counter` atomically and returns the value before: every CPU sees each value once.
+///
+/// On BPF this is the ISA v3 instruction `atomic_fetch_add` (kernel 5.12+), written out because
+/// the compiler cannot be asked for it: the target spec has no compare-and-swap, so core's atomic
+/// types have no `fetch_add` there, and generating the whole object for `-C target-cpu=v3` (whose
+/// code generation would emit it) makes code the verifier rejects (a register read before it
+/// is written, seen with the nightly of 2026-05) and is not selectable through aya-build 0.2.0.
+///
+/// # Safety
+/// `counter` must be valid for reads and writes of a u64 (a map value pointer from a lookup),
+/// 8-byte aligned.
+#[inline(always)]
+pub unsafe fn fetch_add(counter: *mut u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut v: u64 = 1;
+        // SAFETY: the caller's contract; the instruction touches only *counter and `v`'s register
+        unsafe {
+            core::arch::asm!(
+                "{v} = atomic_fetch_add((u64 *)({p} + 0), {v})",
+                p = in(reg) counter,
+                v = inout(reg) v,
+                options(nostack),
+            )
+        };
+        v
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        // host builds (clippy, docs) only
+        // SAFETY: the caller's contract; the value is only ever accessed atomically
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(counter) }.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
     }
 }

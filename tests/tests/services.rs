@@ -673,3 +673,53 @@ fn leader_cut_off_and_back_leaves_no_duplicate_tasks() -> Result<()> {
     assert_eq!(n2.service_replicas("web"), "6/6");
     Ok(())
 }
+
+/// Strict round robin holds when new connections are chosen on both CPUs at once: the cursor is
+/// one atomic fetch-and-add per frontend (a plain read-modify-write let two CPUs take the same
+/// slot, shifting the shares).
+///
+/// ```text
+///   x1: client on CPU 0 --1000 new connections-->  n1:8080 (uplink, eBPF on CPU 0) --+
+///   x1: client on CPU 1 --1000 new connections-->  n1:8080 (uplink, eBPF on CPU 1) --+--> 5 tasks
+/// ```
+/// 2,000 consecutive cursor values give every slot exactly 400, whatever the interleaving, so
+/// each task must answer exactly 400 (the issue asked 400 ± 1; the plain read-modify-write gave
+/// 399/401 in one of two runs here).
+#[test]
+fn round_robin_stays_strict_with_clients_on_both_cpus() -> Result<()> {
+    let mut lab = Lab::new("svcrr")?;
+    lab.add_node("n1")?;
+    lab.add_external("x1")?;
+    let n = lab.node("n1");
+    n.start_daemon()?;
+    create_service(n, "rr", &["--replicas", "5", "--publish", "8080:8080"])?;
+    wait_replicas(n, "rr", "5/5")?;
+    let addr = std::net::SocketAddr::from((n.addr(), 8080));
+    let cpus = std::thread::available_parallelism().map_or(1, |c| c.get());
+    assert!(cpus >= 2, "this test needs two CPUs to race on; the machine has {cpus}");
+    let x = lab.external("x1");
+    let clients: Vec<std::thread::JoinHandle<Result<Vec<String>>>> = (0..2)
+        .map(|cpu| {
+            let path = format!("/run/netns/{}", x.name());
+            std::thread::spawn(move || -> Result<Vec<String>> {
+                let f = std::fs::File::open(&path)?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                // the SYN's datapath runs on the sending CPU (veth transmit): pin each client
+                let mut set = nix::sched::CpuSet::new();
+                set.set(cpu)?;
+                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)?;
+                (0..1000).map(|_| http_hostname(addr)).collect()
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for c in clients {
+        for h in c.join().map_err(|_| anyhow!("client panicked"))?? {
+            *counts.entry(h).or_default() += 1;
+        }
+    }
+    assert_eq!(counts.len(), 5, "answering tasks: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 2000);
+    assert!(counts.values().all(|c| *c == 400), "each task must answer 400 of the 2,000: {counts:?}");
+    Ok(())
+}
