@@ -279,3 +279,60 @@ fn update_bad_input_changes_nothing() -> Result<()> {
     assert_eq!(n.netbee(&["service", "ls", "-q"])?.lines().count(), 1);
     Ok(())
 }
+
+/// The other `service update` changes, each seen where it acts: `--publish-add` makes a port
+/// answer from outside and `--publish-rm` stops it; `--env-add/--env-rm` reach the tasks'
+/// environment (read back from a task's process); `--replicas` scales; `service logs` merges the
+/// tasks' lines, each after its task's name.
+#[test]
+fn update_ports_env_and_replicas_and_service_logs() -> Result<()> {
+    let lab = netbee_lab::single_node_lab("updmore", &[])?;
+    let n = lab.node("n1");
+    let x1 = lab.external("x1");
+    let bin = netbee_lab::netbee_bin();
+    let whoami = ["host", bin.to_str().unwrap(), "whoami", "--port", "8080"];
+    let mut args = vec!["service", "create", "--name", "web", "--replicas", "2", "-p", "8080:8080"];
+    args.extend_from_slice(&whoami);
+    n.netbee(&args)?;
+    let answers = |port: u16| x1.sh(&format!("curl -s -m 2 http://{}:{port}/", n.addr())).unwrap_or_default();
+    assert!(answers(8080).contains("Hostname: "), "8080 answers before the update");
+    n.netbee(&["service", "update", "--publish-add", "9090:8080", "web"])?;
+    assert!(answers(9090).contains("Hostname: "), "9090 answers once --publish-add returns");
+    n.netbee(&["service", "update", "--publish-rm", "8080", "web"])?;
+    assert!(!answers(8080).contains("Hostname: "), "8080 still answers after --publish-rm");
+    assert!(answers(9090).contains("Hostname: "), "9090 stopped answering after removing 8080");
+
+    n.netbee(&["service", "update", "--env-add", "GREETING=hello", "web"])?;
+    // GREETING as a process in each running task container sees it
+    let env_of_tasks = |n: &Node| -> Result<Vec<String>> {
+        n.netbee(&["ps", "--format", "json"])?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|v| v["Names"].as_str().map(str::to_string))
+            .filter(|c| c.starts_with("web."))
+            .map(|c| Ok(n.exec(&c, &["sh", "-c", "echo \"[$GREETING]\""])?.trim().to_string()))
+            .collect()
+    };
+    assert_eq!(env_of_tasks(n)?, vec!["[hello]"; 2]);
+    n.netbee(&["service", "update", "--env-rm", "GREETING", "web"])?;
+    assert_eq!(env_of_tasks(n)?, vec!["[]"; 2]);
+
+    n.netbee(&["service", "update", "--replicas", "3", "web"])?;
+    assert_eq!(n.service_replicas("web"), "3/3");
+    assert_eq!(inspect(n, "web")?["Spec"]["Mode"]["Replicated"]["Replicas"], 3);
+
+    // every running task's name heads its own lines (whoami logs each request it answers)
+    for _ in 0..6 {
+        answers(9090);
+    }
+    let logs = n.netbee(&["service", "logs", "web"])?;
+    let running: Vec<(String, String)> = n.service_running_tasks("web")?;
+    assert_eq!(running.len(), 3, "{running:?}");
+    for (task, _) in &running {
+        assert!(
+            logs.lines().any(|l| l.starts_with(&format!("{task}.")) && l.contains("| http from ")),
+            "no line of {task} in the service's logs:\n{logs}"
+        );
+    }
+    Ok(())
+}
