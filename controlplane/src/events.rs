@@ -35,7 +35,9 @@ impl EventFilter {
         for (k, vals) in v {
             let vals: Vec<String> = match vals {
                 serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
-                serde_json::Value::Object(o) => o.into_iter().filter(|(_, on)| on == &true).map(|(x, _)| x).collect(),
+                serde_json::Value::Object(o) => {
+                    o.into_iter().filter(|(_, on)| on.as_bool() == Some(true)).map(|(x, _)| x).collect()
+                }
                 _ => bail!("invalid filters {s:?}: {k} takes a list of values"),
             };
             args.extend(vals.into_iter().map(|x| format!("{k}={x}")));

@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn monitor_event_has_no_implicit_padding() {
         // the kernel writes it, userspace reads it as bytes: every byte is a declared field
-        assert_eq!(core::mem::size_of::<MonitorEvent>(), 56);
+        assert_eq!(size_of::<MonitorEvent>(), 56);
     }
 
     #[test]

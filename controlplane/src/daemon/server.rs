@@ -330,26 +330,25 @@ async fn events(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response>
     let (past, rx) = d.events.subscribe(since.and_then(|t| t.timestamp_nanos_opt()));
     let past = futures::stream::iter(past);
     let live = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(e) => return Some((e, rx)),
-                // a reader this slow misses some: said in a record of its own kind
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let lost = crate::api::EventMessage {
-                        typ: "daemon".into(),
-                        action: "events-lost".into(),
-                        actor: crate::api::EventActor {
-                            id: String::new(),
-                            attributes: [("count".to_string(), n.to_string())].into(),
-                        },
-                        scope: "local".into(),
-                        time: chrono::Utc::now().timestamp(),
-                        time_nano: chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default(),
-                    };
-                    return Some((Arc::new(lost), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(e) => Some((e, rx)),
+            // a reader this slow misses some: said in a record of its own kind
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let now = chrono::Utc::now();
+                let lost = crate::api::EventMessage {
+                    typ: "daemon".into(),
+                    action: "events-lost".into(),
+                    actor: crate::api::EventActor {
+                        id: String::new(),
+                        attributes: [("count".to_string(), n.to_string())].into(),
+                    },
+                    scope: "local".into(),
+                    time: now.timestamp(),
+                    time_nano: now.timestamp_nanos_opt().unwrap_or_default(),
+                };
+                Some((Arc::new(lost), rx))
             }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
         }
     });
     use futures::StreamExt as _;
