@@ -64,6 +64,19 @@ impl Stream {
         Ok(Stream { child, lines })
     }
 
+    /// The first line within `timeout` that `want` accepts.
+    fn find_line(&self, timeout: Duration, want: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) if want(&l) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    }
+
     /// The first JSON record within `timeout` that `want` accepts.
     fn find_json(&self, timeout: Duration, mut want: impl FnMut(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
@@ -115,7 +128,14 @@ fn drops_and_mesh_decisions_are_reported() -> Result<()> {
     n.netbee(&["run", "-d", "--name", "b1", "--network", "back", "host", "sleep", "600"])?;
     let (a1, b1) = (n.container_ip("a1", "front")?, n.container_ip("b1", "back")?);
 
+    // what the user gets wrong is refused before anything attaches
+    let e = n.netbee_refused(&["monitor", "--type", "trace"]);
+    assert!(e.contains("\"trace\"") && e.contains("not implemented"), "{e}");
+    let e = n.netbee_refused(&["monitor", "--container", "nosuch"]);
+    assert!(e.contains("No such container: nosuch"), "{e}");
+
     let drops = Stream::spawn(n, &["monitor", "--type", "drop", "--json"])?;
+    let text = Stream::spawn(n, &["monitor", "--container", "a1"])?;
     // the monitor attaches while its request is answered: a probe sent before that is not
     // reported, so each probe has its own source port and gets its own second
     let mut found = None;
@@ -134,12 +154,15 @@ fn drops_and_mesh_decisions_are_reported() -> Result<()> {
         let ev = drops.find_json(Duration::from_secs(3), |v| v["src"] == src.as_str());
         let (received, took) = (chrono::Utc::now(), sent.elapsed());
         let _ = probe.wait();
-        if let Some(ev) = ev {
-            found = Some((ev, received, took, src));
+        // the text monitor attaches on its own request: both must have seen the same probe
+        let line = text.find_line(Duration::from_secs(1), |l| l.contains(&src));
+        if let (Some(ev), Some(line)) = (ev, line) {
+            found = Some((ev, line, received, took, src));
             break;
         }
     }
-    let (ev, received, took, src) = found.ok_or_else(|| anyhow!("no drop event for five probes from a1 to b1"))?;
+    let (ev, line, received, took, src) =
+        found.ok_or_else(|| anyhow!("no drop event for five probes from a1 to b1"))?;
     // from the datapath's drop (the event's time) to the line the monitor printed
     let dropped_at = chrono::DateTime::parse_from_rfc3339(ev["time"].as_str().unwrap_or_default())?;
     let latency = (received - dropped_at.with_timezone(&chrono::Utc)).to_std().unwrap_or_default();
@@ -151,7 +174,9 @@ fn drops_and_mesh_decisions_are_reported() -> Result<()> {
     assert_eq!(ev["container"], "a1", "the sender's interface is named by its container: {ev}");
     assert_eq!(ev["dst_name"], "b1", "{ev}");
     assert!(latency < Duration::from_secs(1), "the drop took {latency:?} to be printed");
-    drop(drops);
+    let iface = ev["interface"].as_str().unwrap_or_default();
+    assert_eq!(line, format!("xx drop (cross-network) flow {src} (a1) -> {b1}:8080 (b1) tcp on {iface} (ct a1)"));
+    drop((drops, text));
 
     // the routing mesh: a published service port from an external client
     let bin = netbee_bin();
