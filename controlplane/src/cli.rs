@@ -137,6 +137,34 @@ enum Cmd {
     /// Inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DatapathCmd),
+    /// Stream the datapath's drops and load-balancing decisions as they happen.
+    Monitor {
+        /// Only this kind of event: drop or lb (default: both).
+        #[arg(short = 't', long = "type")]
+        kind: Option<String>,
+        /// Only events of this container (name or ID): its packets, or its being a backend.
+        #[arg(long)]
+        container: Option<String>,
+        /// Only events of this service: its frontends, or its tasks' packets.
+        #[arg(long)]
+        service: Option<String>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream the daemon's events (containers, networks, services, nodes).
+    Events {
+        /// Show the events kept since this time too (Unix seconds, RFC 3339, or a duration
+        /// such as 10m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Filter output (type=, event=, container=, network=, service=, node=); repeatable.
+        #[arg(short = 'f', long = "filter")]
+        filter: Vec<String>,
+        /// Output format: json for one JSON object per line.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Manage images.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -965,6 +993,44 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                     }
                     print!("{}", humanize::format_table(&["KIND", "NAME", "VALUE"], &rows));
                 }
+                Ok(0)
+            }
+            Cmd::Monitor { kind, container, service, json } => {
+                crate::monitor::kinds_mask(kind.as_deref())?;
+                let mut q = Vec::new();
+                for (k, v) in [("type", &kind), ("container", &container), ("service", &service)] {
+                    if let Some(v) = v {
+                        q.push(format!("{k}={}", enc(v)));
+                    }
+                }
+                c.stream(&format!("/datapath/monitor?{}", q.join("&")), |r: api::MonitorRecord| {
+                    if json {
+                        println!("{}", line(&r)?);
+                    } else {
+                        println!("{}", crate::monitor::text_line(&r));
+                    }
+                    Ok(true)
+                })
+                .await?;
+                Ok(0)
+            }
+            Cmd::Events { since, filter, format } => {
+                let as_json = json_only(&format)?;
+                let f = crate::events::EventFilter::parse(&filter)?;
+                let mut q = vec![format!("filters={}", enc(&f.to_json()))];
+                if let Some(s) = &since {
+                    crate::events::parse_time(s, chrono::Utc::now())?;
+                    q.push(format!("since={}", enc(s)));
+                }
+                c.stream(&format!("/events?{}", q.join("&")), |e: api::EventMessage| {
+                    if as_json {
+                        println!("{}", line(&e)?);
+                    } else {
+                        println!("{}", crate::events::text_line(&e));
+                    }
+                    Ok(true)
+                })
+                .await?;
                 Ok(0)
             }
             Cmd::Daemon(_) | Cmd::Whoami { .. } | Cmd::Shim { .. } | Cmd::Exec { .. } => unreachable!(),

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use netbee_abi::{
-    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, Network, Service, config,
-    drop_reason, stat,
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, MonitorRate, Network,
+    Service, config, drop_reason, stat,
 };
 
 pub(crate) const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
@@ -60,6 +60,21 @@ pub struct Datapath {
     stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
     ct_size: u32,
+    /// The flow monitor's maps, until the monitor's reader takes them.
+    monitor: Option<MonitorMaps>,
+}
+
+/// The flow monitor's ring buffer and its per-CPU rate limiter (for the suppressed counts).
+pub struct MonitorMaps {
+    pub events: RingBuf<MapData>,
+    pub rate: PerCpuArray<MapData, MonitorRate>,
+}
+
+impl MonitorMaps {
+    /// Events the datapath suppressed since it was loaded, summed over CPUs.
+    pub fn suppressed(&self) -> u64 {
+        self.rate.get(&0, 0).map(|v| v.iter().map(|r| r.suppressed).sum()).unwrap_or(0)
+    }
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(bpf: &mut Ebpf, name: &str) -> Result<T> {
@@ -123,6 +138,10 @@ impl Datapath {
             stats: take(&mut bpf, "STATS")?,
             drops: take(&mut bpf, "DROPS")?,
             ct_size: pinned_max_entries(&maps_dir.join("CT")).unwrap_or(ct_size),
+            monitor: Some(MonitorMaps {
+                events: take(&mut bpf, "MONITOR_EVENTS")?,
+                rate: take(&mut bpf, "MONITOR_RATE")?,
+            }),
             bpf,
             links_dir,
         })
@@ -245,6 +264,11 @@ impl Datapath {
 
     pub fn ct_capacity(&self) -> u32 {
         self.ct_size
+    }
+
+    /// Hands the flow monitor's maps to their one reader (None after the first call).
+    pub fn take_monitor_maps(&mut self) -> Option<MonitorMaps> {
+        self.monitor.take()
     }
 
     pub fn config_value(&self, idx: u32) -> u64 {

@@ -558,3 +558,74 @@ fn the_round_robin_cursor_is_an_atomic_fetch_and_add() {
     // backends are chosen in the socket programs and on the container and uplink TC paths
     assert!(with_fetch_add.len() >= 2, "atomic_fetch_add (0xdb, imm 1) found only in sections {with_fetch_add:?}");
 }
+
+/// Every event waiting in the monitor's ring buffer.
+fn monitor_events(maps: &mut crate::datapath::MonitorMaps) -> Vec<netbee_abi::MonitorEvent> {
+    let mut out = Vec::new();
+    while let Some(item) = maps.events.next() {
+        out.push(crate::monitor::decode(&item).expect("a whole record"));
+    }
+    out
+}
+
+#[test]
+fn the_monitor_reports_drops_and_lb_decisions_only_while_enabled_and_within_its_rate() {
+    use netbee_abi::{MONITOR_EVENTS_PER_WINDOW, config, monitor_kind, monitor_via};
+    let (_fs, mut dp) = setup();
+    let mut maps = dp.take_monitor_maps().unwrap();
+    let cross = from_me(OTHER_NET, tcp(40000, 8080, 0x02), 6);
+    // nobody listens: nothing emitted, nothing counted as suppressed
+    assert_eq!(run(&mut dp, "tc_from_container", &cross).0, TC_ACT_SHOT);
+    assert!(monitor_events(&mut maps).is_empty());
+    assert_eq!(maps.suppressed(), 0);
+
+    dp.set_config(config::MONITOR, monitor_kind::DROP as u64).unwrap();
+    assert_eq!(run(&mut dp, "tc_from_container", &cross).0, TC_ACT_SHOT);
+    let evs = monitor_events(&mut maps);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let e = evs[0];
+    assert_eq!((e.kind, e.reason, e.proto, e.ethertype), (monitor_kind::DROP, drop_reason::CROSS_NETWORK, 6, 0x0800));
+    assert_eq!((e.saddr, e.daddr), (ip_be(Ipv4Addr::from(ME)), ip_be(Ipv4Addr::from(OTHER_NET))));
+    assert_eq!((u16::from_be(e.sport), u16::from_be(e.dport)), (40000, 8080));
+    // a forwarded packet emits nothing, and leaves nothing pending for a later verdict
+    assert_eq!(run(&mut dp, "tc_from_container", &from_me(PEER, tcp(1, 2, 0x02), 6)).0, TC_ACT_REDIRECT);
+    assert!(monitor_events(&mut maps).is_empty());
+
+    // a flood: the window's share, the rest counted
+    let (_, _, _) = run_repeated(&mut dp, "tc_from_container", &cross, MONITOR_EVENTS_PER_WINDOW as u32 + 50);
+    let evs = monitor_events(&mut maps);
+    // one test run of a few hundred packets takes well under the 100 ms window, unless it
+    // straddles a window's end: then both windows' shares may go through
+    assert!(
+        evs.len() as u64 >= MONITOR_EVENTS_PER_WINDOW - 1 && evs.len() as u64 <= 2 * MONITOR_EVENTS_PER_WINDOW,
+        "{} events",
+        evs.len()
+    );
+    assert_eq!(evs.len() as u64 + maps.suppressed(), MONITOR_EVENTS_PER_WINDOW + 50, "each packet emitted or counted");
+    std::thread::sleep(std::time::Duration::from_millis(110));
+
+    // LB decisions: only with their own bit
+    let node = Ipv4Addr::new(10, 0, 0, 1);
+    let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
+    dp.frontends.insert(key, Service { id: 3, count: 1, net_id: 1, flags: 0 }, 0).unwrap();
+    let backend = Ipv4Addr::from(PEER);
+    dp.backends
+        .insert(BackendKey { service: 3, slot: 1 }, Backend { addr: ip_be(backend), port: 80u16.to_be(), _pad: 0 }, 0)
+        .unwrap();
+    let syn = |sport| {
+        let mut p = eth([1; 6], [2; 6], 0x0800);
+        p.extend(ipv4([10, 0, 0, 9], node.octets(), 6, 0, 0, &tcp(sport, 8080, 0x02)));
+        p
+    };
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(50000)).0, TC_ACT_REDIRECT);
+    assert!(monitor_events(&mut maps).is_empty(), "drops only");
+    dp.set_config(config::MONITOR, monitor_kind::LB as u64).unwrap();
+    assert_eq!(run(&mut dp, "tc_uplink_ingress", &syn(50001)).0, TC_ACT_REDIRECT);
+    let evs = monitor_events(&mut maps);
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    let e = evs[0];
+    assert_eq!((e.kind, e.via, e.service, e.slot), (monitor_kind::LB, monitor_via::WIRE, 3, 1));
+    assert_eq!((e.daddr, u16::from_be(e.dport)), (ip_be(node), 8080));
+    assert_eq!((e.backend_addr, u16::from_be(e.backend_port)), (ip_be(backend), 80));
+    assert_eq!(u16::from_be(e.sport), 50001);
+}

@@ -10,11 +10,13 @@ mod datapath;
 #[cfg(test)]
 mod datapath_tests;
 mod dns;
+mod events;
 mod humanize;
 pub mod images;
 pub mod ipam;
 mod lookup;
 pub mod model;
+mod monitor;
 pub mod names;
 mod netlink;
 mod netns;

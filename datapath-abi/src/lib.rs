@@ -2,7 +2,7 @@
 //! layout, counter indices and flag bits. Both sides depend on this crate so a layout is written
 //! once. Addresses and ports are kept in network byte order (as they sit in packets) unless a
 //! field says otherwise.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Bumped whenever a pinned map changes layout (3: RR cursors are u64); the loader pins maps under `maps-v<VERSION>` so an
 /// upgrade never reinterprets an old map with a new layout (Cilium PR #10289).
@@ -128,6 +128,9 @@ pub mod config {
     /// 1 with `--mesh-routing native`: the routing mesh may send to and accept from L2-adjacent
     /// peers without the tunnel. 0 spares the default mode the per-packet peer lookups.
     pub const MESH_NATIVE: u32 = 9;
+    /// `monitor_kind` bits some `netbee monitor` is attached for (0 = nobody listens: the
+    /// programs then emit nothing and read no clock). Reset to 0 when the daemon starts.
+    pub const MONITOR: u32 = 10;
     pub const N: u32 = 16;
 }
 
@@ -320,6 +323,91 @@ pub struct SockRevNat {
     pub _pad: u16,
 }
 
+/// Kinds of flow-monitor events, as bits of `config::MONITOR` and as `MonitorEvent::kind`.
+pub mod monitor_kind {
+    /// A packet dropped by `verdict::drop`, with its reason.
+    pub const DROP: u8 = 1;
+    /// A new connection's load-balancing decision (`lb::new_dnat`).
+    pub const LB: u8 = 2;
+}
+
+/// Where an LB decision was taken (`MonitorEvent::via`).
+pub mod monitor_via {
+    /// Sent by a local container (to a VIP or a published port).
+    pub const CONTAINER: u8 = 0;
+    /// Arrived on the uplink (a published port or the routing mesh).
+    pub const WIRE: u8 = 1;
+    /// Arrived through the overlay tunnel.
+    pub const TUNNEL: u8 = 2;
+}
+
+/// Size of the `MONITOR_EVENTS` ring buffer (a power of two, a multiple of the page size).
+pub const MONITOR_RING_BYTES: u32 = 1 << 20;
+/// Events each CPU may emit per window; further ones are counted in `MonitorRate::suppressed`.
+pub const MONITOR_EVENTS_PER_WINDOW: u64 = 200;
+pub const MONITOR_WINDOW_NS: u64 = 100_000_000;
+
+/// One flow-monitor record in the `MONITOR_EVENTS` ring buffer. Addresses and ports in network
+/// byte order; for a drop the 5-tuple is the packet as it was when dropped (after any rewrite).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorEvent {
+    /// bpf_ktime_get_ns() when emitted.
+    pub ktime: u64,
+    /// `monitor_kind::*`.
+    pub kind: u8,
+    pub proto: u8,
+    /// LB: `monitor_via::*`.
+    pub via: u8,
+    pub _pad0: u8,
+    /// Drop: `drop_reason::*`.
+    pub reason: u32,
+    /// The interface the program ran on.
+    pub ifindex: u32,
+    /// The frame's EtherType (host order): drops of ARP frames carry no 5-tuple.
+    pub ethertype: u16,
+    pub _pad1: u16,
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    /// LB: the service id, the chosen slot, the frontend's `svc_flags`, the chosen backend.
+    pub service: u32,
+    pub slot: u32,
+    pub svc_flags: u32,
+    pub backend_addr: u32,
+    pub backend_port: u16,
+    pub _pad2: u16,
+}
+
+/// Per-CPU rate limiter of the monitor (a fixed window), and what it suppressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MonitorRate {
+    pub window_start: u64,
+    pub emitted: u64,
+    /// Events not emitted since the datapath was loaded: over the rate or the ring buffer full.
+    pub suppressed: u64,
+}
+
+impl MonitorRate {
+    /// Whether one more event may be emitted at `now` (ns): at most
+    /// `MONITOR_EVENTS_PER_WINDOW` per `MONITOR_WINDOW_NS`; a refused one is counted.
+    #[inline(always)]
+    pub fn admit(&mut self, now: u64) -> bool {
+        if now.wrapping_sub(self.window_start) >= MONITOR_WINDOW_NS {
+            self.window_start = now;
+            self.emitted = 0;
+        }
+        if self.emitted >= MONITOR_EVENTS_PER_WINDOW {
+            self.suppressed += 1;
+            return false;
+        }
+        self.emitted += 1;
+        true
+    }
+}
+
 /// UDP port of the overlay's VXLAN device on every node.
 pub const VXLAN_PORT: u16 = 4789;
 
@@ -349,4 +437,41 @@ mod pod {
     unsafe impl aya::Pod for MacKey {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for SockRevNat {}
+    unsafe impl aya::Pod for MonitorEvent {}
+    unsafe impl aya::Pod for MonitorRate {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monitor_event_has_no_implicit_padding() {
+        // the kernel writes it, userspace reads it as bytes: every byte is a declared field
+        assert_eq!(size_of::<MonitorEvent>(), 56);
+    }
+
+    #[test]
+    fn rate_admits_a_window_then_suppresses_until_the_next() {
+        let mut r = MonitorRate::default();
+        let t0 = 5 * MONITOR_WINDOW_NS;
+        let admitted = (0..MONITOR_EVENTS_PER_WINDOW + 50).filter(|_| r.admit(t0)).count() as u64;
+        assert_eq!(admitted, MONITOR_EVENTS_PER_WINDOW);
+        assert_eq!(r.suppressed, 50);
+        // still inside the window
+        assert!(!r.admit(t0 + MONITOR_WINDOW_NS - 1));
+        assert_eq!(r.suppressed, 51);
+        // a new window admits again, and the suppressed count is kept
+        assert!(r.admit(t0 + MONITOR_WINDOW_NS));
+        assert_eq!(r.emitted, 1);
+        assert_eq!(r.suppressed, 51);
+    }
+
+    #[test]
+    fn rate_first_event_after_load_is_admitted() {
+        // window_start 0 and a clock already far past it: a fresh window
+        let mut r = MonitorRate::default();
+        assert!(r.admit(123_456_789_000));
+        assert_eq!(r.window_start, 123_456_789_000);
+    }
 }

@@ -11,7 +11,7 @@ use crate::{
     conntrack,
     deliver::{Via, to_backend},
     maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS, count},
-    mem, nat,
+    mem, monitor, nat,
     packet::{EthHdr, Ip4, L4},
     verdict::drop,
 };
@@ -45,8 +45,9 @@ pub fn frontend_wildcard(port: u16, proto: u8) -> Option<Service> {
     unsafe { FRONTENDS.get(FrontendKey { addr: 0, port, proto, _pad: 0 }) }.copied()
 }
 
+/// The chosen slot and its backend.
 #[inline(always)]
-pub fn select_backend(svc: &Service) -> Option<Backend> {
+pub fn select_backend(svc: &Service) -> Option<(u32, Backend)> {
     if svc.count == 0 {
         return None;
     }
@@ -55,7 +56,7 @@ pub fn select_backend(svc: &Service) -> Option<Backend> {
     let n = unsafe { mem::fetch_add(cursor) };
     // u64 % u32 fits u32
     let slot = (n % u64::from(svc.count)) as u32 + 1;
-    unsafe { BACKENDS.get(BackendKey { service: svc.id, slot }) }.copied()
+    unsafe { BACKENDS.get(BackendKey { service: svc.id, slot }) }.map(|b| (slot, *b))
 }
 
 /// First packet of a connection to a frontend: pick a backend, remember the choice for both
@@ -66,7 +67,7 @@ pub fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, s
     if !conntrack::may_open(ip, l4) {
         return None;
     }
-    let Some(mut be) = select_backend(svc) else {
+    let Some((slot, mut be)) = select_backend(svc) else {
         return Some(drop(drop_reason::NO_BACKEND));
     };
     if be.port == 0 {
@@ -80,6 +81,7 @@ pub fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, s
         return Some(drop(drop_reason::CT_INSERT_FAILED));
     }
     count(stat::DNAT_NEW);
+    monitor::lb_decision(ctx, ip, l4, svc, slot, &be, via);
     if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
         return Some(drop(drop_reason::MALFORMED));
     }

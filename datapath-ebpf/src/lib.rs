@@ -15,6 +15,7 @@
 //! - `fib`: FIB lookups
 //! - `arp`: the ARP responder
 //! - `maps`: every map, counters, configuration
+//! - `monitor`: drop and load-balancing events for `netbee monitor` (ring buffer, rate limit)
 //! - `mem`: zero-fill and copies without memset/memmove calls, the one atomic add
 #![no_std]
 // mem::fetch_add's one instruction (see there)
@@ -27,6 +28,7 @@ mod fib;
 mod lb;
 mod maps;
 mod mem;
+mod monitor;
 mod nat;
 mod overlay;
 mod packet;

@@ -17,29 +17,29 @@ use crate::{
     deliver::{Via, to_backend, to_endpoint, to_uplink},
     lb,
     maps::{ENDPOINTS, IFACES, NETWORKS, PEER_NODES, SUBNETS, config, count},
-    nat, overlay,
+    monitor, nat, overlay,
     packet::{ETH_P_ARP, ETH_P_IP, EthHdr, Ip4, L4, eth, flow_key, ifindex, ipv4, l4},
     verdict::{PASS, drop},
 };
 
 #[classifier]
 pub fn tc_from_container(ctx: TcContext) -> i32 {
-    from_container(&ctx)
+    monitor::after(&ctx, from_container(&ctx))
 }
 
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    uplink_ingress(&ctx)
+    monitor::after(&ctx, uplink_ingress(&ctx))
 }
 
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    uplink_egress(&ctx)
+    monitor::after(&ctx, uplink_egress(&ctx))
 }
 
 #[classifier]
 pub fn tc_overlay_ingress(ctx: TcContext) -> i32 {
-    overlay_ingress(&ctx)
+    monitor::after(&ctx, overlay_ingress(&ctx))
 }
 
 #[inline(always)]

@@ -65,7 +65,7 @@ fn translate_to_backend(ctx: &SockAddrContext) {
     if svc.flags & svc_flags::VIP != 0 {
         return;
     }
-    let Some(be) = lb::select_backend(&svc) else { return };
+    let Some((_, be)) = lb::select_backend(&svc) else { return };
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockKey { cookie, addr: be.addr, port: be.port, _pad: 0 };
     let orig = SockRevNat { addr, port, _pad: 0 };

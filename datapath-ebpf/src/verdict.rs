@@ -3,17 +3,19 @@
 use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 use netbee_abi::drop_reason;
 
-use crate::maps::count_drop;
+use crate::{maps::count_drop, monitor};
 
 /// On to the stack (under TCX, the end of the chain: this is the last program).
 pub const PASS: i32 = TC_ACT_OK;
 /// Dropped and not counted: for packets that need no answer (a gratuitous ARP), not errors.
 pub const SILENT_DROP: i32 = TC_ACT_SHOT;
 
-/// Drops the packet and counts it under `reason` (`drop_reason::*`).
+/// Drops the packet and counts it under `reason` (`drop_reason::*`); the flow monitor reports it
+/// from the entry point.
 #[inline(always)]
 pub fn drop(reason: u32) -> i32 {
     count_drop(reason);
+    monitor::note_drop(reason);
     TC_ACT_SHOT
 }
 

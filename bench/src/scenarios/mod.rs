@@ -60,7 +60,8 @@ pub const ALL: &[Scenario] = &[
         name: "published-port",
         description: "new connections per second and latency from an external client to a published port \
                       (wrk, 2 threads, 50 connections, `Connection: close`, nginx answering 200); netbee vs \
-                      iptables DNAT+MASQUERADE behind a Linux bridge and vs a socat userland proxy",
+                      iptables DNAT+MASQUERADE behind a Linux bridge and vs a socat userland proxy; and \
+                      netbee again with a `netbee monitor` attached (the monitor's cost)",
         run: Some(published_port::run),
         pending: "",
     },

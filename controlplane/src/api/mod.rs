@@ -16,6 +16,7 @@
 //! - `swarm.rs`: `/swarm/...`, `/nodes/...`, and the join port a manager answers on;
 //! - `images.rs`: `/images/...`;
 //! - `system.rs`: `/version` and `/datapath/...`;
+//! - `monitor.rs`: the streams, `/datapath/monitor` and `/events`;
 //! - `error.rs`: [`ApiError`] and its [`ErrorKind`], the one mapping to HTTP statuses.
 use std::path::PathBuf;
 
@@ -29,6 +30,7 @@ use serde_json::Value;
 pub mod containers;
 mod error;
 pub mod images;
+pub mod monitor;
 pub mod networks;
 pub mod services;
 pub mod swarm;
@@ -37,6 +39,7 @@ pub mod system;
 pub use containers::*;
 pub use error::{ApiError, ApiResult, ErrorKind};
 pub use images::*;
+pub use monitor::*;
 pub use networks::*;
 pub use services::*;
 pub use swarm::*;
@@ -119,6 +122,47 @@ impl Client {
         }
         serde_json::from_value(v)
             .with_context(|| format!("daemon sent an unexpected answer: {}", String::from_utf8_lossy(&body)))
+    }
+
+    /// A GET answered with newline-delimited JSON for as long as the daemon sends it (`/events`,
+    /// `/datapath/monitor`): `each` gets every record as it arrives and returns false to stop.
+    pub async fn stream<T: DeserializeOwned>(&self, path: &str, mut each: impl FnMut(T) -> Result<bool>) -> Result<()> {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
+            format!("cannot connect to the netbee daemon at unix://{}: is the daemon running?", self.socket.display())
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        let req = hyper::Request::builder()
+            .method("GET")
+            .uri(format!("http://netbee{path}"))
+            .header("host", "netbee")
+            .body(Full::new(Bytes::new()))?;
+        let resp = sender.send_request(req).await.context("sending the request to the daemon")?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = body.collect().await?.to_bytes();
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let msg = v.get("message").and_then(Value::as_str).unwrap_or("request failed");
+            return Err(anyhow!("Error response from daemon: {msg}"));
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            pending.extend_from_slice(&data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.len() <= 1 {
+                    continue;
+                }
+                let v: T = serde_json::from_slice(&line)
+                    .with_context(|| format!("daemon sent an unexpected record: {}", String::from_utf8_lossy(&line)))?;
+                if !each(v)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

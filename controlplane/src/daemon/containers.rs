@@ -186,6 +186,7 @@ impl Daemon {
         self.compute_bindings(&rec, &self.services_for_ports().await)?;
         crate::paths::make_dir(&self.container_dir(&id))?;
         self.put_container(&rec)?;
+        self.emit_container(&rec, "create", &[]);
         Ok(rec)
     }
 
@@ -208,6 +209,8 @@ impl Daemon {
                 tokio::spawn(async move { d.watch(id, shim).await });
                 // its names resolve when `run` returns, not at the next pass of a loop
                 self.refresh_names().await;
+                self.emit_endpoints(&c, "connect");
+                self.emit_container(&c, "start", &[]);
                 Ok(())
             }
             Err(e) => {
@@ -376,6 +379,7 @@ impl Daemon {
             drop(exits);
             self.store.delete::<ContainerRecord>(&c.id)?;
             let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
+            self.emit_container(&c, "destroy", &[]);
         }
         self.refresh_names().await;
         Ok(())
@@ -411,7 +415,9 @@ impl Daemon {
         let exit: Option<ExitRecord> = std::fs::read(self.container_dir(&c.id).join("exit.json"))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
+        let attached = c.clone();
         self.teardown(c).await;
+        self.emit_endpoints(&attached, "disconnect");
         c.state.status = Status::Exited;
         match exit {
             Some(e) => {
@@ -426,6 +432,7 @@ impl Daemon {
         }
         c.state.pid = 0;
         self.put_container(c)?;
+        self.emit_container(c, "die", &[("exitCode", c.state.exit_code.to_string())]);
         info!(container = %c.name, code = c.state.exit_code, "exited");
         Ok(())
     }
@@ -506,6 +513,7 @@ impl Daemon {
             self.teardown(&mut c).await;
             self.store.delete::<ContainerRecord>(&c.id)?;
             self.refresh_names().await;
+            self.emit_container(&c, "destroy", &[]);
         }
         let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
         Ok(())

@@ -1,6 +1,8 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 mod containers;
+mod events;
 mod images;
+mod monitor;
 mod names;
 mod networks;
 mod ownership;
@@ -91,6 +93,10 @@ pub struct Daemon {
     removed_exits: std::sync::Mutex<std::collections::HashMap<String, i32>>,
     services: services::ServiceState,
     dns: names::DnsState,
+    /// `netbee monitor`: the ring buffer's reader and the attached monitors.
+    monitor: monitor::MonitorHub,
+    /// `netbee events`: what changed on this node.
+    events: events::EventBus,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -121,6 +127,9 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     dp.set_config(config::NODE_UNDERLAY_IP, u32::from(uplink_ip) as u64)?;
     dp.set_config(config::NODE_NETNS_COOKIE, netns_cookie()?)?;
     dp.set_config(config::MESH_NATIVE, (cfg.mesh_routing == MeshRouting::Native) as u64)?;
+    // CONFIG is pinned: monitors of a daemon that died attached are gone
+    dp.set_config(config::MONITOR, 0)?;
+    let monitor_maps = dp.take_monitor_maps();
     for (k, v) in default_timeouts() {
         dp.set_config(k, v)?;
     }
@@ -167,6 +176,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         removed_exits: Default::default(),
         services: Default::default(),
         dns: Default::default(),
+        monitor: monitor::MonitorHub::new(monitor_maps),
+        events: Default::default(),
     });
     network::prepare_node(&daemon.net_cx()).await?;
     network::ensure_predefined(&daemon.net_cx()).await?;

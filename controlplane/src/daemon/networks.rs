@@ -36,6 +36,7 @@ impl Daemon {
         let cx = network::Context { avoid: &node_subnets, ..self.net_cx() };
         let rec = driver.create(&cx, &req, &all).await?;
         self.refresh_node_addrs().await?;
+        self.emit_network(&rec, "create", None);
         Ok(rec)
     }
 
@@ -57,6 +58,7 @@ impl Daemon {
         self.refresh_node_addrs().await?;
         // its DNS server goes with its gateway
         self.refresh_names().await;
+        self.emit_network(&net, "destroy", None);
         Ok(())
     }
 
@@ -172,7 +174,8 @@ impl Daemon {
             return Err(ApiError::bad_request(super::containers::USER_IP_ON_DEFAULT_BRIDGE));
         }
         let att = Attachment { network_id: net.id.clone(), ip, aliases: req.aliases };
-        if c.state.status == Status::Running {
+        let running = c.state.status == Status::Running;
+        if running {
             let index = c.endpoints.len();
             let ep = self.attach_running(&mut c, &att, index).await?;
             c.endpoints.push(ep);
@@ -184,6 +187,10 @@ impl Daemon {
         c.attachments.push(att);
         self.put_container(&c)?;
         self.refresh_names().await;
+        // as docker: a stopped container connects when it starts
+        if running {
+            self.emit_network(&net, "connect", Some(&c));
+        }
         Ok(())
     }
 
@@ -197,13 +204,18 @@ impl Daemon {
                 c.name, net.name
             )));
         }
+        let mut was_connected = false;
         if let Some(pos) = c.endpoints.iter().position(|e| e.network_id == net.id) {
             let ep = c.endpoints.remove(pos);
             self.release_endpoint(&ep).await?;
+            was_connected = true;
         }
         c.attachments.retain(|a| a.network_id != net.id);
         self.put_container(&c)?;
         self.refresh_names().await;
+        if was_connected {
+            self.emit_network(&net, "disconnect", Some(&c));
+        }
         Ok(())
     }
 

@@ -99,6 +99,8 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/datapath/stats", get(datapath_stats))
         .route("/datapath/conntrack/age", post(conntrack_age))
         .route("/datapath/conntrack/gc", post(conntrack_gc))
+        .route("/datapath/monitor", get(datapath_monitor))
+        .route("/events", get(events))
         .route("/services", get(service_list))
         .route("/services/create", post(service_create))
         .route("/services/{id}", get(service_inspect).delete(service_remove))
@@ -262,6 +264,99 @@ async fn datapath_stats(State(d): D) -> ApiResult<Json<DatapathStats>> {
             evicted: created.saturating_sub(removed).saturating_sub(ct_entries),
         },
     }))
+}
+
+/// A newline-delimited JSON answer, sent as its records come (docker's `/events` style).
+fn ndjson<S>(records: S) -> axum::response::Response
+where
+    S: futures::Stream<Item = Vec<u8>> + Send + 'static,
+{
+    use futures::StreamExt as _;
+    let body = axum::body::Body::from_stream(
+        records.map(|line| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line))),
+    );
+    axum::response::Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .expect("a response of a body and a constant header")
+}
+
+fn json_line<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(v).expect("API records serialize");
+    line.push(b'\n');
+    line
+}
+
+/// `GET /datapath/monitor?type=drop|lb&container=C&service=S`: drops and load-balancing
+/// decisions as the datapath reports them, until the client goes.
+async fn datapath_monitor(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response> {
+    let kinds = crate::monitor::kinds_mask(q.get("type").map(String::as_str))
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let container = match q.get("container") {
+        Some(c) => Some(d.find_container(c)?.name),
+        None => None,
+    };
+    let service = match q.get("service") {
+        Some(s) => Some(d.find_service(s).await?.spec.name),
+        None => None,
+    };
+    let filter = crate::monitor::Filter { kinds, container, service };
+    let sub = d.monitor_attach(kinds)?;
+    let records = futures::stream::unfold((sub, filter), |(mut sub, filter)| async move {
+        loop {
+            match sub.next().await {
+                Some(r) if filter.matches(&r) => return Some((json_line(&*r), (sub, filter))),
+                Some(_) => continue,
+                // quiet: an empty line tells whether the client is still there
+                None => return Some((b"\n".to_vec(), (sub, filter))),
+            }
+        }
+    });
+    Ok(ndjson(records))
+}
+
+/// `GET /events?since=T&filters={"type":["container"]}`: docker's event stream; `since` replays
+/// the events this daemon kept.
+async fn events(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response> {
+    let filter = match q.get("filters") {
+        Some(f) => crate::events::EventFilter::from_json(f).map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => Default::default(),
+    };
+    let since = q
+        .get("since")
+        .map(|s| crate::events::parse_time(s, chrono::Utc::now()))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let (past, rx) = d.events.subscribe(since.and_then(|t| t.timestamp_nanos_opt()));
+    let past = futures::stream::iter(past);
+    let live = futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(e) => Some((e, rx)),
+            // a reader this slow misses some: said in a record of its own kind
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let now = chrono::Utc::now();
+                let lost = crate::api::EventMessage {
+                    typ: "daemon".into(),
+                    action: "events-lost".into(),
+                    actor: crate::api::EventActor {
+                        id: String::new(),
+                        attributes: [("count".to_string(), n.to_string())].into(),
+                    },
+                    scope: "local".into(),
+                    time: now.timestamp(),
+                    time_nano: now.timestamp_nanos_opt().unwrap_or_default(),
+                };
+                Some((Arc::new(lost), rx))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    use futures::StreamExt as _;
+    let records = past
+        .chain(live)
+        .filter(move |e| std::future::ready(e.typ == "daemon" || filter.matches(e)))
+        .map(|e| json_line(&*e));
+    Ok(ndjson(records))
 }
 
 async fn swarm_init(State(d): D, Body(req): Body<SwarmInitRequest>) -> ApiResult<Json<SwarmInitResponse>> {

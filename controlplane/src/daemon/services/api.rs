@@ -103,6 +103,7 @@ impl Daemon {
         // its name resolves to its VIPs when the command returns
         self.note_service(&rec.id, Some(&rec)).await;
         self.services.changed.notify_waiters();
+        self.events.emit("service", "create", &rec.id, "swarm", &[("name", rec.spec.name.clone())]);
         Ok(rec)
     }
 
@@ -269,6 +270,7 @@ impl Daemon {
         // names on added networks resolve, and on removed ones go, when the command returns
         self.note_service(&s.id, Some(&s)).await;
         self.services.changed.notify_waiters();
+        self.events.emit("service", "update", &s.id, "swarm", &[("name", s.spec.name.clone())]);
         Ok(s)
     }
 
@@ -401,6 +403,7 @@ impl Daemon {
         // its name and `tasks.` name go when the command returns
         self.note_service(&s.id, None).await;
         self.services.changed.notify_waiters();
+        self.events.emit("service", "remove", &s.id, "swarm", &[("name", s.spec.name.clone())]);
         Ok(())
     }
 

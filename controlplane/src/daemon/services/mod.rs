@@ -130,6 +130,7 @@ impl Daemon {
         {
             let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
             let (nodes, alive) = self.cluster_nodes().await?;
+            self.events.observe_nodes(&nodes, &alive);
             if self.is_scheduler() {
                 match self.schedule(&services, &nodes, &alive).await {
                     Ok(p) => pending |= p,
