@@ -244,9 +244,9 @@ struct DaemonArgs {
     /// Shared cluster state: etcd://ADDR:2379[,ADDR:2379...]. Without it the node runs alone.
     #[arg(long = "cluster-store")]
     cluster_store: Option<String>,
-    /// Entries of the connection-tracking table (used when the pinned table is first created).
-    #[arg(long, default_value_t = netbee_abi::CT_DEFAULT_SIZE)]
-    conntrack_size: u32,
+    /// Entries of the connection-tracking table, 112 bytes each, two per flow (default: 0.25% of the node's memory).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1024..))]
+    conntrack_size: Option<u32>,
     /// How the routing mesh reaches tasks on other nodes: `tunnel` (VXLAN, works on any underlay)
     /// or `native` (plain frames to nodes on the same L2 segment, VXLAN to the others; only
     /// between nodes that all run `native`, and only where the network delivers frames whose
@@ -760,7 +760,11 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         bpffs: a.bpffs.unwrap_or(bpffs),
         uplink: a.uplink,
         cgroup: a.cgroup,
-        conntrack_size: a.conntrack_size,
+        // used when the pinned table is first created; an existing one keeps its size
+        conntrack_size: match a.conntrack_size {
+            Some(n) => n,
+            None => crate::datapath::default_ct_size(crate::datapath::node_memory()?),
+        },
         hostname: a.hostname,
         cluster_store: a
             .cluster_store

@@ -403,3 +403,46 @@ pub fn default_timeouts() -> [(u32, u64); 4] {
         (config::CT_TIMEOUT_UDP, 120 * S),
     ]
 }
+
+/// Kernel memory per conntrack entry, as the kernel charges an LRU hash of 16-byte keys and
+/// 32-byte values (element header, key, value; the table is allocated whole when created):
+/// measured from the map's fdinfo `memlock` by
+/// `datapath_tests::a_conntrack_entry_costs_what_the_default_size_assumes`.
+pub const CT_ENTRY_BYTES: u64 = 112;
+
+/// The conntrack table's size when `--conntrack-size` is not given: 0.25 % of the node's memory
+/// (Cilium's default ratio for its dynamically sized maps) at [`CT_ENTRY_BYTES`] each, between
+/// 65,536 and 4,194,304 entries, a multiple of 1,024. A flow takes two entries (one per
+/// direction). 24 GiB → 574,464 entries (61 MiB), 287,232 flows; 2 GiB → 65,536 (7 MiB).
+pub fn default_ct_size(mem_total_bytes: u64) -> u32 {
+    let fitting = mem_total_bytes / 400 / CT_ENTRY_BYTES;
+    (fitting.clamp(65_536, 4_194_304) as u32) & !1023
+}
+
+/// The node's memory (MemTotal of /proc/meminfo), in bytes.
+pub fn node_memory() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| anyhow!("no MemTotal in /proc/meminfo"))
+}
+
+#[cfg(test)]
+mod sizing_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_conntrack_size_follows_memory_within_bounds() {
+        const GIB: u64 = 1 << 30;
+        assert_eq!(default_ct_size(24 * GIB), 574_464);
+        assert_eq!(default_ct_size(2 * GIB), 65_536, "the floor");
+        assert_eq!(default_ct_size(4096 * GIB), 4_194_304, "the ceiling");
+        for gib in [1, 3, 7, 24, 100, 900] {
+            let n = u64::from(default_ct_size(gib * GIB));
+            assert_eq!(n % 1024, 0);
+            assert!(n * CT_ENTRY_BYTES <= (gib * GIB / 400).max(65_536 * CT_ENTRY_BYTES), "{gib} GiB");
+        }
+        assert!(node_memory().unwrap() > 0);
+    }
+}

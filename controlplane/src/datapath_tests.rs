@@ -629,3 +629,28 @@ fn the_monitor_reports_drops_and_lb_decisions_only_while_enabled_and_within_its_
     assert_eq!((e.backend_addr, u16::from_be(e.backend_port)), (ip_be(backend), 80));
     assert_eq!(u16::from_be(e.sport), 50001);
 }
+
+/// What one conntrack entry costs the kernel, as it charges it (the map's `memlock` in fdinfo):
+/// the default size is derived from this figure (`datapath::CT_ENTRY_BYTES`), so it must hold.
+#[test]
+fn a_conntrack_entry_costs_what_the_default_size_assumes() {
+    let dir = std::env::temp_dir().join(format!("netbee-dp-ct-{}-{}", std::process::id(), rand::random::<u32>()));
+    let _fs = Bpffs(dir.clone());
+    let entries = 65536u64;
+    let _dp = Datapath::load(&dir, entries as u32).expect("loads");
+    // the CT map is the one LRU hash of this size among this process's descriptors
+    let memlock = std::fs::read_dir("/proc/self/fdinfo")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("map_type:\t9\n") && info.contains(&format!("max_entries:\t{entries}\n")))
+        .find_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:\t")?.trim().parse::<u64>().ok()))
+        .expect("the CT map's fdinfo");
+    let per_entry = memlock / entries;
+    // neither more than assumed (the default would overrun its budget) nor much less (it would
+    // give away flows for nothing)
+    let assumed = crate::datapath::CT_ENTRY_BYTES;
+    assert!(
+        per_entry <= assumed && per_entry * 10 >= assumed * 9,
+        "a conntrack entry costs {per_entry} bytes ({memlock} for {entries}), the default size assumes {assumed}"
+    );
+}

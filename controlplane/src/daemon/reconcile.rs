@@ -171,6 +171,45 @@ pub fn paired_key(k: &CtKey, e: &CtEntry) -> Option<CtKey> {
     }
 }
 
+/// Idle timeouts when the conntrack table is under pressure (three quarters full): flows that
+/// never got past their SYN and closing flows 1 s, UDP 10 s, established TCP flows unchanged.
+/// The kernel's LRU, once full, evicts whichever entry its per-CPU lists reach first, active or
+/// not; clearing what is least likely to carry more packets keeps room for the flows that do.
+const PRESSURE_TIMEOUTS_NS: [u64; 4] = [1_000_000_000, u64::MAX, 1_000_000_000, 10_000_000_000];
+
+/// Whether a table of `capacity` entries holding `live` is under pressure.
+pub fn under_pressure(live: usize, capacity: u32) -> bool {
+    live as u64 * 4 >= u64::from(capacity) * 3
+}
+
+/// The entries to delete at `now`: those of flows idle longer than their state allows (both
+/// directions of a flow go together), with the pressure timeouts when the table is under
+/// pressure.
+pub fn doomed_flows(entries: &HashMap<CtKey, CtEntry>, now: u64, timeouts: [u64; 4], capacity: u32) -> Vec<CtKey> {
+    let timeouts = if under_pressure(entries.len(), capacity) {
+        std::array::from_fn(|i| timeouts[i].min(PRESSURE_TIMEOUTS_NS[i]))
+    } else {
+        timeouts
+    };
+    let mut doomed = Vec::new();
+    for (k, e) in entries {
+        let pair = paired_key(k, e).and_then(|pk| entries.get(&pk).map(|pe| (pk, *pe)));
+        let (flags, last) = match &pair {
+            Some((_, pe)) => (e.flags | pe.flags, e.last_seen.max(pe.last_seen)),
+            None => (e.flags, e.last_seen),
+        };
+        // SYN_ONLY counts only while neither direction has moved past it
+        let flags = match &pair {
+            Some((_, pe)) if e.flags & pe.flags & ct_flags::SYN_ONLY == 0 => flags & !ct_flags::SYN_ONLY,
+            _ => flags,
+        };
+        if now.saturating_sub(last) > flow_timeout(k.proto, flags, &timeouts) {
+            doomed.push(*k);
+        }
+    }
+    doomed
+}
+
 /// Idle timeout of a flow from the flags of its entries (both directions when paired).
 pub fn flow_timeout(proto: u8, flags: u16, timeouts: &[u64; 4]) -> u64 {
     let [syn, est, closing, udp] = *timeouts;
@@ -230,12 +269,23 @@ impl Daemon {
 }
 
 /// Deletes flows idle longer than their state allows; both entries of a flow go together.
+/// Every 5 s, every second while the table is under pressure.
 pub async fn conntrack_gc(d: Arc<Daemon>) {
+    let mut pause = Duration::from_secs(5);
     loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        tokio::time::sleep(pause).await;
+        let capacity = d.dp.lock().unwrap().ct_capacity();
         match d.gc_once() {
-            Ok((removed, live)) if removed > 0 => info!(removed, live, "conntrack garbage collected"),
-            Ok(_) => {}
+            Ok((removed, live)) => {
+                if removed > 0 {
+                    info!(removed, live, "conntrack garbage collected");
+                }
+                let pressed = under_pressure(live as usize + removed as usize, capacity);
+                if pressed && pause > Duration::from_secs(1) {
+                    warn!(live, capacity, "conntrack table under pressure: collecting every second");
+                }
+                pause = Duration::from_secs(if pressed { 1 } else { 5 });
+            }
             Err(e) => warn!("conntrack gc: {e:#}"),
         }
     }
@@ -263,28 +313,57 @@ impl Daemon {
             dp.config_value(config::CT_TIMEOUT_UDP),
         ];
         let entries: HashMap<CtKey, CtEntry> = dp.ct.iter().filter_map(|r| r.ok()).collect();
-        let now = monotonic_ns();
-        let mut doomed = Vec::new();
-        for (k, e) in &entries {
-            let pair = paired_key(k, e).and_then(|pk| entries.get(&pk).map(|pe| (pk, *pe)));
-            let (flags, last) = match &pair {
-                Some((_, pe)) => (e.flags | pe.flags, e.last_seen.max(pe.last_seen)),
-                None => (e.flags, e.last_seen),
-            };
-            // SYN_ONLY counts only while neither direction has moved past it
-            let flags = match &pair {
-                Some((_, pe)) if e.flags & pe.flags & ct_flags::SYN_ONLY == 0 => flags & !ct_flags::SYN_ONLY,
-                _ => flags,
-            };
-            if now.saturating_sub(last) > flow_timeout(k.proto, flags, &timeouts) {
-                doomed.push(*k);
-            }
-        }
+        let doomed = doomed_flows(&entries, monotonic_ns(), timeouts, dp.ct_capacity());
         for k in &doomed {
             ignore_missing(dp.ct.remove(k))?;
         }
         let removed = doomed.len() as u64;
         self.ct_gc_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
         Ok((removed, (entries.len() as u64).saturating_sub(removed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+    /// SYN, established, closing, UDP (the daemon's defaults are of this order).
+    const TIMEOUTS: [u64; 4] = [60 * S, 3600 * S, 10 * S, 120 * S];
+
+    /// Both entries of a DNAT flow client:sport -> 10.0.0.1:80, translated to 10.0.1.5:8080.
+    fn flow(sport: u16, proto: u8, flags: u16, last_seen: u64) -> [(CtKey, CtEntry); 2] {
+        let (client, frontend, backend) = (0x0a00_0009, 0x0a00_0001, 0x0a00_0105);
+        let entry =
+            |nat_addr, nat_port, f| CtEntry { nat_addr, nat_port, flags: f | flags, last_seen, ..Default::default() };
+        [
+            (CtKey::new(client, frontend, sport, 80, proto), entry(backend, 8080, ct_flags::DNAT)),
+            (CtKey::new(backend, client, 8080, sport, proto), entry(frontend, 80, ct_flags::REVNAT)),
+        ]
+    }
+
+    /// Under pressure the flows least likely to carry more packets go first; established TCP
+    /// flows keep their timeout, and nothing changes while the table has room.
+    #[test]
+    fn under_pressure_established_flows_are_kept_and_the_rest_goes_early() {
+        let now = 1000 * S;
+        let entries: HashMap<CtKey, CtEntry> = [
+            flow(1001, IPPROTO_TCP, 0, now - 5 * S),                  // established, idle 5 s
+            flow(1002, IPPROTO_TCP, ct_flags::SYN_ONLY, now - 2 * S), // never answered, 2 s
+            flow(1003, IPPROTO_TCP, ct_flags::SEEN_FIN, now - 2 * S), // closing, 2 s
+            flow(1004, libc::IPPROTO_UDP as u8, 0, now - 15 * S),     // UDP, idle 15 s
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        assert!(doomed_flows(&entries, now, TIMEOUTS, 1024).is_empty(), "a roomy table keeps every flow");
+        // 8 entries in a table of 10: pressure
+        assert!(under_pressure(entries.len(), 10));
+        let mut gone: Vec<u16> = doomed_flows(&entries, now, TIMEOUTS, 10)
+            .iter()
+            .map(|k| if k.sport == 8080 { k.dport } else { k.sport })
+            .collect();
+        gone.sort();
+        assert_eq!(gone, [1002, 1002, 1003, 1003, 1004, 1004], "both entries of each non-established flow");
     }
 }
