@@ -421,7 +421,7 @@ pub fn default_ct_size(mem_total_bytes: u64) -> u32 {
 
 /// The node's memory (MemTotal of /proc/meminfo), in bytes.
 pub fn node_memory() -> Result<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let text = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
     text.lines()
         .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
