@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use netbee_abi::{
-    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, Network, Service, config,
-    drop_reason, stat,
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, LbCountKey, MAP_VERSION, MacKey, Network,
+    Service, config, drop_reason, stat,
 };
 
 const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
@@ -56,6 +56,7 @@ pub struct Datapath {
     pub frontends: HashMap<MapData, FrontendKey, Service>,
     pub backends: HashMap<MapData, BackendKey, Backend>,
     pub ct: HashMap<MapData, CtKey, CtEntry>,
+    lb_conns: PerCpuHashMap<MapData, LbCountKey, u64>,
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
@@ -119,6 +120,7 @@ impl Datapath {
             frontends: take(&mut bpf, "FRONTENDS")?,
             backends: take(&mut bpf, "BACKENDS")?,
             ct: take(&mut bpf, "CT")?,
+            lb_conns: take(&mut bpf, "LB_CONNS")?,
             config: take(&mut bpf, "CONFIG")?,
             stats: take(&mut bpf, "STATS")?,
             drops: take(&mut bpf, "DROPS")?,
@@ -241,6 +243,21 @@ impl Datapath {
             drops.push((name.to_string(), v));
         }
         Ok((stats, drops))
+    }
+
+    /// New connections per frontend and backend (`LB_CONNS`), summed over CPUs.
+    pub fn lb_counts(&self) -> std::collections::HashMap<LbCountKey, u64> {
+        self.lb_conns.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.iter().sum())).collect()
+    }
+
+    /// Removes the new-connection counters `keep` refuses (their frontend or backend is gone);
+    /// returns how many went.
+    pub fn prune_lb_counts(&mut self, keep: impl Fn(&LbCountKey) -> bool) -> Result<usize> {
+        let doomed: Vec<LbCountKey> = self.lb_conns.keys().filter_map(|r| r.ok()).filter(|k| !keep(k)).collect();
+        for k in &doomed {
+            ignore_missing(self.lb_conns.remove(k))?;
+        }
+        Ok(doomed.len())
     }
 
     pub fn ct_capacity(&self) -> u32 {

@@ -13,6 +13,7 @@ mod dns;
 mod humanize;
 pub mod images;
 pub mod ipam;
+pub mod metrics;
 mod lookup;
 pub mod model;
 pub mod names;

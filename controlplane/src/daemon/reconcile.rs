@@ -284,6 +284,11 @@ impl Daemon {
             ignore_missing(dp.ct.remove(k))?;
         }
         let removed = doomed.len() as u64;
+        // new-connection counters live as long as their backend is in its frontend's rotation
+        // (the load-balancer writers hold the datapath lock to change BACKENDS, as this does)
+        let backends: HashSet<(u32, u32, u16)> =
+            dp.backends.iter().filter_map(|r| r.ok()).map(|(k, b)| (k.service, b.addr, b.port)).collect();
+        dp.prune_lb_counts(|k| backends.contains(&(k.service, k.addr, k.port)))?;
         self.ct_gc_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
         Ok((removed, (entries.len() as u64).saturating_sub(removed)))
     }
