@@ -1029,7 +1029,8 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                             ]
                         })
                         .collect();
-                    let cols = ["PROTO", "SOURCE", "DESTINATION", "KIND", "TRANSLATED", "SERVICE", "STATE", "FLAGS", "IDLE"];
+                    let cols =
+                        ["PROTO", "SOURCE", "DESTINATION", "KIND", "TRANSLATED", "SERVICE", "STATE", "FLAGS", "IDLE"];
                     print!("{}", humanize::format_table(&cols, &rows));
                 }
                 Ok(0)

@@ -5,8 +5,8 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use aya::programs::SchedClassifier;
 use netbee_abi::{
-    Backend, BackendKey, CtKey, Endpoint, FrontendKey, Iface, MacKey, Network, Service, ct_flags, drop_reason,
-    iface_flags, net_flags,
+    Backend, BackendKey, CtKey, Endpoint, FrontendKey, Iface, LbCountKey, MacKey, Network, Service, ct_flags,
+    drop_reason, iface_flags, net_flags, stat, svc_flags,
 };
 
 use crate::datapath::{Datapath, ip_be};
@@ -467,6 +467,21 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
     assert_eq!(dst(&run(&mut dp, "tc_uplink_ingress", &segment(0x02)).1).0, first);
     let e = dp.ct.get(&forward, 0).unwrap();
     assert_eq!((e.nat_addr, e.flags & (ct_flags::SEEN_FIN | ct_flags::SEEN_RST)), (ip_be(first), 0));
+
+    // each new connection counted once against its frontend and backend (LB_CONNS), later
+    // segments not; a frontend that is no routing-mesh port counts no mesh connection
+    let count = |dp: &Datapath, b: Ipv4Addr| {
+        dp.lb_counts().get(&LbCountKey { service: 3, addr: ip_be(b), port: 80u16.to_be(), _pad: 0 }).copied()
+    };
+    let mesh = |dp: &Datapath| dp.counters().unwrap().0[stat::MESH_RECEIVED as usize].1;
+    assert_eq!((count(&dp, first), count(&dp, second), mesh(&dp)), (Some(2), Some(1), 0));
+    dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: svc_flags::MESH }, 0).unwrap();
+    run(&mut dp, "tc_uplink_ingress", &segment(0x04));
+    assert_eq!(dst(&run(&mut dp, "tc_uplink_ingress", &segment(0x02)).1).0, second);
+    assert_eq!((count(&dp, first), count(&dp, second), mesh(&dp)), (Some(2), Some(2), 1));
+    // the daemon removes the counters of backends that left
+    dp.prune_lb_counts(|k| k.addr != ip_be(first)).unwrap();
+    assert_eq!((count(&dp, first), count(&dp, second)), (None, Some(2)));
 }
 
 /// The plain forwarding path's cost per packet as the kernel measures it under

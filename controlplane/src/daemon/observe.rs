@@ -178,9 +178,10 @@ impl Records {
             }
             "vip" => {
                 let ip = ip_from_be(k.addr);
-                let found = self.services.iter().find_map(|svc| {
-                    svc.vips.iter().chain(&svc.retained_vips).find(|v| v.ip == ip).map(|v| (svc, v))
-                });
+                let found = self
+                    .services
+                    .iter()
+                    .find_map(|svc| svc.vips.iter().chain(&svc.retained_vips).find(|v| v.ip == ip).map(|v| (svc, v)));
                 match found {
                     Some((svc, v)) => {
                         let net = self.networks.iter().find(|n| n.id == v.network_id).map(|n| n.name.clone());
@@ -284,9 +285,21 @@ fn ct_listing(m: &MapsView, r: &Records, service: Option<&str>, limit: Option<us
         let last = e.last_seen.max(pair.map(|p| p.last_seen).unwrap_or(0));
         let (kind, source, destination, translated, owner) = if e.flags & ct_flags::DNAT != 0 {
             let owner = m.frontend_of(k.daddr, k.dport, k.proto).map(|(fk, s)| r.owner(&fk, &s).0).unwrap_or_default();
-            ("dnat", endpoint_str(k.saddr, k.sport), endpoint_str(k.daddr, k.dport), endpoint_str(e.nat_addr, e.nat_port), owner)
+            (
+                "dnat",
+                endpoint_str(k.saddr, k.sport),
+                endpoint_str(k.daddr, k.dport),
+                endpoint_str(e.nat_addr, e.nat_port),
+                owner,
+            )
         } else if e.flags & ct_flags::SNAT != 0 {
-            ("snat", endpoint_str(k.saddr, k.sport), endpoint_str(k.daddr, k.dport), endpoint_str(e.nat_addr, e.nat_port), String::new())
+            (
+                "snat",
+                endpoint_str(k.saddr, k.sport),
+                endpoint_str(k.daddr, k.dport),
+                endpoint_str(e.nat_addr, e.nat_port),
+                String::new(),
+            )
         } else if e.flags & ct_flags::TUNNEL_RETURN != 0 && e.flags & (ct_flags::REVNAT | ct_flags::SNAT_REV) == 0 {
             // keyed by the reply direction: task -> client
             let owner = r.task_with(ip_from_be(k.saddr)).map(|t| t.service_name.clone()).unwrap_or_default();
@@ -463,8 +476,9 @@ impl Daemon {
         }
         let mut containers: HashMap<String, u64> = HashMap::new();
         for c in &records.containers {
-            *containers.entry(serde_json::to_value(&c.state.status)?.as_str().unwrap_or("").to_string()).or_default() +=
-                1;
+            *containers
+                .entry(serde_json::to_value(&c.state.status)?.as_str().unwrap_or("").to_string())
+                .or_default() += 1;
         }
         let mut networks: HashMap<String, u64> = HashMap::new();
         for n in &records.networks {

@@ -92,13 +92,21 @@ impl ControlPlane {
             "Time the daemon took to answer an API operation, by operation",
             self.operation_duration.clone(),
         );
-        r.register("netbee_operation_errors", "API operations that failed, by operation", self.operation_errors.clone());
+        r.register(
+            "netbee_operation_errors",
+            "API operations that failed, by operation",
+            self.operation_errors.clone(),
+        );
         r.register(
             "netbee_service_reconcile_duration_seconds",
             "Time of one pass of the service loop (scheduling, this node's tasks, load balancers, names)",
             self.reconcile_duration.clone(),
         );
-        r.register("netbee_service_reconcile_errors", "Passes of the service loop that failed", self.reconcile_errors.clone());
+        r.register(
+            "netbee_service_reconcile_errors",
+            "Passes of the service loop that failed",
+            self.reconcile_errors.clone(),
+        );
         r.register(
             "netbee_etcd_request_duration_seconds",
             "Round-trip time of requests to the cluster store, by operation",
@@ -165,8 +173,12 @@ const NOT_PACKETS: [&str; 2] = ["ct_created", "mesh_received"];
 
 impl prometheus_client::collector::Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let packets: Vec<(&str, u64)> =
-            self.packets.iter().filter(|(n, _)| !NOT_PACKETS.contains(&n.as_str())).map(|(n, v)| (n.as_str(), *v)).collect();
+        let packets: Vec<(&str, u64)> = self
+            .packets
+            .iter()
+            .filter(|(n, _)| !NOT_PACKETS.contains(&n.as_str()))
+            .map(|(n, v)| (n.as_str(), *v))
+            .collect();
         family(
             &mut enc,
             "netbee_datapath_packets",
@@ -182,9 +194,21 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.drops.iter().map(|(n, v)| (vec![("reason", n.as_str())], Value::U(*v))),
         )?;
         let ct = &self.conntrack;
-        single(&mut enc, "netbee_conntrack_entries", "Conntrack entries now (two per translated flow)", MetricType::Gauge, ct.entries)?;
+        single(
+            &mut enc,
+            "netbee_conntrack_entries",
+            "Conntrack entries now (two per translated flow)",
+            MetricType::Gauge,
+            ct.entries,
+        )?;
         single(&mut enc, "netbee_conntrack_capacity", "Size of the conntrack table", MetricType::Gauge, ct.capacity)?;
-        single(&mut enc, "netbee_conntrack_entries_created", "Conntrack entries the datapath created", MetricType::Counter, ct.entries_created)?;
+        single(
+            &mut enc,
+            "netbee_conntrack_entries_created",
+            "Conntrack entries the datapath created",
+            MetricType::Counter,
+            ct.entries_created,
+        )?;
         single(
             &mut enc,
             "netbee_conntrack_entries_collected",
@@ -251,7 +275,13 @@ impl prometheus_client::collector::Collector for Snapshot {
             self.networks.iter().map(|(s, v)| (vec![("driver", s.as_str())], Value::U(*v))),
         )?;
         if let Some(n) = self.services {
-            single(&mut enc, "netbee_services", "Services of the cluster (the same on every node)", MetricType::Gauge, n)?;
+            single(
+                &mut enc,
+                "netbee_services",
+                "Services of the cluster (the same on every node)",
+                MetricType::Gauge,
+                n,
+            )?;
         }
         if let Some(tasks) = &self.tasks {
             family(
@@ -263,14 +293,38 @@ impl prometheus_client::collector::Collector for Snapshot {
             )?;
         }
         if let Some(p) = &self.process {
-            let f = |v: f64| Value::F(v);
             let series: [(&str, &str, MetricType, Value); 7] = [
-                ("process_cpu_seconds", "User and system CPU time of the daemon, seconds", MetricType::Counter, f(p.cpu_seconds)),
-                ("process_resident_memory_bytes", "Resident memory of the daemon", MetricType::Gauge, Value::U(p.resident_memory_bytes)),
-                ("process_virtual_memory_bytes", "Virtual memory of the daemon", MetricType::Gauge, Value::U(p.virtual_memory_bytes)),
-                ("process_start_time_seconds", "Start time of the daemon, seconds since the epoch", MetricType::Gauge, f(p.start_time_seconds)),
+                (
+                    "process_cpu_seconds",
+                    "User and system CPU time of the daemon, seconds",
+                    MetricType::Counter,
+                    Value::F(p.cpu_seconds),
+                ),
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory of the daemon",
+                    MetricType::Gauge,
+                    Value::U(p.resident_memory_bytes),
+                ),
+                (
+                    "process_virtual_memory_bytes",
+                    "Virtual memory of the daemon",
+                    MetricType::Gauge,
+                    Value::U(p.virtual_memory_bytes),
+                ),
+                (
+                    "process_start_time_seconds",
+                    "Start time of the daemon, seconds since the epoch",
+                    MetricType::Gauge,
+                    Value::F(p.start_time_seconds),
+                ),
                 ("process_open_fds", "Open file descriptors of the daemon", MetricType::Gauge, Value::U(p.open_fds)),
-                ("process_max_fds", "Soft limit of the daemon's open file descriptors", MetricType::Gauge, Value::U(p.max_fds)),
+                (
+                    "process_max_fds",
+                    "Soft limit of the daemon's open file descriptors",
+                    MetricType::Gauge,
+                    Value::U(p.max_fds),
+                ),
                 ("process_threads", "Threads of the daemon", MetricType::Gauge, Value::U(p.threads)),
             ];
             for (name, help, ty, v) in series {

@@ -57,6 +57,8 @@ fn samples(text: &str) -> Vec<&str> {
 fn names_units_and_labels_follow_prometheus_conventions() {
     control_plane().operation("container_create", Duration::from_millis(80), true);
     control_plane().operation("container_create", Duration::from_millis(3), false);
+    // a family of labelled series appears once it has one
+    control_plane().etcd_request("get", Duration::from_micros(700), true);
     let text = render(sample()).unwrap();
     let lines = samples(&text);
     for want in [
@@ -85,9 +87,21 @@ fn names_units_and_labels_follow_prometheus_conventions() {
     // counters not about packets are not among the packet counters
     assert!(!text.contains(r#"counter="ct_created""#) && !text.contains(r#"counter="mesh_received""#), "{text}");
     // the histograms: base unit seconds, cumulative buckets, errors as a _total counter
-    assert!(lines.iter().any(|l| l.starts_with(r#"netbee_operation_duration_seconds_bucket{operation="container_create",le="0.004"}"#)), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with(r#"netbee_operation_duration_seconds_count{operation="container_create"}"#)), "{text}");
-    assert!(lines.iter().any(|l| l.starts_with(r#"netbee_operation_errors_total{operation="container_create"}"#)), "{text}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l
+                .starts_with(r#"netbee_operation_duration_seconds_bucket{operation="container_create",le="0.004"}"#)),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(r#"netbee_operation_duration_seconds_count{operation="container_create"}"#)),
+        "{text}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(r#"netbee_operation_errors_total{operation="container_create"}"#)),
+        "{text}"
+    );
     assert!(text.contains("# TYPE netbee_service_reconcile_duration_seconds histogram"), "{text}");
     assert!(text.contains("# TYPE netbee_etcd_request_duration_seconds histogram"), "{text}");
     // every series of the exposition: a netbee_ or process_ prefix, counters end in _total, and
@@ -127,11 +141,7 @@ fn every_family_is_described_once_and_its_samples_are_together() {
 #[test]
 fn label_values_are_escaped() {
     let mut s = Snapshot::default();
-    s.backends.push(BackendSample {
-        kind: "mesh".into(),
-        service: "we\"b\\x\ny".into(),
-        ..Default::default()
-    });
+    s.backends.push(BackendSample { kind: "mesh".into(), service: "we\"b\\x\ny".into(), ..Default::default() });
     let text = render(s).unwrap();
     assert!(text.contains(r#"service="we\"b\\x\ny""#), "{text}");
 }
