@@ -61,6 +61,28 @@ fn task_addresses(lab: &Lab, service: &str, network: &str) -> Result<BTreeSet<St
     Ok(out)
 }
 
+/// One HTTP GET to a `netbee whoami` from local port `port`: the hostname that answered.
+fn http_hostname_from(port: u16, addr: SocketAddr) -> Result<String> {
+    use std::{
+        io::{Read as _, Write as _},
+        os::fd::AsRawFd as _,
+    };
+
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt};
+    let SocketAddr::V4(v4) = addr else { bail!("IPv4 only") };
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(3, 0))?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, port))?;
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).with_context(|| format!("connecting to {addr} from port {port}"))?;
+    let mut s = std::net::TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    whoami_field(&body, "Hostname").ok_or_else(|| anyhow!("no whoami answer in {body:?}"))
+}
+
 /// A Prometheus server of the lab, killed (and waited for) when dropped, also when the test
 /// fails; everything it writes is under the lab's directory.
 struct Prometheus {
@@ -158,12 +180,16 @@ fn prometheus_counts_mesh_connections_per_backend_and_node() -> Result<()> {
     })?;
 
     // 600 new connections in blocks of three, the blocks rotating over the nodes: each node
-    // receives a multiple of three, which its round robin spreads evenly over the three tasks
+    // receives a multiple of three, which its round robin spreads evenly over the three tasks.
+    // Each from its own source port: the tasks see the client's own address, so two connections
+    // through different nodes from one port reach a task with one 4-tuple, and the second can
+    // meet the first's TIME_WAIT there; the client then resets and retries it, which the
+    // datapath rightly counts as a second new flow (and balances anew).
     let addrs: Vec<SocketAddr> = lab.nodes().iter().map(|n| SocketAddr::from((n.addr(), 80))).collect();
     let (answers, failed) = lab.external("x1").run(move || {
         let (mut answers, mut failed) = (BTreeMap::<String, u64>::new(), Vec::new());
         for i in 0..600 {
-            match http_hostname(addrs[(i / 3) % 3]) {
+            match http_hostname_from(20000 + i as u16, addrs[(i / 3) % 3]) {
                 Ok(h) => *answers.entry(h).or_default() += 1,
                 Err(e) => failed.push(format!("{e:#}")),
             }
@@ -171,6 +197,12 @@ fn prometheus_counts_mesh_connections_per_backend_and_node() -> Result<()> {
         (answers, failed)
     });
     assert!(failed.is_empty(), "failed connections: {failed:?}");
+    if answers.values().any(|a| *a != 200) {
+        for n in lab.nodes() {
+            eprintln!("lb ls on {}:\n{}", n.short_name(), n.netbee(&["datapath", "lb", "ls"]).unwrap_or_default());
+            eprintln!("stats on {}:\n{}", n.short_name(), n.netbee(&["datapath", "stats"]).unwrap_or_default());
+        }
+    }
     assert_eq!(answers.values().copied().collect::<Vec<_>>(), [200, 200, 200], "answers by task: {answers:?}");
 
     let per_backend = r#"sum by (backend) (netbee_service_backend_connections_total{service="web",kind="mesh"})"#;
