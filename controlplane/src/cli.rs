@@ -244,7 +244,7 @@ struct DaemonArgs {
     /// Shared cluster state: etcd://ADDR:2379[,ADDR:2379...]. Without it the node runs alone.
     #[arg(long = "cluster-store")]
     cluster_store: Option<String>,
-    /// Entries of the connection-tracking table, 112 bytes each, two per flow (default: 0.25% of the node's memory).
+    /// Entries of the connection-tracking table, up to 128 bytes each, two per flow (default: 0.25% of the node's memory).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1024..))]
     conntrack_size: Option<u32>,
     /// How the routing mesh reaches tasks on other nodes: `tunnel` (VXLAN, works on any underlay)
@@ -260,6 +260,10 @@ struct DaemonArgs {
     /// A registry (HOST:PORT) to speak plain HTTP to instead of HTTPS; repeatable.
     #[arg(long = "insecure-registry")]
     insecure_registries: Vec<String>,
+    /// Serve Prometheus metrics on http://ADDR:PORT/metrics (off by default; metrics only, the
+    /// control API stays on the unix socket).
+    #[arg(long = "metrics-addr", value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -648,11 +652,49 @@ enum DatapathCmd {
     },
     /// Run the conntrack garbage collector now.
     Gc,
+    /// The load balancers: every frontend (routing-mesh port, VIP, published port) with its
+    /// backends and their new-connection counts.
+    #[command(subcommand)]
+    Lb(LsCmd),
+    /// The conntrack table's flows.
+    #[command(subcommand)]
+    Ct(CtCmd),
+    /// The container interfaces the datapath knows, on this node and others.
+    #[command(subcommand)]
+    Endpoints(LsCmd),
     /// (testing) Move every conntrack entry's last-seen time SECONDS into the past.
     #[command(name = "conntrack-age", hide = true)]
     ConntrackAge {
         #[arg(long)]
         seconds: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum LsCmd {
+    /// List them.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format: table or json.
+        #[arg(long)]
+        format: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCmd {
+    /// List the flows (one line per flow, its forward direction).
+    #[command(alias = "list")]
+    Ls {
+        /// Only the flows of this service (or container, for a published port).
+        #[arg(long)]
+        service: Option<String>,
+        /// At most this many flows.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Output format: table or json.
+        #[arg(long)]
+        format: Option<String>,
     },
 }
 
@@ -775,6 +817,7 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         mesh_routing: a.mesh_routing,
         discard_state: a.discard_state,
         insecure_registries: a.insecure_registries,
+        metrics_addr: a.metrics_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let r = rt.block_on(daemon::run(cfg));
@@ -981,6 +1024,73 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 println!("aged {} entries by {seconds} s", v.aged);
                 Ok(0)
             }
+            Cmd::Datapath(DatapathCmd::Lb(LsCmd::Ls { format })) => {
+                let v: Vec<api::LbFrontend> = c.get("/datapath/lb").await?;
+                if json_only(&format)? {
+                    println!("{}", pretty(&v)?);
+                } else {
+                    print!("{}", humanize::format_table(&LB_COLUMNS, &lb_rows(&v)));
+                }
+                Ok(0)
+            }
+            Cmd::Datapath(DatapathCmd::Ct(CtCmd::Ls { service, limit, format })) => {
+                let mut q = Vec::new();
+                if let Some(s) = &service {
+                    q.push(format!("service={}", enc(s)));
+                }
+                if let Some(n) = limit {
+                    q.push(format!("limit={n}"));
+                }
+                let v: Vec<api::CtFlow> = c.get(&format!("/datapath/ct?{}", q.join("&"))).await?;
+                if json_only(&format)? {
+                    println!("{}", pretty(&v)?);
+                } else {
+                    let rows: Vec<Vec<String>> = v
+                        .iter()
+                        .map(|f| {
+                            vec![
+                                f.proto.clone(),
+                                f.source.clone(),
+                                f.destination.clone(),
+                                f.kind.clone(),
+                                f.translated.clone(),
+                                f.service.clone(),
+                                f.state.clone(),
+                                f.flags.join(","),
+                                format!("{}s", f.idle_seconds),
+                            ]
+                        })
+                        .collect();
+                    let cols =
+                        ["PROTO", "SOURCE", "DESTINATION", "KIND", "TRANSLATED", "SERVICE", "STATE", "FLAGS", "IDLE"];
+                    print!("{}", humanize::format_table(&cols, &rows));
+                }
+                Ok(0)
+            }
+            Cmd::Datapath(DatapathCmd::Endpoints(LsCmd::Ls { format })) => {
+                let v: Vec<api::EndpointEntry> = c.get("/datapath/endpoints").await?;
+                if json_only(&format)? {
+                    println!("{}", pretty(&v)?);
+                } else {
+                    let rows: Vec<Vec<String>> = v
+                        .iter()
+                        .map(|e| {
+                            vec![
+                                e.address.clone(),
+                                e.scope.clone(),
+                                e.network.clone(),
+                                e.node.clone(),
+                                e.interface.clone(),
+                                e.container.clone(),
+                                e.mac.clone(),
+                            ]
+                        })
+                        .collect();
+                    let cols = ["ADDRESS", "SCOPE", "NETWORK", "NODE", "INTERFACE", "CONTAINER", "MAC"];
+                    print!("{}", humanize::format_table(&cols, &rows));
+                }
+                Ok(0)
+            }
             Cmd::Datapath(DatapathCmd::Stats { format }) => {
                 let v: DatapathStats = c.get("/datapath/stats").await?;
                 if json_only(&format)? {
@@ -1040,6 +1150,38 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             Cmd::Daemon(_) | Cmd::Whoami { .. } | Cmd::Shim { .. } | Cmd::Exec { .. } => unreachable!(),
         }
     })
+}
+
+const LB_COLUMNS: [&str; 9] =
+    ["SERVICE", "KIND", "FRONTEND", "BACKEND", "TASK", "NODE", "STATE", "CONNECTIONS", "ESTABLISHED"];
+
+/// One row per backend (a frontend with none: one row saying so), the frontend named on its
+/// first row only.
+fn lb_rows(v: &[api::LbFrontend]) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    for f in v {
+        let head = |first: bool| {
+            if first { vec![f.service.clone(), f.kind.clone(), f.frontend.clone()] } else { vec![String::new(); 3] }
+        };
+        if f.backends.is_empty() {
+            let mut r = head(true);
+            r.extend(["(none)".to_string(), String::new(), String::new(), String::new(), String::new(), String::new()]);
+            rows.push(r);
+        }
+        for (i, b) in f.backends.iter().enumerate() {
+            let mut r = head(i == 0);
+            r.extend([
+                b.address.clone(),
+                b.task.clone(),
+                b.node.clone(),
+                b.state.clone(),
+                b.connections.to_string(),
+                b.established.to_string(),
+            ]);
+            rows.push(r);
+        }
+    }
+    rows
 }
 
 /// Applies `f` to every name, printing each name that succeeded (docker's output) and failing

@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType,
         links::{FdLink, PinnedLink},
@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use netbee_abi::{
-    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAP_VERSION, MacKey, MonitorRate, Network,
-    Service, config, drop_reason, stat,
+    Backend, BackendKey, CtEntry, CtKey, Endpoint, FrontendKey, Iface, LbCountKey, MAP_VERSION, MacKey, MonitorRate,
+    Network, Service, config, drop_reason, stat,
 };
 
 pub(crate) const OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netbee-datapath"));
@@ -56,6 +56,7 @@ pub struct Datapath {
     pub frontends: HashMap<MapData, FrontendKey, Service>,
     pub backends: HashMap<MapData, BackendKey, Backend>,
     pub ct: HashMap<MapData, CtKey, CtEntry>,
+    lb_conns: PerCpuHashMap<MapData, LbCountKey, u64>,
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
@@ -134,6 +135,7 @@ impl Datapath {
             frontends: take(&mut bpf, "FRONTENDS")?,
             backends: take(&mut bpf, "BACKENDS")?,
             ct: take(&mut bpf, "CT")?,
+            lb_conns: take(&mut bpf, "LB_CONNS")?,
             config: take(&mut bpf, "CONFIG")?,
             stats: take(&mut bpf, "STATS")?,
             drops: take(&mut bpf, "DROPS")?,
@@ -260,6 +262,21 @@ impl Datapath {
             drops.push((name.to_string(), v));
         }
         Ok((stats, drops))
+    }
+
+    /// New connections per frontend and backend (`LB_CONNS`), summed over CPUs.
+    pub fn lb_counts(&self) -> std::collections::HashMap<LbCountKey, u64> {
+        self.lb_conns.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.iter().sum())).collect()
+    }
+
+    /// Removes the new-connection counters `keep` refuses (their frontend or backend is gone);
+    /// returns how many went.
+    pub fn prune_lb_counts(&mut self, keep: impl Fn(&LbCountKey) -> bool) -> Result<usize> {
+        let doomed: Vec<LbCountKey> = self.lb_conns.keys().filter_map(|r| r.ok()).filter(|k| !keep(k)).collect();
+        for k in &doomed {
+            ignore_missing(self.lb_conns.remove(k))?;
+        }
+        Ok(doomed.len())
     }
 
     pub fn ct_capacity(&self) -> u32 {
@@ -404,19 +421,26 @@ pub fn default_timeouts() -> [(u32, u64); 4] {
     ]
 }
 
-/// Kernel memory per conntrack entry, as the kernel charges an LRU hash of 16-byte keys and
-/// 32-byte values (element header, key, value; the table is allocated whole when created):
-/// measured from the map's fdinfo `memlock` by
+/// Kernel memory per conntrack entry, an upper bound of what the kernel charges an LRU hash of
+/// 16-byte keys and 32-byte values (element header, key, value, and the bucket array, which is
+/// rounded up to a power of two; the table is allocated whole when created): measured from the
+/// map's fdinfo `memlock`, 112 bytes at 65,536 entries and 121 at 40,960, by
 /// `datapath_tests::a_conntrack_entry_costs_what_the_default_size_assumes`.
-pub const CT_ENTRY_BYTES: u64 = 112;
+pub const CT_ENTRY_BYTES: u64 = 128;
 
 /// The conntrack table's size when `--conntrack-size` is not given: 0.25 % of the node's memory
 /// (Cilium's default ratio for its dynamically sized maps) at [`CT_ENTRY_BYTES`] each, between
 /// 65,536 and 4,194,304 entries, a multiple of 1,024. A flow takes two entries (one per
-/// direction). 24 GiB → 574,464 entries (61 MiB), 287,232 flows; 2 GiB → 65,536 (7 MiB).
+/// direction). 24 GiB → 502,784 entries (61 MiB), 251,392 flows; 2 GiB → 65,536 (8 MiB).
 pub fn default_ct_size(mem_total_bytes: u64) -> u32 {
     let fitting = mem_total_bytes / 400 / CT_ENTRY_BYTES;
     (fitting.clamp(65_536, 4_194_304) as u32) & !1023
+}
+
+/// Whether a conntrack table of `capacity` entries holding `live` is under pressure (three
+/// quarters full): the collector then gives the least useful flows short timeouts.
+pub fn ct_under_pressure(live: u64, capacity: u64) -> bool {
+    live * 4 >= capacity * 3
 }
 
 /// The node's memory (MemTotal of /proc/meminfo), in bytes.
@@ -435,7 +459,7 @@ mod sizing_tests {
     #[test]
     fn the_default_conntrack_size_follows_memory_within_bounds() {
         const GIB: u64 = 1 << 30;
-        assert_eq!(default_ct_size(24 * GIB), 574_464);
+        assert_eq!(default_ct_size(24 * GIB), 502_784);
         assert_eq!(default_ct_size(2 * GIB), 65_536, "the floor");
         assert_eq!(default_ct_size(4096 * GIB), 4_194_304, "the ceiling");
         for gib in [1, 3, 7, 24, 100, 900] {

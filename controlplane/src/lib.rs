@@ -15,6 +15,7 @@ mod humanize;
 pub mod images;
 pub mod ipam;
 mod lookup;
+pub mod metrics;
 pub mod model;
 mod monitor;
 pub mod names;

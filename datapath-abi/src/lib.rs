@@ -18,6 +18,8 @@ pub const MAX_BACKEND_SLOTS: u32 = 262144;
 pub const CT_DEFAULT_SIZE: u32 = 262144;
 pub const MAX_SOCK_REVNAT: u32 = 65536;
 pub const MAX_PEER_NODES: u32 = 1024;
+/// Frontend-backend pairs with a new-connection counter (`LB_CONNS`).
+pub const MAX_LB_COUNTERS: u32 = 65536;
 
 /// Per-CPU packet counters (`STATS` array index).
 pub mod stat {
@@ -43,10 +45,13 @@ pub mod stat {
     /// Routing-mesh packets sent to or accepted from an L2-adjacent peer node without
     /// encapsulation.
     pub const DIRECT_ROUTE: u32 = 18;
+    /// New connections from the wire to a routing-mesh port of this node (counted once the
+    /// backend is chosen and the flow recorded).
+    pub const MESH_RECEIVED: u32 = 19;
     pub const N: u32 = 32;
 
     /// Names in index order, for `netbee datapath stats`.
-    pub const NAMES: [&str; 19] = [
+    pub const NAMES: [&str; 20] = [
         "from_container",
         "redirect_local",
         "to_stack",
@@ -66,6 +71,7 @@ pub mod stat {
         "ct_created",
         "tunnel_return",
         "direct_route",
+        "mesh_received",
     ];
 }
 
@@ -220,6 +226,8 @@ pub mod svc_flags {
     pub const LOCAL_ONLY: u32 = 1;
     /// Frontend is a VIP scoped to `net_id`.
     pub const VIP: u32 = 2;
+    /// Frontend is a service's routing-mesh port (published on every node).
+    pub const MESH: u32 = 4;
 }
 
 #[repr(C)]
@@ -243,6 +251,18 @@ pub struct BackendKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Backend {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `LB_CONNS`: one frontend (its `Service::id`) and one backend as `BACKENDS` holds it
+/// (port 0 for a VIP's any-port backend). Keyed by the backend itself rather than its slot, so a
+/// count stays with its backend when slots are renumbered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LbCountKey {
+    pub service: u32,
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
@@ -432,6 +452,7 @@ mod pod {
     unsafe impl aya::Pod for Service {}
     unsafe impl aya::Pod for BackendKey {}
     unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for LbCountKey {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
     unsafe impl aya::Pod for MacKey {}

@@ -10,7 +10,7 @@ use netbee_abi::{Backend, BackendKey, CtKey, FrontendKey, Service, ct_flags, dro
 use crate::{
     conntrack,
     deliver::{Via, to_backend},
-    maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS, count},
+    maps::{BACKENDS, FRONTENDS, NODE_ADDRS, RR, VIPS, count, count_backend},
     mem, monitor, nat,
     packet::{EthHdr, Ip4, L4},
     verdict::drop,
@@ -70,6 +70,7 @@ pub fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, s
     let Some((slot, mut be)) = select_backend(svc) else {
         return Some(drop(drop_reason::NO_BACKEND));
     };
+    let chosen = be;
     if be.port == 0 {
         // a VIP's any-port frontend keeps the port the client asked for
         be.port = l4.dport;
@@ -81,6 +82,10 @@ pub fn new_dnat(ctx: &TcContext, eth: &EthHdr, ip: &Ip4, l4: &L4, key: &CtKey, s
         return Some(drop(drop_reason::CT_INSERT_FAILED));
     }
     count(stat::DNAT_NEW);
+    count_backend(svc.id, &chosen);
+    if via == Via::Wire && svc.flags & svc_flags::MESH != 0 {
+        count(stat::MESH_RECEIVED);
+    }
     monitor::lb_decision(ctx, ip, l4, svc, slot, &be, via);
     if nat::rewrite_dst(ctx, l4, ip.daddr, be.addr, be.port).is_none() {
         return Some(drop(drop_reason::MALFORMED));

@@ -1,13 +1,14 @@
 //! Every map of the datapath. All are pinned by name under the node's bpffs (the loader adds a
 //! versioned directory) so forwarding state outlives daemon restarts.
 use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use netbee_abi::{
-    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface, MAX_BACKEND_SLOTS,
-    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_IFACES, MAX_NETWORKS, MAX_NODE_ADDRS, MAX_PEER_NODES, MAX_SERVICES,
-    MAX_SOCK_REVNAT, MacKey, Network, Service, SockKey, SockRevNat, config, drop_reason, stat,
+    Backend, BackendKey, CT_DEFAULT_SIZE, CtEntry, CtKey, Endpoint, FrontendKey, Iface, LbCountKey, MAX_BACKEND_SLOTS,
+    MAX_ENDPOINTS, MAX_FRONTENDS, MAX_IFACES, MAX_LB_COUNTERS, MAX_NETWORKS, MAX_NODE_ADDRS, MAX_PEER_NODES,
+    MAX_SERVICES, MAX_SOCK_REVNAT, MacKey, Network, Service, SockKey, SockRevNat, config, drop_reason, stat,
 };
 
 #[map]
@@ -47,6 +48,12 @@ pub static BACKENDS: HashMap<BackendKey, Backend> = HashMap::pinned(MAX_BACKEND_
 #[map]
 pub static RR: Array<u64> = Array::pinned(MAX_SERVICES, 0);
 
+/// New connections per frontend and backend, per CPU. Entries are made by the programs on a
+/// pair's first connection (allocated then: most pairs of a big table never occur); the daemon
+/// removes those of backends and frontends that are gone.
+#[map]
+pub static LB_CONNS: PerCpuHashMap<LbCountKey, u64> = PerCpuHashMap::pinned(MAX_LB_COUNTERS, BPF_F_NO_PREALLOC);
+
 #[map]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_DEFAULT_SIZE, 0);
 #[map]
@@ -62,6 +69,21 @@ pub fn count(idx: u32) {
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     if let Some(p) = DROPS.get_ptr_mut(reason) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Counts a new connection of frontend `service` sent to `be` (as `BACKENDS` holds it). A pair's
+/// first connection creates its entry (this CPU's value 1, the others 0); of two CPUs creating
+/// it at once, the loser counts into the winner's entry.
+#[inline(always)]
+pub fn count_backend(service: u32, be: &Backend) {
+    let key = LbCountKey { service, addr: be.addr, port: be.port, _pad: 0 };
+    if let Some(p) = LB_CONNS.get_ptr_mut(key) {
+        unsafe { *p += 1 };
+    } else if LB_CONNS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(p) = LB_CONNS.get_ptr_mut(key)
+    {
         unsafe { *p += 1 };
     }
 }

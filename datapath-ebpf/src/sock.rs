@@ -13,7 +13,7 @@ use netbee_abi::{SockKey, SockRevNat, config, stat, svc_flags};
 
 use crate::{
     lb,
-    maps::{SOCK_REVNAT, config, count},
+    maps::{SOCK_REVNAT, config, count, count_backend},
 };
 
 const ALLOW: i32 = 1;
@@ -75,6 +75,7 @@ fn translate_to_backend(ctx: &SockAddrContext) {
     sa.user_ip4 = be.addr;
     sa.user_port = be.port as u32;
     count(stat::SOCK_LB);
+    count_backend(svc.id, &be);
 }
 
 #[inline(always)]

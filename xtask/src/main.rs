@@ -50,6 +50,8 @@ const APT_PACKAGES: &[&str] = &[
     "skopeo",
     "umoci",
     "busybox-static",
+    // the observability test's scraper
+    "prometheus",
 ];
 mod test_images;
 
@@ -139,7 +141,7 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // Debian starts services on install; the lab runs its own instances
-    for svc in ["etcd", "nginx", "haproxy"] {
+    for svc in ["etcd", "nginx", "haproxy", "prometheus"] {
         let _ = Command::new("systemctl").args(["disable", "--now", svc]).output();
     }
     // nightly rust-src: only the eBPF crate is built with nightly (-Z build-std=core)

@@ -84,13 +84,16 @@ impl Etcd {
         }
     }
 
-    async fn run<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let c = self.client().await?;
-        match tokio::time::timeout(TIMEOUT, f(c)).await {
+        let t0 = std::time::Instant::now();
+        let r = tokio::time::timeout(TIMEOUT, f(c)).await;
+        crate::metrics::control_plane().etcd_request(what, t0.elapsed(), matches!(r, Ok(Ok(_))));
+        match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
                 self.reset().await;

@@ -5,6 +5,7 @@ mod images;
 mod monitor;
 mod names;
 mod networks;
+mod observe;
 mod ownership;
 mod ports;
 mod reconcile;
@@ -54,6 +55,8 @@ pub struct DaemonConfig {
     pub discard_state: bool,
     /// Registries (`HOST:PORT`) spoken to in plain HTTP (`--insecure-registry`).
     pub insecure_registries: Vec<String>,
+    /// Where to serve Prometheus metrics (`--metrics-addr`); None serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +193,16 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
     tokio::spawn(reconcile::conntrack_gc(daemon.clone()));
     tokio::spawn(reconcile::heal_loop(daemon.clone()));
     tokio::spawn(daemon.clone().service_loop());
+    if let Some(addr) = cfg.metrics_addr {
+        // bound before the daemon says it is ready, so a wrong address fails the start
+        let d = daemon.clone();
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("--metrics-addr {addr}"))?;
+        tokio::spawn(async move {
+            if let Err(e) = observe::serve_metrics(d, listener).await {
+                warn!("metrics server stopped: {e:#}");
+            }
+        });
+    }
     info!(root = %cfg.root.display(), socket = %cfg.socket.display(), "netbee daemon ready");
     server::serve(daemon).await
 }

@@ -301,6 +301,11 @@ fn build(
 }
 
 impl Daemon {
+    /// Other nodes' overlay endpoints as last read from the cluster store.
+    pub(super) fn remote_endpoints(&self) -> Vec<RemoteEndpoint> {
+        self.dns.sources.lock().unwrap().remote.clone()
+    }
+
     /// Rebuilds the name table from the current sources and makes sure a DNS server listens on
     /// every user network's gateway. Every operation that adds or removes names calls it before
     /// it returns.

@@ -177,16 +177,11 @@ pub fn paired_key(k: &CtKey, e: &CtEntry) -> Option<CtKey> {
 /// not; clearing what is least likely to carry more packets keeps room for the flows that do.
 const PRESSURE_TIMEOUTS_NS: [u64; 4] = [1_000_000_000, u64::MAX, 1_000_000_000, 10_000_000_000];
 
-/// Whether a table of `capacity` entries holding `live` is under pressure.
-pub fn under_pressure(live: usize, capacity: u32) -> bool {
-    live as u64 * 4 >= u64::from(capacity) * 3
-}
-
 /// The entries to delete at `now`: those of flows idle longer than their state allows (both
 /// directions of a flow go together), with the pressure timeouts when the table is under
 /// pressure.
 pub fn doomed_flows(entries: &HashMap<CtKey, CtEntry>, now: u64, timeouts: [u64; 4], capacity: u32) -> Vec<CtKey> {
-    let timeouts = if under_pressure(entries.len(), capacity) {
+    let timeouts = if datapath::ct_under_pressure(entries.len() as u64, u64::from(capacity)) {
         std::array::from_fn(|i| timeouts[i].min(PRESSURE_TIMEOUTS_NS[i]))
     } else {
         timeouts
@@ -280,7 +275,7 @@ pub async fn conntrack_gc(d: Arc<Daemon>) {
                 if removed > 0 {
                     info!(removed, live, "conntrack garbage collected");
                 }
-                let pressed = under_pressure(live as usize + removed as usize, capacity);
+                let pressed = datapath::ct_under_pressure(live + removed, u64::from(capacity));
                 if pressed && pause > Duration::from_secs(1) {
                     warn!(live, capacity, "conntrack table under pressure: collecting every second");
                 }
@@ -318,6 +313,11 @@ impl Daemon {
             ignore_missing(dp.ct.remove(k))?;
         }
         let removed = doomed.len() as u64;
+        // new-connection counters live as long as their backend is in its frontend's rotation
+        // (the load-balancer writers hold the datapath lock to change BACKENDS, as this does)
+        let backends: HashSet<(u32, u32, u16)> =
+            dp.backends.iter().filter_map(|r| r.ok()).map(|(k, b)| (k.service, b.addr, b.port)).collect();
+        dp.prune_lb_counts(|k| backends.contains(&(k.service, k.addr, k.port)))?;
         self.ct_gc_removed.fetch_add(removed, std::sync::atomic::Ordering::Relaxed);
         Ok((removed, (entries.len() as u64).saturating_sub(removed)))
     }
@@ -358,7 +358,7 @@ mod tests {
         .collect();
         assert!(doomed_flows(&entries, now, TIMEOUTS, 1024).is_empty(), "a roomy table keeps every flow");
         // 8 entries in a table of 10: pressure
-        assert!(under_pressure(entries.len(), 10));
+        assert!(datapath::ct_under_pressure(entries.len() as u64, 10));
         let mut gone: Vec<u16> = doomed_flows(&entries, now, TIMEOUTS, 10)
             .iter()
             .map(|k| if k.sport == 8080 { k.dport } else { k.sport })

@@ -13,15 +13,17 @@ use tracing::info;
 use super::Daemon;
 use crate::{
     api::{
-        ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ConntrackStats, ContainerCreateRequest,
+        ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ContainerCreateRequest,
         ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
-        ContainerWaitResponse, DatapathStats, ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest,
-        ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse, ImageReferenceRequest, ImageSaveRequest,
-        ImageSummary, ImageTagRequest, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
-        NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
-        ServiceSummary, ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse,
-        SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+        ContainerWaitResponse, CtFlow, DatapathStats, EndpointEntry, ImageDeleteResponseItem, ImageIdResponse,
+        ImageImportRequest, ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse,
+        ImageReferenceRequest, ImageSaveRequest, ImageSummary, ImageTagRequest, LbFrontend, Network,
+        NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
+        NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
+        ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
+        SwarmJoinTokenResponse, SystemVersion, Task,
     },
+    metrics::timed,
     model::Status,
 };
 
@@ -97,6 +99,9 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/images/{name}/json", get(image_inspect))
         .route("/images/{name}", delete(image_remove))
         .route("/datapath/stats", get(datapath_stats))
+        .route("/datapath/lb", get(datapath_lb))
+        .route("/datapath/ct", get(datapath_ct))
+        .route("/datapath/endpoints", get(datapath_endpoints))
         .route("/datapath/conntrack/age", post(conntrack_age))
         .route("/datapath/conntrack/gc", post(conntrack_gc))
         .route("/datapath/monitor", get(datapath_monitor))
@@ -154,7 +159,7 @@ async fn network_list(State(d): D) -> ApiResult<Json<Vec<Network>>> {
 }
 
 async fn network_create(State(d): D, Body(req): Body<NetworkCreateRequest>) -> ApiResult<Json<NetworkCreateResponse>> {
-    let n = d.network_create(req).await?;
+    let n = timed("network_create", d.network_create(req)).await?;
     Ok(Json(NetworkCreateResponse { id: n.id, warning: String::new() }))
 }
 
@@ -164,12 +169,12 @@ async fn network_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<
 }
 
 async fn network_remove(State(d): D, Path(id): Path<String>) -> NoContent {
-    d.network_remove(&id).await?;
+    timed("network_remove", d.network_remove(&id)).await?;
     Ok(Json(()))
 }
 
 async fn network_connect(State(d): D, Path(id): Path<String>, Body(req): Body<NetworkConnectRequest>) -> NoContent {
-    d.network_connect(&id, req).await?;
+    timed("network_connect", d.network_connect(&id, req)).await?;
     Ok(Json(()))
 }
 
@@ -178,7 +183,7 @@ async fn network_disconnect(
     Path(id): Path<String>,
     Body(req): Body<NetworkDisconnectRequest>,
 ) -> NoContent {
-    d.network_disconnect(&id, &req.container).await?;
+    timed("network_disconnect", d.network_disconnect(&id, &req.container)).await?;
     Ok(Json(()))
 }
 
@@ -196,7 +201,7 @@ async fn container_create(
     State(d): D,
     Body(req): Body<ContainerCreateRequest>,
 ) -> ApiResult<Json<ContainerCreateResponse>> {
-    let c = d.container_create(req).await?;
+    let c = timed("container_create", d.container_create(req)).await?;
     Ok(Json(ContainerCreateResponse { id: c.id, name: c.name, warnings: vec![] }))
 }
 
@@ -206,7 +211,7 @@ async fn container_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Jso
 }
 
 async fn container_start(State(d): D, Path(id): Path<String>) -> NoContent {
-    d.container_start(&id).await?;
+    timed("container_start", d.container_start(&id)).await?;
     Ok(Json(()))
 }
 
@@ -218,18 +223,18 @@ fn query_u64(q: &HashMap<String, String>, k: &str, default: u64) -> ApiResult<u6
 }
 
 async fn container_stop(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
-    d.container_stop(&id, query_u64(&q, "t", 10)?).await?;
+    timed("container_stop", d.container_stop(&id, query_u64(&q, "t", 10)?)).await?;
     Ok(Json(()))
 }
 
 async fn container_kill(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
-    d.container_kill(&id, q.get("signal").map(String::as_str).unwrap_or("KILL")).await?;
+    timed("container_kill", d.container_kill(&id, q.get("signal").map(String::as_str).unwrap_or("KILL"))).await?;
     Ok(Json(()))
 }
 
 async fn container_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     let force = q.get("force").is_some_and(|v| v == "1" || v == "true");
-    d.container_remove(&id, force).await?;
+    timed("container_remove", d.container_remove(&id, force)).await?;
     Ok(Json(()))
 }
 
@@ -249,21 +254,22 @@ async fn datapath_stats(State(d): D) -> ApiResult<Json<DatapathStats>> {
         let (s, dr) = dp.counters()?;
         (s, dr, dp.ct.keys().count() as u64, dp.ct_capacity())
     };
-    let created = stats.iter().find(|(n, _)| n == "ct_created").map(|(_, v)| *v).unwrap_or(0);
-    let removed = d.ct_gc_removed.load(std::sync::atomic::Ordering::Relaxed);
-    Ok(Json(DatapathStats {
-        counters: stats.into_iter().collect(),
-        drops: drops.into_iter().collect(),
-        conntrack: ConntrackStats {
-            entries: ct_entries,
-            capacity: capacity.into(),
-            entries_created: created,
-            entries_collected: removed,
-            // LRU evictions are silent in the kernel: whatever was created and neither collected
-            // nor still present was evicted to make room
-            evicted: created.saturating_sub(removed).saturating_sub(ct_entries),
-        },
-    }))
+    let conntrack = d.conntrack_stats(&stats, ct_entries, capacity);
+    Ok(Json(DatapathStats { counters: stats.into_iter().collect(), drops: drops.into_iter().collect(), conntrack }))
+}
+
+async fn datapath_lb(State(d): D) -> ApiResult<Json<Vec<LbFrontend>>> {
+    Ok(Json(d.datapath_lb().await))
+}
+
+async fn datapath_ct(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<CtFlow>>> {
+    let limit = q.get("limit").map(|_| query_u64(&q, "limit", 0)).transpose()?.map(|n| n as usize);
+    let service = q.get("service").map(String::as_str).filter(|s| !s.is_empty());
+    Ok(Json(d.datapath_ct(service, limit).await))
+}
+
+async fn datapath_endpoints(State(d): D) -> ApiResult<Json<Vec<EndpointEntry>>> {
+    Ok(Json(d.datapath_endpoints().await))
 }
 
 /// A newline-delimited JSON answer, sent as its records come (docker's `/events` style).
@@ -413,7 +419,7 @@ async fn service_list(State(d): D) -> ApiResult<Json<Vec<ServiceSummary>>> {
 }
 
 async fn service_create(State(d): D, Body(req): Body<ServiceCreateRequest>) -> ApiResult<Json<ServiceCreateResponse>> {
-    let s = d.service_create(req).await?;
+    let s = timed("service_create", d.service_create(req)).await?;
     Ok(Json(ServiceCreateResponse { id: s.id }))
 }
 
@@ -426,12 +432,12 @@ async fn service_update(
     Path(id): Path<String>,
     Body(req): Body<ServiceUpdateRequest>,
 ) -> ApiResult<Json<ServiceUpdateResponse>> {
-    let s = d.service_update(&id, req).await?;
+    let s = timed("service_update", d.service_update(&id, req)).await?;
     Ok(Json(ServiceUpdateResponse { id: s.id }))
 }
 
 async fn service_remove(State(d): D, Path(id): Path<String>) -> NoContent {
-    d.service_remove(&id).await?;
+    timed("service_remove", d.service_remove(&id)).await?;
     Ok(Json(()))
 }
 

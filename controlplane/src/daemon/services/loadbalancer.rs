@@ -61,7 +61,7 @@ impl Daemon {
                     .map(|(_, ip)| Backend { addr: ip_be(ip), port: p.target.to_be(), _pad: 0 })
                     .collect();
                 let key = FrontendKey { addr: 0, port: p.published.to_be(), proto: proto_num(p.proto), _pad: 0 };
-                want.push((key, 0, backends, 0));
+                want.push((key, 0, backends, svc_flags::MESH));
             }
             // a VIP balances every port (port 0 = keep the client's port), TCP and UDP, inside
             // its own network only
@@ -104,6 +104,9 @@ impl Daemon {
             }
             *id = next;
             used.insert(next);
+            // a fresh frontend starts its counts at zero, whatever an earlier one of this id left
+            let fresh = next;
+            dp.prune_lb_counts(|k| k.service != fresh)?;
         }
         for ((key, net_id, backends, flags), id) in want.iter().zip(&ids) {
             let old_count = existing.get(key).map(|s| s.count).unwrap_or(0);

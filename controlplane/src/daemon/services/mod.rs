@@ -104,7 +104,10 @@ impl Daemon {
     /// one period.
     pub async fn service_loop(self: Arc<Self>) {
         loop {
-            match self.service_pass().await {
+            let t0 = std::time::Instant::now();
+            let pass = self.service_pass().await;
+            crate::metrics::control_plane().reconcile_pass(t0.elapsed(), pass.is_ok());
+            match pass {
                 // a batch is done and more work waits: the next pass follows at once
                 Ok(true) => {
                     tokio::task::yield_now().await;
