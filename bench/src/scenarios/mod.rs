@@ -61,7 +61,8 @@ pub const ALL: &[Scenario] = &[
         description: "new connections per second and latency from an external client to a published port \
                       (wrk, 2 threads, 50 connections, `Connection: close`, nginx answering 200); netbee vs \
                       iptables DNAT+MASQUERADE behind a Linux bridge and vs a socat userland proxy; and \
-                      netbee again with a `netbee monitor` attached (the monitor's cost)",
+                      netbee again with a `netbee monitor` attached (the monitor's cost) and while its \
+                      /metrics is scraped every second (the scrape's cost)",
         run: Some(published_port::run),
         pending: "",
     },

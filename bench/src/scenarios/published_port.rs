@@ -12,7 +12,9 @@
 //!
 //! The flow monitor's cost: each round also measures netbee with a `netbee monitor` attached
 //! (drops and load-balancing decisions, every new connection one rate-limited event), right
-//! after netbee alone; the ratio netbee / `netbee+monitor` is what listening costs.
+//! after netbee alone; the ratio netbee / `netbee+monitor` is what listening costs. Likewise
+//! `netbee+scraped`: netbee while its `/metrics` (`--metrics-addr`) is fetched every second, as
+//! Prometheus would (each scrape walks the conntrack table and reads every counter map).
 
 use std::time::Duration;
 
@@ -28,6 +30,10 @@ use crate::tools::{WRK_LUA, parse_wrk, write_nginx_conf};
 const HOST_PORT: u16 = 8080;
 /// netbee measured while a `netbee monitor` is attached.
 const MONITORED: &str = "netbee+monitor";
+/// netbee measured while its metrics are scraped every second.
+const SCRAPED: &str = "netbee+scraped";
+/// Where n1's daemon serves /metrics (inside its namespace).
+const METRICS_ADDR: &str = "127.0.0.1:9464";
 const NGINX_PORT: u16 = 80;
 
 pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
@@ -38,6 +44,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     lab.add_external("x1")?;
     let dir = scratch(&lab, "published-port")?;
     let n1 = lab.node("n1");
+    n1.set_daemon_args(&["--metrics-addr", METRICS_ADDR]);
     n1.start_daemon()?;
 
     // netbee: nginx in a container on a user network, published on 8080.
@@ -102,19 +109,23 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         MetricDef::new("cps", "new connections/s", "conn/s", Better::Higher)
             .vs("iptables", "> 1 (well above)")
             .vs("socat", "≫ 1 (far above)")
-            .vs(MONITORED, "≈ 1 (monitor cost)"),
+            .vs(MONITORED, "≈ 1 (monitor cost)")
+            .vs(SCRAPED, "≈ 1 (scrape cost)"),
         MetricDef::new("p50", "request latency p50", "ms", Better::Lower)
             .vs("iptables", "≥ 1")
             .vs("socat", "> 1")
-            .vs(MONITORED, "≈ 1"),
+            .vs(MONITORED, "≈ 1")
+            .vs(SCRAPED, "≈ 1"),
         MetricDef::new("p99", "request latency p99", "ms", Better::Lower)
             .vs("iptables", "≥ 1")
             .vs("socat", "> 1")
-            .vs(MONITORED, "≈ 1"),
+            .vs(MONITORED, "≈ 1")
+            .vs(SCRAPED, "≈ 1"),
         MetricDef::new("errors", "wrk socket errors per run", "count", Better::Lower)
             .vs("iptables", "—")
             .vs("socat", "—")
-            .vs(MONITORED, "—"),
+            .vs(MONITORED, "—")
+            .vs(SCRAPED, "—"),
     ];
     let mut col = Collector::new("published-port", defs);
     let secs = ctx.duration().as_secs();
@@ -130,23 +141,25 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             col.add("p99", system, r.p99_ms);
             col.add("errors", system, r.errors as f64);
         }
-        let monitor = Monitor::attach(n1)?;
-        let r = wrk(n1.addr(), secs).context("netbee with a monitor attached: wrk")?;
-        drop(monitor);
-        col.add("cps", MONITORED, r.per_second());
-        col.add("p50", MONITORED, r.p50_ms);
-        col.add("p99", MONITORED, r.p99_ms);
-        col.add("errors", MONITORED, r.errors as f64);
+        for (system, watcher) in [(MONITORED, Watcher::monitor(n1)?), (SCRAPED, Watcher::scraper(n1)?)] {
+            let r = wrk(n1.addr(), secs).with_context(|| format!("{system}: wrk"))?;
+            drop(watcher);
+            col.add("cps", system, r.per_second());
+            col.add("p50", system, r.p50_ms);
+            col.add("p99", system, r.p99_ms);
+            col.add("errors", system, r.errors as f64);
+        }
     }
     drop(servers);
     Ok(col.finish())
 }
 
-/// A `netbee monitor` (every kind, JSON) reading as an operator's would; detached when dropped.
-struct Monitor(std::process::Child);
+/// What watches n1 while it is measured; stopped when dropped.
+struct Watcher(std::process::Child);
 
-impl Monitor {
-    fn attach(n: &netbee_lab::Node) -> Result<Monitor> {
+impl Watcher {
+    /// A `netbee monitor` (every kind, JSON) reading as an operator's would.
+    fn monitor(n: &netbee_lab::Node) -> Result<Watcher> {
         let child = n
             .cmd(&netbee_lab::netbee_bin().to_string_lossy())
             .args(["monitor", "--json"])
@@ -158,11 +171,28 @@ impl Monitor {
             .context("starting netbee monitor")?;
         // the monitor is attached once its request is answered: well within this
         std::thread::sleep(Duration::from_millis(500));
-        Ok(Monitor(child))
+        Ok(Watcher(child))
+    }
+
+    /// A scrape of the daemon's /metrics every second, as Prometheus's would; the first one
+    /// must answer.
+    fn scraper(n: &netbee_lab::Node) -> Result<Watcher> {
+        let url = format!("http://{METRICS_ADDR}/metrics");
+        let first = n.sh(&format!("curl -sf -m 5 {url}")).context("scraping netbee's metrics")?;
+        anyhow::ensure!(first.contains("netbee_conntrack_entries"), "no netbee metrics at {url}");
+        let child = n
+            .cmd("sh")
+            .args(["-c", &format!("while :; do curl -sf -m 2 -o /dev/null {url}; sleep 1; done")])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting the metrics scraper")?;
+        Ok(Watcher(child))
     }
 }
 
-impl Drop for Monitor {
+impl Drop for Watcher {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
