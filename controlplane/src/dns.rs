@@ -239,8 +239,12 @@ fn handle(query: &[u8], client: Ipv4Addr, local: Ipv4Addr, names: &dyn Names, ma
 fn respond(req: Request, lookup: Lookup, max_len: usize) -> Action {
     let built = match lookup {
         Lookup::Forward | Lookup::Unsettled => return Action::Forward(req),
-        Lookup::NotFound => build(&req.meta, Some(&req.query), ResponseCode::NXDomain, true, &[], max_len),
+        Lookup::NotFound => {
+            counted("nxdomain");
+            build(&req.meta, Some(&req.query), ResponseCode::NXDomain, true, &[], max_len)
+        }
         Lookup::Found(addrs) => {
+            counted("found");
             let is_a = req.query.query_class() == DNSClass::IN && req.query.query_type() == RecordType::A;
             let addrs = if is_a { &addrs[..] } else { &[] };
             build(&req.meta, Some(&req.query), ResponseCode::NoError, true, addrs, max_len)
@@ -270,7 +274,18 @@ async fn answer_later(mut req: Request, query: &[u8], shared: &Shared, tcp: bool
     } else {
         forward_udp(query, req.meta.id, &shared.upstreams).await
     };
-    forwarded.or_else(|| servfail(&req, max_len))
+    match forwarded {
+        Some(r) => {
+            counted("forwarded");
+            Some(r)
+        }
+        None => servfail(&req, max_len),
+    }
+}
+
+/// Counts an answer in the daemon's metrics (`netbee_dns_queries_total{answer}`).
+fn counted(answer: &'static str) {
+    crate::metrics::control_plane().dns_query(answer);
 }
 
 /// Builds a response echoing the query's id, opcode, RD and CD (and question, when given),
@@ -313,6 +328,7 @@ fn build(
 }
 
 fn servfail(req: &Request, max_len: usize) -> Option<Vec<u8>> {
+    counted("servfail");
     build(&req.meta, Some(&req.query), ResponseCode::ServFail, false, &[], max_len)
 }
 

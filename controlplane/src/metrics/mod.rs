@@ -45,6 +45,7 @@ pub struct ControlPlane {
     reconcile_errors: Counter,
     etcd_duration: Family<Labels, Histogram>,
     etcd_errors: Family<Labels, Counter>,
+    dns_queries: Family<Labels, Counter>,
 }
 
 static CONTROL_PLANE: LazyLock<ControlPlane> = LazyLock::new(|| ControlPlane {
@@ -54,6 +55,7 @@ static CONTROL_PLANE: LazyLock<ControlPlane> = LazyLock::new(|| ControlPlane {
     reconcile_errors: Counter::default(),
     etcd_duration: Family::new_with_constructor(etcd_buckets),
     etcd_errors: Family::default(),
+    dns_queries: Family::default(),
 });
 
 pub fn control_plane() -> &'static ControlPlane {
@@ -86,6 +88,12 @@ impl ControlPlane {
         }
     }
 
+    /// Records one query the embedded DNS answered: `found`, `nxdomain`, `forwarded` (relayed
+    /// upstream) or `servfail`.
+    pub fn dns_query(&self, answer: &'static str) {
+        self.dns_queries.get_or_create(&[("answer", answer)]).inc();
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register(
             "netbee_operation_duration_seconds",
@@ -111,6 +119,11 @@ impl ControlPlane {
             "netbee_etcd_request_duration_seconds",
             "Round-trip time of requests to the cluster store, by operation",
             self.etcd_duration.clone(),
+        );
+        r.register(
+            "netbee_dns_queries",
+            "Queries the embedded DNS servers answered, by answer (found, nxdomain, forwarded, servfail)",
+            self.dns_queries.clone(),
         );
         r.register(
             "netbee_etcd_request_errors",

@@ -59,8 +59,14 @@ fn names_units_and_labels_follow_prometheus_conventions() {
     control_plane().operation("container_create", Duration::from_millis(3), false);
     // a family of labelled series appears once it has one
     control_plane().etcd_request("get", Duration::from_micros(700), true);
+    control_plane().dns_query("forwarded");
     let text = render(sample()).unwrap();
     let lines = samples(&text);
+    // a process-wide counter other tests (the DNS server's) bump too: its name and label only
+    assert!(
+        lines.iter().any(|l| l.starts_with(r#"netbee_dns_queries_total{answer="forwarded"} "#)),
+        "no DNS query counter in:\n{text}"
+    );
     for want in [
         r#"netbee_datapath_packets_total{counter="dnat_new"} 600"#,
         r#"netbee_datapath_drops_total{reason="cross_network"} 3"#,
