@@ -19,8 +19,10 @@
 //! made: slow numbers are reported, not failed.
 
 mod baselines;
+mod packets;
 mod report;
 mod scenarios;
+mod sink;
 mod sys;
 mod tools;
 
