@@ -26,8 +26,8 @@ const BPF_TCX_INGRESS: u32 = 46;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
 const TC_ACT_SHOT: i32 = 2;
 const TC_ACT_UNSPEC: i32 = -1;
-/// `skb->protocol` holds the ethertype in network byte order: 0x0800 read as a little-endian u32.
-const ETH_P_IP_BE: i32 = 0x0008;
+/// `skb->protocol` holds the ethertype in network byte order, as a 32-bit load reads it here.
+const ETH_P_IP_BE: i32 = 0x0800u16.to_be() as i32;
 
 /// One eBPF instruction as the kernel reads it (`struct bpf_insn`).
 #[repr(C)]
@@ -151,6 +151,8 @@ mod tests {
         assert_eq!(size_of::<Insn>(), 8);
         // not IPv4: jump to the pass branch at the end
         assert_eq!(p[1].imm, ETH_P_IP_BE);
+        #[cfg(target_endian = "little")]
+        assert_eq!(ETH_P_IP_BE, 0x0008);
         assert_eq!(1 + 1 + p[1].off as usize, 13);
         assert_eq!(p[13].imm, TC_ACT_UNSPEC);
         // ld_imm64 of a map fd: dst r1, src = BPF_PSEUDO_MAP_FD
@@ -161,6 +163,5 @@ mod tests {
         assert_eq!(p[8 + 1 + p[8].off as usize].imm, TC_ACT_SHOT);
         assert_eq!(p[12].code, 0x95);
         assert_eq!(p[14].code, 0x95);
-        assert!(cfg!(target_endian = "little"), "ETH_P_IP_BE assumes a little-endian host");
     }
 }
