@@ -141,6 +141,48 @@ impl Sink {
     }
 }
 
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_PASS: i32 = 2;
+
+/// The entry fee of XDP on an interface: a program that only returns XDP_PASS, attached with an
+/// XDP link (native mode where the driver has it, as veth does); detached when dropped. Used by
+/// `forwarding-rate` with `NETBEE_BENCH_XDP_PROBE=1` to measure what merely enabling XDP on a
+/// node's uplink costs, before any XDP datapath is written.
+pub struct XdpPass {
+    _prog: OwnedFd,
+    _link: OwnedFd,
+}
+
+impl XdpPass {
+    pub fn attach(netns: &Path, ifname: &str) -> Result<XdpPass> {
+        let netns = netns.to_path_buf();
+        let ifname = ifname.to_string();
+        std::thread::spawn(move || -> Result<XdpPass> {
+            let ns = std::fs::File::open(&netns).with_context(|| format!("opening {}", netns.display()))?;
+            // SAFETY: setns on this (fresh, short-lived) thread only.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("entering {}: {}", netns.display(), std::io::Error::last_os_error());
+            }
+            let ifindex = crate::packets::ifindex(&ifname)?;
+            let prog = [insn(0xb7, 0, 0, 0, XDP_PASS), insn(0x95, 0, 0, 0, 0)];
+            let license = c"GPL";
+            let mut a = [0u64; 16];
+            a[0] = u64::from(BPF_PROG_TYPE_XDP) | ((prog.len() as u64) << 32);
+            a[1] = prog.as_ptr() as u64;
+            a[2] = license.as_ptr() as u64;
+            let prog = fd_of(bpf(BPF_PROG_LOAD, &mut a).context("BPF_PROG_LOAD (xdp)")?);
+            let mut a = [0u64; 16];
+            a[0] = prog.as_raw_fd() as u64 | (u64::from(ifindex) << 32);
+            a[1] = u64::from(BPF_XDP);
+            let link = fd_of(bpf(BPF_LINK_CREATE, &mut a).with_context(|| format!("XDP link on {ifname}"))?);
+            Ok(XdpPass { _prog: prog, _link: link })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("xdp attach thread panicked"))?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

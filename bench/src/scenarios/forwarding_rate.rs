@@ -53,7 +53,7 @@ use crate::baselines::{
 };
 use crate::packets::{Flows, Proto, Stream, blast, parse_mac};
 use crate::report::{Better, Collector, Metric, MetricDef, NETBEE};
-use crate::sink::Sink;
+use crate::sink::{Sink, XdpPass};
 use crate::sys::{cpu_ticks, ip};
 
 const GENERATOR_CPU: usize = 0;
@@ -65,6 +65,7 @@ const MESH_REPLICAS: usize = 2;
 const DNAT: &str = "iptables-dnat";
 const NTH: &str = "iptables-nth";
 const CEILING: &str = "bare-veth";
+const XDP_PROBE: &str = "netbee+xdp-pass";
 
 /// Where frames go for one system: the next hop on the wire, the address and port, and the
 /// counters at the receiving end.
@@ -281,6 +282,14 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     for d in &defs {
         defs_all.push(raw_def(d));
     }
+    // NETBEE_BENCH_XDP_PROBE=1: also netbee's published port with an XDP_PASS program on the
+    // uplinks (what enabling XDP costs before it does anything; issue 18 item 2)
+    let xdp_probe = std::env::var_os("NETBEE_BENCH_XDP_PROBE").is_some();
+    if xdp_probe {
+        for d in defs_all.iter_mut().filter(|d| d.key.starts_with("pub-") || d.key.starts_with("est-")) {
+            *d = d.clone().vs(XDP_PROBE, "— (XDP entry fee)");
+        }
+    }
     let mut col = Collector::new("forwarding-rate", defs_all);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!("    forwarding-rate: load before the rounds: {}", load.trim());
@@ -293,31 +302,38 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
                 "syn" => ("pub-syn", Some("mesh-syn")),
                 _ => ("est-udp", None),
             };
-            let mut record = |key: &str, t: &Target, s: Sample| {
+            let mut record = |key: &str, system: &str, s: Sample| {
                 println!(
                     "    forwarding-rate {:<13} {key:<8}: offered {:>9.0} pps, delivered {:>9.0} pps, forwarding core {:>3.0} % busy",
-                    t.system,
+                    system,
                     s.offered_pps,
                     s.delivered_pps,
                     100.0 * s.forwarding_busy
                 );
-                col.add(key, t.system, s.per_core_pps());
-                col.add(&format!("{key}-raw"), t.system, s.delivered_pps);
+                col.add(key, system, s.per_core_pps());
+                col.add(&format!("{key}-raw"), system, s.delivered_pps);
             };
             let s = sample(&published, kind, &mut next_flow[0])?;
-            record(pub_key, &published, s);
+            record(pub_key, published.system, s);
+            if xdp_probe {
+                // the same, with an XDP_PASS program on n1's uplink for this sample only
+                let probe = XdpPass::attach(&netns_path(n1.name()), "eth0")?;
+                let s = sample(&published, kind, &mut next_flow[0])?;
+                drop(probe);
+                record(pub_key, XDP_PROBE, s);
+            }
             let s = sample(&dnat, kind, &mut next_flow[2])?;
-            record(pub_key, &dnat, s);
+            record(pub_key, dnat.system, s);
             if let Some(mesh_key) = mesh_key {
                 let s = sample(&mesh, kind, &mut next_flow[1])?;
-                record(mesh_key, &mesh, s);
+                record(mesh_key, mesh.system, s);
                 let s = sample(&nth, kind, &mut next_flow[3])?;
-                record(mesh_key, &nth, s);
+                record(mesh_key, nth.system, s);
             }
             let s = sample(&ceiling, kind, &mut next_flow[4])?;
-            record(pub_key, &ceiling, s);
+            record(pub_key, ceiling.system, s);
             if let Some(mesh_key) = mesh_key {
-                record(mesh_key, &ceiling, s);
+                record(mesh_key, ceiling.system, s);
             }
         }
     }
