@@ -25,7 +25,7 @@
 //!   the second stays comparable.
 //!
 //! The receiver ([`crate::sink::Sink`]): a counting drop on the TCX ingress of the receiving
-//! `eth0` (the container's, the backend's, or the bare node's), the same ten instructions behind
+//! `eth0` (the container's, the backend's, or the bare node's), the same fifteen instructions behind
 //! every system. Nothing answers, so no RST or ICMP travels back.
 //!
 //! Systems, all in one lab on one underlay, all entered from x1:
