@@ -102,12 +102,29 @@ pub fn container_behind_bridge(lab: &Lab, node: &Node, tag: &str, k: u8) -> Resu
 /// DOCKER/DOCKER-ISOLATION chains reduced to their effect). Uses the `iptables` of this machine
 /// (nf_tables backend), as docker would.
 pub fn iptables_dnat(node: &Node, host_port: u16, container: &str, container_port: u16, subnet: &str) -> Result<()> {
+    iptables_dnat_protos(node, &["tcp"], host_port, container, container_port, subnet)
+}
+
+/// [`iptables_dnat`] for each of `protos` ("tcp", "udp"): one DNAT rule per protocol, as
+/// `docker run -p H:C -p H:C/udp` makes.
+pub fn iptables_dnat_protos(
+    node: &Node,
+    protos: &[&str],
+    host_port: u16,
+    container: &str,
+    container_port: u16,
+    subnet: &str,
+) -> Result<()> {
     let node_addr = node.addr().to_string();
-    let script = format!(
-        "iptables -t nat -A PREROUTING -d {node_addr} -p tcp --dport {host_port} -j DNAT --to-destination {container}:{container_port} && \
-         iptables -t nat -A POSTROUTING -s {subnet} ! -o br0 -j MASQUERADE && \
-         iptables -P FORWARD ACCEPT"
-    );
+    let mut script = String::new();
+    for proto in protos {
+        script.push_str(&format!(
+            "iptables -t nat -A PREROUTING -d {node_addr} -p {proto} --dport {host_port} -j DNAT --to-destination {container}:{container_port} && "
+        ));
+    }
+    script.push_str(&format!(
+        "iptables -t nat -A POSTROUTING -s {subnet} ! -o br0 -j MASQUERADE && iptables -P FORWARD ACCEPT"
+    ));
     check(node_sh(node, &script), Duration::from_secs(30))?;
     Ok(())
 }
@@ -261,26 +278,49 @@ pub fn iptables_statistic_nth(
     backend_port: u16,
     dir: &Path,
 ) -> Result<()> {
+    iptables_statistic_nth_protos(node, &["tcp"], port, backends, backend_port, dir)
+}
+
+/// [`iptables_statistic_nth`] for each of `protos` ("tcp", "udp"): kube-proxy makes one
+/// service chain (and one endpoint chain per backend) per service port and protocol.
+pub fn iptables_statistic_nth_protos(
+    node: &Node,
+    protos: &[&str],
+    port: u16,
+    backends: &[Backend],
+    backend_port: u16,
+    dir: &Path,
+) -> Result<()> {
     let n = backends.len();
     let node_addr = node.addr();
-    let mut r = String::from("*nat\n:KUBE-SVC-BENCH - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n");
-    for i in 0..n {
-        r.push_str(&format!(":KUBE-SEP-{i} - [0:0]\n"));
+    let mut r = String::from("*nat\n:KUBE-MARK-MASQ - [0:0]\n");
+    for proto in protos {
+        let p = proto.to_uppercase();
+        r.push_str(&format!(":KUBE-SVC-{p} - [0:0]\n"));
+        for i in 0..n {
+            r.push_str(&format!(":KUBE-SEP-{p}-{i} - [0:0]\n"));
+        }
     }
-    r.push_str(&format!("-A PREROUTING -d {node_addr}/32 -p tcp -m tcp --dport {port} -j KUBE-SVC-BENCH\n"));
     r.push_str("-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE\n");
     r.push_str("-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n");
-    r.push_str("-A KUBE-SVC-BENCH -j KUBE-MARK-MASQ\n");
-    for (i, b) in backends.iter().enumerate() {
-        if i + 1 < n {
+    for proto in protos {
+        let p = proto.to_uppercase();
+        r.push_str(&format!("-A PREROUTING -d {node_addr}/32 -p {proto} -m {proto} --dport {port} -j KUBE-SVC-{p}\n"));
+        r.push_str(&format!("-A KUBE-SVC-{p} -j KUBE-MARK-MASQ\n"));
+        for (i, b) in backends.iter().enumerate() {
+            if i + 1 < n {
+                r.push_str(&format!(
+                    "-A KUBE-SVC-{p} -m statistic --mode nth --every {} --packet 0 -j KUBE-SEP-{p}-{i}\n",
+                    n - i
+                ));
+            } else {
+                r.push_str(&format!("-A KUBE-SVC-{p} -j KUBE-SEP-{p}-{i}\n"));
+            }
             r.push_str(&format!(
-                "-A KUBE-SVC-BENCH -m statistic --mode nth --every {} --packet 0 -j KUBE-SEP-{i}\n",
-                n - i
+                "-A KUBE-SEP-{p}-{i} -p {proto} -m {proto} -j DNAT --to-destination {}:{backend_port}\n",
+                b.addr
             ));
-        } else {
-            r.push_str(&format!("-A KUBE-SVC-BENCH -j KUBE-SEP-{i}\n"));
         }
-        r.push_str(&format!("-A KUBE-SEP-{i} -p tcp -m tcp -j DNAT --to-destination {}:{backend_port}\n", b.addr));
     }
     r.push_str("COMMIT\n");
     let f = dir.join("kube-proxy.rules");

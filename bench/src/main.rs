@@ -19,8 +19,10 @@
 //! made: slow numbers are reported, not failed.
 
 mod baselines;
+mod packets;
 mod report;
 mod scenarios;
+mod sink;
 mod sys;
 mod tools;
 
@@ -117,6 +119,8 @@ fn real_main() -> Result<bool> {
     let date = now.format("%Y-%m-%d").to_string();
     println!("netbee-bench: {mode} mode, {rounds} round(s), netbee binary {}", bin.display());
 
+    // the machine is shared: how loaded it was is part of every figure
+    let load_at_start = std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string();
     let mut results = Vec::new();
     for s in ALL {
         let selected = args.only.as_deref().is_none_or(|o| o == s.name);
@@ -181,6 +185,11 @@ fn real_main() -> Result<bool> {
     );
     host.insert("cpus".into(), std::thread::available_parallelism().map(|n| n.to_string()).unwrap_or_default());
     host.insert("netbee".into(), bin.display().to_string());
+    host.insert("loadavg at start".into(), load_at_start);
+    host.insert(
+        "loadavg at end".into(),
+        std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string(),
+    );
     if let Ok(o) = std::process::Command::new("git")
         .args(["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
         .output()

@@ -213,3 +213,60 @@ pub fn retry<T>(timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T
         }
     }
 }
+
+/// One CPU's time counters from `/proc/stat` (in USER_HZ ticks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTicks {
+    /// Time spent in interrupts and softirqs (hardirq + softirq columns): where the kernel
+    /// forwards packets, also when ksoftirqd runs them.
+    pub irq: u64,
+    /// Every column summed: elapsed time on that CPU.
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// The share of the time between `self` and `later` this CPU spent in (soft)irq, 0..=1.
+    pub fn irq_share(&self, later: &CpuTicks) -> f64 {
+        let total = later.total.saturating_sub(self.total);
+        if total == 0 { 0.0 } else { later.irq.saturating_sub(self.irq) as f64 / total as f64 }
+    }
+}
+
+/// The `cpuN` line of a `/proc/stat` text.
+pub fn parse_cpu_ticks(stat: &str, cpu: usize) -> Result<CpuTicks> {
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("/proc/stat has no {label} line"))?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse::<u64>()).collect::<Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice: already inside user/nice]
+    if v.len() < 8 {
+        bail!("short /proc/stat line: {line}");
+    }
+    Ok(CpuTicks { irq: v[5] + v[6], total: v[..8].iter().sum() })
+}
+
+pub fn cpu_ticks(cpu: usize) -> Result<CpuTicks> {
+    parse_cpu_ticks(&std::fs::read_to_string("/proc/stat")?, cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_from_proc_stat() {
+        let stat = "cpu  10 0 20 300 0 1 2 0 0 0\n\
+                    cpu0 5 0 10 150 0 0 1 0 0 0\n\
+                    cpu1 1524064 36057 208630 632386 5995 7 35262 1317 40 0\n\
+                    intr 1 2 3\n";
+        let t = parse_cpu_ticks(stat, 1).unwrap();
+        assert_eq!(t, CpuTicks { irq: 35269, total: 1524064 + 36057 + 208630 + 632386 + 5995 + 7 + 35262 + 1317 });
+        assert_eq!(parse_cpu_ticks(stat, 0).unwrap().irq, 1);
+        assert!(parse_cpu_ticks(stat, 2).is_err(), "cpu2 must not match the cpu line or cpu1");
+        let a = CpuTicks { irq: 100, total: 1000 };
+        assert!((a.irq_share(&CpuTicks { irq: 175, total: 1100 }) - 0.75).abs() < 1e-9);
+        assert_eq!(a.irq_share(&a), 0.0);
+    }
+}

@@ -7,6 +7,7 @@
 //! "not yet available" (never with numbers).
 
 pub mod control_plane;
+pub mod forwarding_rate;
 pub mod overlay;
 pub mod publish_cost;
 pub mod published_port;
@@ -97,6 +98,16 @@ pub const ALL: &[Scenario] = &[
                       values); time to create 100 image containers, and `run -d` of an image container beside \
                       the host-binary `run -d host` measured alternately",
         run: Some(control_plane::run),
+        pending: "",
+    },
+    Scenario {
+        name: "forwarding-rate",
+        description: "packets per second the datapath alone forwards on one core: 60-byte UDP and TCP SYN \
+                      frames (a new flow each, or one established flow) from an AF_PACKET generator pinned \
+                      to CPU 0, forwarded on CPU 1 (RPS), counted and dropped by a tc counter at the \
+                      receiver; netbee's published port and routing mesh (tasks on another node) vs \
+                      iptables DNAT (docker), iptables statistic nth (kube-proxy) and the bare lab wire",
+        run: Some(forwarding_rate::run),
         pending: "",
     },
 ];
