@@ -230,8 +230,17 @@ fn join_port_bodies() {
 #[test]
 fn errors_and_system() {
     wire(&ErrorResponse { message: "m".into() }, json!({ "message": "m" }));
-    let v = SystemVersion { version: "0.1.0".into(), api_version: "1.0".into(), os: "linux".into() };
-    wire(&v, json!({ "Version": "0.1.0", "ApiVersion": "1.0", "Os": "linux" }));
+    // what `docker version` reads: a client that knows only some fields still decodes it
+    let v = SystemVersion {
+        version: "0.1.0".into(),
+        api_version: "1.50".into(),
+        min_api_version: "1.41".into(),
+        os: "linux".into(),
+        ..Default::default()
+    };
+    let got = serde_json::to_value(&v).unwrap();
+    assert_eq!((got["ApiVersion"].clone(), got["MinAPIVersion"].clone()), (json!("1.50"), json!("1.41")));
+    reads(json!({ "Version": "0.1.0", "ApiVersion": "1.50", "MinAPIVersion": "1.41", "Os": "linux" }), &v);
     let stats = DatapathStats {
         counters: [("ct_created".to_string(), 7)].into(),
         drops: [("no_route".to_string(), 1)].into(),

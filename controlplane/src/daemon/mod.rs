@@ -11,6 +11,7 @@ mod reconcile;
 mod server;
 pub mod services;
 mod swarm;
+mod system;
 
 use std::{
     net::Ipv4Addr,

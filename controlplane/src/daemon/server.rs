@@ -20,7 +20,7 @@ use crate::{
         ImageSummary, ImageTagRequest, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
         NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
         ServiceSummary, ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse,
-        SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+        SwarmJoinRequest, SwarmJoinResponse, SwarmJoinTokenResponse, SystemInfo, SystemVersion, Task,
     },
     model::Status,
 };
@@ -70,8 +70,9 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let app = Router::new()
-        .route("/_ping", get(|| async { "OK" }))
+        .route("/_ping", get(ping))
         .route("/version", get(version))
+        .route("/info", get(info))
         .route("/networks", get(network_list))
         .route("/networks/create", post(network_create))
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
@@ -117,6 +118,9 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/nodes/{id}/promote", post(node_promote))
         .route("/nodes/{id}/demote", post(node_demote))
         .with_state(d);
+    // the version prefix is stripped before routing: a layer on the routes themselves would run
+    // after the router matched the prefixed path
+    let app = Router::new().fallback_service(app).layer(axum::middleware::from_fn(engine_api_version));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let shutdown = async move {
@@ -144,8 +148,57 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     Ok(())
 }
 
-async fn version() -> Json<SystemVersion> {
-    Json(SystemVersion { version: env!("CARGO_PKG_VERSION").into(), api_version: "1.0".into(), os: "linux".into() })
+/// docker's version negotiation on every request: a supported `/v1.NN/` prefix is removed (the
+/// routes are the same in every version), another is docker's 400; every answer carries the
+/// headers docker's daemon sends.
+async fn engine_api_version(mut req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut resp = match crate::api::version::strip_version_prefix(req.uri().path()) {
+        Err(e) => e.into_response(),
+        Ok(stripped) => {
+            if let Some(rest) = stripped {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_string(),
+                };
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = pq.parse().ok();
+                match axum::http::Uri::from_parts(parts) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+                }
+            }
+            next.run(req).await
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert("api-version", axum::http::HeaderValue::from_static(crate::api::API_VERSION));
+    h.insert("docker-experimental", axum::http::HeaderValue::from_static("false"));
+    h.insert("ostype", axum::http::HeaderValue::from_static("linux"));
+    h.insert("server", axum::http::HeaderValue::from_static(concat!("netbee/", env!("CARGO_PKG_VERSION"), " (linux)")));
+    resp
+}
+
+/// `GET|HEAD /_ping`: what the docker CLI reads before every command (the version headers come
+/// from [`engine_api_version`]). `Builder-Version: 1`: netbee has no BuildKit.
+async fn ping(State(d): D) -> axum::response::Response {
+    let mut b = axum::response::Response::builder()
+        .header("builder-version", "1")
+        .header("cache-control", "no-cache, no-store, must-revalidate")
+        .header("pragma", "no-cache")
+        .header("content-type", "text/plain; charset=utf-8");
+    if let Some(s) = d.swarm_ping_state().await {
+        b = b.header("swarm", s);
+    }
+    b.body(axum::body::Body::from("OK")).expect("constant headers")
+}
+
+async fn version(State(d): D) -> Json<SystemVersion> {
+    Json(d.system_version())
+}
+
+async fn info(State(d): D) -> ApiResult<Json<SystemInfo>> {
+    Ok(Json(d.system_info().await?))
 }
 
 async fn network_list(State(d): D) -> ApiResult<Json<Vec<Network>>> {
