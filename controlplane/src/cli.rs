@@ -1069,6 +1069,7 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
                 ip_range,
                 internal,
                 labels: labels(&l)?,
+                ..Default::default()
             };
             let v: NetworkCreateResponse = c.post("/networks/create", &req).await?;
             println!("{}", v.id);
@@ -1113,7 +1114,7 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             for_each(&networks, |n| async move { c.delete(&format!("/networks/{}", enc(&n))).await }).await
         }
         NetworkCmd::Connect { ip, aliases, network, container } => {
-            let req = NetworkConnectRequest { container, ip_address: ip, aliases };
+            let req = NetworkConnectRequest { container, ip_address: ip, aliases, ..Default::default() };
             c.post::<_, ()>(&format!("/networks/{}/connect", enc(&network)), &req).await?;
             Ok(0)
         }
@@ -1163,6 +1164,7 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         auto_remove: a.rm && (a.detach || !start),
         workdir: a.workdir,
         labels: labels(&a.labels)?,
+        ..Default::default()
     };
     let v: ContainerCreateResponse = c.post("/containers/create", &req).await?;
     let id = v.id;
@@ -1228,7 +1230,7 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
                 "{}",
                 serde_json::to_string(&json!({
                     "ID": short(&x.id), "Image": x.image, "Command": x.command, "Status": x.status,
-                    "State": x.state, "Ports": x.ports, "Names": name(x), "Networks": x.networks,
+                    "State": x.state, "Ports": api::ports_text(&x.ports), "Names": name(x), "Networks": x.networks,
                 }))?
             );
         }
@@ -1255,7 +1257,7 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
                 cmd,
                 format!("{} ago", humanize::human_duration(age)),
                 x.status.clone(),
-                x.ports.clone(),
+                api::ports_text(&x.ports),
                 name(x),
             ]
         })

@@ -1,5 +1,6 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 mod containers;
+mod engine;
 mod events;
 mod images;
 mod monitor;
