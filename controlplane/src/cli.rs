@@ -1318,7 +1318,7 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
                         "{}",
                         serde_json::to_string(&json!({
                             "ID": n.id, "Hostname": n.description.hostname, "Status": title(&n.status.state),
-                            "Availability": n.spec.availability.title(), "ManagerStatus": n.manager_status,
+                            "Availability": n.spec.availability.title(), "ManagerStatus": n.manager_status_text(),
                             "Self": n.is_self, "Addr": n.status.addr, "Role": n.spec.role,
                         }))?
                     );
@@ -1336,7 +1336,7 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
                             n.description.hostname.clone(),
                             title(&n.status.state),
                             n.spec.availability.title().to_string(),
-                            n.manager_status.clone(),
+                            n.manager_status_text().to_string(),
                         ]
                     })
                     .collect();

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Output, time::Duration};
 
 use anyhow::{Result, bail};
-use netbee_lab::{Lab, Node, netbee_bin, single_node_lab, test_image, wait_until, whoami_field};
+use netbee_lab::{Lab, Node, netbee_bin, single_node_lab, swarm_lab, test_image, wait_until, whoami_field};
 use serde_json::Value;
 
 /// The docker CLI pointed at one node's socket, with a config dir of its own so nothing reads or
@@ -268,6 +268,14 @@ fn containers_with_the_docker_cli() -> Result<()> {
     let first = t.lines().next().unwrap_or_default();
     assert!(first.starts_with("20") && first.split(' ').next().unwrap().ends_with('Z'), "timestamped: {t}");
 
+    // logs -f follows until the container exits
+    docker.ok(&["run", "-d", "--name", "talker", "host", "sh", "-c", "echo one; sleep 1; echo two >&2; sleep 1"])?;
+    let f = docker.output(&["logs", "-f", "talker"]);
+    assert!(f.status.success());
+    assert_eq!(String::from_utf8_lossy(&f.stdout), "one\n", "stdout frames to stdout");
+    assert_eq!(String::from_utf8_lossy(&f.stderr), "two\n", "stderr frames to stderr, the line written later");
+    docker.ok(&["rm", "talker"])?;
+
     // stop: ps -a shows it exited and the port no longer answers; start again answers
     docker.ok(&["stop", "web"])?;
     let st = docker.ok(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Names}} {{.Status}}"])?;
@@ -356,5 +364,45 @@ fn images_with_the_docker_cli() -> Result<()> {
     assert!(!docker.ok(&["images"])?.contains("mybox"));
     let e = docker.refused(&["image", "inspect", "nosuch:1"]);
     assert!(e.contains("nosuch"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn swarm_info_and_node_ls_with_the_docker_cli() -> Result<()> {
+    let lab = swarm_lab("dkswarm", &["n1", "n2"], &[])?;
+    let (n1, n2) = (lab.node("n1"), lab.node("n2"));
+    let (d1, d2) = (Docker::new(&lab, n1)?, Docker::new(&lab, n2)?);
+    let nodes: Vec<Value> =
+        n1.netbee(&["node", "ls", "--format", "json"])?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
+    // the lab starts each daemon with --hostname NAME
+    let id1 = nodes.iter().find(|v| v["Hostname"] == "n1").map(|v| v["ID"].as_str().unwrap().to_string());
+    let id1 = id1.expect("n1 listed");
+
+    // the manager: its node ID, the counts, the cluster section `docker info` prints
+    let f =
+        "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}} {{.Swarm.NodeID}}";
+    assert_eq!(d1.ok(&["info", "--format", f])?.trim(), format!("active true 2 1 {id1}"));
+    let text = d1.ok(&["system", "info"])?;
+    for line in
+        ["Swarm: active", &format!("NodeID: {id1}"), "Is Manager: true", "ClusterID: ", "Managers: 1", "Nodes: 2"]
+    {
+        assert!(text.contains(line), "{line} missing in\n{text}");
+    }
+    // a worker: in the swarm, no control
+    let w = d2.ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"])?;
+    assert_eq!(w.trim(), "active false");
+
+    // node ls: both nodes, this one marked, the leader named
+    let ls = d1.ok(&["node", "ls"])?;
+    let me = ls.lines().find(|l| l.contains(&id1)).unwrap_or_else(|| panic!("{ls}"));
+    assert!(
+        me.contains(&format!("{id1} *")) && me.contains("Ready") && me.contains("Active") && me.contains("Leader"),
+        "{ls}"
+    );
+    assert_eq!(ls.lines().count(), 3, "{ls}");
+    let f = d1.ok(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"])?;
+    let mut f: Vec<&str> = f.lines().collect();
+    f.sort();
+    assert_eq!(f, ["n1 Leader", "n2 "]);
     Ok(())
 }

@@ -732,25 +732,33 @@ fn swarm_responses() {
     let node = Node {
         id: "nid".into(),
         is_self: true,
-        description: NodeDescription { hostname: "h1".into() },
+        description: NodeDescription {
+            hostname: "h1".into(),
+            engine: EngineDescription { engine_version: "0.1.0".into() },
+        },
         spec: NodeSpec {
             role: Role::Manager,
             availability: Availability::Drain,
             labels: [("k".to_string(), "v".to_string())].into(),
         },
         status: NodeStatus { state: "ready".into(), addr: "192.168.0.1".into() },
-        manager_status: "Leader".into(),
+        manager_status: Some(ManagerStatus {
+            leader: true,
+            reachability: "reachable".into(),
+            addr: "192.168.0.1:2377".into(),
+        }),
         created_at: t,
     };
     wire(
         &node,
         json!({
             "ID": "nid", "Self": true,
-            "Description": { "Hostname": "h1" },
+            "Description": { "Hostname": "h1", "Engine": { "EngineVersion": "0.1.0" } },
             "Spec": { "Role": "manager", "Availability": "drain", "Labels": { "k": "v" } },
             "Status": { "State": "ready", "Addr": "192.168.0.1" },
-            "ManagerStatus": "Leader",
+            "ManagerStatus": { "Leader": true, "Reachability": "reachable", "Addr": "192.168.0.1:2377" },
             "CreatedAt": t,
         }),
     );
+    assert_eq!(node.manager_status_text(), "Leader");
 }
