@@ -71,7 +71,7 @@ impl Daemon {
         names::validate_name(new).map_err(ApiError::bad_request)?;
         let mut c = self.find_container(key)?;
         if c.name == new {
-            return Err(ApiError::bad_request(format!("Renaming a container with the same name as its current name")));
+            return Err(ApiError::bad_request("Renaming a container with the same name as its current name"));
         }
         if let Some(o) = self.containers()?.iter().find(|o| o.name == new) {
             return Err(ApiError::conflict(format!(

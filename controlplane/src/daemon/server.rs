@@ -398,10 +398,10 @@ async fn container_wait(State(d): D, Path(id): Path<String>, Query(q): Q) -> Api
     use super::engine::WaitCondition;
     let cond = WaitCondition::parse(q.get("condition").map(String::as_str))?;
     // a container that is not there is a 404 now (or, for netbee's `run --rm`, its kept exit)
-    if let Err(e) = d.find_container(&id) {
-        if cond != WaitCondition::NotRunning || !d.removed_exits.lock().unwrap().contains_key(&id) {
-            return Err(e);
-        }
+    if let Err(e) = d.find_container(&id)
+        && (cond != WaitCondition::NotRunning || !d.removed_exits.lock().unwrap().contains_key(&id))
+    {
+        return Err(e);
     }
     let result = async move {
         let r = d.container_wait_for(&id, cond).await;
