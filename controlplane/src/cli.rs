@@ -1215,6 +1215,7 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
                 ip_range,
                 internal,
                 labels: labels(&l)?,
+                ..Default::default()
             };
             let v: NetworkCreateResponse = c.post("/networks/create", &req).await?;
             println!("{}", v.id);
@@ -1259,7 +1260,7 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             for_each(&networks, |n| async move { c.delete(&format!("/networks/{}", enc(&n))).await }).await
         }
         NetworkCmd::Connect { ip, aliases, network, container } => {
-            let req = NetworkConnectRequest { container, ip_address: ip, aliases };
+            let req = NetworkConnectRequest { container, ip_address: ip, aliases, ..Default::default() };
             c.post::<_, ()>(&format!("/networks/{}/connect", enc(&network)), &req).await?;
             Ok(0)
         }
@@ -1309,6 +1310,7 @@ async fn run(c: &Client, a: RunArgs, start: bool) -> Result<i32> {
         auto_remove: a.rm && (a.detach || !start),
         workdir: a.workdir,
         labels: labels(&a.labels)?,
+        ..Default::default()
     };
     let v: ContainerCreateResponse = c.post("/containers/create", &req).await?;
     let id = v.id;
@@ -1374,7 +1376,7 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
                 "{}",
                 serde_json::to_string(&json!({
                     "ID": short(&x.id), "Image": x.image, "Command": x.command, "Status": x.status,
-                    "State": x.state, "Ports": x.ports, "Names": name(x), "Networks": x.networks,
+                    "State": x.state, "Ports": api::ports_text(&x.ports), "Names": name(x), "Networks": x.networks,
                 }))?
             );
         }
@@ -1401,7 +1403,7 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
                 cmd,
                 format!("{} ago", humanize::human_duration(age)),
                 x.status.clone(),
-                x.ports.clone(),
+                api::ports_text(&x.ports),
                 name(x),
             ]
         })
@@ -1462,7 +1464,7 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
                         "{}",
                         serde_json::to_string(&json!({
                             "ID": n.id, "Hostname": n.description.hostname, "Status": title(&n.status.state),
-                            "Availability": n.spec.availability.title(), "ManagerStatus": n.manager_status,
+                            "Availability": n.spec.availability.title(), "ManagerStatus": n.manager_status_text(),
                             "Self": n.is_self, "Addr": n.status.addr, "Role": n.spec.role,
                         }))?
                     );
@@ -1480,7 +1482,7 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
                             n.description.hostname.clone(),
                             title(&n.status.state),
                             n.spec.availability.title().to_string(),
-                            n.manager_status.clone(),
+                            n.manager_status_text().to_string(),
                         ]
                     })
                     .collect();

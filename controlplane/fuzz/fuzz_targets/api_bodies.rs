@@ -38,8 +38,11 @@ fn check_replicas(r: &Replicas) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = serde_json::from_slice::<NetworkCreateRequest>(data) {
+    if let Ok(mut req) = serde_json::from_slice::<NetworkCreateRequest>(data) {
         round_trip(&req);
+        // docker's body folds into netbee's fields (or is refused, leaving strings the checks
+        // below must take as well)
+        let _ = req.normalize();
         let name = req.name.trim();
         check_names(name);
         if !name.is_empty() && names::validate_network_name(name).is_ok() {
@@ -51,8 +54,9 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Ok(req) = serde_json::from_slice::<NetworkConnectRequest>(data) {
+    if let Ok(mut req) = serde_json::from_slice::<NetworkConnectRequest>(data) {
         round_trip(&req);
+        req.normalize();
         if let Some(ip) = req.ip_address.as_deref() {
             let _ = ip.parse::<Ipv4Addr>();
         }
@@ -60,8 +64,11 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<NetworkDisconnectRequest>(data) {
         round_trip(&req);
     }
-    if let Ok(req) = serde_json::from_slice::<ContainerCreateRequest>(data) {
+    if let Ok(mut req) = serde_json::from_slice::<ContainerCreateRequest>(data) {
         round_trip(&req);
+        // docker's HostConfig/NetworkingConfig become netbee's publish specs and network (a
+        // refusal leaves specs the checks below must take as well)
+        let _ = req.normalize(Some("fuzzed"));
         if let Some(n) = req.name.as_deref() {
             check_names(n.trim_start_matches('/'));
         }

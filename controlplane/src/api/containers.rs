@@ -3,35 +3,167 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::EmptyObject;
+use super::{EmptyObject, null_default};
 
-/// `POST /containers/create`: the `run`/`create` flags. Docker's body is `Config` + `HostConfig`
-/// + `NetworkingConfig`; this keeps the flags as given (`Publish` specs, one network).
+/// `POST /containers/create`: netbee's flat `run`/`create` flags, or docker's body (`Config`
+/// fields at the top, `HostConfig`, `NetworkingConfig`, the name in the `name` query parameter);
+/// [`ContainerCreateRequest::normalize`] folds docker's into netbee's. The fields both have
+/// (`Image`, `Cmd`, `Env`, `Entrypoint`, `Hostname`, `User`, `Labels`) mean the same; every one
+/// may be null, as a Go client sends its zero values.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ContainerCreateRequest {
     pub name: Option<String>,
     /// As the user wrote it; `host` runs a host binary on the node's root.
+    #[serde(deserialize_with = "null_default")]
     pub image: String,
     /// `--entrypoint`: replaces the image's (empty clears it) and drops the image's Cmd.
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's Cmd when not empty.
+    #[serde(deserialize_with = "null_default")]
     pub cmd: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
     pub env: Vec<String>,
     pub hostname: Option<String>,
     /// Network name/id, or "host" / "none"; default "bridge".
     pub network: Option<String>,
     #[serde(rename = "IP")]
     pub ip: Option<String>,
+    #[serde(deserialize_with = "null_default")]
     pub network_aliases: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
     pub publish: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
     pub expose: Vec<String>,
+    #[serde(deserialize_with = "null_default")]
     pub publish_all: bool,
+    #[serde(deserialize_with = "null_default")]
     pub auto_remove: bool,
     pub workdir: Option<String>,
+    #[serde(deserialize_with = "null_default")]
     pub labels: BTreeMap<String, String>,
     /// `-u`: replaces the image's User.
     pub user: Option<String>,
+    /// docker's `WorkingDir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// docker's `ExposedPorts`: `PORT/PROTO` → `{}`.
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
+    pub exposed_ports: BTreeMap<String, serde_json::Value>,
+    /// docker's `Tty`/`OpenStdin`: netbee has no terminal or stdin for containers yet.
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_config: Option<HostConfigRequest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub networking_config: Option<NetworkingConfigRequest>,
+}
+
+/// docker's `HostConfig` in a create request: the fields netbee acts on.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct HostConfigRequest {
+    pub network_mode: Option<String>,
+    /// `PORT/PROTO` → its bindings.
+    #[serde(deserialize_with = "null_default")]
+    pub port_bindings: BTreeMap<String, Option<Vec<PortBindingRequest>>>,
+    #[serde(deserialize_with = "null_default")]
+    pub publish_all_ports: bool,
+    #[serde(deserialize_with = "null_default")]
+    pub auto_remove: bool,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PortBindingRequest {
+    #[serde(deserialize_with = "null_default")]
+    pub host_ip: String,
+    #[serde(deserialize_with = "null_default")]
+    pub host_port: String,
+}
+
+/// docker's `NetworkingConfig`: the endpoint of the network the container starts on.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkingConfigRequest {
+    #[serde(deserialize_with = "null_default")]
+    pub endpoints_config: BTreeMap<String, Option<super::EndpointConfigRequest>>,
+}
+
+impl ContainerCreateRequest {
+    /// docker's fields as netbee's: `name` is the query parameter; `HostConfig.PortBindings`
+    /// become `-p` specs, `NetworkMode` and its endpoint the network, address and aliases. What
+    /// netbee cannot do is a 400 before anything is created.
+    pub fn normalize(&mut self, name: Option<&str>) -> Result<(), super::ApiError> {
+        use super::ApiError;
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            self.name = Some(n.to_string());
+        }
+        let nonempty = |s: &mut Option<String>| {
+            if s.as_deref() == Some("") {
+                *s = None;
+            }
+        };
+        nonempty(&mut self.hostname);
+        nonempty(&mut self.user);
+        if let Some(w) = self.working_dir.take().filter(|w| !w.is_empty()) {
+            self.workdir = Some(w);
+        }
+        if self.tty || self.open_stdin {
+            return Err(ApiError::bad_request(
+                "a terminal or stdin for a container (-t, -i) is not supported yet: use -d",
+            ));
+        }
+        for k in std::mem::take(&mut self.exposed_ports).into_keys() {
+            if !self.expose.contains(&k) {
+                self.expose.push(k);
+            }
+        }
+        if let Some(h) = self.host_config.take() {
+            self.publish_all |= h.publish_all_ports;
+            self.auto_remove |= h.auto_remove;
+            match h.network_mode.as_deref() {
+                None | Some("") | Some("default") => {}
+                Some(m) if m.starts_with("container:") => {
+                    return Err(ApiError::bad_request(format!("network mode {m:?} is not supported")));
+                }
+                Some(m) => self.network = Some(m.to_string()),
+            }
+            for (port, bindings) in h.port_bindings {
+                for b in bindings.unwrap_or_default() {
+                    let ip = if b.host_ip.contains(':') { format!("[{}]", b.host_ip) } else { b.host_ip };
+                    self.publish.push(match (ip.is_empty(), b.host_port.is_empty()) {
+                        (true, true) => port.clone(),
+                        (true, false) => format!("{}:{port}", b.host_port),
+                        (false, hp) => format!("{ip}:{}:{port}", if hp { "" } else { &b.host_port }),
+                    });
+                }
+            }
+        }
+        if let Some(nc) = self.networking_config.take() {
+            let mut eps = nc.endpoints_config.into_iter();
+            if let Some((net, ep)) = eps.next() {
+                if eps.next().is_some() {
+                    return Err(ApiError::bad_request(
+                        "a container is created on one network: connect it to the others with network connect",
+                    ));
+                }
+                // docker names the endpoint after the network mode ("default" for the default one)
+                if net != "default" && self.network.is_none() {
+                    self.network = Some(net);
+                }
+                if let Some(ep) = ep {
+                    if self.ip.is_none() {
+                        self.ip = ep.ipv4();
+                    }
+                    self.network_aliases.extend(ep.aliases);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The name the daemon's internals know the create request by.
@@ -62,8 +194,45 @@ pub struct ContainerSummary {
     pub state: String,
     /// `Up 5 minutes`, `Exited (0) 2 seconds ago`, ...
     pub status: String,
-    pub ports: String,
+    /// One per published port (with its host side) or exposed port (without), as docker's.
+    pub ports: Vec<Port>,
+    pub labels: BTreeMap<String, String>,
+    /// The names of its networks (not docker's: its summary has `NetworkSettings`).
     pub networks: Vec<String>,
+}
+
+/// An element of [`ContainerSummary::ports`].
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    #[serde(rename = "IP", default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+    #[serde(rename = "PrivatePort")]
+    pub private_port: u16,
+    #[serde(rename = "PublicPort", default, skip_serializing_if = "Option::is_none")]
+    pub public_port: Option<u16>,
+    /// `tcp` or `udp`.
+    #[serde(rename = "Type")]
+    pub typ: String,
+}
+
+/// `ps`'s PORTS column from a summary's ports, grouped into ranges as docker's CLI prints them.
+pub fn ports_text(ports: &[Port]) -> String {
+    use crate::portspec::{PortBinding, Proto, format_ports};
+    let proto = |t: &str| if t == "udp" { Proto::Udp } else { Proto::Tcp };
+    let mut bindings = Vec::new();
+    let mut unpublished = Vec::new();
+    for p in ports {
+        match (p.public_port, p.ip.as_deref().and_then(|i| i.parse().ok())) {
+            (Some(public), Some(host_ip)) => bindings.push(PortBinding {
+                host_ip,
+                host_port: public,
+                container_port: p.private_port,
+                proto: proto(&p.typ),
+            }),
+            _ => unpublished.push((p.private_port, proto(&p.typ))),
+        }
+    }
+    format_ports(&bindings, &unpublished)
 }
 
 /// `GET /containers/{id}/json`.
@@ -211,4 +380,13 @@ pub struct ContainerLogsResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct ContainerWaitResponse {
     pub status_code: i64,
+    /// Always null: an exit is not an error of the wait (docker's `{"Message"}` otherwise).
+    #[serde(default)]
+    pub error: Option<WaitExitError>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitExitError {
+    pub message: String,
 }

@@ -15,7 +15,9 @@
 //! - `services.rs`: `/services/...` and their tasks;
 //! - `swarm.rs`: `/swarm/...`, `/nodes/...`, and the join port a manager answers on;
 //! - `images.rs`: `/images/...`;
-//! - `system.rs`: `/version` and `/datapath/...`;
+//! - `system.rs`: `/version`, `/info` and `/datapath/...`;
+//! - `version.rs`: the `/v1.NN/` path prefix of docker's version negotiation;
+//! - `filters.rs`: docker's `filters` query parameter, in both encodings;
 //! - `monitor.rs`: the streams, `/datapath/monitor` and `/events`;
 //! - `error.rs`: [`ApiError`] and its [`ErrorKind`], the one mapping to HTTP statuses.
 use std::path::PathBuf;
@@ -29,12 +31,14 @@ use serde_json::Value;
 
 pub mod containers;
 mod error;
+pub mod filters;
 pub mod images;
 pub mod monitor;
 pub mod networks;
 pub mod services;
 pub mod swarm;
 pub mod system;
+pub mod version;
 
 pub use containers::*;
 pub use error::{ApiError, ApiResult, ErrorKind};

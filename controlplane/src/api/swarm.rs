@@ -67,15 +67,48 @@ pub struct Node {
     pub description: NodeDescription,
     pub spec: NodeSpec,
     pub status: NodeStatus,
-    /// `Leader`, `Reachable`, `Unreachable`, or empty for a worker (docker's is an object).
-    pub manager_status: String,
+    /// A manager's; null for a worker.
+    pub manager_status: Option<ManagerStatus>,
     pub created_at: DateTime<Utc>,
+}
+
+impl Node {
+    /// `node ls`'s MANAGER STATUS: `Leader`, `Reachable`, `Unreachable`, or empty for a worker.
+    pub fn manager_status_text(&self) -> &'static str {
+        match &self.manager_status {
+            None => "",
+            Some(m) if m.leader => "Leader",
+            Some(m) if m.reachability == "reachable" => "Reachable",
+            Some(_) => "Unreachable",
+        }
+    }
+}
+
+/// docker's `ManagerStatus`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ManagerStatus {
+    #[serde(default)]
+    pub leader: bool,
+    /// `reachable` or `unreachable`.
+    pub reachability: String,
+    /// IP:PORT of the manager (the join port).
+    pub addr: String,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct NodeDescription {
     pub hostname: String,
+    /// The engine's version, which `docker node ls` prints.
+    #[serde(default)]
+    pub engine: EngineDescription,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EngineDescription {
+    pub engine_version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,13 +3,142 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// The answer to `GET /version`.
+/// The newest Engine API version the daemon speaks: the one it advertises on `/_ping` and
+/// `/version`, and the version of unprefixed paths.
+pub const API_VERSION: &str = "1.50";
+/// The oldest version a `/v1.NN/` prefix may name (docker 28's minimum).
+pub const MIN_API_VERSION: &str = "1.41";
+
+/// The answer to `GET /version` (docker's `SystemVersion`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct SystemVersion {
+    pub platform: Platform,
+    pub components: Vec<ComponentVersion>,
     pub version: String,
     pub api_version: String,
+    #[serde(rename = "MinAPIVersion")]
+    pub min_api_version: String,
+    pub git_commit: String,
+    pub go_version: String,
     pub os: String,
+    pub arch: String,
+    pub kernel_version: String,
+    pub build_time: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Platform {
+    pub name: String,
+}
+
+/// One entry of `SystemVersion::components`: what `docker version` lists under "Server:".
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ComponentVersion {
+    pub name: String,
+    pub version: String,
+    pub details: BTreeMap<String, String>,
+}
+
+/// The answer to `GET /info` (docker's `SystemInfo`): the fields `docker info` prints.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SystemInfo {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub containers: u64,
+    pub containers_running: u64,
+    pub containers_paused: u64,
+    pub containers_stopped: u64,
+    pub images: u64,
+    pub driver: String,
+    /// `[[key, value], ...]` as docker's.
+    pub driver_status: Vec<[String; 2]>,
+    pub plugins: PluginsInfo,
+    pub memory_limit: bool,
+    pub swap_limit: bool,
+    pub cpu_cfs_period: bool,
+    pub cpu_cfs_quota: bool,
+    #[serde(rename = "IPv4Forwarding")]
+    pub ipv4_forwarding: bool,
+    pub debug: bool,
+    pub n_fd: i64,
+    pub n_goroutines: i64,
+    pub system_time: String,
+    pub logging_driver: String,
+    pub cgroup_driver: String,
+    pub cgroup_version: String,
+    pub n_events_listener: i64,
+    pub kernel_version: String,
+    pub operating_system: String,
+    #[serde(rename = "OSVersion")]
+    pub os_version: String,
+    #[serde(rename = "OSType")]
+    pub os_type: String,
+    pub architecture: String,
+    #[serde(rename = "NCPU")]
+    pub ncpu: i64,
+    pub mem_total: i64,
+    pub docker_root_dir: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub experimental_build: bool,
+    pub server_version: String,
+    pub live_restore_enabled: bool,
+    pub isolation: String,
+    pub security_options: Vec<String>,
+    pub swarm: SwarmInfo,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct PluginsInfo {
+    pub volume: Vec<String>,
+    pub network: Vec<String>,
+    pub log: Vec<String>,
+}
+
+/// `SystemInfo::swarm`: this node's part in a swarm.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct SwarmInfo {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub node_addr: String,
+    /// `inactive` or `active`.
+    pub local_node_state: String,
+    /// Whether this node is a manager (the CLI then prints the cluster section).
+    pub control_available: bool,
+    pub error: String,
+    pub remote_managers: Vec<RemoteManager>,
+    /// Counted only on a manager, as docker's.
+    pub nodes: i64,
+    pub managers: i64,
+    /// Only on a manager: the CLI reads it when `ControlAvailable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterInfo>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct RemoteManager {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub addr: String,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ClusterInfo {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub root_rotation_in_progress: bool,
+    pub default_addr_pool: Vec<String>,
+    pub subnet_size: u32,
+    pub data_path_port: u32,
 }
 
 /// The answer to `GET /datapath/stats`.

@@ -37,6 +37,7 @@ fn network_create_request() {
         ip_range: Some("10.1.0.128/25".into()),
         internal: true,
         labels: [("k".to_string(), "v".to_string())].into(),
+        ..Default::default()
     };
     wire(
         &req,
@@ -49,9 +50,61 @@ fn network_create_request() {
 }
 
 #[test]
+fn docker_network_create_body_folds_into_netbees() {
+    // what docker CLI 28.2.2 sends for `network create --driver bridge --subnet S --gateway G
+    // --ip-range R --attachable --label k=v app`, with its nulls
+    let mut req: NetworkCreateRequest = serde_json::from_value(json!({
+        "Name": "app", "Driver": "bridge", "Scope": "", "EnableIPv6": null, "Internal": false,
+        "Attachable": true, "Ingress": false, "ConfigOnly": false, "ConfigFrom": null,
+        "IPAM": { "Driver": "default", "Options": null,
+                  "Config": [{ "Subnet": "10.9.0.0/24", "IPRange": "10.9.0.128/25", "Gateway": "10.9.0.1" }] },
+        "Options": {}, "Labels": { "k": "v" }, "CheckDuplicate": true,
+    }))
+    .unwrap();
+    req.normalize().unwrap();
+    assert_eq!(
+        (req.subnet.as_deref(), req.gateway.as_deref(), req.ip_range.as_deref()),
+        (Some("10.9.0.0/24"), Some("10.9.0.1"), Some("10.9.0.128/25"))
+    );
+    assert!(req.attachable && req.labels["k"] == "v" && req.driver.as_deref() == Some("bridge"));
+    // compose sends IPAM null and no driver
+    let mut req: NetworkCreateRequest =
+        serde_json::from_value(json!({ "Name": "p_front", "IPAM": null, "Labels": null, "Driver": "" })).unwrap();
+    req.normalize().unwrap();
+    assert_eq!((req.subnet.clone(), req.driver.clone()), (None, None));
+    // what netbee cannot do is refused, naming the network
+    let refused = |v: Value| {
+        let mut r: NetworkCreateRequest = serde_json::from_value(v).unwrap();
+        let e = r.normalize().unwrap_err();
+        assert_eq!(e.status().as_u16(), 400);
+        assert!(e.message.contains("x"), "{}", e.message);
+    };
+    refused(json!({ "Name": "x", "EnableIPv6": true }));
+    refused(json!({ "Name": "x", "Options": { "com.docker.network.bridge.name": "br9" } }));
+    refused(json!({ "Name": "x", "IPAM": { "Config": [{ "Subnet": "10.1.0.0/24" }, { "Subnet": "10.2.0.0/24" }] } }));
+    refused(json!({ "Name": "x", "IPAM": { "Driver": "dhcp" } }));
+}
+
+#[test]
+fn docker_network_connect_body_folds_into_netbees() {
+    let mut req: NetworkConnectRequest = serde_json::from_value(json!({
+        "Container": "c1",
+        "EndpointConfig": { "IPAMConfig": { "IPv4Address": "10.9.0.7" }, "Links": null, "Aliases": ["www"],
+                            "NetworkID": "", "IPAddress": "" },
+    }))
+    .unwrap();
+    req.normalize();
+    assert_eq!((req.ip_address.as_deref(), req.aliases.clone()), (Some("10.9.0.7"), vec!["www".to_string()]));
+}
+
+#[test]
 fn network_connect_and_disconnect_requests() {
-    let req =
-        NetworkConnectRequest { container: "c".into(), ip_address: Some("10.0.0.9".into()), aliases: vec!["a".into()] };
+    let req = NetworkConnectRequest {
+        container: "c".into(),
+        ip_address: Some("10.0.0.9".into()),
+        aliases: vec!["a".into()],
+        ..Default::default()
+    };
     wire(&req, json!({ "Container": "c", "IPAddress": "10.0.0.9", "Aliases": ["a"] }));
     let req = NetworkDisconnectRequest { container: "c".into() };
     wire(&req, json!({ "Container": "c" }));
@@ -78,6 +131,7 @@ fn container_create_request() {
         auto_remove: true,
         workdir: Some("/tmp".into()),
         labels: [("k".to_string(), "v".to_string())].into(),
+        ..Default::default()
     };
     wire(
         &req,
@@ -230,8 +284,17 @@ fn join_port_bodies() {
 #[test]
 fn errors_and_system() {
     wire(&ErrorResponse { message: "m".into() }, json!({ "message": "m" }));
-    let v = SystemVersion { version: "0.1.0".into(), api_version: "1.0".into(), os: "linux".into() };
-    wire(&v, json!({ "Version": "0.1.0", "ApiVersion": "1.0", "Os": "linux" }));
+    // what `docker version` reads: a client that knows only some fields still decodes it
+    let v = SystemVersion {
+        version: "0.1.0".into(),
+        api_version: "1.50".into(),
+        min_api_version: "1.41".into(),
+        os: "linux".into(),
+        ..Default::default()
+    };
+    let got = serde_json::to_value(&v).unwrap();
+    assert_eq!((got["ApiVersion"].clone(), got["MinAPIVersion"].clone()), (json!("1.50"), json!("1.41")));
+    reads(json!({ "Version": "0.1.0", "ApiVersion": "1.50", "MinAPIVersion": "1.41", "Os": "linux" }), &v);
     let stats = DatapathStats {
         counters: [("ct_created".to_string(), 7)].into(),
         drops: [("no_route".to_string(), 1)].into(),
@@ -319,16 +382,30 @@ fn container_responses() {
         created: 1_700_000_000,
         state: "running".into(),
         status: "Up 2 seconds".into(),
-        ports: "0.0.0.0:8080->80/tcp".into(),
+        ports: vec![
+            Port { ip: Some("0.0.0.0".into()), private_port: 80, public_port: Some(8080), typ: "tcp".into() },
+            Port { ip: Some("0.0.0.0".into()), private_port: 81, public_port: Some(8081), typ: "tcp".into() },
+            Port { ip: None, private_port: 53, public_port: None, typ: "udp".into() },
+        ],
+        labels: [("k".to_string(), "v".to_string())].into(),
         networks: vec!["bridge".into()],
     };
+    // docker's shape: the docker CLI decodes Ports as a list of objects (and groups ranges itself)
     wire(
         &summary,
         json!({
             "Id": "cid", "Names": ["/web"], "Image": "host", "Command": "sleep 1", "Created": 1_700_000_000,
-            "State": "running", "Status": "Up 2 seconds", "Ports": "0.0.0.0:8080->80/tcp", "Networks": ["bridge"],
+            "State": "running", "Status": "Up 2 seconds",
+            "Ports": [
+                { "IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp" },
+                { "IP": "0.0.0.0", "PrivatePort": 81, "PublicPort": 8081, "Type": "tcp" },
+                { "PrivatePort": 53, "Type": "udp" },
+            ],
+            "Labels": { "k": "v" }, "Networks": ["bridge"],
         }),
     );
+    // netbee's own `ps` prints them as before
+    assert_eq!(ports_text(&summary.ports), "53/udp, 0.0.0.0:8080->80/tcp, 0.0.0.0:8081->81/tcp");
     let logs = ContainerLogsResponse {
         stdout: "o".into(),
         stderr: "e".into(),
@@ -341,7 +418,56 @@ fn container_responses() {
         &logs,
         json!({ "Stdout": "o", "Stderr": "e", "StdoutOffset": 1, "StderrOffset": 2, "Running": false, "ExitCode": 3 }),
     );
-    wire(&ContainerWaitResponse { status_code: 137 }, json!({ "StatusCode": 137 }));
+    wire(&ContainerWaitResponse { status_code: 137, error: None }, json!({ "StatusCode": 137, "Error": null }));
+    reads(json!({ "StatusCode": 137 }), &ContainerWaitResponse { status_code: 137, error: None });
+}
+
+#[test]
+fn docker_container_create_body_folds_into_netbees() {
+    // `docker run -d --name web --network app --network-alias www -p 8080:80 -p 127.0.0.1:8081:80
+    // -p 9000:9000/udp -e A=1 busybox httpd -f -p 80` as docker CLI 28.2.2 sends it (zero values
+    // and nulls included)
+    let mut req: ContainerCreateRequest = serde_json::from_value(json!({
+        "Hostname": "", "Domainname": "", "User": "", "AttachStdin": false, "AttachStdout": false,
+        "Tty": false, "OpenStdin": false, "StdinOnce": false, "Env": ["A=1"], "Cmd": ["httpd", "-f", "-p", "80"],
+        "Image": "busybox", "Volumes": null, "WorkingDir": "", "Entrypoint": null, "OnBuild": null, "Labels": {},
+        "ExposedPorts": { "80/tcp": {}, "9000/udp": {} },
+        "HostConfig": {
+            "NetworkMode": "app", "RestartPolicy": { "Name": "no" }, "AutoRemove": false, "ConsoleSize": [0, 0],
+            "PortBindings": {
+                "80/tcp": [{ "HostIp": "", "HostPort": "8080" }, { "HostIp": "127.0.0.1", "HostPort": "8081" }],
+                "9000/udp": [{ "HostIp": "", "HostPort": "9000" }],
+            },
+            "MemorySwappiness": -1, "Binds": null,
+        },
+        "NetworkingConfig": { "EndpointsConfig": { "app": { "Aliases": ["www"], "IPAMConfig": null } } },
+    }))
+    .unwrap();
+    req.normalize(Some("web")).unwrap();
+    assert_eq!(req.name.as_deref(), Some("web"));
+    assert_eq!((req.hostname.clone(), req.user.clone(), req.workdir.clone()), (None, None, None));
+    assert_eq!(req.network.as_deref(), Some("app"));
+    assert_eq!(req.network_aliases, ["www"]);
+    assert_eq!(req.publish, ["8080:80/tcp", "127.0.0.1:8081:80/tcp", "9000:9000/udp"]);
+    assert_eq!(req.expose, ["80/tcp", "9000/udp"]);
+    // without --network: NetworkMode "default" and an endpoint named "default"
+    let mut req: ContainerCreateRequest = serde_json::from_value(json!({
+        "Image": "host", "Cmd": null, "Env": null,
+        "HostConfig": { "NetworkMode": "default", "PortBindings": {} },
+        "NetworkingConfig": { "EndpointsConfig": { "default": {} } },
+    }))
+    .unwrap();
+    req.normalize(None).unwrap();
+    assert_eq!(req.network, None);
+    // what cannot be done is refused before anything exists
+    let mut tty: ContainerCreateRequest =
+        serde_json::from_value(json!({ "Image": "host", "Tty": true, "OpenStdin": true })).unwrap();
+    assert_eq!(tty.normalize(None).unwrap_err().status().as_u16(), 400);
+    let mut two: ContainerCreateRequest = serde_json::from_value(
+        json!({ "Image": "host", "NetworkingConfig": { "EndpointsConfig": { "a": {}, "b": {} } } }),
+    )
+    .unwrap();
+    assert_eq!(two.normalize(None).unwrap_err().status().as_u16(), 400);
 }
 
 #[test]
@@ -606,25 +732,33 @@ fn swarm_responses() {
     let node = Node {
         id: "nid".into(),
         is_self: true,
-        description: NodeDescription { hostname: "h1".into() },
+        description: NodeDescription {
+            hostname: "h1".into(),
+            engine: EngineDescription { engine_version: "0.1.0".into() },
+        },
         spec: NodeSpec {
             role: Role::Manager,
             availability: Availability::Drain,
             labels: [("k".to_string(), "v".to_string())].into(),
         },
         status: NodeStatus { state: "ready".into(), addr: "192.168.0.1".into() },
-        manager_status: "Leader".into(),
+        manager_status: Some(ManagerStatus {
+            leader: true,
+            reachability: "reachable".into(),
+            addr: "192.168.0.1:2377".into(),
+        }),
         created_at: t,
     };
     wire(
         &node,
         json!({
             "ID": "nid", "Self": true,
-            "Description": { "Hostname": "h1" },
+            "Description": { "Hostname": "h1", "Engine": { "EngineVersion": "0.1.0" } },
             "Spec": { "Role": "manager", "Availability": "drain", "Labels": { "k": "v" } },
             "Status": { "State": "ready", "Addr": "192.168.0.1" },
-            "ManagerStatus": "Leader",
+            "ManagerStatus": { "Leader": true, "Reachability": "reachable", "Addr": "192.168.0.1:2377" },
             "CreatedAt": t,
         }),
     );
+    assert_eq!(node.manager_status_text(), "Leader");
 }

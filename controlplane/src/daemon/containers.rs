@@ -546,7 +546,27 @@ impl Daemon {
             created: c.created.timestamp(),
             state: status_str(&c.state.status).into(),
             status,
-            ports: portspec::format_ports(&bindings, &unpublished),
+            ports: bindings
+                .iter()
+                .map(|b| api::Port {
+                    ip: Some(b.host_ip.to_string()),
+                    private_port: b.container_port,
+                    public_port: Some(b.host_port),
+                    typ: b.proto.to_string(),
+                })
+                .chain(
+                    unpublished
+                        .iter()
+                        .filter(|(p, pr)| !bindings.iter().any(|b| b.container_port == *p && b.proto == *pr))
+                        .map(|(p, pr)| api::Port {
+                            ip: None,
+                            private_port: *p,
+                            public_port: None,
+                            typ: pr.to_string(),
+                        }),
+                )
+                .collect(),
+            labels: c.config.labels.clone(),
             networks,
         }
     }

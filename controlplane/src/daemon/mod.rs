@@ -1,5 +1,6 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 mod containers;
+mod engine;
 mod events;
 mod images;
 mod monitor;
@@ -12,6 +13,7 @@ mod reconcile;
 mod server;
 pub mod services;
 mod swarm;
+mod system;
 
 use std::{
     net::Ipv4Addr,

@@ -103,7 +103,8 @@ impl Daemon {
             enable_ipv6: false,
             ipam: Ipam { driver: "default".into(), options: BTreeMap::new(), config },
             internal: net.internal,
-            attachable: false,
+            // an overlay takes standalone containers as well as tasks (docker's --attachable)
+            attachable: net.driver == "overlay",
             ingress: false,
             containers,
             options: serde_json::from_value(net.driver().inspect_options(net))?,

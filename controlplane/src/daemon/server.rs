@@ -21,7 +21,7 @@ use crate::{
         NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
         NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
         ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
-        SwarmJoinTokenResponse, SystemVersion, Task,
+        SwarmJoinTokenResponse, SystemInfo, SystemVersion, Task,
     },
     metrics::timed,
     model::Status,
@@ -72,10 +72,12 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("listening on {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     let app = Router::new()
-        .route("/_ping", get(|| async { "OK" }))
+        .route("/_ping", get(ping))
         .route("/version", get(version))
+        .route("/info", get(info))
         .route("/networks", get(network_list))
         .route("/networks/create", post(network_create))
+        .route("/networks/prune", post(network_prune))
         .route("/networks/{id}", get(network_inspect).delete(network_remove))
         .route("/networks/{id}/connect", post(network_connect))
         .route("/networks/{id}/disconnect", post(network_disconnect))
@@ -86,6 +88,8 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/stop", post(container_stop))
         .route("/containers/{id}/kill", post(container_kill))
         .route("/containers/{id}/logs", get(container_logs))
+        .route("/containers/{id}/restart", post(container_restart))
+        .route("/containers/{id}/rename", post(container_rename))
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}", delete(container_remove))
         .route("/images/json", get(image_list))
@@ -96,8 +100,10 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/images/push", post(image_push))
         .route("/images/tag", post(image_tag))
         .route("/images/prune", post(image_prune))
-        .route("/images/{name}/json", get(image_inspect))
-        .route("/images/{name}", delete(image_remove))
+        .route("/images/create", post(image_create))
+        // docker puts image names in the path as they are, slashes and all: the suffix says
+        // which operation (`/json`, `/tag`), none is the image itself (DELETE)
+        .route("/images/{*rest}", get(image_get).delete(image_remove).post(image_post))
         .route("/datapath/stats", get(datapath_stats))
         .route("/datapath/lb", get(datapath_lb))
         .route("/datapath/ct", get(datapath_ct))
@@ -122,6 +128,9 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/nodes/{id}/promote", post(node_promote))
         .route("/nodes/{id}/demote", post(node_demote))
         .with_state(d);
+    // the version prefix is stripped before routing: a layer on the routes themselves would run
+    // after the router matched the prefixed path
+    let app = Router::new().fallback_service(app).layer(axum::middleware::from_fn(engine_api_version));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let shutdown = async move {
@@ -149,18 +158,119 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     Ok(())
 }
 
-async fn version() -> Json<SystemVersion> {
-    Json(SystemVersion { version: env!("CARGO_PKG_VERSION").into(), api_version: "1.0".into(), os: "linux".into() })
+/// docker's version negotiation on every request: a supported `/v1.NN/` prefix is removed (the
+/// routes are the same in every version), another is docker's 400; every answer carries the
+/// headers docker's daemon sends.
+async fn engine_api_version(mut req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let mut resp = match crate::api::version::strip_version_prefix(req.uri().path()) {
+        Err(e) => e.into_response(),
+        Ok(stripped) => {
+            if let Some(rest) = stripped {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{rest}?{q}"),
+                    None => rest.to_string(),
+                };
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = pq.parse().ok();
+                match axum::http::Uri::from_parts(parts) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(_) => return ApiError::bad_request("invalid request path").into_response(),
+                }
+            }
+            next.run(req).await
+        }
+    };
+    let h = resp.headers_mut();
+    h.insert("api-version", axum::http::HeaderValue::from_static(crate::api::API_VERSION));
+    h.insert("docker-experimental", axum::http::HeaderValue::from_static("false"));
+    h.insert("ostype", axum::http::HeaderValue::from_static("linux"));
+    h.insert("server", axum::http::HeaderValue::from_static(concat!("netbee/", env!("CARGO_PKG_VERSION"), " (linux)")));
+    resp
 }
 
-async fn network_list(State(d): D) -> ApiResult<Json<Vec<Network>>> {
+/// `GET|HEAD /_ping`: what the docker CLI reads before every command (the version headers come
+/// from [`engine_api_version`]). `Builder-Version: 1`: netbee has no BuildKit.
+async fn ping(State(d): D) -> axum::response::Response {
+    let mut b = axum::response::Response::builder()
+        .header("builder-version", "1")
+        .header("cache-control", "no-cache, no-store, must-revalidate")
+        .header("pragma", "no-cache")
+        .header("content-type", "text/plain; charset=utf-8");
+    if let Some(s) = d.swarm_ping_state().await {
+        b = b.header("swarm", s);
+    }
+    b.body(axum::body::Body::from("OK")).expect("constant headers")
+}
+
+async fn version(State(d): D) -> Json<SystemVersion> {
+    Json(d.system_version())
+}
+
+async fn info(State(d): D) -> ApiResult<Json<SystemInfo>> {
+    Ok(Json(d.system_info().await?))
+}
+
+/// `GET /networks?filters=...`: docker's keys `name` (substring), `id` (prefix), `driver`,
+/// `scope`, `type` (`builtin`/`custom`) and `label`.
+async fn network_list(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<Network>>> {
+    use crate::api::filters::{Filters, id_matches, name_matches};
+    let f = Filters::parse(
+        q.get("filters").map(String::as_str),
+        &["name", "id", "driver", "scope", "type", "label", "dangling"],
+    )?;
     let nets = d.networks()?;
-    Ok(Json(nets.iter().map(|n| d.network_inspect(n)).collect::<Result<_>>()?))
+    let all: Vec<Network> = nets.iter().map(|n| d.network_inspect(n)).collect::<Result<_>>()?;
+    Ok(Json(
+        all.into_iter()
+            .filter(|n| {
+                let builtin = crate::network::PREDEFINED.contains(&n.name.as_str());
+                f.any("name", |v| name_matches(&n.name, v))
+                    && f.any("id", |v| id_matches(&n.id, v))
+                    && f.any("driver", |v| v == n.driver)
+                    && f.any("scope", |v| v == n.scope)
+                    && f.any("type", |v| (v == "builtin") == builtin)
+                    && f.any("dangling", |v| (v == "true" || v == "1") == (n.containers.is_empty() && !builtin))
+                    && f.labels_match(&n.labels)
+            })
+            .collect(),
+    ))
 }
 
-async fn network_create(State(d): D, Body(req): Body<NetworkCreateRequest>) -> ApiResult<Json<NetworkCreateResponse>> {
+async fn network_create(
+    State(d): D,
+    Body(mut req): Body<NetworkCreateRequest>,
+) -> ApiResult<(axum::http::StatusCode, Json<NetworkCreateResponse>)> {
+    req.normalize()?;
     let n = timed("network_create", d.network_create(req)).await?;
-    Ok(Json(NetworkCreateResponse { id: n.id, warning: String::new() }))
+    Ok((axum::http::StatusCode::CREATED, Json(NetworkCreateResponse { id: n.id, warning: String::new() })))
+}
+
+/// `POST /networks/prune`: removes the user-defined local networks no running container is
+/// on (docker's `label` filters select among them).
+async fn network_prune(State(d): D, Query(q): Q) -> ApiResult<Json<crate::api::NetworkPruneResponse>> {
+    let f = crate::api::filters::Filters::parse(q.get("filters").map(String::as_str), &["label", "until"])?;
+    if !f.get("until").is_empty() {
+        return Err(ApiError::bad_request("network prune: the until filter is not supported"));
+    }
+    let mut deleted = Vec::new();
+    for n in d.networks()? {
+        let v = d.network_inspect(&n)?;
+        if crate::network::PREDEFINED.contains(&v.name.as_str())
+            || v.scope != "local"
+            || !v.containers.is_empty()
+            || !f.labels_match(&v.labels)
+        {
+            continue;
+        }
+        match d.network_remove(&n.id).await {
+            Ok(()) => deleted.push(v.name),
+            // a container joined it meanwhile: it is in use, not pruned
+            Err(e) if e.kind == crate::api::ErrorKind::Conflict => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(crate::api::NetworkPruneResponse { networks_deleted: deleted }))
 }
 
 async fn network_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Network>> {
@@ -173,7 +283,8 @@ async fn network_remove(State(d): D, Path(id): Path<String>) -> NoContent {
     Ok(Json(()))
 }
 
-async fn network_connect(State(d): D, Path(id): Path<String>, Body(req): Body<NetworkConnectRequest>) -> NoContent {
+async fn network_connect(State(d): D, Path(id): Path<String>, Body(mut req): Body<NetworkConnectRequest>) -> NoContent {
+    req.normalize();
     timed("network_connect", d.network_connect(&id, req)).await?;
     Ok(Json(()))
 }
@@ -187,22 +298,59 @@ async fn network_disconnect(
     Ok(Json(()))
 }
 
+/// `GET /containers/json?all=1&filters=...`: docker's keys `id` (prefix), `name` (substring),
+/// `status`, `exited`, `label`, `network` and `ancestor` (the image as named).
 async fn container_list(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<ContainerSummary>>> {
-    let all = q.get("all").is_some_and(|v| v == "1" || v == "true");
+    use crate::api::filters::{Filters, id_matches, name_matches};
+    let all = q.get("all").is_some_and(|v| v == "1" || v == "true" || v == "True");
+    let f = Filters::parse(
+        q.get("filters").map(String::as_str),
+        &["id", "name", "status", "exited", "label", "network", "ancestor"],
+    )?;
+    for st in f.get("status") {
+        if !["created", "restarting", "running", "removing", "paused", "exited", "dead"].contains(&st.as_str()) {
+            return Err(ApiError::bad_request(format!("invalid filter 'status={st}'")));
+        }
+    }
     let nets = d.networks()?;
     let mut cs = d.containers()?;
     cs.sort_by_key(|c| std::cmp::Reverse(c.created));
+    // a status filter lists stopped containers too, as docker's
+    let all = all || !f.get("status").is_empty() || !f.get("exited").is_empty();
     Ok(Json(
-        cs.iter().filter(|c| all || c.state.status == Status::Running).map(|c| d.container_summary(c, &nets)).collect(),
+        cs.iter()
+            .filter(|c| all || c.state.status == Status::Running)
+            .map(|c| d.container_summary(c, &nets))
+            .filter(|s| {
+                let name = s.names.first().map(String::as_str).unwrap_or("");
+                f.any("id", |v| id_matches(&s.id, v))
+                    && f.any("name", |v| name_matches(name, v))
+                    && f.any("status", |v| v == s.state)
+                    && f.any("exited", |v| s.state == "exited" && s.status.starts_with(&format!("Exited ({v})")))
+                    && f.any("network", |v| s.networks.iter().any(|n| n == v))
+                    && f.any("ancestor", |v| s.image == v)
+                    && f.labels_match(&s.labels)
+            })
+            .collect(),
     ))
 }
 
+/// docker's CLI pulls the image and retries on any 404 from create, so only a missing image is
+/// a 404 here; whatever else is missing (a network) is the request's fault.
 async fn container_create(
     State(d): D,
-    Body(req): Body<ContainerCreateRequest>,
-) -> ApiResult<Json<ContainerCreateResponse>> {
-    let c = timed("container_create", d.container_create(req)).await?;
-    Ok(Json(ContainerCreateResponse { id: c.id, name: c.name, warnings: vec![] }))
+    Query(q): Q,
+    Body(mut req): Body<ContainerCreateRequest>,
+) -> ApiResult<(axum::http::StatusCode, Json<ContainerCreateResponse>)> {
+    req.normalize(q.get("name").map(String::as_str))?;
+    let c = timed("container_create", d.container_create(req)).await.map_err(|e| {
+        if e.kind == crate::api::ErrorKind::NotFound && !e.message.starts_with("No such image") {
+            ApiError::bad_request(e.message)
+        } else {
+            e
+        }
+    })?;
+    Ok((axum::http::StatusCode::CREATED, Json(ContainerCreateResponse { id: c.id, name: c.name, warnings: vec![] })))
 }
 
 async fn container_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<ContainerInspectResponse>> {
@@ -238,14 +386,129 @@ async fn container_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> N
     Ok(Json(()))
 }
 
-async fn container_wait(State(d): D, Path(id): Path<String>) -> ApiResult<Json<ContainerWaitResponse>> {
-    let code = d.container_wait(&id).await?;
-    Ok(Json(ContainerWaitResponse { status_code: code.into() }))
+async fn container_restart(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
+    d.container_restart(&id, query_u64(&q, "t", 10)?).await?;
+    Ok(Json(()))
 }
 
-async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<ContainerLogsResponse>> {
+async fn container_rename(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
+    d.container_rename(&id, q.get("name").map(String::as_str).unwrap_or("")).await?;
+    Ok(Json(()))
+}
+
+/// `POST /containers/{id}/wait?condition=not-running|next-exit|removed`. The headers go out at
+/// once and the body when the condition holds: `docker run` waits for the headers before it
+/// starts the container.
+async fn container_wait(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::response::Response> {
+    use super::engine::WaitCondition;
+    let cond = WaitCondition::parse(q.get("condition").map(String::as_str))?;
+    // a container that is not there is a 404 now (or, for netbee's `run --rm`, its kept exit)
+    if let Err(e) = d.find_container(&id)
+        && (cond != WaitCondition::NotRunning || !d.removed_exits.lock().unwrap().contains_key(&id))
+    {
+        return Err(e);
+    }
+    let result = async move {
+        let r = d.container_wait_for(&id, cond).await;
+        let body = match r {
+            Ok(code) => ContainerWaitResponse { status_code: code.into(), error: None },
+            Err(e) => {
+                ContainerWaitResponse { status_code: -1, error: Some(crate::api::WaitExitError { message: e.message }) }
+            }
+        };
+        json_line(&body)
+    };
+    // a newline first (JSON decoders skip it) so that the headers leave at once
+    use futures::StreamExt as _;
+    let chunks = futures::stream::once(async { b"\n".to_vec() }).chain(futures::stream::once(result));
+    let mut resp = ndjson(chunks);
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// `GET /containers/{id}/logs`: docker's multiplexed stream (`stdout=1&stderr=1`, `follow`,
+/// `timestamps`, `tail`), or netbee's JSON chunks when the CLI asks by offsets.
+async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+
+    use super::engine::{frame, lines};
     let c = d.find_container(&id)?;
-    Ok(Json(d.container_logs(&c, query_u64(&q, "stdout_offset", 0)?, query_u64(&q, "stderr_offset", 0)?)?))
+    if q.contains_key("stdout_offset") || q.contains_key("stderr_offset") {
+        let logs = d.container_logs(&c, query_u64(&q, "stdout_offset", 0)?, query_u64(&q, "stderr_offset", 0)?)?;
+        return Ok(Json::<ContainerLogsResponse>(logs).into_response());
+    }
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "1" || v == "true" || v == "True");
+    let want = [flag("stdout"), flag("stderr")];
+    if !want[0] && !want[1] {
+        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    let (follow, stamps) = (flag("follow"), flag("timestamps"));
+    let tail = match q.get("tail").map(String::as_str) {
+        None | Some("") | Some("all") => None,
+        Some(n) => Some(n.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid tail {n:?}")))?),
+    };
+    const FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+    let stamp = move |line: &[u8], t: chrono::DateTime<chrono::Utc>| -> Vec<u8> {
+        if !stamps {
+            return line.to_vec();
+        }
+        let mut v = format!("{} ", t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)).into_bytes();
+        v.extend_from_slice(line);
+        v
+    };
+    // what is there now; netbee's logs keep no time per line, so the lines already written are
+    // stamped with the time their file was last written
+    let mut history = Vec::new();
+    let mut offsets = [0u64; 2];
+    for (i, file) in FILES.iter().enumerate() {
+        let (bytes, _) = d.log_bytes(&c.id, file, 0);
+        let (ls, used) = lines(&bytes, tail);
+        let t = d.log_mtime(&c.id, file).unwrap_or_else(chrono::Utc::now);
+        if want[i] {
+            for l in ls {
+                history.push(frame(i as u8 + 1, &stamp(l, t)));
+            }
+            // without --follow an unfinished last line is shown as it is
+            if !follow && used < bytes.len() {
+                history.push(frame(i as u8 + 1, &stamp(&bytes[used..], t)));
+            }
+        }
+        offsets[i] = used as u64;
+    }
+    let history = futures::stream::iter(history);
+    let live = futures::stream::unfold((d, c.id, offsets, follow), move |(d, id, mut offs, going)| async move {
+        if !going {
+            return None;
+        }
+        loop {
+            let running = d.container_running(&id);
+            let mut out = Vec::new();
+            for (i, file) in FILES.iter().enumerate() {
+                let (bytes, _) = d.log_bytes(&id, file, offs[i]);
+                let (ls, used) = lines(&bytes, None);
+                let now = chrono::Utc::now();
+                if want[i] {
+                    out.extend(ls.iter().flat_map(|l| frame(i as u8 + 1, &stamp(l, now))));
+                    if !running && used < bytes.len() {
+                        out.extend(frame(i as u8 + 1, &stamp(&bytes[used..], now)));
+                    }
+                }
+                offs[i] += if running { used } else { bytes.len() } as u64;
+            }
+            if !out.is_empty() {
+                return Some((out, (d, id, offs, running)));
+            }
+            if !running {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    });
+    use futures::StreamExt as _;
+    let mut resp = ndjson(history.chain(live));
+    resp.headers_mut()
+        .insert("content-type", axum::http::HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+    Ok(resp)
 }
 
 async fn datapath_stats(State(d): D) -> ApiResult<Json<DatapathStats>> {
@@ -463,8 +726,41 @@ async fn image_list(State(d): D) -> ApiResult<Json<Vec<ImageSummary>>> {
     Ok(Json(d.image_list()?))
 }
 
-async fn image_inspect(State(d): D, Path(name): Path<String>) -> ApiResult<Json<ImageInspect>> {
-    Ok(Json(d.image_inspect(&name)?))
+/// The image name and the operation of an `/images/{*rest}` path: `busybox:1/json` →
+/// (`busybox:1`, `json`); a name alone → (name, "").
+fn image_path(rest: &str, ops: &[&str]) -> (String, String) {
+    for op in ops {
+        if let Some(name) = rest.strip_suffix(&format!("/{op}")) {
+            return (name.to_string(), op.to_string());
+        }
+    }
+    (rest.to_string(), String::new())
+}
+
+async fn image_get(State(d): D, Path(rest): Path<String>) -> ApiResult<Json<ImageInspect>> {
+    match image_path(&rest, &["json"]) {
+        (name, op) if op == "json" => Ok(Json(d.image_inspect(&name)?)),
+        _ => Err(ApiError::not_found(format!("page not found: /images/{rest}"))),
+    }
+}
+
+/// `POST /images/{name}/tag?repo=R&tag=T` (docker's tag; netbee's CLI posts `/images/tag`).
+async fn image_post(State(d): D, Path(rest): Path<String>, Query(q): Q) -> ApiResult<axum::http::StatusCode> {
+    match image_path(&rest, &["tag"]) {
+        (name, op) if op == "tag" => {
+            let repo = q
+                .get("repo")
+                .filter(|r| !r.is_empty())
+                .ok_or_else(|| ApiError::bad_request("repository name must have at least one component"))?;
+            let target = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(t) => format!("{repo}:{t}"),
+                None => repo.clone(),
+            };
+            d.image_tag(&name, &target)?;
+            Ok(axum::http::StatusCode::CREATED)
+        }
+        _ => Err(ApiError::not_found(format!("page not found: /images/{rest}"))),
+    }
 }
 
 async fn image_remove(
@@ -476,8 +772,69 @@ async fn image_remove(
     Ok(Json(d.image_remove(&name, force)?))
 }
 
-async fn image_load(State(d): D, Body(req): Body<ImageLoadRequest>) -> ApiResult<Json<ImageLoadResponse>> {
-    Ok(Json(d.image_load(req.path).await?))
+/// `POST /images/create?fromImage=REPO&tag=T`: docker's pull (also what `docker run` sends
+/// after a 404 for a missing image), answered with docker's progress lines.
+async fn image_create(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response> {
+    let Some(from) = q.get("fromImage").filter(|f| !f.is_empty()) else {
+        return Err(ApiError::bad_request(
+            "only fromImage (pull) is supported here; import with netbee import for now",
+        ));
+    };
+    let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+        Some(t) if t.starts_with("sha256:") => format!("{from}@{t}"),
+        Some(t) => format!("{from}:{t}"),
+        None => from.clone(),
+    };
+    let r = d.image_pull(&reference).await?;
+    let lines = vec![
+        json_line(&serde_json::json!({ "status": format!("Pulling from {from}") })),
+        json_line(&serde_json::json!({ "status": format!("Digest: {}", r.digest) })),
+        json_line(&serde_json::json!({ "status": format!("Status: Downloaded newer image for {reference}") })),
+    ];
+    let mut resp = ndjson(futures::stream::iter(lines));
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// `POST /images/load`: docker's tar body (`application/x-tar`, answered with JSON lines), or
+/// netbee's `{"Path"}` of an archive on the node.
+async fn image_load(State(d): D, req: Request) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let is_json = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        let Body(r) = Body::<ImageLoadRequest>::from_request(req, &()).await?;
+        return Ok(Json::<ImageLoadResponse>(d.image_load(r.path).await?).into_response());
+    }
+    // the archive goes to a file of the daemon's first: the image store reads archives by path
+    let dir = d.cfg.root.join("tmp");
+    crate::paths::make_dir(&dir)?;
+    let path = dir.join(format!("load-{}.tar", crate::names::new_id()));
+    let written = async {
+        use futures::StreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        let mut f = tokio::fs::File::create(&path).await?;
+        let mut body = req.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(std::io::Error::other)?;
+            f.write_all(&chunk).await?;
+        }
+        f.flush().await
+    }
+    .await;
+    let r = match written {
+        Ok(()) => d.image_load(path.to_string_lossy().into_owned()).await,
+        Err(e) => Err(ApiError::bad_request(format!("reading the image archive: {e}"))),
+    };
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<Vec<u8>> =
+        r?.stream.iter().map(|l| json_line(&serde_json::json!({ "stream": format!("{l}\n") }))).collect();
+    let mut resp = ndjson(futures::stream::iter(lines));
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    Ok(resp)
 }
 
 async fn image_import(State(d): D, Body(req): Body<ImageImportRequest>) -> ApiResult<Json<ImageIdResponse>> {

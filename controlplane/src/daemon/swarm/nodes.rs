@@ -4,7 +4,7 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    api::{ApiError, ApiResult, Node, NodeDescription, NodeSpec, NodeStatus},
+    api::{ApiError, ApiResult, EngineDescription, ManagerStatus, Node, NodeDescription, NodeSpec, NodeStatus},
     cluster::{self, ClusterState},
     daemon::Daemon,
     lookup,
@@ -30,18 +30,24 @@ impl Daemon {
             .map(|(_, n)| {
                 let up = alive.contains(&n.id);
                 let manager_status = match n.role {
-                    Role::Worker => "",
-                    Role::Manager if leader.as_deref() == Some(n.id.as_str()) => "Leader",
-                    Role::Manager if up => "Reachable",
-                    Role::Manager => "Unreachable",
+                    Role::Worker => None,
+                    Role::Manager => Some(ManagerStatus {
+                        leader: leader.as_deref() == Some(n.id.as_str()),
+                        reachability: if up { "reachable" } else { "unreachable" }.into(),
+                        addr: format!("{}:{}", n.addr, cluster::JOIN_PORT),
+                    }),
                 };
                 Node {
                     is_self: n.id == c.node_id,
                     id: n.id,
-                    description: NodeDescription { hostname: n.hostname },
+                    description: NodeDescription {
+                        hostname: n.hostname,
+                        // nodes do not record their version: empty rather than this node's
+                        engine: EngineDescription::default(),
+                    },
                     spec: NodeSpec { role: n.role, availability: n.availability, labels: n.labels },
                     status: NodeStatus { state: if up { "ready" } else { "down" }.into(), addr: n.addr.to_string() },
-                    manager_status: manager_status.into(),
+                    manager_status,
                     created_at: n.created,
                 }
             })
