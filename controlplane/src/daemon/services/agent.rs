@@ -21,6 +21,15 @@ const STARTS_PER_PASS: usize = 16;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Daemon {
+    /// Whether this node's load balancers still choose any of `addrs` (a task's addresses).
+    fn is_a_local_backend(&self, addrs: &[(String, std::net::Ipv4Addr)]) -> bool {
+        let dp = self.dp.lock().unwrap();
+        dp.backends
+            .iter()
+            .filter_map(|r| r.ok())
+            .any(|(_, b)| addrs.iter().any(|(_, ip)| b.addr == crate::datapath::ip_be(*ip)))
+    }
+
     /// The node agent: start this node's assigned tasks, drain and stop the ones told to stop,
     /// report the ones that died.
     /// Starts at most `STARTS_PER_PASS` tasks, so a node assigned many tasks at once programs its
@@ -99,8 +108,13 @@ impl Daemon {
                 let cid = c.id.clone();
                 let pid = c.state.pid;
                 tokio::spawn(async move {
-                    // every node's load balancer drops it within a pass (0.5 s) of the change
+                    // every node's load balancer drops it within a pass (0.5 s) of the change; a
+                    // busy node's pass takes longer, so wait also until this node's has (bounded)
                     tokio::time::sleep(Duration::from_secs(2)).await;
+                    let gone_by = tokio::time::Instant::now() + Duration::from_secs(8);
+                    while d.is_a_local_backend(&t.addrs) && tokio::time::Instant::now() < gone_by {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
                     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
                     while established_connections(pid) > 0 && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(200)).await;
