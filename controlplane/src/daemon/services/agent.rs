@@ -22,7 +22,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Daemon {
     /// Whether this node's load balancers still choose any of `addrs` (a task's addresses).
-    fn is_a_local_backend(&self, addrs: &[(String, std::net::Ipv4Addr)]) -> bool {
+    fn is_a_local_backend(&self, addrs: &[(String, Ipv4Addr)]) -> bool {
         let dp = self.dp.lock().unwrap();
         dp.backends
             .iter()
