@@ -1,6 +1,11 @@
 //! The node agent: starts this node's assigned tasks as containers, drains and stops the ones
 //! told to stop, and reports the ones that died.
-use std::{collections::HashMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::{Result, anyhow};
 use chrono::Utc;
@@ -19,6 +24,22 @@ use crate::{
 const STARTS_PER_PASS: usize = 16;
 /// How long a task leaving the load balancer keeps serving its established connections.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// A task told to stop keeps accepting until no node has sent it a new connection for this long:
+/// every node drops it from its load balancers within a pass of the change, but a busy node's
+/// pass can take seconds, and a connection sent to a stopped task would be refused.
+const QUIET_BEFORE_STOP: Duration = Duration::from_millis(1500);
+/// ... but at least this long after the change, and at most `QUIET_TIMEOUT` (a client that keeps
+/// reusing a flow it opened before the change is its own load balancer).
+const MIN_GRACE: Duration = Duration::from_secs(2);
+const QUIET_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// What a pass of the agent did.
+pub(in crate::daemon) struct AgentPass {
+    /// Tasks wait to be started in a later pass.
+    pub pending: Pending,
+    /// A task record was written (started, failed or shut down).
+    pub changed: bool,
+}
 
 impl Daemon {
     /// Whether this node's load balancers still choose any of `addrs` (a task's addresses).
@@ -34,12 +55,16 @@ impl Daemon {
     /// report the ones that died.
     /// Starts at most `STARTS_PER_PASS` tasks, so a node assigned many tasks at once programs its
     /// load balancers and answers other services' changes between batches.
-    pub(in crate::daemon) async fn run_my_tasks(self: &Arc<Self>, services: &[ServiceRecord]) -> Result<Pending> {
+    pub(in crate::daemon) async fn run_my_tasks(
+        self: &Arc<Self>,
+        services: &[ServiceRecord],
+        tasks: &[TaskRecord],
+    ) -> Result<AgentPass> {
         let mut started = 0;
         let mut pending = false;
+        let mut changed = false;
         let me = self.my_node_id();
-        let tasks: Vec<TaskRecord> =
-            self.shared().list::<TaskRecord>().await?.into_iter().filter(|t| t.node_id == me).collect();
+        let tasks: Vec<TaskRecord> = tasks.iter().filter(|t| t.node_id == me).cloned().collect();
         let containers = self.containers()?;
         let by_task: HashMap<String, &crate::model::ContainerRecord> = containers
             .iter()
@@ -65,6 +90,7 @@ impl Daemon {
                             continue;
                         }
                         started += 1;
+                        changed = true;
                         t.state = TaskState::Starting;
                         self.shared().put(&t).await?;
                         match self.start_task(s, &t).await {
@@ -85,6 +111,7 @@ impl Daemon {
                         self.note_task(&t).await;
                     }
                     (TaskState::Running | TaskState::Starting, Some(c)) if c.state.status != Status::Running => {
+                        changed = true;
                         t.state = TaskState::Failed;
                         t.message = format!("task exited with code {}", c.state.exit_code);
                         t.updated = Utc::now();
@@ -92,6 +119,7 @@ impl Daemon {
                         let _ = self.container_remove(&c.id, true).await;
                     }
                     (TaskState::Running | TaskState::Starting, None) => {
+                        changed = true;
                         t.state = TaskState::Failed;
                         t.message = "task container disappeared".into();
                         t.updated = Utc::now();
@@ -108,13 +136,7 @@ impl Daemon {
                 let cid = c.id.clone();
                 let pid = c.state.pid;
                 tokio::spawn(async move {
-                    // every node's load balancer drops it within a pass (0.5 s) of the change; a
-                    // busy node's pass takes longer, so wait also until this node's has (bounded)
-                    tokio::time::sleep(Duration::from_secs(2)).await;
-                    let gone_by = tokio::time::Instant::now() + Duration::from_secs(8);
-                    while d.is_a_local_backend(&t.addrs) && tokio::time::Instant::now() < gone_by {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
+                    d.wait_until_no_new_connections(pid, &t.addrs).await;
                     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
                     while established_connections(pid) > 0 && tokio::time::Instant::now() < deadline {
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -132,12 +154,13 @@ impl Daemon {
                 t.state,
                 TaskState::Running | TaskState::Starting | TaskState::Assigned | TaskState::Orphaned
             ) {
+                changed = true;
                 t.state = TaskState::Shutdown;
                 t.updated = Utc::now();
                 self.shared().put(&t).await?;
             }
         }
-        Ok(pending)
+        Ok(AgentPass { pending, changed })
     }
 
     pub(in crate::daemon) async fn start_task(
@@ -206,6 +229,31 @@ impl Daemon {
 }
 
 impl Daemon {
+    /// Waits until no load balancer sends the task (its container's init is `pid`) new
+    /// connections: this node's own has dropped it and no new peer has appeared in the task's
+    /// network namespace for `QUIET_BEFORE_STOP`. Remote nodes' load balancers are seen only
+    /// through what they send, which needs no protocol between nodes and holds however late a
+    /// busy node programs its change.
+    async fn wait_until_no_new_connections(&self, pid: i32, addrs: &[(String, Ipv4Addr)]) {
+        let start = tokio::time::Instant::now();
+        let mut seen = tcp_peers(pid);
+        let mut last_new = start;
+        while start.elapsed() < QUIET_TIMEOUT {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = tcp_peers(pid);
+            if !now.is_subset(&seen) {
+                last_new = tokio::time::Instant::now();
+                seen.extend(now);
+            }
+            if start.elapsed() >= MIN_GRACE
+                && last_new.elapsed() >= QUIET_BEFORE_STOP
+                && !self.is_a_local_backend(addrs)
+            {
+                return;
+            }
+        }
+    }
+
     /// Makes the task's image present on this node: a node that lacks it pulls it from the
     /// registry its reference names. The error is the task's ERROR in `service ps`.
     async fn ensure_image(&self, image: &str) -> Result<()> {
@@ -224,10 +272,19 @@ impl Daemon {
     }
 }
 
-/// The TCP sockets in the container's network namespace (via its init's /proc) as (local port,
-/// state) pairs, IPv4 and IPv6 alike: a server listening on `::` (busybox httpd, most images'
-/// servers) accepts IPv4 connections but appears only in `tcp6`.
-fn tcp_sockets(pid: i32) -> Vec<(u16, String)> {
+/// A TCP socket in a container's network namespace, as /proc shows it.
+struct TcpSocket {
+    local_port: u16,
+    /// "ADDR:PORT" in /proc's hex notation (only compared, never parsed)
+    remote: String,
+    /// /proc's hex state: "01" established, "0A" listen, ...
+    state: String,
+}
+
+/// The TCP sockets in the container's network namespace (via its init's /proc), IPv4 and IPv6
+/// alike: a server listening on `::` (busybox httpd, most images' servers) accepts IPv4
+/// connections but appears only in `tcp6`.
+fn tcp_sockets(pid: i32) -> Vec<TcpSocket> {
     if pid <= 0 {
         return Vec::new();
     }
@@ -237,8 +294,8 @@ fn tcp_sockets(pid: i32) -> Vec<(u16, String)> {
         for l in t.lines().skip(1) {
             let f: Vec<&str> = l.split_whitespace().collect();
             let port = f.get(1).and_then(|a| a.rsplit(':').next()).and_then(|p| u16::from_str_radix(p, 16).ok());
-            if let (Some(port), Some(state)) = (port, f.get(3)) {
-                out.push((port, state.to_string()));
+            if let (Some(local_port), Some(remote), Some(state)) = (port, f.get(2), f.get(3)) {
+                out.push(TcpSocket { local_port, remote: remote.to_string(), state: state.to_string() });
             }
         }
     }
@@ -247,12 +304,18 @@ fn tcp_sockets(pid: i32) -> Vec<(u16, String)> {
 
 /// Whether a TCP socket listens on `port` in the container's network namespace.
 fn listening(pid: i32, port: u16) -> bool {
-    tcp_sockets(pid).iter().any(|(p, state)| *p == port && state == "0A")
+    tcp_sockets(pid).iter().any(|s| s.local_port == port && s.state == "0A")
 }
 
 /// Established TCP connections in the container's network namespace.
 fn established_connections(pid: i32) -> usize {
-    tcp_sockets(pid).iter().filter(|(_, state)| state == "01").count()
+    tcp_sockets(pid).iter().filter(|s| s.state == "01").count()
+}
+
+/// The remote ends of every connection in the container's network namespace, closing ones
+/// (TIME_WAIT) included: a new one among them is a connection opened since the last look.
+fn tcp_peers(pid: i32) -> HashSet<String> {
+    tcp_sockets(pid).into_iter().filter(|s| s.state != "0A").map(|s| s.remote).collect()
 }
 
 #[cfg(test)]
@@ -270,5 +333,17 @@ mod tests {
         assert!(listening(me, v4.local_addr().unwrap().port()), "a listener on 0.0.0.0 is not seen");
         let unused = std::net::TcpListener::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
         assert!(!listening(me, unused), "a closed port is seen as listening");
+    }
+
+    /// A connection opened after the last look shows as a new peer.
+    #[test]
+    fn new_connections_show_as_new_peers() {
+        let me = std::process::id() as i32;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let before = tcp_peers(me);
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_served, _) = listener.accept().unwrap();
+        let after = tcp_peers(me);
+        assert!(!after.is_subset(&before), "a new connection is not seen: {after:?}");
     }
 }

@@ -143,9 +143,16 @@ impl Daemon {
                     Err(e) => return Err(e),
                 }
             }
-            pending |= self.run_my_tasks(&services).await?;
-            let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+            // the load balancers first: a lost node's tasks and stopping ones leave them before
+            // this node spends the pass starting its own (each waits until it listens)
+            let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
             self.program_services(&services, &tasks, &alive, &nodes)?;
+            let agent = self.run_my_tasks(&services, &tasks).await?;
+            pending |= agent.pending;
+            if agent.changed {
+                tasks = self.shared().list::<TaskRecord>().await?;
+                self.program_services(&services, &tasks, &alive, &nodes)?;
+            }
             self.update_dns(read_at, &services, &tasks).await;
         } else {
             self.program_services(&[], &[], &HashSet::new(), &[])?;
