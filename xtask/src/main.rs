@@ -54,6 +54,7 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
 ];
 mod test_images;
+mod test_runner;
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
@@ -400,11 +401,12 @@ fn test(args: &[String]) -> Result<()> {
         .args(["test", "--release", "-p", "netbee-tests", "--lib", "--", "--test-threads=1"])
         .env("NETBEE_BIN", netbee_bin()))?;
     // integration tests: real namespaces, daemons and packets; each test has its own lab
-    run(cargo()
-        .args(["test", "--release", "-p", "netbee-tests", "--test", "*"])
-        .args(args)
-        .args(["--", "--test-threads=3"])
-        .env("NETBEE_BIN", netbee_bin()))?;
+    test_runner::run_integration_tests(
+        cargo().args(["test", "--release", "-p", "netbee-tests", "--test", "*"]).args(args),
+        &root().join("tests"),
+        &root().join("target/xtask/test-logs"),
+        &[("NETBEE_BIN", netbee_bin())],
+    )?;
     // the benchmark harness, briefly, so it cannot rot
     run(cargo().args(["test", "--release", "-p", "netbee-bench"]))?;
     bench(&["--quick".to_string()])?;
