@@ -137,9 +137,9 @@ enum Cmd {
     /// Inspect the eBPF datapath.
     #[command(subcommand)]
     Datapath(DatapathCmd),
-    /// Stream the datapath's drops and load-balancing decisions as they happen.
+    /// Stream the datapath's drops, load-balancing decisions and traced packets as they happen.
     Monitor {
-        /// Only this kind of event: drop or lb (default: both).
+        /// Only this kind of event: drop, lb or trace (default: drop and lb).
         #[arg(short = 't', long = "type")]
         kind: Option<String>,
         /// Only events of this container (name or ID): its packets, or its being a backend.

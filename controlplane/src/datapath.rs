@@ -60,6 +60,10 @@ pub struct Datapath {
     config: Array<MapData, u64>,
     stats: PerCpuArray<MapData, u64>,
     drops: PerCpuArray<MapData, u64>,
+    /// Addresses the flow monitor's trace follows (key 0: every packet).
+    pub monitor_trace: HashMap<MapData, u32, u8>,
+    /// Interfaces (ifindex) the flow monitor's trace follows.
+    pub monitor_trace_ifaces: HashMap<MapData, u32, u8>,
     ct_size: u32,
     /// The flow monitor's maps, until the monitor's reader takes them.
     monitor: Option<MonitorMaps>,
@@ -139,6 +143,8 @@ impl Datapath {
             config: take(&mut bpf, "CONFIG")?,
             stats: take(&mut bpf, "STATS")?,
             drops: take(&mut bpf, "DROPS")?,
+            monitor_trace: take(&mut bpf, "MONITOR_TRACE")?,
+            monitor_trace_ifaces: take(&mut bpf, "MONITOR_TRACE_IFACES")?,
             ct_size: pinned_max_entries(&maps_dir.join("CT")).unwrap_or(ct_size),
             monitor: Some(MonitorMaps {
                 events: take(&mut bpf, "MONITOR_EVENTS")?,

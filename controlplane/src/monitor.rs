@@ -6,10 +6,11 @@ use std::{collections::HashMap, net::Ipv4Addr};
 use anyhow::{Result, bail};
 use netbee_abi::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, MonitorEvent, drop_reason, monitor_kind, monitor_via, svc_flags,
+    trace_point,
 };
 
 use crate::{
-    api::{DropRecord, LbRecord, MonitorRecord},
+    api::{DropRecord, LbRecord, MonitorRecord, TraceRecord},
     datapath::ip_from_be,
 };
 
@@ -44,14 +45,25 @@ pub struct Names {
     pub services: HashMap<u32, String>,
 }
 
-/// Which kinds a monitor asked for, as `config::MONITOR` bits.
+/// Which kinds a monitor asked for, as `config::MONITOR` bits. Traces are asked for by name
+/// only: they report every packet of what they follow.
 pub fn kinds_mask(kind: Option<&str>) -> Result<u8> {
     match kind {
         None => Ok(monitor_kind::DROP | monitor_kind::LB),
         Some("drop") => Ok(monitor_kind::DROP),
         Some("lb") => Ok(monitor_kind::LB),
-        Some("trace") => bail!("invalid --type \"trace\": packet tracing is not implemented; use drop or lb"),
-        Some(t) => bail!("invalid --type {t:?}: use drop or lb"),
+        Some("trace") => Ok(monitor_kind::TRACE),
+        Some(t) => bail!("invalid --type {t:?}: use drop, lb or trace"),
+    }
+}
+
+/// The name of a TC verdict.
+fn verdict_name(v: u32) -> String {
+    match v {
+        0 => "to-stack".into(),
+        2 => "dropped".into(),
+        7 => "redirected".into(),
+        v => format!("tc-verdict-{v}"),
     }
 }
 
@@ -112,6 +124,24 @@ pub fn record(ev: &MonitorEvent, names: &Names, time: String) -> Option<MonitorR
                 node: bo.and_then(|o| o.node.clone()),
             }))
         }
+        monitor_kind::TRACE => {
+            let (interface, container) = names.ifaces.get(&ev.ifindex).cloned().unwrap_or_default();
+            let (so, d_o) = (owner(src), owner(dst));
+            Some(MonitorRecord::Trace(TraceRecord {
+                time,
+                point: trace_point::NAMES.get(ev.via as usize).map_or_else(|| ev.via.to_string(), |n| n.to_string()),
+                verdict: verdict_name(ev.reason),
+                ifindex: ev.ifindex,
+                interface,
+                container,
+                proto: proto_name(ev.proto),
+                src: endpoint(src, sport, ev.proto),
+                dst: endpoint(dst, dport, ev.proto),
+                src_name: so.map(|o| o.name.clone()),
+                dst_name: d_o.map(|o| o.name.clone()),
+                service: so.and_then(|o| o.service.clone()).or_else(|| d_o.and_then(|o| o.service.clone())),
+            }))
+        }
         _ => None,
     }
 }
@@ -153,6 +183,7 @@ impl Filter {
         let (kind, names, service): (u8, Vec<&Option<String>>, &Option<String>) = match r {
             MonitorRecord::Drop(d) => (monitor_kind::DROP, vec![&d.container, &d.src_name, &d.dst_name], &d.service),
             MonitorRecord::Lb(l) => (monitor_kind::LB, vec![&l.task, &l.client_name], &l.service),
+            MonitorRecord::Trace(t) => (monitor_kind::TRACE, vec![&t.container, &t.src_name, &t.dst_name], &t.service),
             MonitorRecord::Suppressed { .. } | MonitorRecord::Lost { .. } => return true,
         };
         if self.kinds & kind == 0 {
@@ -201,6 +232,20 @@ pub fn text_line(r: &MonitorRecord) -> String {
             }
             s.push_str(&format!(" (slot {}, client {}{})", l.slot, l.client, paren(&l.client_name)));
             s
+        }
+        MonitorRecord::Trace(t) => {
+            let iface = if t.interface.is_empty() { format!("ifindex {}", t.ifindex) } else { t.interface.clone() };
+            let ct = t.container.as_ref().map(|c| format!(" (ct {c})")).unwrap_or_default();
+            format!(
+                "-> trace {} on {iface}{ct}: flow {}{} -> {}{} {} {}",
+                t.point,
+                t.src,
+                paren(&t.src_name),
+                t.dst,
+                paren(&t.dst_name),
+                t.proto,
+                t.verdict
+            )
         }
         MonitorRecord::Suppressed { count } => format!("{count} events suppressed"),
         MonitorRecord::Lost { count } => format!("{count} events lost: this monitor read too slowly"),
@@ -327,6 +372,33 @@ mod tests {
         assert!(!f(None, Some("other"), None).matches(&drop));
         assert!(f(None, None, Some("web")).matches(&lb) && !f(None, None, Some("web")).matches(&drop));
         assert!(f(Some("lb"), None, None).matches(&MonitorRecord::Suppressed { count: 3 }));
-        assert!(kinds_mask(Some("trace")).is_err() && kinds_mask(Some("x")).is_err());
+        assert!(kinds_mask(Some("x")).is_err());
+        // a trace is asked for by name only, and only traces match it
+        let mut t = ev(monitor_kind::TRACE);
+        t.via = trace_point::UPLINK_INGRESS;
+        t.reason = 7;
+        let trace = record(&t, &names(), "t".into()).unwrap();
+        assert!(f(Some("trace"), None, None).matches(&trace) && !f(None, None, None).matches(&trace));
+        assert!(!f(Some("trace"), None, None).matches(&drop) && f(Some("trace"), Some("web1"), None).matches(&trace));
+    }
+
+    #[test]
+    fn a_traced_packet_names_its_program_verdict_and_ends() {
+        let mut e = ev(monitor_kind::TRACE);
+        e.via = trace_point::FROM_CONTAINER;
+        e.reason = 7;
+        let r = record(&e, &names(), "t".into()).unwrap();
+        let MonitorRecord::Trace(t) = &r else { panic!("{r:?}") };
+        assert_eq!((t.point.as_str(), t.verdict.as_str()), ("from-container", "redirected"));
+        assert_eq!(
+            text_line(&r),
+            "-> trace from-container on nbe0123456789ab (ct web1): flow 10.0.1.2:40000 (web1) -> 10.0.2.3:8080 tcp \
+             redirected"
+        );
+        e.reason = 0;
+        e.via = trace_point::UPLINK_EGRESS;
+        let MonitorRecord::Trace(t) = record(&e, &names(), "t".into()).unwrap() else { panic!() };
+        assert_eq!((t.point.as_str(), t.verdict.as_str()), ("uplink-egress", "to-stack"));
+        assert_eq!(serde_json::to_value(&t).unwrap()["verdict"], "to-stack");
     }
 }

@@ -349,7 +349,25 @@ pub mod monitor_kind {
     pub const DROP: u8 = 1;
     /// A new connection's load-balancing decision (`lb::new_dnat`).
     pub const LB: u8 = 2;
+    /// A packet of a traced address leaving a datapath program, with the program's verdict.
+    pub const TRACE: u8 = 4;
 }
+
+/// The program a traced packet went through (`MonitorEvent::via` of a trace).
+pub mod trace_point {
+    /// A container's interface (what the container sent).
+    pub const FROM_CONTAINER: u8 = 0;
+    /// The uplink, arriving.
+    pub const UPLINK_INGRESS: u8 = 1;
+    /// The uplink, leaving.
+    pub const UPLINK_EGRESS: u8 = 2;
+    /// The overlay's VXLAN device (decapsulated).
+    pub const OVERLAY_INGRESS: u8 = 3;
+    pub const NAMES: [&str; 4] = ["from-container", "uplink-ingress", "uplink-egress", "overlay-ingress"];
+}
+
+/// Addresses (and interfaces) the trace follows, at most this many of each.
+pub const MONITOR_TRACE_MAX: u32 = 1024;
 
 /// Where an LB decision was taken (`MonitorEvent::via`).
 pub mod monitor_via {
@@ -368,7 +386,8 @@ pub const MONITOR_EVENTS_PER_WINDOW: u64 = 200;
 pub const MONITOR_WINDOW_NS: u64 = 100_000_000;
 
 /// One flow-monitor record in the `MONITOR_EVENTS` ring buffer. Addresses and ports in network
-/// byte order; for a drop the 5-tuple is the packet as it was when dropped (after any rewrite).
+/// byte order; for a drop or a trace the 5-tuple is the packet as the program left it (after any
+/// rewrite).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct MonitorEvent {
@@ -377,10 +396,10 @@ pub struct MonitorEvent {
     /// `monitor_kind::*`.
     pub kind: u8,
     pub proto: u8,
-    /// LB: `monitor_via::*`.
+    /// LB: `monitor_via::*`; trace: `trace_point::*`.
     pub via: u8,
     pub _pad0: u8,
-    /// Drop: `drop_reason::*`.
+    /// Drop: `drop_reason::*`; trace: the program's TC verdict (`TC_ACT_*`).
     pub reason: u32,
     /// The interface the program ran on.
     pub ifindex: u32,

@@ -1,9 +1,18 @@
-//! The flow monitor: drop and load-balancing events into a ring buffer for `netbee monitor`.
+//! The flow monitor: drop, load-balancing and trace events into a ring buffer for `netbee
+//! monitor`.
 //! Nothing happens unless `config::MONITOR` has the event's kind set (the daemon sets it while a
 //! monitor is attached): one array read on a drop or a new connection, none on forwarded
 //! packets. Each CPU emits at most `MONITOR_EVENTS_PER_WINDOW` events per window and counts the
 //! rest, so a flood of drops costs the datapath a counter increment per packet and the daemon a
 //! bounded read rate.
+//!
+//! A trace follows the packets of the addresses in `MONITOR_TRACE` and of the interfaces in
+//! `MONITOR_TRACE_IFACES` (the daemon fills them from the attached trace monitors' containers and
+//! services; address 0 means every packet): each program a packet of theirs goes through reports
+//! it as it leaves, translated or not, with its verdict. The interfaces catch what a container
+//! sends once it is translated (an answer through a published port leaves with the node's
+//! address), the addresses what reaches it.
+//! With no trace attached that is the same one array read per packet as the drop's check.
 //!
 //! Drops are reported from the entry points (`after`): `verdict::drop` has no packet to read, so
 //! it leaves its reason in a per-CPU slot (`note_drop`) and the entry point, which has the
@@ -13,10 +22,13 @@ use aya_ebpf::{
     bindings::TC_ACT_SHOT,
     helpers::bpf_ktime_get_ns,
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TcContext,
 };
-use netbee_abi::{Backend, MONITOR_RING_BYTES, MonitorEvent, MonitorRate, Service, config, monitor_kind, monitor_via};
+use netbee_abi::{
+    Backend, MONITOR_RING_BYTES, MONITOR_TRACE_MAX, MonitorEvent, MonitorRate, Service, config, monitor_kind,
+    monitor_via,
+};
 
 use crate::{
     deliver::Via,
@@ -29,6 +41,12 @@ use crate::{
 static MONITOR_EVENTS: RingBuf = RingBuf::with_byte_size(MONITOR_RING_BYTES, 0);
 #[map]
 static MONITOR_RATE: PerCpuArray<MonitorRate> = PerCpuArray::with_max_entries(1, 0);
+/// Addresses (network order) whose packets a trace follows; key 0: every packet.
+#[map]
+static MONITOR_TRACE: HashMap<u32, u8> = HashMap::with_max_entries(MONITOR_TRACE_MAX, 0);
+/// Interfaces (ifindex) whose programs' packets a trace follows.
+#[map]
+static MONITOR_TRACE_IFACES: HashMap<u32, u8> = HashMap::with_max_entries(MONITOR_TRACE_MAX, 0);
 /// The reason of the drop the current packet met, plus one (0: none).
 #[map]
 static MONITOR_PENDING_DROP: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
@@ -49,14 +67,52 @@ pub fn note_drop(reason: u32) {
     }
 }
 
-/// Every TC entry point returns through this: a drop the packet met is emitted with the packet's
-/// addresses. Forwarded packets cost one comparison.
+/// Every TC entry point (`point`: `trace_point::*`) returns through this: a drop the packet met
+/// is emitted with the packet's addresses, and a traced packet with the verdict. Forwarded
+/// packets cost a comparison and, for the trace, one array read.
 #[inline(always)]
-pub fn after(ctx: &TcContext, verdict: i32) -> i32 {
+pub fn after(ctx: &TcContext, point: u8, verdict: i32) -> i32 {
     if verdict == TC_ACT_SHOT {
         emit_drop(ctx);
     }
+    if enabled(monitor_kind::TRACE) {
+        emit_trace(ctx, point, verdict);
+    }
     verdict
+}
+
+#[inline(always)]
+fn traced(addr: u32) -> bool {
+    unsafe { MONITOR_TRACE.get(addr) }.is_some()
+}
+
+#[inline(always)]
+fn emit_trace(ctx: &TcContext, point: u8, verdict: i32) {
+    let Some(e) = eth(ctx) else { return };
+    if u16::from_be(e.proto) != ETH_P_IP {
+        return;
+    }
+    let Some(ip) = ipv4(ctx) else { return };
+    let ifindex = ifindex(ctx);
+    if !traced(0) && !traced(ip.saddr) && !traced(ip.daddr) && unsafe { MONITOR_TRACE_IFACES.get(ifindex) }.is_none() {
+        return;
+    }
+    let mut ev = MonitorEvent {
+        kind: monitor_kind::TRACE,
+        via: point,
+        reason: verdict as u32,
+        ifindex,
+        ethertype: ETH_P_IP,
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        proto: ip.proto,
+        ..blank()
+    };
+    if let Some(l4) = l4(ctx, &ip) {
+        ev.sport = l4.sport;
+        ev.dport = l4.dport;
+    }
+    emit(ev);
 }
 
 #[inline(always)]

@@ -9,7 +9,7 @@ use core::mem::MaybeUninit;
 use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use netbee_abi::{
     CtEntry, IPPROTO_UDP, Iface, MacKey, VXLAN_PORT, config, ct_flags, drop_reason, iface_flags, net_flags, stat,
-    svc_flags,
+    svc_flags, trace_point,
 };
 
 use crate::{
@@ -24,22 +24,22 @@ use crate::{
 
 #[classifier]
 pub fn tc_from_container(ctx: TcContext) -> i32 {
-    monitor::after(&ctx, from_container(&ctx))
+    monitor::after(&ctx, trace_point::FROM_CONTAINER, from_container(&ctx))
 }
 
 #[classifier]
 pub fn tc_uplink_ingress(ctx: TcContext) -> i32 {
-    monitor::after(&ctx, uplink_ingress(&ctx))
+    monitor::after(&ctx, trace_point::UPLINK_INGRESS, uplink_ingress(&ctx))
 }
 
 #[classifier]
 pub fn tc_uplink_egress(ctx: TcContext) -> i32 {
-    monitor::after(&ctx, uplink_egress(&ctx))
+    monitor::after(&ctx, trace_point::UPLINK_EGRESS, uplink_egress(&ctx))
 }
 
 #[classifier]
 pub fn tc_overlay_ingress(ctx: TcContext) -> i32 {
-    monitor::after(&ctx, overlay_ingress(&ctx))
+    monitor::after(&ctx, trace_point::OVERLAY_INGRESS, overlay_ingress(&ctx))
 }
 
 #[inline(always)]

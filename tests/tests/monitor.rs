@@ -9,6 +9,10 @@
 //! - `a_drop_flood_is_rate_limited`: a UDP flood into a blocked destination with a monitor
 //!   attached: the monitor reports suppressed events, the daemon's memory stays bounded, and a
 //!   TCP connection held open across the flood keeps exchanging data.
+//! - `a_containers_packets_are_traced_program_by_program`: a trace of one container shows an
+//!   external client's request entering the uplink already translated to the container and
+//!   redirected to it, and the answer leaving the container's interface; another container's
+//!   packets are not traced.
 //! - `events_report_containers_and_networks`: `netbee events` shows a container's create, start,
 //!   die and its network connect, live and replayed with `--since`.
 use std::{
@@ -77,6 +81,19 @@ impl Stream {
         None
     }
 
+    /// Every JSON record that `want` accepts until the stream is quiet for `quiet`.
+    fn json_for(&self, quiet: Duration, want: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.recv_timeout(quiet) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l)
+                && want(&v)
+            {
+                out.push(v);
+            }
+        }
+        out
+    }
+
     /// The first JSON record within `timeout` that `want` accepts.
     fn find_json(&self, timeout: Duration, mut want: impl FnMut(&Value) -> bool) -> Option<Value> {
         let deadline = Instant::now() + timeout;
@@ -118,6 +135,69 @@ fn vm_rss_kib(pid: u32) -> Result<u64> {
         .ok_or_else(|| anyhow!("no VmRSS for pid {pid}"))
 }
 
+/// ```text
+///   x1 --GET :8080--> [uplink-ingress: DNAT to web] --redirect--> web
+///   x1 <------------- [from-container: reverse NAT] <------------ web
+///   x1 --GET :8081--> other                                       (not traced)
+/// ```
+#[test]
+fn a_containers_packets_are_traced_program_by_program() -> Result<()> {
+    let lab = single_node_lab("trace", &[])?;
+    let (n, x) = (lab.node("n1"), lab.external("x1"));
+    n.run_whoami("web", &["-p", "8080:8080"], 8080)?;
+    n.run_whoami("other", &["-p", "8081:8080"], 8080)?;
+    let web = n.container_ip("web", "bridge")?;
+    let trace = Stream::spawn(n, &["monitor", "--type", "trace", "--container", "web", "--json"])?;
+    let text = Stream::spawn(n, &["monitor", "--type", "trace", "--container", "web"])?;
+    // each request has its own source port: the traces attach while the first ones are sent
+    let mut found = None;
+    for attempt in 0..5u16 {
+        let sport = 43000 + attempt;
+        let answer = x.sh(&format!("curl -s -m 2 --local-port {sport} http://{}:8080/", n.addr()))?;
+        assert!(answer.contains("Hostname"), "web answers: {answer}");
+        let client = format!("{}:{sport}", x.addr());
+        // every record of this request's flow within a second of its answer
+        let flow =
+            trace.json_for(Duration::from_secs(1), |v| v["src"] == client.as_str() || v["dst"] == client.as_str());
+        let Some(inbound) = flow.iter().find(|v| v["src"] == client.as_str()).cloned() else {
+            continue;
+        };
+        let outbound = flow.iter().find(|v| v["dst"] == client.as_str()).cloned();
+        let line = text.find_line(Duration::from_secs(2), |l| l.contains(&client) && l.contains("uplink-ingress"));
+        found = Some((inbound, outbound, line, client, flow));
+        break;
+    }
+    let (inbound, outbound, line, client, flow) =
+        found.ok_or_else(|| anyhow!("no trace of five requests from x1 to web's published port"))?;
+    // the request: translated to the container's address by the uplink's program, then
+    // redirected straight into it
+    assert_eq!(inbound["type"], "trace", "{inbound}");
+    assert_eq!(inbound["point"], "uplink-ingress", "point of {inbound}");
+    assert_eq!(inbound["dst"], format!("{web}:8080"), "the request's dst after the uplink's DNAT: {inbound}");
+    assert_eq!(inbound["dst_name"], "web", "{inbound}");
+    assert_eq!(inbound["verdict"], "redirected", "verdict of {inbound}");
+    // the answer: leaves web's interface with the published address restored
+    let outbound = outbound.ok_or_else(|| anyhow!("no trace of web's answer to {client}: {flow:?}"))?;
+    assert_eq!(outbound["point"], "from-container", "point of {outbound}");
+    assert_eq!(outbound["container"], "web", "interface owner of {outbound}");
+    assert_eq!(outbound["src"], format!("{}:8080", n.addr()), "the answer's src after reverse NAT: {outbound}");
+    let line = line.ok_or_else(|| anyhow!("the text trace printed no uplink-ingress line for {client}"))?;
+    assert!(
+        line.starts_with("-> trace uplink-ingress on ")
+            && line.contains(&format!("flow {client} -> {web}:8080 (web) tcp redirected")),
+        "{line}"
+    );
+
+    // another container's traffic is not followed
+    let sport = 43100;
+    let answer = x.sh(&format!("curl -s -m 2 --local-port {sport} http://{}:8081/", n.addr()))?;
+    assert!(answer.contains("Hostname"), "other answers: {answer}");
+    let client = format!("{}:{sport}", x.addr());
+    let stray = trace.find_json(Duration::from_secs(2), |v| v["src"] == client.as_str() || v["dst"] == client.as_str());
+    assert!(stray.is_none(), "a packet of another container was traced: {stray:?}");
+    Ok(())
+}
+
 #[test]
 fn drops_and_mesh_decisions_are_reported() -> Result<()> {
     let lab = single_node_lab("mon", &[])?;
@@ -129,8 +209,8 @@ fn drops_and_mesh_decisions_are_reported() -> Result<()> {
     let (a1, b1) = (n.container_ip("a1", "front")?, n.container_ip("b1", "back")?);
 
     // what the user gets wrong is refused before anything attaches
-    let e = n.netbee_refused(&["monitor", "--type", "trace"]);
-    assert!(e.contains("\"trace\"") && e.contains("not implemented"), "{e}");
+    let e = n.netbee_refused(&["monitor", "--type", "drops"]);
+    assert!(e.contains("invalid --type \"drops\"") && e.contains("drop, lb or trace"), "{e}");
     let e = n.netbee_refused(&["monitor", "--container", "nosuch"]);
     assert!(e.contains("No such container: nosuch"), "{e}");
 

@@ -4,12 +4,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One line of `GET /datapath/monitor?type=drop|lb&container=C&service=S`.
+/// One line of `GET /datapath/monitor?type=drop|lb|trace&container=C&service=S`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum MonitorRecord {
     Drop(DropRecord),
     Lb(LbRecord),
+    Trace(TraceRecord),
     /// Events the datapath did not emit over the last second: over its per-CPU rate, or with the
     /// ring buffer full.
     Suppressed {
@@ -77,6 +78,33 @@ pub struct LbRecord {
     /// The node the backend runs on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+}
+
+/// A traced packet as a datapath program left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    pub time: String,
+    /// The program: `from-container`, `uplink-ingress`, `uplink-egress`, `overlay-ingress`.
+    pub point: String,
+    /// What the program did with it: `redirected` (straight to its interface), `to-stack`,
+    /// `dropped`.
+    pub verdict: String,
+    pub ifindex: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub interface: String,
+    /// The container behind the interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    pub proto: String,
+    /// After any translation the program made.
+    pub src: String,
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// One line of `GET /events`, in docker's `EventMessage` shape.

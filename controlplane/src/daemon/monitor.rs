@@ -3,8 +3,12 @@
 //! (`monitor::record`) and fans the records out through a bounded broadcast channel, so a slow
 //! monitor loses records (and is told how many) instead of growing the daemon's memory. While at
 //! least one monitor is attached, `config::MONITOR` holds the kinds they asked for; with none
-//! attached the datapath emits nothing.
+//! attached the datapath emits nothing. A trace follows addresses and interfaces (`TraceScope`):
+//! those of the container or service it was asked for when it attached, or every packet; the
+//! datapath's maps hold the union of the attached traces'.
 use std::{
+    collections::{BTreeSet, HashMap},
+    net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -20,7 +24,7 @@ use tracing::warn;
 use super::{Daemon, services::SERVICE_ID_BASE};
 use crate::{
     api::MonitorRecord,
-    datapath::{MonitorMaps, ip_from_be},
+    datapath::{self, MonitorMaps, ip_be, ip_from_be},
     model::{NodeRecord, ServiceRecord, TaskRecord, TaskState},
     monitor::{self, Names, Owner},
 };
@@ -44,6 +48,17 @@ struct HubState {
     maps: Option<MonitorMaps>,
     drop_monitors: usize,
     lb_monitors: usize,
+    /// Attached traces by subscription: what each follows (None: every packet).
+    traces: HashMap<u64, Option<TraceScope>>,
+    next_id: u64,
+}
+
+/// What a trace follows: packets from or to these addresses, and packets of these interfaces'
+/// programs (a container's host-side veth: what it sends, also once translated).
+#[derive(Clone, Debug, Default)]
+pub struct TraceScope {
+    pub addrs: Vec<Ipv4Addr>,
+    pub ifaces: Vec<u32>,
 }
 
 impl MonitorHub {
@@ -61,11 +76,12 @@ pub struct MonitorSubscription {
     pub rx: broadcast::Receiver<Arc<MonitorRecord>>,
     d: Arc<Daemon>,
     kinds: u8,
+    id: u64,
 }
 
 impl Drop for MonitorSubscription {
     fn drop(&mut self) {
-        if let Err(e) = self.d.monitor_count(self.kinds, false) {
+        if let Err(e) = self.d.monitor_count(self.id, self.kinds, None) {
             warn!("detaching a monitor: {e:#}");
         }
     }
@@ -86,32 +102,61 @@ impl MonitorSubscription {
 
 impl Daemon {
     /// Attaches a monitor for `kinds` (`monitor_kind` bits): starts the reader the first time and
-    /// switches the kinds on in the datapath.
-    pub(super) fn monitor_attach(self: &Arc<Self>, kinds: u8) -> Result<MonitorSubscription> {
+    /// switches the kinds on in the datapath. A trace follows `traced` (None: every packet).
+    pub(super) fn monitor_attach(
+        self: &Arc<Self>,
+        kinds: u8,
+        traced: Option<TraceScope>,
+    ) -> Result<MonitorSubscription> {
         let rx = self.monitor.tx.subscribe();
-        {
+        let id = {
             let mut st = self.monitor.state.lock().unwrap();
             if let Some(maps) = st.maps.take() {
                 tokio::spawn(read_monitor(self.clone(), maps));
             }
-        }
-        self.monitor_count(kinds, true)?;
+            st.next_id += 1;
+            st.next_id
+        };
+        self.monitor_count(id, kinds, Some(traced))?;
         self.monitor.attached.notify_one();
-        Ok(MonitorSubscription { rx, d: self.clone(), kinds })
+        Ok(MonitorSubscription { rx, d: self.clone(), kinds, id })
     }
 
-    fn monitor_count(&self, kinds: u8, attach: bool) -> Result<()> {
+    /// Counts monitor `id` in (`attach`: what its trace follows) or out (None), and makes the
+    /// datapath's kinds and traced addresses what the attached monitors ask for.
+    fn monitor_count(&self, id: u64, kinds: u8, attach: Option<Option<TraceScope>>) -> Result<()> {
         let mut guard = self.monitor.state.lock().unwrap();
         let st = &mut *guard;
         for (bit, n) in [(monitor_kind::DROP, &mut st.drop_monitors), (monitor_kind::LB, &mut st.lb_monitors)] {
             if kinds & bit != 0 {
-                *n = if attach { *n + 1 } else { n.saturating_sub(1) };
+                *n = if attach.is_some() { *n + 1 } else { n.saturating_sub(1) };
             }
         }
+        if kinds & monitor_kind::TRACE != 0 {
+            match attach {
+                Some(traced) => st.traces.insert(id, traced),
+                None => st.traces.remove(&id),
+            };
+        }
         let mask = if st.drop_monitors > 0 { monitor_kind::DROP } else { 0 }
-            | if st.lb_monitors > 0 { monitor_kind::LB } else { 0 };
-        // lock order: the hub's state, then the datapath
-        self.dp.lock().unwrap().set_config(config::MONITOR, mask as u64)
+            | if st.lb_monitors > 0 { monitor_kind::LB } else { 0 }
+            | if st.traces.is_empty() { 0 } else { monitor_kind::TRACE };
+        let scopes: Vec<&TraceScope> = st.traces.values().flatten().collect();
+        // map entries: key -> 1
+        let (addrs, ifaces) = if st.traces.values().any(Option::is_none) {
+            (BTreeSet::from([0]), BTreeSet::new())
+        } else {
+            let addrs: BTreeSet<u32> = scopes.iter().flat_map(|s| s.addrs.iter().map(|a| ip_be(*a))).collect();
+            let ifaces: BTreeSet<u32> = scopes.iter().flat_map(|s| s.ifaces.iter().copied()).collect();
+            (addrs, ifaces)
+        };
+        let entries = |keys: BTreeSet<u32>| keys.into_iter().map(|k| (k, 1u8)).collect::<Vec<_>>();
+        let (addrs, ifaces) = (entries(addrs), entries(ifaces));
+        // lock order: the hub's state, then the datapath; what is followed before the kind is on
+        let mut dp = self.dp.lock().unwrap();
+        datapath::sync(&mut dp.monitor_trace, &addrs, |_, _| true)?;
+        datapath::sync(&mut dp.monitor_trace_ifaces, &ifaces, |_, _| true)?;
+        dp.set_config(config::MONITOR, mask as u64)
     }
 
     /// What the monitor names things with: this node's containers and their interfaces, every

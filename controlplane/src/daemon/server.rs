@@ -556,21 +556,54 @@ fn json_line<T: serde::Serialize>(v: &T) -> Vec<u8> {
     line
 }
 
-/// `GET /datapath/monitor?type=drop|lb&container=C&service=S`: drops and load-balancing
-/// decisions as the datapath reports them, until the client goes.
+/// `GET /datapath/monitor?type=drop|lb|trace&container=C&service=S`: drops, load-balancing
+/// decisions and traced packets as the datapath reports them, until the client goes. A trace
+/// follows the container's addresses, or the service's VIPs and its tasks' addresses as they
+/// are when it attaches, or every packet.
 async fn datapath_monitor(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response> {
     let kinds = crate::monitor::kinds_mask(q.get("type").map(String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let mut traced: Option<super::monitor::TraceScope> = None;
+    let host_ifaces = |c: &crate::model::ContainerRecord| -> Vec<u32> {
+        c.endpoints.iter().filter_map(|e| nix::net::if_::if_nametoindex(e.host_ifname().as_str()).ok()).collect()
+    };
     let container = match q.get("container") {
-        Some(c) => Some(d.find_container(c)?.name),
+        Some(c) => {
+            let c = d.find_container(c)?;
+            let t = traced.get_or_insert_with(Default::default);
+            t.addrs.extend(c.endpoints.iter().map(|e| e.ip));
+            t.ifaces.extend(host_ifaces(&c));
+            Some(c.name)
+        }
         None => None,
     };
     let service = match q.get("service") {
-        Some(s) => Some(d.find_service(s).await?.spec.name),
+        Some(s) => {
+            let s = d.find_service(s).await?;
+            let tasks: Vec<crate::model::TaskRecord> = d.shared().list().await?;
+            let tasks: Vec<&crate::model::TaskRecord> = tasks.iter().filter(|t| t.service_id == s.id).collect();
+            let t = traced.get_or_insert_with(Default::default);
+            t.addrs.extend(s.vips.iter().map(|v| v.ip));
+            t.addrs.extend(tasks.iter().flat_map(|t| t.addrs.iter().map(|(_, ip)| *ip)));
+            // this node's tasks: their interfaces too
+            for c in d.containers()? {
+                if tasks.iter().any(|t| t.container_id.as_deref() == Some(c.id.as_str())) {
+                    t.ifaces.extend(host_ifaces(&c));
+                }
+            }
+            Some(s.spec.name)
+        }
         None => None,
     };
+    let max = netbee_abi::MONITOR_TRACE_MAX as usize;
+    if traced.as_ref().is_some_and(|t| t.addrs.len() > max || t.ifaces.len() > max) {
+        return Err(ApiError::bad_request(format!(
+            "a trace follows at most {} addresses",
+            netbee_abi::MONITOR_TRACE_MAX
+        )));
+    }
     let filter = crate::monitor::Filter { kinds, container, service };
-    let sub = d.monitor_attach(kinds)?;
+    let sub = d.monitor_attach(kinds, traced)?;
     let records = futures::stream::unfold((sub, filter), |(mut sub, filter)| async move {
         loop {
             match sub.next().await {
