@@ -180,6 +180,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         MetricDef::new("rss_swarm_max", "daemon RSS, largest node", "MiB", Better::Lower).target("—"),
         MetricDef::new("idle_cpu", "daemon CPU idle per node, all tasks running (median)", "%", Better::Lower)
             .target("—"),
+        MetricDef::new("etcd_idle_cpu", "etcd CPU, cluster at rest, all tasks running", "%", Better::Lower).target("—"),
         MetricDef::new("etcd_keys", "etcd keys under /netbee", "keys", Better::Lower).target("—"),
         MetricDef::new("etcd_db", "etcd database size", "MiB", Better::Lower).target("—"),
         MetricDef::new(
@@ -440,6 +441,8 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let pids: Vec<u32> =
         lab.nodes().iter().map(|n| n.daemon_pid().context("daemon not running")).collect::<Result<_>>()?;
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
+    let etcd_pid = etcd_pid(&lab)?;
+    let etcd_cpu0 = cpu_seconds(etcd_pid)?;
     let (watch, events0) = EtcdWatch::start(&lab)?;
     let idle = Duration::from_secs(10);
     std::thread::sleep(idle);
@@ -453,6 +456,8 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
         rss.push(rss_mib(*p)?);
     }
     col.add("idle_cpu", NETBEE, median(&idle_cpu));
+    // etcd's own CPU over the same window (the watcher started inside it costs it little)
+    col.add("etcd_idle_cpu", NETBEE, 100.0 * (cpu_seconds(etcd_pid)? - etcd_cpu0) / (idle.as_secs_f64() + 0.5));
     col.add("rss_swarm", NETBEE, median(&rss));
     col.add("rss_swarm_max", NETBEE, rss.iter().cloned().fold(0.0, f64::max));
     println!("  scale: idle CPU per node {idle_cpu:.1?} %, RSS {rss:.1?} MiB");
@@ -565,6 +570,19 @@ fn etcdctl(lab: &Lab) -> std::process::Command {
     let mut c = lab.etcd_ns(0).cmd("etcdctl");
     c.env("ETCDCTL_API", "3").args(["--endpoints", "10.77.0.2:2379"]);
     c
+}
+
+/// The lab's etcd process: the one whose command line names the lab's data directory.
+fn etcd_pid(lab: &Lab) -> Result<u32> {
+    let data = format!("--data-dir={}", lab.dir().join("e1").display());
+    for e in std::fs::read_dir("/proc")?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).any(|a| a == data.as_bytes()) {
+            return Ok(pid);
+        }
+    }
+    bail!("no etcd process with {data}")
 }
 
 /// Keys under /netbee and the database size in bytes.
