@@ -57,7 +57,8 @@ struct Sizes {
 fn sizes(ctx: &Ctx) -> Sizes {
     let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
     if ctx.quick {
-        Sizes { containers: 40, window: 10, probes: 3, nodes: 3, services: 4, replicas: 2 }
+        // small enough for `bench --quick` (CI): about 20 s with the swarm's start
+        Sizes { containers: 20, window: 5, probes: 2, nodes: 2, services: 3, replicas: 2 }
     } else {
         // NETBEE_BENCH_SCALE_* override the full sizes (e.g. to find what the machine carries)
         Sizes {
@@ -197,11 +198,16 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             Better::Lower,
         )
         .target("—"),
-        MetricDef::new("watch_idle", "watch events per 10 s, idle cluster (one watcher)", "events", Better::Lower)
-            .target("—"),
+        MetricDef::new(
+            "watch_idle",
+            "watch events while the cluster rests 10 s (quick: 3 s), one watcher",
+            "events",
+            Better::Lower,
+        )
+        .target("—"),
     ];
     let mut col = Collector::new("scale", defs);
-    one_node(ctx, &z, &mut col)?;
+    one_node(&z, &mut col)?;
     cluster(ctx, &z, &mut col)?;
     Ok(col.finish())
 }
@@ -245,7 +251,7 @@ fn fill_container(n1: &Node, i: usize) -> std::process::Command {
     c
 }
 
-fn one_node(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
+fn one_node(z: &Sizes, col: &mut Collector) -> Result<()> {
     let mut lab = Lab::new("bench-scale-node")?;
     lab.add_node("n1")?;
     let n1 = lab.node("n1");
@@ -306,7 +312,6 @@ fn one_node(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
         let r = median(col.get(&format!("{key}_last"), NETBEE)) / median(col.get(&format!("{key}_first"), NETBEE));
         col.add(&format!("{key}_ratio"), NETBEE, r);
     }
-    let _ = ctx;
     drop(lab);
     Ok(())
 }
@@ -406,7 +411,7 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let window = s.min(10);
     let t = create(0)?;
     col.add("svc_first", NETBEE, 1e3 * t);
-    wait_replicas(n1, &[format!("s0")], r, Duration::from_secs(120))?;
+    wait_replicas(n1, &["s0".to_string()], r, Duration::from_secs(120))?;
     // the baseline: one service in the cluster
     for _ in 0..z.probes {
         let mut c = netbee_cmd(n1);
@@ -437,14 +442,15 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     col.add("svc_ratio", NETBEE, median(col.get("svc_last", NETBEE)) / median(col.get("svc_first", NETBEE)));
 
     // settle, then idle CPU and RSS of every daemon
-    std::thread::sleep(Duration::from_secs(3));
+    let settle = Duration::from_secs(if ctx.quick { 1 } else { 3 });
+    std::thread::sleep(settle);
     let pids: Vec<u32> =
         lab.nodes().iter().map(|n| n.daemon_pid().context("daemon not running")).collect::<Result<_>>()?;
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
     let etcd_pid = etcd_pid(&lab)?;
     let etcd_cpu0 = cpu_seconds(etcd_pid)?;
     let (watch, events0) = EtcdWatch::start(&lab)?;
-    let idle = Duration::from_secs(10);
+    let idle = Duration::from_secs(if ctx.quick { 3 } else { 10 });
     std::thread::sleep(idle);
     let idle_events = watch.count()? - events0;
     col.add("watch_idle", NETBEE, idle_events.0 as f64);
@@ -473,10 +479,10 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let t = scale_until_every_lb(&lab, "s0", replicas)?;
     col.add("lb_last", NETBEE, t);
     // the tasks' own state writes (assigned, running) follow the LB by little; let them land
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(2 * settle / 3);
     let d = watch.count()? - before;
     // subtract the idle rate over the same time so only the update's traffic remains
-    let idle_share = (t + 2.0) / idle.as_secs_f64();
+    let idle_share = (t + (2 * settle / 3).as_secs_f64()) / idle.as_secs_f64();
     col.add("watch_events", NETBEE, (d.0 as f64 - idle_share * idle_events.0 as f64).max(0.0));
     col.add("watch_bytes", NETBEE, (d.1 as f64 - idle_share * idle_events.1 as f64).max(0.0) / 1024.0);
     drop(watch);
@@ -485,7 +491,6 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let (keys, db) = etcd_size(&lab)?;
     col.add("etcd_keys", NETBEE, keys as f64);
     col.add("etcd_db", NETBEE, db / (1024.0 * 1024.0));
-    let _ = ctx;
     drop(lab);
     Ok(())
 }
@@ -658,7 +663,7 @@ impl EtcdWatch {
             }
         }
         let mut v: Vec<(String, u64)> = n.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         Ok(v.iter().map(|(k, c)| format!("{k} {c}")).collect::<Vec<_>>().join(", "))
     }
 }
