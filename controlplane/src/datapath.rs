@@ -67,7 +67,14 @@ pub struct Datapath {
     ct_size: u32,
     /// The flow monitor's maps, until the monitor's reader takes them.
     monitor: Option<MonitorMaps>,
+    /// What `program_services` last wrote (frontends with their backends, VIPs) and when: a
+    /// pass that wants the same skips the maps (see there).
+    pub services_programmed: Option<(ServicesWanted, std::time::Instant)>,
 }
+
+/// Service frontends (key, network id, backends in slot order, flags) and VIPs (address,
+/// network id), as `program_services` computes them.
+pub type ServicesWanted = (Vec<(FrontendKey, u32, Vec<Backend>, u32)>, Vec<(u32, u32)>);
 
 /// The flow monitor's ring buffer and its per-CPU rate limiter (for the suppressed counts).
 pub struct MonitorMaps {
@@ -150,6 +157,7 @@ impl Datapath {
                 events: take(&mut bpf, "MONITOR_EVENTS")?,
                 rate: take(&mut bpf, "MONITOR_RATE")?,
             }),
+            services_programmed: None,
             bpf,
             links_dir,
         })

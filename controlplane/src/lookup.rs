@@ -30,6 +30,20 @@ pub fn find<'a, T: Named>(all: &'a [T], key: &str) -> ApiResult<&'a T> {
     }
 }
 
+/// Borrowed records name the same (a shared table is searched without copying it).
+impl<T: Named> Named for &T {
+    const KIND: &'static str = T::KIND;
+    fn id(&self) -> &str {
+        (**self).id()
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    fn not_found(key: &str) -> ApiError {
+        T::not_found(key)
+    }
+}
+
 impl Named for NetworkRecord {
     const KIND: &'static str = "network";
     fn id(&self) -> &str {

@@ -13,6 +13,7 @@ pub mod publish_cost;
 pub mod published_port;
 pub mod routing_mesh;
 pub mod same_node;
+pub mod scale;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -108,6 +109,16 @@ pub const ALL: &[Scenario] = &[
                       receiver; netbee's published port and routing mesh (tasks on another node) vs \
                       iptables DNAT (docker), iptables statistic nth (kube-proxy) and the bare lab wire",
         run: Some(forwarding_rate::run),
+        pending: "",
+    },
+    Scenario {
+        name: "scale",
+        description: "cost per operation early vs late as a node and a cluster fill up: 1,000 containers with \
+                      10 published ports and 11 DNS names each on one node (`run -d` time and daemon CPU, \
+                      port publish, `ps`, DNS answer latency at ~11,000 names), and services on a 10-node \
+                      swarm (create time, every node's load balancer after `service scale`, RSS, idle CPU, \
+                      etcd keys and size, watch events and bytes per update, `service ls`)",
+        run: Some(scale::run),
         pending: "",
     },
 ];

@@ -1,6 +1,10 @@
 //! A small typed layer over etcd-client: JSON values, create-if-absent, leases, with timeouts so
 //! an unreachable etcd gives a clear error instead of a hang, and reconnection after failures.
-use std::time::Duration;
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result};
 
@@ -28,13 +32,22 @@ pub struct Etcd {
     /// The member to try first: a client talks to one member at a time and moves on to the
     /// next when it fails (etcd-client's balanced channel keeps sending to a dead member).
     next: std::sync::atomic::AtomicUsize,
+    /// The values the last `list` of each prefix decoded, by key, with the key's modification
+    /// revision (a key's value at one revision never changes). Every node lists all services
+    /// and tasks several times a second; decoding the same JSON each time was most of an idle
+    /// daemon's CPU with 1,000 tasks (issue 18). Replaced whole by each list: no key it did not
+    /// return is kept.
+    decoded: std::sync::Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
 }
+
+/// A list's decoded values: key → (modification revision, value).
+type DecodedList<T> = HashMap<String, (i64, T)>;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Etcd {
     pub fn new(endpoints: Vec<String>) -> Etcd {
-        Etcd { endpoints, client: tokio::sync::Mutex::new(None), next: Default::default() }
+        Etcd { endpoints, client: tokio::sync::Mutex::new(None), next: Default::default(), decoded: Default::default() }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -122,17 +135,39 @@ impl Etcd {
         }
     }
 
-    pub async fn list<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<(String, T)>> {
+    pub async fn list<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>> {
         let p = prefix.to_string();
         let r = self.run("list", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await }).await?;
-        let mut out = Vec::new();
+        let cache_key = (prefix.to_string(), TypeId::of::<T>());
+        let mut before: DecodedList<T> = self
+            .decoded
+            .lock()
+            .expect("etcd decoded")
+            .remove(&cache_key)
+            .and_then(|b| b.downcast::<DecodedList<T>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default();
+        let mut now: DecodedList<T> = HashMap::with_capacity(r.kvs().len());
+        let mut out = Vec::with_capacity(r.kvs().len());
         for kv in r.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
-            match serde_json::from_slice(kv.value()) {
-                Ok(v) => out.push((key, v)),
-                Err(e) => tracing::warn!("skipping undecodable {key}: {e}"),
-            }
+            let v = match before.remove(&key) {
+                Some((rev, v)) if rev == kv.mod_revision() => v,
+                _ => match serde_json::from_slice::<T>(kv.value()) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::warn!("skipping undecodable {key}: {e}");
+                        continue;
+                    }
+                },
+            };
+            out.push((key.clone(), v.clone()));
+            now.insert(key, (kv.mod_revision(), v));
         }
+        self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(now));
         Ok(out)
     }
 

@@ -50,7 +50,8 @@ impl Daemon {
             let rec = self.images.resolve(&req.image).map_err(image_error)?;
             (rec.id, rec.config)
         };
-        let all = self.containers()?;
+        let all = self.containers_shared()?;
+        let all: Vec<&ContainerRecord> = all.values().collect();
         let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
             Some(n) => {
                 let n = n.trim_start_matches('/');

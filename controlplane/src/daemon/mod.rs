@@ -312,13 +312,21 @@ impl Daemon {
         self.store.list()
     }
 
+    /// This node's containers by id, without copying them (the store keeps the table decoded):
+    /// for the paths every operation takes.
+    pub fn containers_shared(&self) -> Result<crate::store::Listed<ContainerRecord>> {
+        self.store.list_shared()
+    }
+
     /// Finds a network by full id, name, or unique id prefix.
     pub fn find_network(&self, key: &str) -> ApiResult<NetworkRecord> {
         Ok(lookup::find(&self.networks()?, key)?.clone())
     }
 
     pub fn find_container(&self, key: &str) -> ApiResult<ContainerRecord> {
-        Ok(lookup::find(&self.containers()?, key)?.clone())
+        let all = self.containers_shared()?;
+        let all: Vec<&ContainerRecord> = all.values().collect();
+        Ok((*lookup::find(&all, key)?).clone())
     }
 
     pub fn container_dir(&self, id: &str) -> PathBuf {
