@@ -32,16 +32,23 @@ pub struct Etcd {
     /// The member to try first: a client talks to one member at a time and moves on to the
     /// next when it fails (etcd-client's balanced channel keeps sending to a dead member).
     next: std::sync::atomic::AtomicUsize,
-    /// The values the last `list` of each prefix decoded, by key, with the key's modification
-    /// revision (a key's value at one revision never changes). Every node lists all services
-    /// and tasks several times a second; decoding the same JSON each time was most of an idle
-    /// daemon's CPU with 1,000 tasks (issue 18). Replaced whole by each list: no key it did not
-    /// return is kept.
+    /// The last `list` of each prefix (as `Listing<T>`). Every node lists all services and
+    /// tasks several times a second; reading and decoding the same values each time was most of
+    /// an idle daemon's CPU, and etcd's, with 1,000 tasks (issue 18). Replaced whole by each
+    /// list: no key it did not return is kept.
     decoded: std::sync::Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
 }
 
-/// A list's decoded values: key → (modification revision, value).
-type DecodedList<T> = HashMap<String, (i64, T)>;
+/// A list's answer: the store (cluster id) and its revision when it was read, and the values in
+/// key order with their keys' modification revisions.
+struct Listing<T> {
+    cluster_id: u64,
+    revision: i64,
+    items: Vec<(String, i64, T)>,
+}
+
+/// A key nothing writes: reading it returns the store's current revision and nothing else.
+const REVISION_PROBE: &str = "/netbee-revision-probe";
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -139,19 +146,48 @@ impl Etcd {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
-        let p = prefix.to_string();
-        let r = self.run("list", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await }).await?;
         let cache_key = (prefix.to_string(), TypeId::of::<T>());
-        let mut before: DecodedList<T> = self
+        let cached: Option<Listing<T>> = self
             .decoded
             .lock()
             .expect("etcd decoded")
             .remove(&cache_key)
-            .and_then(|b| b.downcast::<DecodedList<T>>().ok())
-            .map(|b| *b)
-            .unwrap_or_default();
-        let mut now: DecodedList<T> = HashMap::with_capacity(r.kvs().len());
-        let mut out = Vec::with_capacity(r.kvs().len());
+            .and_then(|b| b.downcast::<Listing<T>>().ok())
+            .map(|b| *b);
+        // Nothing changed anywhere in the store since the last list (same store, same revision):
+        // its answer stands. Asking costs a header, not the prefix's values: the service loops
+        // list all services and tasks twice a second on every node, and at rest this is all
+        // they read (issue 18).
+        if let Some(c) = cached {
+            let r = self
+                .run("revision", |mut cl| async move {
+                    cl.get(REVISION_PROBE, Some(GetOptions::new().with_count_only())).await
+                })
+                .await;
+            let same = r.as_ref().ok().and_then(|r| r.header()).map(|h| (h.cluster_id(), h.revision()));
+            if same == Some((c.cluster_id, c.revision)) {
+                let out = c.items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
+                self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(c));
+                return Ok(out);
+            }
+            return self.list_read(prefix, cache_key, Some(c)).await;
+        }
+        self.list_read(prefix, cache_key, None).await
+    }
+
+    /// Reads the prefix; values whose key has the modification revision `before` decoded are
+    /// reused (a key's value at one revision never changes).
+    async fn list_read<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        prefix: &str,
+        cache_key: (String, TypeId),
+        before: Option<Listing<T>>,
+    ) -> Result<Vec<(String, T)>> {
+        let p = prefix.to_string();
+        let r = self.run("list", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await }).await?;
+        let mut before: HashMap<String, (i64, T)> =
+            before.map(|b| b.items.into_iter().map(|(k, rev, v)| (k, (rev, v))).collect()).unwrap_or_default();
+        let mut items = Vec::with_capacity(r.kvs().len());
         for kv in r.kvs() {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
             let v = match before.remove(&key) {
@@ -164,10 +200,13 @@ impl Etcd {
                     }
                 },
             };
-            out.push((key.clone(), v.clone()));
-            now.insert(key, (kv.mod_revision(), v));
+            items.push((key, kv.mod_revision(), v));
         }
-        self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(now));
+        let out = items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
+        if let Some(h) = r.header() {
+            let listing = Listing { cluster_id: h.cluster_id(), revision: h.revision(), items };
+            self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(listing));
+        }
         Ok(out)
     }
 

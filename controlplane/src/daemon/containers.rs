@@ -417,8 +417,9 @@ impl Daemon {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         let attached = c.clone();
-        self.teardown(c).await;
-        self.emit_endpoints(&attached, "disconnect");
+        // Exited on disk before its ports are released: a cluster sync that runs between the two
+        // (the release itself wakes every node's) would otherwise claim them again for a
+        // container it still reads as running
         c.state.status = Status::Exited;
         match exit {
             Some(e) => {
@@ -432,6 +433,9 @@ impl Daemon {
             }
         }
         c.state.pid = 0;
+        self.put_container(c)?;
+        self.teardown(c).await;
+        self.emit_endpoints(&attached, "disconnect");
         self.put_container(c)?;
         self.emit_container(c, "die", &[("exitCode", c.state.exit_code.to_string())]);
         info!(container = %c.name, code = c.state.exit_code, "exited");
