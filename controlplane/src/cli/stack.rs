@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{enc, humanize, json_only, line, short};
 use crate::{
     api::{
-        Client, Network, NetworkCreateResponse, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
+        Client, Network, NetworkCreateResponse, Service, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
         ServiceUpdateResponse, Task,
     },
     compose::{self, ComposeFile, NAMESPACE_LABEL},
@@ -81,7 +81,8 @@ fn in_stack(labels: &BTreeMap<String, String>, stack: &str) -> bool {
 }
 
 async fn stack_services(c: &Client, stack: &str) -> Result<Vec<ServiceSummary>> {
-    let all: Vec<ServiceSummary> = c.get("/services").await?;
+    let all: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     Ok(all.into_iter().filter(|s| in_stack(&s.labels, stack)).collect())
 }
 
@@ -105,7 +106,8 @@ async fn deploy(c: &Client, files: &[String], prune: bool, stack: &str) -> Resul
         eprintln!("{w}");
     }
     let nets: Vec<Network> = c.get("/networks").await?;
-    let existing: Vec<ServiceSummary> = c.get("/services").await?;
+    let existing: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     for n in &plan.networks {
         let found = nets.iter().find(|x| x.name == n.create.name);
         match found {
@@ -158,7 +160,8 @@ async fn deploy(c: &Client, files: &[String], prune: bool, stack: &str) -> Resul
 
 async fn ls(c: &Client, format: &Option<String>) -> Result<i32> {
     let json = json_only(format)?;
-    let all: Vec<ServiceSummary> = c.get("/services").await?;
+    let all: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
     for s in &all {
         if let Some(n) = s.labels.get(NAMESPACE_LABEL) {
