@@ -7,7 +7,12 @@
 //!   x1 ── curl ──> n1/n2/n3:8000 (routing mesh) ──> web.1..4 (netbee whoami)
 //!             └──> n1:8001 ──> pages.1..2 (busybox httpd, image :1 -> :2 -> rollback :1)
 //! ```
-use std::{collections::HashMap, path::PathBuf, process::Output, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::PathBuf,
+    process::Output,
+    time::Duration,
+};
 
 use anyhow::{Result, bail};
 use netbee_lab::{Lab, Node, Ns, netbee_bin, swarm_lab, test_image, wait_until};
@@ -365,12 +370,15 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
     let v = d.inspect(&["service", "inspect", "pages"])?;
     assert_eq!(v["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], "netbee-test/busybox:2", "{v}");
     assert_eq!(v["PreviousSpec"]["TaskTemplate"]["ContainerSpec"]["Image"], "netbee-test/busybox:1", "{v}");
-    assert_eq!(v["UpdateStatus"]["State"], "completed", "{v}");
+    let state = || d.inspect(&["service", "inspect", "pages"]).map(|v| v["UpdateStatus"]["State"].clone());
+    // the CLI stops once the tasks ran for the monitor period; the daemon records the end on
+    // its next pass
+    wait_until(Duration::from_secs(10), "update completed", || state().is_ok_and(|s| s == "completed"))?;
     let out = d.ok(&["service", "update", "--rollback", "pages"])?;
     assert!(out.contains("rollback: manually requested rollback") && out.contains("converged"), "{out}");
     wait_until(Duration::from_secs(15), "image 1 served again", || page() == "netbee test image one")?;
     assert!((0..4).all(|_| page() == "netbee test image one"), "only image 1 after the rollback");
-    assert_eq!(d.inspect(&["service", "inspect", "pages"])?["UpdateStatus"]["State"], "rollback_completed");
+    wait_until(Duration::from_secs(10), "rollback completed", || state().is_ok_and(|s| s == "rollback_completed"))?;
     // service ps shows each slot's history: the running task, then the shut-down ones under it
     let ps = d.stdout(&["service", "ps", "--format", "{{.Name}}|{{.Image}}|{{.DesiredState}}", "pages"])?;
     let rows: Vec<Vec<&str>> = ps.lines().map(|l| l.split('|').collect()).collect();
@@ -389,5 +397,105 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
             x1.sh(&format!("curl -s -m 2 http://{}:8000/", n.addr())).is_err()
         })?;
     }
+    Ok(())
+}
+
+/// A compose v3 stack: `web` (netbee whoami, 3 replicas, published, alias `www` on overlay
+/// `front`) and `db` (no networks: the stack's `default`).
+fn stack_compose(bin: &str) -> String {
+    format!(
+        r#"version: "3.8"
+services:
+  web:
+    image: host
+    command: ["{bin}", "whoami", "--port", "8080"]
+    ports:
+      - "8000:8080"
+    networks:
+      front:
+        aliases: [www]
+    deploy:
+      replicas: 3
+  db:
+    image: host
+    command: ["sleep", "600"]
+networks:
+  front: {{}}
+"#
+    )
+}
+
+#[test]
+fn docker_stack_deploy_ls_ps_rm_beside_netbee_stacks() -> Result<()> {
+    let lab = swarm_lab("dkstack", &["n1", "n2", "n3"], &["x1"])?;
+    let (n1, n2) = (lab.node("n1"), lab.node("n2"));
+    let x1 = lab.external("x1");
+    let d = Docker::new(&lab, n1)?;
+    let bin = netbee_bin();
+    let file = lab.dir().join("st.yml");
+    std::fs::write(&file, stack_compose(bin.to_str().unwrap()))?;
+
+    // the CLI turns the file into networks and services labelled with the stack
+    let out = d.ok(&["stack", "deploy", "-c", file.to_str().unwrap(), "st"])?;
+    assert!(out.contains("Creating network st_front") && out.contains("Creating service st_web"), "{out}");
+    let replicas = || -> Result<BTreeMap<String, String>> {
+        let out = d.stdout(&["stack", "services", "--format", "{{.Name}} {{.Replicas}}", "st"])?;
+        Ok(out.lines().filter_map(|l| l.split_once(' ')).map(|(a, b)| (a.to_string(), b.to_string())).collect())
+    };
+    wait_until(Duration::from_secs(30), "st_web 3/3 and st_db 1/1", || {
+        replicas().is_ok_and(|r| {
+            r.get("st_web").map(String::as_str) == Some("3/3") && r.get("st_db").map(String::as_str) == Some("1/1")
+        })
+    })?;
+    let nets = d.stdout(&[
+        "network",
+        "ls",
+        "--filter",
+        "label=com.docker.stack.namespace=st",
+        "--format",
+        "{{.Name}} {{.Driver}}",
+    ])?;
+    let mut nets: Vec<&str> = nets.lines().collect();
+    nets.sort();
+    assert_eq!(nets, ["st_default overlay", "st_front overlay"]);
+
+    // the published port balances round robin over the 3 tasks from every node
+    for n in [n1, n2] {
+        let url = format!("http://{}:8000/", n.addr());
+        wait_until(Duration::from_secs(15), "the mesh serves 3 tasks", || {
+            hosts(x1, &url, 6).is_ok_and(|s| s.iter().collect::<std::collections::HashSet<_>>().len() == 3)
+        })?;
+        assert_round_robin(&hosts(x1, &url, 9)?, 3, &format!("st_web via {}", n.short_name()));
+    }
+    // stack ps: the 4 tasks, each named by its service and slot
+    let ps = d.stdout(&["stack", "ps", "--format", "{{.Name}} {{.DesiredState}}", "st"])?;
+    let mut names: Vec<&str> =
+        ps.lines().filter(|l| l.ends_with(" Running")).map(|l| l.split(' ').next().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["st_db.1", "st_web.1", "st_web.2", "st_web.3"], "{ps}");
+
+    // a stack deployed by netbee's own CLI and one by docker's list each other
+    let nb_file = lab.dir().join("nb.yml");
+    std::fs::write(
+        &nb_file,
+        "version: \"3.8\"\nservices:\n  idle:\n    image: host\n    command: [\"sleep\", \"600\"]\n",
+    )?;
+    n1.netbee(&["stack", "deploy", "-c", nb_file.to_str().unwrap(), "nb"])?;
+    let ls = d.stdout(&["stack", "ls", "--format", "{{.Name}} {{.Services}}"])?;
+    assert_eq!(ls.lines().collect::<Vec<_>>(), ["nb 1", "st 2"], "{ls}");
+    let nb_ls = n1.netbee(&["stack", "ls"])?;
+    assert!(nb_ls.lines().any(|l| l.starts_with("st ") && l.contains('2')), "{nb_ls}");
+
+    // stack rm: services and networks go, the port closes
+    let out = d.ok(&["stack", "rm", "st"])?;
+    assert!(out.contains("Removing service st_web") && out.contains("Removing network st_front"), "{out}");
+    wait_until(Duration::from_secs(20), "st's networks gone", || {
+        d.stdout(&["network", "ls", "--filter", "label=com.docker.stack.namespace=st", "-q"])
+            .is_ok_and(|o| o.trim().is_empty())
+    })?;
+    assert_eq!(d.stdout(&["stack", "ls", "--format", "{{.Name}}"])?.trim(), "nb");
+    wait_until(Duration::from_secs(15), "port 8000 closed", || {
+        x1.sh(&format!("curl -s -m 2 http://{}:8000/", n1.addr())).is_err()
+    })?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! compose file (`compose.rs`), then creates, updates and removes the networks and services
 //! labelled `com.docker.stack.namespace=NAME` through the ordinary service and network API, so
 //! anything that lists by that label (docker's own `stack ls`) sees the same stacks.
-use std::{collections::BTreeMap, io::Read as _, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Read as _, path::PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
@@ -262,12 +262,8 @@ async fn ps(c: &Client, format: &Option<String>, stack: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// How long `stack rm` waits for a network's last tasks to stop (they drain their connections
-/// first, up to 20 s) before it gives up on removing it.
-const NETWORK_RM_WAIT: Duration = Duration::from_secs(60);
-
-/// Services first, then the networks once no task is attached to them any more (netbee refuses
-/// to remove a network in use, where docker's CLI would leave that to the daemon).
+/// Services first, then the networks, as docker's CLI does: the daemon removes a network once the
+/// removed services' tasks have left it.
 async fn rm(c: &Client, stacks: &[String]) -> Result<i32> {
     let mut failed = false;
     for stack in stacks {
@@ -288,21 +284,10 @@ async fn rm(c: &Client, stacks: &[String]) -> Result<i32> {
         }
         for n in &nets {
             println!("Removing network {}", n.name);
-            let deadline = tokio::time::Instant::now() + NETWORK_RM_WAIT;
-            loop {
-                match c.delete(&format!("/networks/{}", enc(&n.id))).await {
-                    Ok(()) => break,
-                    Err(e)
-                        if format!("{e:#}").contains("active endpoints") && tokio::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => {
-                        eprintln!("Failed to remove network {}: {e:#}", n.id);
-                        failed = true;
-                        break;
-                    }
-                }
+            // the daemon waits for the removed services' tasks to leave the network
+            if let Err(e) = c.delete(&format!("/networks/{}", enc(&n.id))).await {
+                eprintln!("Failed to remove network {}: {e:#}", n.id);
+                failed = true;
             }
         }
     }

@@ -117,6 +117,10 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/services/{id}/update", post(service_update))
         .route("/services/{id}/tasks", get(service_tasks))
         .route("/services/{id}/logs", get(service_logs))
+        // netbee keeps no swarm secrets or configs: their lists are empty (`docker stack rm` reads
+        // them to remove a stack's)
+        .route("/secrets", get(no_swarm_objects))
+        .route("/configs", get(no_swarm_objects))
         .route("/tasks", get(task_list))
         .route("/tasks/{id}", get(task_inspect))
         .route("/swarm", get(swarm_inspect))
@@ -758,6 +762,13 @@ async fn service_remove(State(d): D, Path(id): Path<String>) -> NoContent {
 
 async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Vec<Task>>> {
     Ok(Json(d.service_tasks(&id).await?))
+}
+
+/// `GET /secrets` and `GET /configs`: none (filters are checked as docker's).
+async fn no_swarm_objects(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    crate::api::filters::Filters::parse(q.get("filters").map(String::as_str), &["id", "name", "label", "names"])?;
+    d.require_manager().await?;
+    Ok(Json(Vec::new()))
 }
 
 /// `GET /tasks?filters=...`.
