@@ -13,8 +13,8 @@ use crate::{
         ContainerInspectResponse, ContainerLogsResponse, ContainerSummary, ContainerWaitResponse, DatapathStats,
         Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
         NodeUpdateRequest, Replicas, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary,
-        ServiceUpdateRequest, ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest,
-        SwarmJoinResponse, SwarmJoinTokenResponse, SystemVersion, Task,
+        ServiceUpdateRequest, ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SystemInfo,
+        SystemVersion, Task,
     },
     api::{
         ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest, ImageInspect, ImageLoadRequest,
@@ -1415,29 +1415,52 @@ async fn ps(c: &Client, all: bool, quiet: bool, format: &Option<String>) -> Resu
     Ok(0)
 }
 
+/// The command that joins this swarm with `token`: docker's, with the manager's address as its
+/// node shows it.
+async fn join_command(c: &Client, node_id: &str, token: &str) -> Result<String> {
+    let me: Node = c.get(&format!("/nodes/{}", enc(node_id))).await?;
+    let addr = me.manager_status.map(|m| m.addr).unwrap_or_default();
+    Ok(format!("netbee swarm join --token {token} {addr}"))
+}
+
 async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
     match cmd {
         SwarmCmd::Init { advertise_addr } => {
-            let v: SwarmInitResponse = c.post("/swarm/init", &SwarmInitRequest { advertise_addr }).await?;
-            println!("Swarm initialized: current node ({}) is now a manager.\n", v.node_id);
-            println!("To add a worker to this swarm, run the following command:\n\n    {}\n", v.join_command);
+            let node_id: String = c.post("/swarm/init", &SwarmInitRequest { advertise_addr }).await?;
+            let swarm: Swarm = c.get("/swarm").await?;
+            println!("Swarm initialized: current node ({node_id}) is now a manager.\n");
+            println!(
+                "To add a worker to this swarm, run the following command:\n\n    {}\n",
+                join_command(c, &node_id, &swarm.join_tokens.worker).await?
+            );
             println!(
                 "To add a manager to this swarm, run 'netbee swarm join-token manager' and follow the instructions."
             );
             Ok(0)
         }
         SwarmCmd::Join { token, advertise_addr, remote } => {
-            let req = SwarmJoinRequest { token, remote_addr: remote, advertise_addr };
-            let v: SwarmJoinResponse = c.post("/swarm/join", &req).await?;
-            println!("{}", v.message);
+            let req = SwarmJoinRequest { join_token: token, remote_addrs: vec![remote], advertise_addr };
+            c.post::<_, ()>("/swarm/join", &req).await?;
+            let info: SystemInfo = c.get("/info").await?;
+            let role = if info.swarm.control_available { "manager" } else { "worker" };
+            println!("This node joined a swarm as a {role}.");
             Ok(0)
         }
         SwarmCmd::JoinToken { quiet, role } => {
-            let v: SwarmJoinTokenResponse = c.get(&format!("/swarm/join-token?role={}", enc(&role))).await?;
+            let swarm: Swarm = c.get("/swarm").await?;
+            let token = match role.as_str() {
+                "worker" => swarm.join_tokens.worker,
+                "manager" => swarm.join_tokens.manager,
+                r => bail!("unknown role {r}"),
+            };
             if quiet {
-                println!("{}", v.token);
+                println!("{token}");
             } else {
-                println!("To add a {role} to this swarm, run the following command:\n\n    {}\n", v.join_command);
+                let info: SystemInfo = c.get("/info").await?;
+                println!(
+                    "To add a {role} to this swarm, run the following command:\n\n    {}\n",
+                    join_command(c, &info.swarm.node_id, &token).await?
+                );
             }
             Ok(0)
         }
@@ -1447,6 +1470,19 @@ async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// Reads a node's spec, lets `change` edit it, and sends it back with the version it was read
+/// at (docker's `node update`).
+async fn update_node(c: &Client, node: &str, change: impl FnOnce(&mut NodeUpdateRequest) -> Result<()>) -> Result<()> {
+    let n: Node = c.get(&format!("/nodes/{}", enc(node))).await?;
+    let mut spec = NodeUpdateRequest {
+        labels: Some(n.spec.labels.clone()),
+        role: Some(serde_json::to_value(n.spec.role)?.as_str().unwrap_or_default().to_string()),
+        availability: Some(serde_json::to_value(n.spec.availability)?.as_str().unwrap_or_default().to_string()),
+    };
+    change(&mut spec)?;
+    c.post::<_, ()>(&format!("/nodes/{}/update?version={}", enc(&n.id), n.version.index), &spec).await
 }
 
 fn title(s: &str) -> String {
@@ -1502,16 +1538,46 @@ async fn node(c: &Client, cmd: NodeCmd) -> Result<i32> {
             Ok(0)
         }
         NodeCmd::Update { availability, label_add, label_rm, node } => {
-            let req = NodeUpdateRequest { availability, label_add, label_rm };
-            c.post::<_, ()>(&format!("/nodes/{}/update", enc(&node)), &req).await?;
+            update_node(c, &node, |spec| {
+                if availability.is_some() {
+                    spec.availability = availability;
+                }
+                let labels = spec.labels.get_or_insert_with(Default::default);
+                for l in &label_add {
+                    let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                    if k.is_empty() {
+                        bail!("invalid label {l:?}: the key is empty");
+                    }
+                    labels.insert(k.to_string(), v.to_string());
+                }
+                for k in &label_rm {
+                    labels.remove(k);
+                }
+                Ok(())
+            })
+            .await?;
             println!("{node}");
             Ok(0)
         }
         NodeCmd::Promote { nodes } => {
-            for_each(&nodes, |n| async move { c.post_empty(&format!("/nodes/{}/promote", enc(&n))).await }).await
+            for_each(&nodes, |n| async move {
+                update_node(c, &n, |spec| {
+                    spec.role = Some("manager".into());
+                    Ok(())
+                })
+                .await
+            })
+            .await
         }
         NodeCmd::Demote { nodes } => {
-            for_each(&nodes, |n| async move { c.post_empty(&format!("/nodes/{}/demote", enc(&n))).await }).await
+            for_each(&nodes, |n| async move {
+                update_node(c, &n, |spec| {
+                    spec.role = Some("worker".into());
+                    Ok(())
+                })
+                .await
+            })
+            .await
         }
         NodeCmd::Rm { force, nodes } => {
             for_each(&nodes, |n| async move { c.delete(&format!("/nodes/{}?force={}", enc(&n), force as u8)).await })
@@ -1562,7 +1628,8 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<i32> {
             progress::wait(c, &v.id, progress::Mode::Create, quiet).await
         }
         ServiceCmd::Ls { quiet, format } => {
-            let list: Vec<ServiceSummary> = c.get("/services").await?;
+            let list: Vec<ServiceSummary> =
+                c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
             if json_only(&format)? {
                 for x in &list {
                     println!("{}", line(x)?);

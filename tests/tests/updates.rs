@@ -200,7 +200,8 @@ fn rolling_update_through_the_mesh_fails_nothing_and_rolls_back() -> Result<()> 
     let v = inspect(n1, "web")?;
     assert_eq!(v["UpdateStatus"]["State"], "rollback_completed", "{v}");
     assert_eq!(v["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"], "netbee-test/busybox:2");
-    assert_eq!(v["Spec"]["TaskTemplate"]["ContainerSpec"]["Command"], Value::Array(vec![]));
+    // docker's Args: the command after the entrypoint
+    assert_eq!(v["Spec"]["TaskTemplate"]["ContainerSpec"]["Args"], Value::Array(vec![]));
     assert_eq!(running_images(n1, "web")?, vec!["netbee-test/busybox:2"; 6]);
     let ps = n1.netbee(&["service", "ps", "web"])?;
     assert!(ps.contains("task exited with code 3"), "the real cause is the error: {ps}");

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use netbee_controlplane::{
     api::{
-        ContainerCreateRequest, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
+        ContainerCreateRequest, DockerServiceSpec, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
         NodeUpdateRequest, Replicas, ServiceCreateRequest, ServiceUpdateRequest, SwarmInitRequest, SwarmJoinRequest,
     },
     ipam,
@@ -109,12 +109,27 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(req) = serde_json::from_slice::<SwarmJoinRequest>(data) {
         round_trip(&req);
-        check_manager_addr(&req.remote_addr);
+        for a in &req.remote_addrs {
+            check_manager_addr(a);
+        }
     }
     if let Ok(req) = serde_json::from_slice::<NodeUpdateRequest>(data) {
         round_trip(&req);
         if let Some(a) = req.availability.as_deref() {
             let _ = Availability::parse(a);
+        }
+    }
+    // docker's service spec (`docker service create|update`, `stack deploy`) becomes netbee's
+    // request: what it publishes is checked as netbee's CLI's `--publish`
+    if let Ok(spec) = serde_json::from_slice::<DockerServiceSpec>(data) {
+        round_trip(&spec);
+        if let Ok(req) = spec.into_request() {
+            if let Some(r) = &req.replicas {
+                check_replicas(r);
+            }
+            for p in &req.publish {
+                check_service_port(p);
+            }
         }
     }
     if let Ok(req) = serde_json::from_slice::<JoinPortRequest>(data) {

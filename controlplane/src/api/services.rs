@@ -94,6 +94,8 @@ pub struct UpdateConfigFlags {
 pub struct ServiceCreateResponse {
     #[serde(rename = "ID")]
     pub id: String,
+    #[serde(rename = "Warnings", default)]
+    pub warnings: Option<Vec<String>>,
 }
 
 /// `POST /services/{id}/update`: the `service update`/`scale` flags (docker's body is the whole
@@ -136,15 +138,17 @@ pub struct ServiceUpdateRequest {
     pub spec: Option<ServiceCreateRequest>,
 }
 
-/// The answer to `POST /services/{id}/update` (docker's carries `Warnings`).
+/// The answer to `POST /services/{id}/update`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceUpdateResponse {
     #[serde(rename = "ID")]
     pub id: String,
+    #[serde(rename = "Warnings", default)]
+    pub warnings: Option<Vec<String>>,
 }
 
-/// An element of `GET /services`: what `service ls` shows (docker lists whole `Service`s and the
-/// CLI counts the tasks itself).
+/// A line of netbee's `service ls` and `stack services`, made by the CLI from a [`Service`]
+/// listed with its status (`ServiceSummary::of`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceSummary {
@@ -174,6 +178,9 @@ pub struct ServiceSummary {
 pub struct Service {
     #[serde(rename = "ID")]
     pub id: String,
+    /// Changes with every update: docker's update requests name the version they were made
+    /// from (`?version=`), and one made from an older version is refused.
+    pub version: ObjectVersion,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub spec: ServiceSpec,
@@ -182,6 +189,62 @@ pub struct Service {
     pub endpoint: ServiceEndpoint,
     /// The last rolling update (none before the first).
     pub update_status: Option<ServiceUpdateStatus>,
+    /// Running and desired tasks (`GET /services?status=true`; `service ls` counts with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_status: Option<ServiceStatus>,
+}
+
+/// docker's `Version` of a swarm object.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ObjectVersion {
+    pub index: u64,
+}
+
+impl ObjectVersion {
+    /// A version of an object that keeps no counter: a digest of what changes with it (FNV-1a,
+    /// kept below 2^53 so that JSON readers with doubles see the same number).
+    pub fn digest<T: Serialize>(what: &T) -> ObjectVersion {
+        let text = serde_json::to_vec(what).unwrap_or_default();
+        let h = text.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+        ObjectVersion { index: h & ((1 << 53) - 1) }
+    }
+}
+
+/// docker's `ServiceStatus`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ServiceStatus {
+    pub running_tasks: u64,
+    pub desired_tasks: u64,
+    #[serde(default)]
+    pub completed_tasks: u64,
+}
+
+impl ServiceSummary {
+    /// What `service ls` shows of a service listed with its status.
+    pub fn of(s: &Service) -> ServiceSummary {
+        let status = s.service_status.clone().unwrap_or_default();
+        let spec = &s.spec;
+        ServiceSummary {
+            id: s.id.clone(),
+            name: spec.name.clone(),
+            mode: "replicated".into(),
+            replicas: format!("{}/{}", status.running_tasks, status.desired_tasks),
+            running: status.running_tasks,
+            desired: status.desired_tasks,
+            command: spec.task_template.container_spec.args.join(" "),
+            ports: spec
+                .endpoint_spec
+                .ports
+                .iter()
+                .map(|p| format!("*:{}->{}/{}", p.published_port, p.target_port, p.protocol))
+                .collect::<Vec<_>>()
+                .join(", "),
+            image: spec.task_template.container_spec.image.clone(),
+            labels: spec.labels.clone(),
+        }
+    }
 }
 
 /// docker's `UpdateStatus`.
@@ -232,6 +295,7 @@ pub struct ServiceMode {
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ServiceModeReplicated {
+    /// Always given in answers (the docker CLI's progress display needs it).
     pub replicas: u64,
 }
 
@@ -248,11 +312,12 @@ pub struct TaskSpec {
 pub struct TaskSpecContainerSpec {
     /// The image as the user named it.
     pub image: String,
-    pub command: Vec<String>,
+    /// The command's arguments (after the entrypoint).
+    pub args: Vec<String>,
     pub env: Vec<String>,
     /// The image's entrypoint replaced; absent when the image's is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -274,7 +339,7 @@ pub struct NetworkAttachmentConfig {
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
+#[serde(rename_all = "PascalCase", default)]
 pub struct EndpointSpec {
     /// `vip`.
     pub mode: String,
@@ -293,6 +358,11 @@ pub struct EndpointPortConfig {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceEndpoint {
+    #[serde(rename = "Spec", default)]
+    pub spec: EndpointSpec,
+    /// The published ports (`service ls` prints them from here).
+    #[serde(rename = "Ports", default)]
+    pub ports: Vec<EndpointPortConfig>,
     #[serde(rename = "VirtualIPs")]
     pub virtual_ips: Vec<EndpointVirtualIp>,
 }
@@ -352,6 +422,260 @@ pub struct TaskAddress {
 pub struct ServiceLogLine {
     /// `SERVICE.SLOT.TASKID@NODE`, docker's prefix.
     pub task: String,
+    /// The ids docker's log stream carries as the line's context.
+    #[serde(rename = "NodeID", default)]
+    pub node_id: String,
+    #[serde(rename = "ServiceID", default)]
+    pub service_id: String,
+    #[serde(rename = "TaskID", default)]
+    pub task_id: String,
     pub line: String,
     pub stderr: bool,
+}
+
+/// docker's `ServiceSpec` as requests carry it: `POST /services/create`, and the whole new spec
+/// of `POST /services/{id}/update` (`scale`, `update`, `stack deploy` send back the spec they
+/// read, changed). Any field may be absent or null, as the Go client omits empty ones. The daemon
+/// turns it into a [`ServiceCreateRequest`] ([`DockerServiceSpec::into_request`]) and checks that
+/// as it checks its own CLI's.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerServiceSpec {
+    #[serde(deserialize_with = "null_default")]
+    pub name: String,
+    #[serde(deserialize_with = "null_default")]
+    pub labels: BTreeMap<String, String>,
+    pub task_template: Option<DockerTaskSpec>,
+    pub mode: Option<DockerServiceMode>,
+    pub update_config: Option<DockerUpdateConfig>,
+    pub rollback_config: Option<DockerUpdateConfig>,
+    pub endpoint_spec: Option<DockerEndpointSpec>,
+    /// Networks at the service level (deprecated by docker for `TaskTemplate.Networks`).
+    pub networks: Option<Vec<DockerNetworkAttachment>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerTaskSpec {
+    pub container_spec: Option<DockerContainerSpec>,
+    pub placement: Option<DockerPlacement>,
+    pub networks: Option<Vec<DockerNetworkAttachment>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerContainerSpec {
+    #[serde(deserialize_with = "null_default")]
+    pub image: String,
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Replaces the image's entrypoint.
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerPlacement {
+    pub constraints: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerNetworkAttachment {
+    /// The network's id or name (`stack deploy` names it).
+    #[serde(deserialize_with = "null_default")]
+    pub target: String,
+    pub aliases: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerServiceMode {
+    pub replicated: Option<DockerReplicated>,
+    pub global: Option<serde_json::Value>,
+    pub replicated_job: Option<serde_json::Value>,
+    pub global_job: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerReplicated {
+    /// Absent means one, as swarmkit fills in (`stack deploy` without `deploy.replicas`).
+    pub replicas: Option<Replicas>,
+}
+
+/// docker's `UpdateConfig`/`RollbackConfig`: durations in nanoseconds; a zero or absent field
+/// keeps netbee's default, as swarmkit's.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerUpdateConfig {
+    pub parallelism: Option<u64>,
+    pub delay: Option<i64>,
+    pub failure_action: Option<String>,
+    pub monitor: Option<i64>,
+    pub max_failure_ratio: Option<f64>,
+    pub order: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerEndpointSpec {
+    pub mode: Option<String>,
+    pub ports: Option<Vec<DockerPortConfig>>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct DockerPortConfig {
+    pub protocol: Option<String>,
+    pub target_port: u32,
+    pub published_port: u32,
+    pub publish_mode: Option<String>,
+}
+
+impl DockerUpdateConfig {
+    fn flags(self) -> UpdateConfigFlags {
+        let nonempty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        UpdateConfigFlags {
+            parallelism: self.parallelism.map(|p| p.to_string()),
+            delay: self.delay.map(|d| format!("{d}ns")),
+            order: nonempty(self.order),
+            failure_action: nonempty(self.failure_action),
+            monitor: self.monitor.filter(|m| *m != 0).map(|m| format!("{m}ns")),
+            max_failure_ratio: self.max_failure_ratio.map(|r| r.to_string()),
+        }
+    }
+}
+
+impl DockerServiceSpec {
+    /// The request netbee's checks run on. What netbee does not do (global or job services, DNS
+    /// round robin, host-mode or unpublished ports) is refused here with the field named.
+    pub fn into_request(self) -> Result<ServiceCreateRequest, String> {
+        let name = self.name;
+        let mode = self.mode.unwrap_or_default();
+        if mode.global.is_some() || mode.replicated_job.is_some() || mode.global_job.is_some() {
+            return Err(format!("service {name}: only replicated services are supported"));
+        }
+        let replicas = mode.replicated.and_then(|r| r.replicas);
+        let tt = self.task_template.unwrap_or_default();
+        let cs = tt.container_spec.unwrap_or_default();
+        let endpoint = self.endpoint_spec.unwrap_or_default();
+        if endpoint.mode.as_deref().is_some_and(|m| !m.is_empty() && m != "vip") {
+            return Err(format!(
+                "service {name}: endpoint mode {:?} is not supported: use vip",
+                endpoint.mode.unwrap()
+            ));
+        }
+        let mut publish = Vec::new();
+        for p in endpoint.ports.unwrap_or_default() {
+            let proto = p.protocol.filter(|s| !s.is_empty()).unwrap_or_else(|| "tcp".into());
+            if p.publish_mode.as_deref().is_some_and(|m| !m.is_empty() && m != "ingress") {
+                return Err(format!(
+                    "service {name}: publish mode {:?} is not supported: ports are published through the routing mesh (ingress)",
+                    p.publish_mode.unwrap()
+                ));
+            }
+            if p.published_port == 0 {
+                return Err(format!(
+                    "service {name}: port {}/{proto} needs a published port (PUBLISHED:TARGET)",
+                    p.target_port
+                ));
+            }
+            publish.push(format!("{}:{}/{proto}", p.published_port, p.target_port));
+        }
+        let mut networks = Vec::new();
+        let mut network_aliases = BTreeMap::new();
+        for n in tt.networks.or(self.networks).unwrap_or_default() {
+            let aliases = n.aliases.unwrap_or_default();
+            if !aliases.is_empty() {
+                network_aliases.insert(n.target.clone(), aliases);
+            }
+            networks.push(n.target);
+        }
+        // the Go client tags an untagged image `:latest`; netbee's host image has no tags
+        let image = match cs.image.as_str() {
+            "host:latest" => crate::images::HOST_IMAGE.to_string(),
+            _ => cs.image,
+        };
+        Ok(ServiceCreateRequest {
+            name,
+            image,
+            replicas,
+            publish,
+            networks,
+            constraints: tt.placement.and_then(|p| p.constraints).unwrap_or_default(),
+            env: cs.env.unwrap_or_default(),
+            cmd: cs.args.unwrap_or_default(),
+            update_config: self.update_config.map(DockerUpdateConfig::flags).unwrap_or_default(),
+            rollback_config: self.rollback_config.map(DockerUpdateConfig::flags).unwrap_or_default(),
+            entrypoint: cs.command.filter(|c| !c.is_empty()),
+            labels: self.labels,
+            container_labels: cs.labels.unwrap_or_default(),
+            network_aliases,
+        })
+    }
+}
+
+/// docker's `Task`: an element of `GET /tasks`, and `GET /tasks/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SwarmTask {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: ObjectVersion,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The spec the task runs.
+    pub spec: TaskSpec,
+    #[serde(rename = "ServiceID")]
+    pub service_id: String,
+    pub slot: u64,
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub status: SwarmTaskStatus,
+    /// `running` or `shutdown`.
+    pub desired_state: String,
+    #[serde(default)]
+    pub networks_attachments: Vec<TaskNetworkAttachment>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SwarmTaskStatus {
+    pub timestamp: DateTime<Utc>,
+    /// docker's lower-case task state: `assigned`, `starting`, `running`, `shutdown`, `failed`,
+    /// `orphaned`.
+    pub state: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub err: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_status: Option<TaskContainerStatus>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskContainerStatus {
+    #[serde(rename = "ContainerID")]
+    pub container_id: String,
+    #[serde(rename = "PID", default)]
+    pub pid: i64,
+    #[serde(rename = "ExitCode", default)]
+    pub exit_code: i64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TaskNetworkAttachment {
+    pub network: TaskNetwork,
+    /// ADDRESS/PREFIX.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNetwork {
+    #[serde(rename = "ID")]
+    pub id: String,
 }

@@ -7,52 +7,56 @@ use serde::{Deserialize, Serialize};
 use super::null_default;
 use crate::model::{Availability, Role};
 
-/// `POST /swarm/init`.
+/// `POST /swarm/init` (docker's `SwarmInitRequest`; `ListenAddr` and the rest are not used:
+/// managers listen on their advertise address). Answered with the new node's id, a JSON string.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct SwarmInitRequest {
-    /// IP[:PORT] of this node the others reach it on; default the uplink's address.
+    /// IP[:PORT] of this node the others reach it on; absent or empty: the uplink's address.
     pub advertise_addr: Option<String>,
 }
 
-/// The answer to `POST /swarm/init` (docker answers the node id alone).
-#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwarmInitResponse {
-    #[serde(rename = "ClusterID")]
-    pub cluster_id: String,
-    #[serde(rename = "NodeID")]
-    pub node_id: String,
-    /// The `netbee swarm join` command line for a worker.
-    #[serde(rename = "JoinCommand")]
-    pub join_command: String,
-}
-
-/// `POST /swarm/join` (docker's has `JoinToken` and a list of `RemoteAddrs`).
+/// `POST /swarm/join` (docker's `SwarmJoinRequest`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct SwarmJoinRequest {
     #[serde(deserialize_with = "null_default")]
-    pub token: String,
-    /// The manager's IP[:2377].
+    pub join_token: String,
+    /// The managers' IP[:2377]; the first is asked.
     #[serde(deserialize_with = "null_default")]
-    pub remote_addr: String,
+    pub remote_addrs: Vec<String>,
     pub advertise_addr: Option<String>,
 }
 
-/// The answer to `POST /swarm/join`.
+/// `GET /swarm` (docker's `Swarm`): the swarm and its join tokens, on a manager.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct SwarmJoinResponse {
-    pub message: String,
+pub struct Swarm {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub version: super::ObjectVersion,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub spec: SwarmSpec,
+    pub join_tokens: JoinTokens,
+    pub root_rotation_in_progress: bool,
+    pub default_addr_pool: Vec<String>,
+    pub subnet_size: u32,
+    pub data_path_port: u32,
 }
 
-/// The answer to `GET /swarm/join-token?role=worker|manager` (docker has both tokens in the
-/// swarm's `JoinTokens`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub struct SwarmJoinTokenResponse {
-    pub token: String,
-    pub join_command: String,
+pub struct SwarmSpec {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct JoinTokens {
+    pub worker: String,
+    pub manager: String,
 }
 
 /// `GET /nodes/{id}`, and each element of `GET /nodes`.
@@ -61,6 +65,9 @@ pub struct SwarmJoinTokenResponse {
 pub struct Node {
     #[serde(rename = "ID")]
     pub id: String,
+    /// Changes with every update of the node's spec: docker's `node update` sends it back.
+    #[serde(default)]
+    pub version: super::ObjectVersion,
     /// Whether it is the node that answered.
     #[serde(rename = "Self")]
     pub is_self: bool,
@@ -127,18 +134,18 @@ pub struct NodeStatus {
     pub addr: String,
 }
 
-/// `POST /nodes/{id}/update`: the `node update` flags (docker's body is the whole `NodeSpec`).
+/// `POST /nodes/{id}/update?version=N`: the node's whole new spec (docker's `NodeSpec`, as
+/// `node update|promote|demote` send back the one they read, changed). Absent fields keep
+/// their value.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct NodeUpdateRequest {
-    /// `active`, `pause` or `drain`; absent leaves it.
+    /// The node's labels, all of them (absent or null: unchanged).
+    pub labels: Option<BTreeMap<String, String>>,
+    /// `worker` or `manager`.
+    pub role: Option<String>,
+    /// `active`, `pause` or `drain`.
     pub availability: Option<String>,
-    /// `KEY[=VALUE]`.
-    #[serde(deserialize_with = "null_default")]
-    pub label_add: Vec<String>,
-    /// `KEY`.
-    #[serde(deserialize_with = "null_default")]
-    pub label_rm: Vec<String>,
 }
 
 /// `POST /join` on a manager's join port (its advertise address, `cluster::JOIN_PORT`): the

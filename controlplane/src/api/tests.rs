@@ -257,17 +257,33 @@ fn swarm_requests() {
     wire(&SwarmInitRequest { advertise_addr: Some("10.0.0.1".into()) }, json!({ "AdvertiseAddr": "10.0.0.1" }));
     reads(json!({}), &SwarmInitRequest::default());
 
-    let req = SwarmJoinRequest { token: "T".into(), remote_addr: "10.0.0.1:2377".into(), advertise_addr: None };
-    wire(&req, json!({ "Token": "T", "RemoteAddr": "10.0.0.1:2377", "AdvertiseAddr": null }));
-    reads(json!({ "Token": null, "RemoteAddr": null }), &SwarmJoinRequest::default());
+    // docker's body: the fields netbee does not use are ignored
+    reads(
+        json!({ "ListenAddr": "0.0.0.0:2377", "AdvertiseAddr": "10.0.0.1", "SubnetSize": 24, "DefaultAddrPool": [] }),
+        &SwarmInitRequest { advertise_addr: Some("10.0.0.1".into()) },
+    );
+
+    let req =
+        SwarmJoinRequest { join_token: "T".into(), remote_addrs: vec!["10.0.0.1:2377".into()], advertise_addr: None };
+    wire(&req, json!({ "JoinToken": "T", "RemoteAddrs": ["10.0.0.1:2377"], "AdvertiseAddr": null }));
+    reads(json!({ "JoinToken": null, "RemoteAddrs": null }), &SwarmJoinRequest::default());
+    reads(
+        json!({ "ListenAddr": "0.0.0.0:2377", "RemoteAddrs": ["10.0.0.1:2377"], "JoinToken": "T", "AdvertiseAddr": "",
+                "DataPathAddr": "", "Availability": "" }),
+        &SwarmJoinRequest {
+            join_token: "T".into(),
+            remote_addrs: vec!["10.0.0.1:2377".into()],
+            advertise_addr: Some(String::new()),
+        },
+    );
 
     let req = NodeUpdateRequest {
+        labels: Some([("zone".to_string(), "a".to_string())].into()),
+        role: Some("worker".into()),
         availability: Some("drain".into()),
-        label_add: vec!["a=b".into()],
-        label_rm: vec!["c".into()],
     };
-    wire(&req, json!({ "Availability": "drain", "LabelAdd": ["a=b"], "LabelRm": ["c"] }));
-    reads(json!({ "Availability": null, "LabelAdd": null, "LabelRm": null }), &NodeUpdateRequest::default());
+    wire(&req, json!({ "Labels": { "zone": "a" }, "Role": "worker", "Availability": "drain" }));
+    reads(json!({ "Labels": null, "Role": null, "Availability": null }), &NodeUpdateRequest::default());
 }
 
 #[test]
@@ -586,8 +602,8 @@ fn container_inspect_response() {
 
 #[test]
 fn service_responses() {
-    wire(&ServiceCreateResponse { id: "sid".into() }, json!({ "ID": "sid" }));
-    wire(&ServiceUpdateResponse { id: "sid".into() }, json!({ "ID": "sid" }));
+    wire(&ServiceCreateResponse { id: "sid".into(), warnings: None }, json!({ "ID": "sid", "Warnings": null }));
+    wire(&ServiceUpdateResponse { id: "sid".into(), warnings: None }, json!({ "ID": "sid", "Warnings": null }));
     let summary = ServiceSummary {
         id: "sid".into(),
         name: "s".into(),
@@ -611,6 +627,7 @@ fn service_responses() {
     let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::nanoseconds(6);
     let service = Service {
         id: "sid".into(),
+        version: ObjectVersion { index: 7 },
         created_at: t,
         updated_at: t,
         spec: ServiceSpec {
@@ -620,9 +637,9 @@ fn service_responses() {
             task_template: TaskSpec {
                 container_spec: TaskSpecContainerSpec {
                     image: "host".into(),
-                    command: vec!["whoami".into()],
+                    args: vec!["whoami".into()],
                     env: vec![],
-                    entrypoint: None,
+                    command: None,
                     labels: Default::default(),
                 },
                 placement: TaskSpecPlacement { constraints: vec![] },
@@ -648,6 +665,8 @@ fn service_responses() {
             },
         },
         endpoint: ServiceEndpoint {
+            spec: EndpointSpec::default(),
+            ports: vec![],
             virtual_ips: vec![EndpointVirtualIp {
                 network_id: "nid".into(),
                 network_name: None,
@@ -661,18 +680,19 @@ fn service_responses() {
             completed_at: None,
             message: "rollback completed".into(),
         }),
+        service_status: Some(ServiceStatus { running_tasks: 1, desired_tasks: 2, completed_tasks: 0 }),
     };
     wire(
         &service,
         json!({
-            "ID": "sid",
+            "ID": "sid", "Version": { "Index": 7 },
             "CreatedAt": t, "UpdatedAt": t,
             "Spec": {
                 "Name": "s",
                 "Labels": { "k": "v" },
                 "Mode": { "Replicated": { "Replicas": 2 } },
                 "TaskTemplate": {
-                    "ContainerSpec": { "Image": "host", "Command": ["whoami"], "Env": [], "Labels": {} },
+                    "ContainerSpec": { "Image": "host", "Args": ["whoami"], "Env": [], "Labels": {} },
                     "Placement": { "Constraints": [] },
                     "Networks": [{ "Target": "nid", "Aliases": ["a"] }],
                 },
@@ -689,10 +709,14 @@ fn service_responses() {
                 }] },
             },
             "PreviousSpec": null,
-            "Endpoint": { "VirtualIPs": [{ "NetworkID": "nid", "NetworkName": null, "Addr": "10.0.0.3/24" }] },
+            "Endpoint": {
+                "Spec": { "Mode": "", "Ports": [] }, "Ports": [],
+                "VirtualIPs": [{ "NetworkID": "nid", "NetworkName": null, "Addr": "10.0.0.3/24" }],
+            },
             "UpdateStatus": {
                 "State": "rollback_completed", "StartedAt": t, "CompletedAt": null, "Message": "rollback completed",
             },
+            "ServiceStatus": { "RunningTasks": 1, "DesiredTasks": 2, "CompletedTasks": 0 },
         }),
     );
     let task = Task {
@@ -722,15 +746,30 @@ fn service_responses() {
 
 #[test]
 fn swarm_responses() {
-    let init =
-        SwarmInitResponse { cluster_id: "c".into(), node_id: "n".into(), join_command: "netbee swarm join".into() };
-    wire(&init, json!({ "ClusterID": "c", "NodeID": "n", "JoinCommand": "netbee swarm join" }));
-    wire(&SwarmJoinResponse { message: "m".into() }, json!({ "Message": "m" }));
-    let token = SwarmJoinTokenResponse { token: "T".into(), join_command: "j".into() };
-    wire(&token, json!({ "Token": "T", "JoinCommand": "j" }));
     let t = Utc.with_ymd_and_hms(2024, 1, 2, 3, 4, 5).unwrap();
+    let swarm = Swarm {
+        id: "c".into(),
+        version: ObjectVersion { index: 1 },
+        created_at: t,
+        updated_at: t,
+        spec: SwarmSpec { name: "default".into(), labels: Default::default() },
+        join_tokens: JoinTokens { worker: "W".into(), manager: "M".into() },
+        root_rotation_in_progress: false,
+        default_addr_pool: vec![],
+        subnet_size: 24,
+        data_path_port: 4789,
+    };
+    wire(
+        &swarm,
+        json!({
+            "ID": "c", "Version": { "Index": 1 }, "CreatedAt": t, "UpdatedAt": t,
+            "Spec": { "Name": "default", "Labels": {} }, "JoinTokens": { "Worker": "W", "Manager": "M" },
+            "RootRotationInProgress": false, "DefaultAddrPool": [], "SubnetSize": 24, "DataPathPort": 4789,
+        }),
+    );
     let node = Node {
         id: "nid".into(),
+        version: ObjectVersion { index: 3 },
         is_self: true,
         description: NodeDescription {
             hostname: "h1".into(),
@@ -752,7 +791,7 @@ fn swarm_responses() {
     wire(
         &node,
         json!({
-            "ID": "nid", "Self": true,
+            "ID": "nid", "Version": { "Index": 3 }, "Self": true,
             "Description": { "Hostname": "h1", "Engine": { "EngineVersion": "0.1.0" } },
             "Spec": { "Role": "manager", "Availability": "drain", "Labels": { "k": "v" } },
             "Status": { "State": "ready", "Addr": "192.168.0.1" },
@@ -761,4 +800,67 @@ fn swarm_responses() {
         }),
     );
     assert_eq!(node.manager_status_text(), "Leader");
+}
+
+/// docker's `ServiceSpec` as the docker CLI sends it (`service create` and the whole-spec
+/// update) becomes the request netbee's own CLI sends.
+#[test]
+fn docker_service_spec_becomes_the_request() {
+    let body = json!({
+        "Name": "web",
+        "Labels": { "com.docker.stack.namespace": "st" },
+        "TaskTemplate": {
+            "ContainerSpec": { "Image": "host:latest", "Args": ["whoami", "--port", "8080"], "Env": ["A=1"],
+                               "Labels": { "tier": "web" } },
+            "Placement": { "Constraints": ["node.labels.zone==a"], "Platforms": [{ "Architecture": "amd64", "OS": "linux" }] },
+            "Networks": [{ "Target": "ov", "Aliases": ["www"] }, { "Target": "nid2" }],
+        },
+        "Mode": { "Replicated": { "Replicas": 5 } },
+        "UpdateConfig": { "Parallelism": 2, "Delay": 5_000_000_000u64, "FailureAction": "pause", "Monitor": 0,
+                          "Order": "stop-first" },
+        "EndpointSpec": { "Mode": "vip", "Ports": [
+            { "Protocol": "tcp", "TargetPort": 8080, "PublishedPort": 80, "PublishMode": "ingress" },
+            { "Protocol": "udp", "TargetPort": 53, "PublishedPort": 5353 },
+        ] },
+    });
+    let spec: DockerServiceSpec = serde_json::from_value(body).unwrap();
+    let req = spec.into_request().unwrap();
+    assert_eq!(req.name, "web");
+    assert_eq!(req.image, "host", "the CLI's :latest on netbee's host image");
+    assert_eq!(req.replicas, Some(Replicas::Number(5.into())));
+    assert_eq!(req.publish, ["80:8080/tcp", "5353:53/udp"]);
+    assert_eq!(req.networks, ["ov", "nid2"]);
+    assert_eq!(req.network_aliases, [("ov".to_string(), vec!["www".to_string()])].into());
+    assert_eq!(req.constraints, ["node.labels.zone==a"]);
+    assert_eq!((req.env, req.cmd), (vec!["A=1".to_string()], vec!["whoami".into(), "--port".into(), "8080".into()]));
+    assert_eq!(req.entrypoint, None);
+    assert_eq!(req.container_labels["tier"], "web");
+    assert_eq!(req.labels["com.docker.stack.namespace"], "st");
+    let u = req.update_config;
+    assert_eq!((u.parallelism.as_deref(), u.delay.as_deref()), (Some("2"), Some("5000000000ns")));
+    assert_eq!(u.monitor, None, "a zero monitor keeps the default");
+
+    // stack deploy's mode without a count is one replica (left to the daemon's default)
+    let spec: DockerServiceSpec =
+        serde_json::from_value(json!({ "Name": "db", "TaskTemplate": {}, "Mode": { "Replicated": {} } })).unwrap();
+    assert_eq!(spec.into_request().unwrap().replicas, None);
+
+    // what netbee does not do is refused, naming it
+    for (body, want) in [
+        (json!({ "Name": "g", "TaskTemplate": {}, "Mode": { "Global": {} } }), "only replicated"),
+        (
+            json!({ "Name": "h", "TaskTemplate": {}, "EndpointSpec": { "Ports": [
+                { "TargetPort": 53, "PublishedPort": 53, "PublishMode": "host" }] } }),
+            "publish mode \"host\"",
+        ),
+        (
+            json!({ "Name": "p", "TaskTemplate": {}, "EndpointSpec": { "Ports": [{ "TargetPort": 80 }] } }),
+            "needs a published port",
+        ),
+        (json!({ "Name": "d", "TaskTemplate": {}, "EndpointSpec": { "Mode": "dnsrr" } }), "endpoint mode"),
+    ] {
+        let spec: DockerServiceSpec = serde_json::from_value(body).unwrap();
+        let e = spec.into_request().unwrap_err();
+        assert!(e.contains(want), "{e}");
+    }
 }

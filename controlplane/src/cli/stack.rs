@@ -2,7 +2,7 @@
 //! compose file (`compose.rs`), then creates, updates and removes the networks and services
 //! labelled `com.docker.stack.namespace=NAME` through the ordinary service and network API, so
 //! anything that lists by that label (docker's own `stack ls`) sees the same stacks.
-use std::{collections::BTreeMap, io::Read as _, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, io::Read as _, path::PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 use clap::Subcommand;
@@ -11,7 +11,7 @@ use serde_json::json;
 use super::{enc, humanize, json_only, line, short};
 use crate::{
     api::{
-        Client, Network, NetworkCreateResponse, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
+        Client, Network, NetworkCreateResponse, Service, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
         ServiceUpdateResponse, Task,
     },
     compose::{self, ComposeFile, NAMESPACE_LABEL},
@@ -81,7 +81,8 @@ fn in_stack(labels: &BTreeMap<String, String>, stack: &str) -> bool {
 }
 
 async fn stack_services(c: &Client, stack: &str) -> Result<Vec<ServiceSummary>> {
-    let all: Vec<ServiceSummary> = c.get("/services").await?;
+    let all: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     Ok(all.into_iter().filter(|s| in_stack(&s.labels, stack)).collect())
 }
 
@@ -105,7 +106,8 @@ async fn deploy(c: &Client, files: &[String], prune: bool, stack: &str) -> Resul
         eprintln!("{w}");
     }
     let nets: Vec<Network> = c.get("/networks").await?;
-    let existing: Vec<ServiceSummary> = c.get("/services").await?;
+    let existing: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     for n in &plan.networks {
         let found = nets.iter().find(|x| x.name == n.create.name);
         match found {
@@ -158,7 +160,8 @@ async fn deploy(c: &Client, files: &[String], prune: bool, stack: &str) -> Resul
 
 async fn ls(c: &Client, format: &Option<String>) -> Result<i32> {
     let json = json_only(format)?;
-    let all: Vec<ServiceSummary> = c.get("/services").await?;
+    let all: Vec<ServiceSummary> =
+        c.get::<Vec<Service>>("/services?status=true").await?.iter().map(ServiceSummary::of).collect();
     let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
     for s in &all {
         if let Some(n) = s.labels.get(NAMESPACE_LABEL) {
@@ -259,12 +262,8 @@ async fn ps(c: &Client, format: &Option<String>, stack: &str) -> Result<i32> {
     Ok(0)
 }
 
-/// How long `stack rm` waits for a network's last tasks to stop (they drain their connections
-/// first, up to 20 s) before it gives up on removing it.
-const NETWORK_RM_WAIT: Duration = Duration::from_secs(60);
-
-/// Services first, then the networks once no task is attached to them any more (netbee refuses
-/// to remove a network in use, where docker's CLI would leave that to the daemon).
+/// Services first, then the networks, as docker's CLI does: the daemon removes a network once the
+/// removed services' tasks have left it.
 async fn rm(c: &Client, stacks: &[String]) -> Result<i32> {
     let mut failed = false;
     for stack in stacks {
@@ -285,21 +284,10 @@ async fn rm(c: &Client, stacks: &[String]) -> Result<i32> {
         }
         for n in &nets {
             println!("Removing network {}", n.name);
-            let deadline = tokio::time::Instant::now() + NETWORK_RM_WAIT;
-            loop {
-                match c.delete(&format!("/networks/{}", enc(&n.id))).await {
-                    Ok(()) => break,
-                    Err(e)
-                        if format!("{e:#}").contains("active endpoints") && tokio::time::Instant::now() < deadline =>
-                    {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
-                    }
-                    Err(e) => {
-                        eprintln!("Failed to remove network {}: {e:#}", n.id);
-                        failed = true;
-                        break;
-                    }
-                }
+            // the daemon waits for the removed services' tasks to leave the network
+            if let Err(e) = c.delete(&format!("/networks/{}", enc(&n.id))).await {
+                eprintln!("Failed to remove network {}: {e:#}", n.id);
+                failed = true;
             }
         }
     }

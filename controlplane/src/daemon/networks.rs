@@ -7,10 +7,17 @@ use anyhow::Result;
 use super::Daemon;
 use crate::{
     api::{ApiError, ApiResult, ErrorKind, Ipam, IpamConfig, Network, NetworkConnect, NetworkContainer, NetworkCreate},
-    model::{Attachment, ContainerRecord, Endpoint, NetworkRecord, Status, mac_for_ip, mac_string},
+    model::{
+        Attachment, ContainerRecord, Endpoint, NetworkRecord, ServiceRecord, Status, TaskRecord, TaskState, mac_for_ip,
+        mac_string,
+    },
     names,
     network::{self, Attach, PREDEFINED},
 };
+
+/// How long `network rm` waits for departing tasks to leave the network (a stopping task first
+/// drains its connections, up to 20 s).
+const DEPARTING_TASKS_WAIT: std::time::Duration = std::time::Duration::from_secs(45);
 
 impl Daemon {
     pub async fn network_create(&self, req: NetworkCreate) -> ApiResult<NetworkRecord> {
@@ -40,7 +47,42 @@ impl Daemon {
         Ok(rec)
     }
 
+    /// `network rm`. A network whose only users are tasks being shut down (their service was
+    /// removed or scaled down) is removed once they are gone: `docker stack rm` removes a stack's
+    /// networks right after its services, without waiting. Bounded by [`DEPARTING_TASKS_WAIT`].
     pub async fn network_remove(&self, key: &str) -> ApiResult<()> {
+        let deadline = tokio::time::Instant::now() + DEPARTING_TASKS_WAIT;
+        loop {
+            match self.network_remove_once(key).await {
+                Err(e)
+                    if e.kind == ErrorKind::Conflict
+                        && tokio::time::Instant::now() < deadline
+                        && self.tasks_leaving(key).await =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Whether tasks meant to shut down are still on the network (`key`), and no service uses it.
+    async fn tasks_leaving(&self, key: &str) -> bool {
+        let Ok(net) = self.find_network(key) else { return false };
+        let (Ok(services), Ok(tasks)) =
+            (self.shared().list::<ServiceRecord>().await, self.shared().list::<TaskRecord>().await)
+        else {
+            return false;
+        };
+        !services.iter().any(|s| s.spec.networks.contains(&net.id))
+            && tasks.iter().any(|t| {
+                !t.desired_running
+                    && matches!(t.state, TaskState::Assigned | TaskState::Starting | TaskState::Running)
+                    && t.addrs.iter().any(|(n, _)| *n == net.id)
+            })
+    }
+
+    async fn network_remove_once(&self, key: &str) -> ApiResult<()> {
         let _g = self.op.lock().await;
         let net = self.find_network_or_adopt(key).await?;
         if PREDEFINED.contains(&net.name.as_str()) {

@@ -19,9 +19,8 @@ use crate::{
         ImageImportRequest, ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse,
         ImageReferenceRequest, ImageSaveRequest, ImageSummary, ImageTagRequest, LbFrontend, Network,
         NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
-        NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceSummary, ServiceUpdateRequest,
-        ServiceUpdateResponse, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
-        SwarmJoinTokenResponse, SystemInfo, SystemVersion, Task,
+        NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceUpdateRequest,
+        ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo, SystemVersion, Task,
     },
     metrics::timed,
     model::Status,
@@ -118,15 +117,19 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/services/{id}/update", post(service_update))
         .route("/services/{id}/tasks", get(service_tasks))
         .route("/services/{id}/logs", get(service_logs))
+        // netbee keeps no swarm secrets or configs: their lists are empty (`docker stack rm` reads
+        // them to remove a stack's)
+        .route("/secrets", get(no_swarm_objects))
+        .route("/configs", get(no_swarm_objects))
+        .route("/tasks", get(task_list))
+        .route("/tasks/{id}", get(task_inspect))
+        .route("/swarm", get(swarm_inspect))
         .route("/swarm/init", post(swarm_init))
         .route("/swarm/join", post(swarm_join))
         .route("/swarm/leave", post(swarm_leave))
-        .route("/swarm/join-token", get(swarm_join_token))
         .route("/nodes", get(node_list))
         .route("/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/nodes/{id}/update", post(node_update))
-        .route("/nodes/{id}/promote", post(node_promote))
-        .route("/nodes/{id}/demote", post(node_demote))
         .with_state(d);
     // the version prefix is stripped before routing: a layer on the routes themselves would run
     // after the router matched the prefixed path
@@ -661,25 +664,44 @@ async fn events(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response>
     Ok(ndjson(records))
 }
 
-async fn swarm_init(State(d): D, Body(req): Body<SwarmInitRequest>) -> ApiResult<Json<SwarmInitResponse>> {
-    Ok(Json(d.swarm_init(req.advertise_addr.as_deref()).await?))
+/// `POST /swarm/init`: answered with the new node's id (a JSON string), as docker's.
+async fn swarm_init(State(d): D, Body(req): Body<SwarmInitRequest>) -> ApiResult<Json<String>> {
+    let advertise = req.advertise_addr.as_deref().filter(|a| !a.is_empty());
+    Ok(Json(d.swarm_init(advertise).await?))
 }
 
-async fn swarm_join(State(d): D, Body(req): Body<SwarmJoinRequest>) -> ApiResult<Json<SwarmJoinResponse>> {
-    if req.token.is_empty() || req.remote_addr.is_empty() {
-        return Err(ApiError::bad_request("swarm join needs --token and the manager's address"));
+async fn swarm_join(State(d): D, Body(req): Body<SwarmJoinRequest>) -> NoContent {
+    let Some(remote) = req.remote_addrs.first().filter(|r| !r.is_empty()) else {
+        return Err(ApiError::bad_request("swarm join needs the address of a manager (RemoteAddrs)"));
+    };
+    if req.join_token.is_empty() {
+        return Err(ApiError::bad_request("swarm join needs a join token (JoinToken)"));
     }
-    d.swarm_join(&req.token, &req.remote_addr, req.advertise_addr.as_deref()).await?;
-    Ok(Json(SwarmJoinResponse { message: "This node joined a swarm as a node.".into() }))
-}
-
-async fn swarm_leave(State(d): D, Query(q): Q) -> NoContent {
-    d.swarm_leave(q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
+    let advertise = req.advertise_addr.as_deref().filter(|a| !a.is_empty());
+    d.swarm_join(&req.join_token, remote, advertise).await?;
     Ok(Json(()))
 }
 
-async fn swarm_join_token(State(d): D, Query(q): Q) -> ApiResult<Json<SwarmJoinTokenResponse>> {
-    Ok(Json(d.join_token(q.get("role").map(String::as_str).unwrap_or("worker")).await?))
+async fn swarm_leave(State(d): D, Query(q): Q) -> NoContent {
+    d.swarm_leave(query_bool(&q, "force")).await?;
+    Ok(Json(()))
+}
+
+async fn swarm_inspect(State(d): D) -> ApiResult<Json<Swarm>> {
+    Ok(Json(d.swarm_inspect().await?))
+}
+
+/// A query flag as docker's clients send it: `1`/`true` (Go), `True` (docker-py).
+fn query_bool(q: &HashMap<String, String>, key: &str) -> bool {
+    q.get(key).is_some_and(|v| v == "1" || v == "true" || v == "True")
+}
+
+/// docker's `version` query parameter of an update: the object's version the request was made
+/// from. Absent (netbee's CLI) is not checked.
+fn query_version(q: &HashMap<String, String>, kind: &str) -> ApiResult<Option<u64>> {
+    q.get("version")
+        .map(|v| v.parse().map_err(|_| ApiError::bad_request(format!("invalid {kind} version {v:?}"))))
+        .transpose()
 }
 
 async fn node_list(State(d): D) -> ApiResult<Json<Vec<Node>>> {
@@ -690,46 +712,80 @@ async fn node_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Nod
     Ok(Json(d.node_inspect(&id).await?))
 }
 
-async fn node_update(State(d): D, Path(id): Path<String>, Body(req): Body<NodeUpdateRequest>) -> NoContent {
-    d.node_update(&id, req.availability.as_deref(), &req.label_add, &req.label_rm).await?;
-    Ok(Json(()))
-}
-
-async fn node_promote(State(d): D, Path(id): Path<String>) -> NoContent {
-    d.node_set_role(&id, crate::model::Role::Manager).await?;
-    Ok(Json(()))
-}
-
-async fn node_demote(State(d): D, Path(id): Path<String>) -> NoContent {
-    d.node_set_role(&id, crate::model::Role::Worker).await?;
+/// `POST /nodes/{id}/update?version=N` with the node's whole spec (also promote and demote).
+async fn node_update(
+    State(d): D,
+    Path(id): Path<String>,
+    Query(q): Q,
+    Body(req): Body<NodeUpdateRequest>,
+) -> NoContent {
+    d.node_update(&id, query_version(&q, "node")?, req).await?;
     Ok(Json(()))
 }
 
 async fn node_remove(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
-    d.node_remove(&id, q.get("force").is_some_and(|v| v == "1" || v == "true")).await?;
+    d.node_remove(&id, query_bool(&q, "force")).await?;
     Ok(Json(()))
 }
 
-async fn service_list(State(d): D) -> ApiResult<Json<Vec<ServiceSummary>>> {
-    Ok(Json(d.service_list().await?))
+/// `GET /services?filters=...&status=true`.
+async fn service_list(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<Service>>> {
+    let f =
+        crate::api::filters::Filters::parse(q.get("filters").map(String::as_str), &["id", "name", "label", "mode"])?;
+    Ok(Json(d.service_list(&f, query_bool(&q, "status")).await?))
 }
 
-async fn service_create(State(d): D, Body(req): Body<ServiceCreateRequest>) -> ApiResult<Json<ServiceCreateResponse>> {
+/// A service spec body: docker's `ServiceSpec` (it always has a `TaskTemplate`) is converted to
+/// the request netbee's CLI sends, so both are checked and applied by the same code.
+fn docker_service_spec(v: &serde_json::Value) -> ApiResult<Option<ServiceCreateRequest>> {
+    if v.get("TaskTemplate").is_none() {
+        return Ok(None);
+    }
+    let spec: crate::api::DockerServiceSpec =
+        serde_json::from_value(v.clone()).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?;
+    spec.into_request().map(Some).map_err(ApiError::bad_request)
+}
+
+fn netbee_body<T: DeserializeOwned>(v: serde_json::Value) -> ApiResult<T> {
+    serde_json::from_value(v).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+async fn service_create(
+    State(d): D,
+    Body(body): Body<serde_json::Value>,
+) -> ApiResult<(axum::http::StatusCode, Json<ServiceCreateResponse>)> {
+    let req = match docker_service_spec(&body)? {
+        Some(r) => r,
+        None => netbee_body(body)?,
+    };
     let s = timed("service_create", d.service_create(req)).await?;
-    Ok(Json(ServiceCreateResponse { id: s.id }))
+    Ok((axum::http::StatusCode::CREATED, Json(ServiceCreateResponse { id: s.id, warnings: None })))
 }
 
 async fn service_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Service>> {
     Ok(Json(d.service_inspect(&id).await?))
 }
 
+/// `POST /services/{id}/update?version=N[&rollback=previous]`: docker's whole new spec (or, with
+/// `rollback=previous`, a rollback to the previous spec whatever the body), or netbee's CLI's
+/// changes.
 async fn service_update(
     State(d): D,
     Path(id): Path<String>,
-    Body(req): Body<ServiceUpdateRequest>,
+    Query(q): Q,
+    Body(body): Body<serde_json::Value>,
 ) -> ApiResult<Json<ServiceUpdateResponse>> {
-    let s = timed("service_update", d.service_update(&id, req)).await?;
-    Ok(Json(ServiceUpdateResponse { id: s.id }))
+    let version = query_version(&q, "service")?;
+    let req = match (q.get("rollback").map(String::as_str), docker_service_spec(&body)?) {
+        (Some("previous"), _) => ServiceUpdateRequest { rollback: true, ..Default::default() },
+        (Some(r), _) if !r.is_empty() => {
+            return Err(ApiError::bad_request(format!("invalid rollback value {r:?}: use previous")));
+        }
+        (_, Some(spec)) => ServiceUpdateRequest { spec: Some(spec), ..Default::default() },
+        (_, None) => netbee_body(body)?,
+    };
+    let s = timed("service_update", d.service_update(&id, version, req)).await?;
+    Ok(Json(ServiceUpdateResponse { id: s.id, warnings: None }))
 }
 
 async fn service_remove(State(d): D, Path(id): Path<String>) -> NoContent {
@@ -741,8 +797,53 @@ async fn service_tasks(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Ve
     Ok(Json(d.service_tasks(&id).await?))
 }
 
-async fn service_logs(State(d): D, Path(id): Path<String>) -> ApiResult<Json<Vec<crate::api::ServiceLogLine>>> {
-    Ok(Json(d.service_logs(&id).await?))
+/// `GET /secrets` and `GET /configs`: none (filters are checked as docker's).
+async fn no_swarm_objects(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<serde_json::Value>>> {
+    crate::api::filters::Filters::parse(q.get("filters").map(String::as_str), &["id", "name", "label", "names"])?;
+    d.require_manager().await?;
+    Ok(Json(Vec::new()))
+}
+
+/// `GET /tasks?filters=...`.
+async fn task_list(State(d): D, Query(q): Q) -> ApiResult<Json<Vec<SwarmTask>>> {
+    let f = crate::api::filters::Filters::parse(
+        q.get("filters").map(String::as_str),
+        &["id", "name", "service", "node", "label", "desired-state", "_up-to-date"],
+    )?;
+    Ok(Json(d.task_list(&f).await?))
+}
+
+async fn task_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<SwarmTask>> {
+    Ok(Json(d.task_inspect(&id).await?))
+}
+
+/// `GET /services/{id}/logs`: with docker's `stdout`/`stderr` parameters, docker's multiplexed
+/// stream whose lines carry the swarm context (`com.docker.swarm.node.id=...,...task.id=... `)
+/// the docker CLI resolves into its `web.1.xyz@node |` prefix; without them, netbee's JSON lines.
+async fn service_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let lines = d.service_logs(&id).await?;
+    let (stdout, stderr) = (query_bool(&q, "stdout"), query_bool(&q, "stderr"));
+    if !q.contains_key("stdout") && !q.contains_key("stderr") {
+        return Ok(Json(lines).into_response());
+    }
+    if !stdout && !stderr {
+        return Err(ApiError::bad_request("Bad parameters: you must choose at least one stream"));
+    }
+    let details = query_bool(&q, "details");
+    let mut out = Vec::new();
+    for l in lines.iter().filter(|l| if l.stderr { stderr } else { stdout }) {
+        let context = format!(
+            "com.docker.swarm.node.id={},com.docker.swarm.service.id={},com.docker.swarm.task.id={}",
+            l.node_id, l.service_id, l.task_id
+        );
+        let text = if details { format!("{context} {}\n", l.line) } else { format!("{}\n", l.line) };
+        out.extend(super::engine::frame(if l.stderr { 2 } else { 1 }, text.as_bytes()));
+    }
+    Ok(axum::response::Response::builder()
+        .header("content-type", "application/vnd.docker.multiplexed-stream")
+        .body(axum::body::Body::from(out))
+        .expect("a constant header"))
 }
 
 async fn conntrack_age(State(d): D, Query(q): Q) -> ApiResult<Json<ConntrackAgeResponse>> {

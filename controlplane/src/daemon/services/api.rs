@@ -1,12 +1,15 @@
 //! The service API: create, update, rm, ls, inspect, and the task list `service ps` shows.
+use std::collections::BTreeMap;
+
 use chrono::Utc;
 
 use crate::{
     api::{
         self, ApiError, ApiResult, EndpointPortConfig, EndpointSpec, EndpointVirtualIp, ErrorKind,
-        NetworkAttachmentConfig, Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode,
-        ServiceModeReplicated, ServiceSummary, ServiceUpdateConfig, ServiceUpdateRequest, ServiceUpdateStatus, Task,
-        TaskAddress, TaskSpec, TaskSpecContainerSpec, TaskSpecPlacement,
+        NetworkAttachmentConfig, ObjectVersion, Replicas, Service, ServiceCreateRequest, ServiceEndpoint, ServiceMode,
+        ServiceModeReplicated, ServiceUpdateConfig, ServiceUpdateRequest, ServiceUpdateStatus, SwarmTask,
+        SwarmTaskStatus, Task, TaskAddress, TaskContainerStatus, TaskNetwork, TaskNetworkAttachment, TaskSpec,
+        TaskSpecContainerSpec, TaskSpecPlacement, filters::Filters,
     },
     cluster,
     daemon::Daemon,
@@ -178,10 +181,26 @@ impl Daemon {
         }
     }
 
-    pub async fn service_update(&self, key: &str, req: ServiceUpdateRequest) -> ApiResult<ServiceRecord> {
+    /// Applies `req` to the service; `version` (docker's `?version=`) is the version the
+    /// request was made from: if the service changed since, the request would undo that change
+    /// and is refused.
+    pub async fn service_update(
+        &self,
+        key: &str,
+        version: Option<u64>,
+        req: ServiceUpdateRequest,
+    ) -> ApiResult<ServiceRecord> {
         self.require_service_manager().await?;
         let _g = self.services.op.lock().await;
         let orig = self.find_service(key).await?;
+        if let Some(v) = version
+            && v != ObjectVersion::digest(&(&orig.updated, &orig.spec)).index
+        {
+            return Err(ApiError::conflict(format!(
+                "update out of sequence: service {} changed since version {v} was read",
+                orig.spec.name
+            )));
+        }
         let now = Utc::now();
         let mut s = orig.clone();
         if let Some(spec) = &req.spec {
@@ -407,73 +426,92 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn service_list(&self) -> ApiResult<Vec<ServiceSummary>> {
+    /// `GET /services?filters=...&status=true`: docker's keys `id` (prefix), `name` (prefix, as
+    /// swarmkit's), `label` and `mode`; with `status`, each service's running and desired tasks.
+    pub async fn service_list(&self, f: &Filters, status: bool) -> ApiResult<Vec<Service>> {
         let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-        let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
-        let mut out: Vec<ServiceSummary> = services
-            .iter()
+        let tasks: Vec<TaskRecord> = if status { self.shared().list::<TaskRecord>().await? } else { Vec::new() };
+        let nets = self.networks()?;
+        let mut out: Vec<Service> = services
+            .into_iter()
+            .filter(|s| {
+                f.any("id", |v| s.id.starts_with(v))
+                    && f.any("name", |v| s.spec.name.starts_with(v))
+                    && f.any("mode", |v| v == "replicated")
+                    && f.labels_match(&s.spec.labels)
+            })
             .map(|s| {
-                let running = tasks
-                    .iter()
-                    .filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running)
-                    .count() as u64;
-                ServiceSummary {
-                    id: s.id.clone(),
-                    name: s.spec.name.clone(),
-                    mode: "replicated".into(),
-                    replicas: format!("{running}/{}", s.spec.replicas),
-                    running,
-                    desired: s.spec.replicas,
-                    command: s.spec.cmd.join(" "),
-                    ports: s
-                        .spec
-                        .ports
+                let service_status = status.then(|| {
+                    let running = tasks
                         .iter()
-                        .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.proto))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    image: s.spec.image.clone(),
-                    labels: s.spec.labels.clone(),
-                }
+                        .filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running)
+                        .count() as u64;
+                    api::ServiceStatus { running_tasks: running, desired_tasks: s.spec.replicas, completed_tasks: 0 }
+                });
+                let mut v = api_service(s, &nets);
+                v.service_status = service_status;
+                v
             })
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out.sort_by(|a, b| a.spec.name.cmp(&b.spec.name));
         Ok(out)
     }
 
     pub async fn service_inspect(&self, key: &str) -> ApiResult<Service> {
         let s = self.find_service(key).await?;
+        Ok(api_service(s, &self.networks()?))
+    }
+
+    /// `GET /tasks?filters=...`: docker's keys `id` (prefix), `name` (`SERVICE.SLOT`), `service`
+    /// (id, prefix or name), `node` (id or hostname), `label` (the service's labels),
+    /// `desired-state` and the CLI's `_up-to-date` (tasks of the service's current spec).
+    pub async fn task_list(&self, f: &Filters) -> ApiResult<Vec<SwarmTask>> {
+        let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+        let wanted_nodes: Vec<String> = if f.get("node").is_empty() {
+            Vec::new()
+        } else {
+            let (nodes, _) = self.cluster_nodes().await?;
+            f.get("node")
+                .iter()
+                .map(|k| nodes.iter().find(|n| n.hostname == *k).map_or_else(|| k.clone(), |n| n.id.clone()))
+                .collect()
+        };
+        let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+        tasks.sort_by_key(|a| (a.service_name.clone(), a.slot, std::cmp::Reverse(a.created)));
         let nets = self.networks()?;
-        let virtual_ips: Vec<EndpointVirtualIp> = s
-            .vips
+        Ok(tasks
             .iter()
-            .map(|v| {
-                let net = nets.iter().find(|n| n.id == v.network_id);
-                let prefix = net.and_then(|n| n.ipam.as_ref()).map(|i| i.config().subnet.prefix()).unwrap_or(32);
-                EndpointVirtualIp {
-                    network_id: v.network_id.clone(),
-                    network_name: net.map(|n| n.name.clone()),
-                    addr: format!("{}/{}", v.ip, prefix),
-                }
+            .filter_map(|t| {
+                let s = services.iter().find(|s| s.id == t.service_id)?;
+                let keep = f.any("id", |v| t.id.starts_with(v))
+                    && f.any("name", |v| v == format!("{}.{}", t.service_name, t.slot))
+                    && f.any("service", |v| v == s.spec.name || s.id.starts_with(v))
+                    && (wanted_nodes.is_empty() || wanted_nodes.iter().any(|n| t.node_id.starts_with(n.as_str())))
+                    && f.any("desired-state", |v| v == if t.desired_running { "running" } else { "shutdown" })
+                    && f.any("_up-to-date", |v| (v == "true" || v == "1") == update::up_to_date(s, t))
+                    && f.labels_match(&s.spec.labels);
+                keep.then(|| api_task(s, t, &nets))
             })
-            .collect();
-        Ok(Service {
-            id: s.id,
-            created_at: s.created,
-            updated_at: s.updated,
-            spec: api_spec(s.spec),
-            previous_spec: s.previous_spec.map(api_spec),
-            endpoint: ServiceEndpoint { virtual_ips },
-            update_status: s.update_status.map(|u| ServiceUpdateStatus {
-                state: serde_json::to_value(u.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                started_at: u.started_at,
-                completed_at: u.completed_at,
-                message: u.message,
-            }),
-        })
+            .collect())
+    }
+
+    pub async fn task_inspect(&self, key: &str) -> ApiResult<SwarmTask> {
+        let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
+        let tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+        let mut found = tasks.iter().filter(|t| !key.is_empty() && t.id.starts_with(key));
+        let t = match (found.next(), found.next()) {
+            (Some(t), None) => t,
+            (Some(_), Some(_)) if !tasks.iter().any(|t| t.id == key) => {
+                return Err(ApiError::bad_request(format!("task {key} is ambiguous")));
+            }
+            (Some(_), Some(_)) => tasks.iter().find(|t| t.id == key).expect("checked"),
+            (None, _) => return Err(ApiError::not_found(format!("task {key} not found"))),
+        };
+        let s = services
+            .iter()
+            .find(|s| s.id == t.service_id)
+            .ok_or_else(|| ApiError::not_found(format!("task {key} not found")))?;
+        Ok(api_task(s, t, &self.networks()?))
     }
 
     pub async fn service_tasks(&self, key: &str) -> ApiResult<Vec<Task>> {
@@ -548,9 +586,9 @@ fn api_spec(spec: ServiceSpec) -> api::ServiceSpec {
         task_template: TaskSpec {
             container_spec: TaskSpecContainerSpec {
                 image: spec.image,
-                command: spec.cmd,
+                args: spec.cmd,
                 env: spec.env,
-                entrypoint: spec.entrypoint,
+                command: spec.entrypoint,
                 labels: spec.container_labels,
             },
             placement: TaskSpecPlacement { constraints: spec.constraints },
@@ -614,12 +652,100 @@ impl Daemon {
             for (text, stderr) in [(logs.stdout, false), (logs.stderr, true)] {
                 out.extend(text.lines().map(|l| api::ServiceLogLine {
                     task: task.clone(),
+                    node_id: me.clone(),
+                    service_id: s.id.clone(),
+                    task_id: t.id.clone(),
                     line: l.to_string(),
                     stderr,
                 }));
             }
         }
         Ok(out)
+    }
+}
+
+/// A service as docker's API shows it (without `ServiceStatus`, which only a listing asks for).
+fn api_service(s: ServiceRecord, nets: &[NetworkRecord]) -> Service {
+    let virtual_ips: Vec<EndpointVirtualIp> = s
+        .vips
+        .iter()
+        .map(|v| {
+            let net = nets.iter().find(|n| n.id == v.network_id);
+            let prefix = net.and_then(|n| n.ipam.as_ref()).map(|i| i.config().subnet.prefix()).unwrap_or(32);
+            EndpointVirtualIp {
+                network_id: v.network_id.clone(),
+                network_name: net.map(|n| n.name.clone()),
+                addr: format!("{}/{}", v.ip, prefix),
+            }
+        })
+        .collect();
+    let version = ObjectVersion::digest(&(&s.updated, &s.spec));
+    let spec = api_spec(s.spec);
+    Service {
+        id: s.id,
+        version,
+        created_at: s.created,
+        updated_at: s.updated,
+        endpoint: ServiceEndpoint {
+            spec: spec.endpoint_spec.clone(),
+            ports: spec.endpoint_spec.ports.clone(),
+            virtual_ips,
+        },
+        spec,
+        previous_spec: s.previous_spec.map(api_spec),
+        update_status: s.update_status.map(|u| ServiceUpdateStatus {
+            state: serde_json::to_value(u.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            started_at: u.started_at,
+            completed_at: u.completed_at,
+            message: u.message,
+        }),
+        service_status: None,
+    }
+}
+
+/// A task as docker's API shows it: its state in docker's lower-case words, the spec it runs.
+fn api_task(s: &ServiceRecord, t: &TaskRecord, nets: &[NetworkRecord]) -> SwarmTask {
+    let spec = api_spec(t.spec.clone().unwrap_or_else(|| s.spec.clone()));
+    let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let failed = t.state == TaskState::Failed;
+    SwarmTask {
+        id: t.id.clone(),
+        version: ObjectVersion::digest(&(&t.updated, &t.state, t.desired_running)),
+        created_at: t.created,
+        updated_at: t.updated,
+        labels: BTreeMap::new(),
+        spec: spec.task_template,
+        service_id: s.id.clone(),
+        slot: t.slot,
+        node_id: t.node_id.clone(),
+        status: SwarmTaskStatus {
+            timestamp: t.updated,
+            state,
+            message: if failed { String::new() } else { t.message.clone() },
+            err: if failed { t.message.clone() } else { String::new() },
+            container_status: t.container_id.as_ref().map(|c| TaskContainerStatus {
+                container_id: c.clone(),
+                pid: 0,
+                exit_code: 0,
+            }),
+        },
+        desired_state: if t.desired_running { "running" } else { "shutdown" }.into(),
+        networks_attachments: t
+            .addrs
+            .iter()
+            .map(|(n, ip)| {
+                let prefix = nets
+                    .iter()
+                    .find(|x| x.id == *n)
+                    .and_then(|x| x.ipam.as_ref())
+                    .map(|i| i.config().subnet.prefix())
+                    .unwrap_or(32);
+                TaskNetworkAttachment {
+                    network: TaskNetwork { id: n.clone() },
+                    addresses: vec![format!("{ip}/{prefix}")],
+                }
+            })
+            .collect(),
     }
 }
 

@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::join::join_request;
 use crate::{
-    api::{ApiError, ApiResult, SwarmInitResponse, SwarmJoinTokenResponse},
+    api::{ApiError, ApiResult, JoinTokens, ObjectVersion, Swarm, SwarmSpec},
     cluster::{self, ClusterState},
     daemon::Daemon,
     model::{Availability, ClusterInfo, Membership, NodeRecord, Role, Status},
@@ -14,7 +14,8 @@ use crate::{
 };
 
 impl Daemon {
-    pub async fn swarm_init(self: &Arc<Self>, advertise: Option<&str>) -> ApiResult<SwarmInitResponse> {
+    /// Makes this node the first manager of a new swarm; its node id, as docker answers.
+    pub async fn swarm_init(self: &Arc<Self>, advertise: Option<&str>) -> ApiResult<String> {
         let _g = self.op.lock().await;
         let c = self.cluster()?.clone();
         if c.member().is_some() {
@@ -37,11 +38,7 @@ impl Daemon {
             )));
         }
         self.become_member(&c, &info, addr, Role::Manager).await?;
-        Ok(SwarmInitResponse {
-            cluster_id: id,
-            node_id: c.node_id.clone(),
-            join_command: format!("netbee swarm join --token {} {addr}:{}", info.worker_token, cluster::JOIN_PORT),
-        })
+        Ok(c.node_id.clone())
     }
 
     pub(in crate::daemon) async fn become_member(
@@ -139,17 +136,23 @@ impl Daemon {
         Ok(())
     }
 
-    pub async fn join_token(&self, role: &str) -> ApiResult<SwarmJoinTokenResponse> {
+    /// `GET /swarm`: the swarm and its join tokens (a manager's only, as docker's).
+    pub async fn swarm_inspect(&self) -> ApiResult<Swarm> {
         let c = self.require_manager().await?;
         let info: ClusterInfo =
             c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::not_found("no swarm in the store"))?;
-        let token = match role {
-            "worker" => info.worker_token,
-            "manager" => info.manager_token,
-            r => return Err(ApiError::bad_request(format!("unknown role {r:?}: use worker or manager"))),
-        };
-        let addr = c.member().map(|m| m.advertise).unwrap_or(self.node.uplink_ip);
-        let join_command = format!("netbee swarm join --token {token} {addr}:{}", cluster::JOIN_PORT);
-        Ok(SwarmJoinTokenResponse { token, join_command })
+        Ok(Swarm {
+            id: info.id,
+            // the swarm's settings never change: one version
+            version: ObjectVersion { index: 1 },
+            created_at: info.created,
+            updated_at: info.created,
+            spec: SwarmSpec { name: "default".into(), labels: Default::default() },
+            join_tokens: JoinTokens { worker: info.worker_token, manager: info.manager_token },
+            root_rotation_in_progress: false,
+            default_addr_pool: Vec::new(),
+            subnet_size: 24,
+            data_path_port: 4789,
+        })
     }
 }

@@ -4,7 +4,10 @@ use std::{collections::HashSet, time::Duration};
 use serde_json::Value;
 
 use crate::{
-    api::{ApiError, ApiResult, EngineDescription, ManagerStatus, Node, NodeDescription, NodeSpec, NodeStatus},
+    api::{
+        ApiError, ApiResult, EngineDescription, ManagerStatus, Node, NodeDescription, NodeSpec, NodeStatus,
+        NodeUpdateRequest, ObjectVersion,
+    },
     cluster::{self, ClusterState},
     daemon::Daemon,
     lookup,
@@ -38,6 +41,7 @@ impl Daemon {
                     }),
                 };
                 Node {
+                    version: node_version(&n),
                     is_self: n.id == c.node_id,
                     id: n.id,
                     description: NodeDescription {
@@ -75,36 +79,34 @@ impl Daemon {
         list.into_iter().find(|v| v.id == n.id).ok_or_else(|| ApiError::not_found(format!("node {key} not found")))
     }
 
-    pub async fn node_update(
-        &self,
-        key: &str,
-        availability: Option<&str>,
-        label_add: &[String],
-        label_rm: &[String],
-    ) -> ApiResult<()> {
+    /// `node update|promote|demote`: the node's new spec, whole (docker's), made from
+    /// `version` (a spec read before another update is refused: it would undo that one).
+    pub async fn node_update(&self, key: &str, version: Option<u64>, req: NodeUpdateRequest) -> ApiResult<()> {
         let c = self.require_manager().await?;
         let mut n = self.find_node(c, key).await?;
-        if let Some(a) = availability {
+        if let Some(v) = version
+            && v != node_version(&n).index
+        {
+            return Err(ApiError::conflict(format!(
+                "update out of sequence: node {} changed since version {v} was read",
+                n.hostname
+            )));
+        }
+        if let Some(a) = &req.availability {
             n.availability = Availability::parse(a).map_err(ApiError::bad_request)?;
         }
-        for l in label_add {
-            let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-            if k.is_empty() {
-                return Err(ApiError::bad_request(format!("invalid label {l:?}")));
+        if let Some(labels) = req.labels {
+            if let Some(k) = labels.keys().find(|k| k.is_empty()) {
+                return Err(ApiError::bad_request(format!("invalid label {k:?}: the key is empty")));
             }
-            n.labels.insert(k.to_string(), v.to_string());
+            n.labels = labels;
         }
-        for k in label_rm {
-            n.labels.remove(k);
-        }
-        c.etcd.put(&cluster::key_node(&n.id), &n).await?;
-        c.sync_now.notify_waiters();
-        Ok(())
-    }
-
-    pub async fn node_set_role(&self, key: &str, role: Role) -> ApiResult<()> {
-        let c = self.require_manager().await?;
-        let mut n = self.find_node(c, key).await?;
+        let role = match req.role.as_deref() {
+            None => n.role,
+            Some("manager") => Role::Manager,
+            Some("worker") => Role::Worker,
+            Some(r) => return Err(ApiError::bad_request(format!("invalid role {r:?}: use worker or manager"))),
+        };
         if role == Role::Worker && n.role == Role::Manager {
             let managers = c.nodes().await?.0.iter().filter(|n| n.role == Role::Manager).count();
             if managers <= 1 {
@@ -116,6 +118,7 @@ impl Daemon {
         }
         n.role = role;
         c.etcd.put(&cluster::key_node(&n.id), &n).await?;
+        c.sync_now.notify_waiters();
         Ok(())
     }
 
@@ -140,4 +143,9 @@ impl Daemon {
         c.etcd.delete(&cluster::key_alive(&n.id)).await?;
         Ok(())
     }
+}
+
+/// A node's version: a digest of what `node update` changes (nodes keep no counter).
+fn node_version(n: &NodeRecord) -> ObjectVersion {
+    ObjectVersion::digest(&(&n.role, &n.availability, &n.labels))
 }
