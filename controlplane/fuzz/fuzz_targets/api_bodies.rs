@@ -8,8 +8,9 @@ use std::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use netbee_controlplane::{
     api::{
-        ContainerCreateRequest, DockerServiceSpec, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest,
-        NodeUpdateRequest, Replicas, ServiceCreateRequest, ServiceUpdateRequest, SwarmInitRequest, SwarmJoinRequest,
+        ContainerCreateRequest, DockerServiceSpec, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest,
+        NetworkDisconnectRequest, NodeUpdateRequest, Replicas, ServiceCreateRequest, ServiceUpdateRequest,
+        SwarmInitRequest, SwarmJoinRequest,
     },
     ipam,
     model::Availability,
