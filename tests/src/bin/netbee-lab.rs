@@ -5,7 +5,9 @@
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Result, bail};
-use netbee_lab::{Node, netbee_bin, swarm_lab, sweep_stale, test_image, wait_until, whoami_field};
+use netbee_lab::{
+    Docker, Lab, Node, docker_cli_present, netbee_bin, swarm_lab, sweep_stale, test_image, wait_until, whoami_field,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -171,6 +173,12 @@ fn demo(keep: bool) -> Result<()> {
         )?;
     }
 
+    if docker_cli_present() {
+        docker_cli_part(&lab)?;
+    } else {
+        say("the docker CLI is not on PATH: the part driven by docker's own CLI is left out");
+    }
+
     say("the daemon restarts; containers and forwarding keep going");
     node.kill_daemon()?;
     let during = ext.sh(&format!("curl -s -m 5 {url}"))?;
@@ -182,6 +190,7 @@ fn demo(keep: bool) -> Result<()> {
     if keep {
         say("the lab stays up; use the CLI by hand:");
         println!("  export NETBEE_HOST=unix://{}", node.socket().display());
+        println!("  export DOCKER_HOST=unix://{}   # docker's own CLI works too", node.socket().display());
         println!("  {bin} ps ; {bin} network ls ; {bin} exec client curl -s http://{web_ip}:8080/");
         println!("  ip netns exec {} curl -s {url}", ext.name());
         println!("  {bin} run -d --name more --network demo host sleep 600");
@@ -192,5 +201,92 @@ fn demo(keep: bool) -> Result<()> {
         say("use the CLI by hand: `cargo xtask demo -- --keep` leaves this lab up and prints how to reach it");
     }
     say("demo passed; removing the lab");
+    Ok(())
+}
+
+fn docker_step(d: &Docker, args: &[&str]) -> Result<String> {
+    println!("$ docker {}", args.join(" "));
+    let out = d.ok(args)?;
+    print!("{out}");
+    Ok(out)
+}
+
+/// The same daemon driven by docker's own CLI (`DOCKER_HOST` set to n1's socket): the Engine API
+/// is netbee's only API, so a container with a published port and a replicated service behind the
+/// routing mesh behave as above.
+fn docker_cli_part(lab: &Lab) -> Result<()> {
+    let (node, node2) = (lab.node("n1"), lab.node("n2"));
+    let ext = lab.external("x1");
+    let bin = netbee_bin();
+    let bin = bin.to_str().unwrap();
+    let d = Docker::new(lab, node)?;
+    say(&format!("docker's own CLI speaks to the same daemon: export DOCKER_HOST={}", d.host()));
+    docker_step(
+        &d,
+        &["version", "--format", "client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})"],
+    )?;
+    docker_step(&d, &["network", "create", "--subnet", "172.30.0.0/24", "dnet"])?;
+    println!("$ docker run -d --name dweb --network dnet -p 8002:8080 host {bin} whoami --port 8080");
+    d.run_whoami("dweb", &["--network", "dnet", "-p", "8002:8080"], 8080)?;
+    docker_step(&d, &["ps", "--format", "table {{.Names}}\t{{.Image}}\t{{.Ports}}\t{{.Status}}"])?;
+    let ip = d.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}", "dweb"])?;
+    check(ip.trim().starts_with("172.30.0."), &format!("docker inspect shows dweb's address on dnet ({})", ip.trim()))?;
+    let url = format!("http://{}:8002/", node.addr());
+    println!("[{}]$ curl -s {url}", ext.name());
+    let answer = ext.sh(&format!("curl -s -m 5 {url}"))?;
+    print!("{answer}");
+    check(
+        whoami_field(&answer, "RemoteAddr").is_some_and(|r| r.starts_with(&format!("{}:", ext.addr()))),
+        "the container published by `docker run -p` saw the external client's address",
+    )?;
+
+    say("docker service create: 3 replicas behind the routing mesh, the CLI's progress display until they run");
+    docker_step(
+        &d,
+        &[
+            "service",
+            "create",
+            "--name",
+            "who",
+            "--replicas",
+            "3",
+            "-p",
+            "8090:8080",
+            "host",
+            bin,
+            "whoami",
+            "--port",
+            "8080",
+        ],
+    )?;
+    docker_step(&d, &["service", "ls"])?;
+    docker_step(&d, &["service", "ps", "who", "--format", "table {{.Name}}\t{{.Node}}\t{{.CurrentState}}"])?;
+    for n in [node, node2] {
+        let url = format!("http://{}:8090/", n.addr());
+        wait_until(Duration::from_secs(10), &format!("all 3 tasks behind {url}"), || {
+            let seen: std::collections::BTreeSet<String> = (0..3)
+                .filter_map(|_| ext.sh(&format!("curl -s -m 5 {url}")).ok())
+                .filter_map(|a| whoami_field(&a, "Hostname"))
+                .collect();
+            seen.len() == 3
+        })?;
+        println!("[{}]$ for i in $(seq 6); do curl -s {url}; done   (Hostname and RemoteAddr of each)", ext.name());
+        let mut hosts = Vec::new();
+        for _ in 0..6 {
+            let a = ext.sh(&format!("curl -s -m 5 {url}"))?;
+            let (h, r) =
+                (whoami_field(&a, "Hostname").unwrap_or_default(), whoami_field(&a, "RemoteAddr").unwrap_or_default());
+            println!("   {h}  saw {r}");
+            check(r.starts_with(&format!("{}:", ext.addr())), "the task saw the external client's address")?;
+            hosts.push(h);
+        }
+        check(
+            hosts[..3] == hosts[3..] && hosts[..3].iter().collect::<std::collections::BTreeSet<_>>().len() == 3,
+            &format!("via {}: strict round robin over the 3 tasks ({hosts:?})", n.name()),
+        )?;
+    }
+    docker_step(&d, &["service", "rm", "who"])?;
+    docker_step(&d, &["rm", "-f", "dweb"])?;
+    docker_step(&d, &["network", "rm", "dnet"])?;
     Ok(())
 }
