@@ -264,6 +264,21 @@ struct DaemonArgs {
     /// control API stays on the unix socket).
     #[arg(long = "metrics-addr", value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the API on TCP at ADDR:PORT, only with --tlsverify (clients need a certificate).
+    #[arg(long = "api-tcp", value_name = "ADDR:PORT")]
+    api_tcp: Option<std::net::SocketAddr>,
+    /// Require a client certificate signed by --tlscacert on --api-tcp (docker's model).
+    #[arg(long)]
+    tlsverify: bool,
+    /// CA certificate (PEM) that signs the clients' certificates.
+    #[arg(long, value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
+    /// The daemon's certificate (PEM) for --api-tcp.
+    #[arg(long, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// The daemon's private key (PEM) for --api-tcp.
+    #[arg(long, value_name = "FILE")]
+    tlskey: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -818,6 +833,13 @@ fn run_daemon(a: DaemonArgs) -> Result<i32> {
         discard_state: a.discard_state,
         insecure_registries: a.insecure_registries,
         metrics_addr: a.metrics_addr,
+        api_tls: daemon::api_tls::from_flags(daemon::api_tls::TlsFlags {
+            addr: a.api_tcp,
+            verify: a.tlsverify,
+            ca: a.tlscacert.as_deref(),
+            cert: a.tlscert.as_deref(),
+            key: a.tlskey.as_deref(),
+        })?,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let r = rt.block_on(daemon::run(cfg));

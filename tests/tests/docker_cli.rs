@@ -1,87 +1,11 @@
 //! The real docker CLI (28.2.2, client only) drives netbee through the daemon's socket: every
 //! command here is docker's own binary, and the tests check what it changed on the node (packets,
 //! addresses), not only its exit code.
-use std::{path::PathBuf, process::Output, time::Duration};
+use std::time::Duration;
 
 use anyhow::{Result, bail};
-use netbee_lab::{Lab, Node, netbee_bin, single_node_lab, swarm_lab, test_image, wait_until, whoami_field};
+use netbee_lab::{Docker, Lab, netbee_bin, single_node_lab, swarm_lab, test_image, wait_until, whoami_field};
 use serde_json::Value;
-
-/// The docker CLI pointed at one node's socket, with a config dir of its own so nothing reads or
-/// writes ~/.docker.
-struct Docker {
-    host: String,
-    config: PathBuf,
-}
-
-impl Docker {
-    fn new(lab: &Lab, node: &Node) -> Result<Docker> {
-        let config = lab.dir().join(format!("docker-config-{}", node.short_name()));
-        std::fs::create_dir_all(&config)?;
-        Ok(Docker { host: format!("unix://{}", node.socket().display()), config })
-    }
-
-    fn output_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = std::process::Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_API_VERSION")
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(std::process::Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap_or_else(|e| panic!("cannot run the docker CLI (is it on PATH?): {e}"))
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.output_env(args, &[])
-    }
-
-    /// stdout of a command that must succeed.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        if !o.status.success() {
-            bail!(
-                "docker {args:?} failed ({}): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// stderr of a command that must fail.
-    fn refused(&self, args: &[&str]) -> String {
-        let o = self.output(args);
-        assert!(!o.status.success(), "docker {args:?} should fail but printed {}", String::from_utf8_lossy(&o.stdout));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-
-    fn inspect(&self, args: &[&str]) -> Result<Value> {
-        let out = self.ok(args)?;
-        let v: Value = serde_json::from_str(&out)?;
-        Ok(v[0].clone())
-    }
-
-    /// `docker run -d --name NAME EXTRA host <netbee> whoami --port PORT`, waiting until it listens.
-    fn run_whoami(&self, name: &str, extra: &[&str], port: u16) -> Result<String> {
-        let bin = netbee_bin();
-        let port_s = port.to_string();
-        let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["host", bin.to_str().unwrap(), "whoami", "--port", &port_s]);
-        let id = self.ok(&args)?.trim().to_string();
-        wait_until(Duration::from_secs(10), &format!("{name} listening"), || {
-            let o = self.output(&["logs", name]);
-            String::from_utf8_lossy(&o.stdout).contains("listening")
-                || String::from_utf8_lossy(&o.stderr).contains("listening")
-        })?;
-        Ok(id)
-    }
-}
 
 #[test]
 fn version_negotiation_ping_version_info() -> Result<()> {
@@ -90,9 +14,10 @@ fn version_negotiation_ping_version_info() -> Result<()> {
     let docker = Docker::new(&lab, n)?;
 
     // the CLI negotiates 1.50 and prints the server's engine component
-    let v = docker.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}} {{.Server.Os}}"])?;
+    let v =
+        docker.stdout(&["version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}} {{.Server.Os}}"])?;
     assert_eq!(v.trim(), "1.50 1.41 linux");
-    let full = docker.ok(&["version"])?;
+    let full = docker.stdout(&["version"])?;
     assert!(full.contains("Engine:") && full.contains("API version:      1.50 (minimum version 1.41)"), "{full}");
 
     // an older client version inside the range is served under its prefix; one outside is
@@ -106,15 +31,15 @@ fn version_negotiation_ping_version_info() -> Result<()> {
     assert!(err.contains("client version 1.40 is too old. Minimum supported API version is 1.41"), "{err}");
 
     // info: counts of what the node has, outside a swarm
-    docker.ok(&["run", "-d", "--name", "s1", "host", "sleep", "600"])?;
-    docker.ok(&["create", "--name", "s2", "host", "sleep", "600"])?;
-    let info = docker.ok(&[
+    docker.stdout(&["run", "-d", "--name", "s1", "host", "sleep", "600"])?;
+    docker.stdout(&["create", "--name", "s2", "host", "sleep", "600"])?;
+    let info = docker.stdout(&[
         "info",
         "--format",
         "{{.Containers}} {{.ContainersRunning}} {{.ContainersStopped}} {{.Driver}} {{.Swarm.LocalNodeState}} {{.OSType}}",
     ])?;
     assert_eq!(info.trim(), "2 1 1 overlayfs inactive linux");
-    let text = docker.ok(&["system", "info"])?;
+    let text = docker.stdout(&["system", "info"])?;
     for line in ["Containers: 2", "Running: 1", "Stopped: 1", "Swarm: inactive", "Storage Driver: overlayfs"] {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
@@ -130,7 +55,7 @@ fn networks_with_the_docker_cli() -> Result<()> {
     let docker = Docker::new(&lab, n)?;
 
     let id = docker
-        .ok(&[
+        .stdout(&[
             "network",
             "create",
             "--driver",
@@ -148,20 +73,20 @@ fn networks_with_the_docker_cli() -> Result<()> {
         .trim()
         .to_string();
     assert_eq!(id.len(), 64, "the CLI prints the full ID: {id}");
-    docker.ok(&["network", "create", "--internal", "--label", "team=b", "back"])?;
+    docker.stdout(&["network", "create", "--internal", "--label", "team=b", "back"])?;
 
     // ls: the default table, -q, both filter encodings' keys, --format
-    let ls = docker.ok(&["network", "ls"])?;
+    let ls = docker.stdout(&["network", "ls"])?;
     assert!(ls.starts_with("NETWORK ID"), "{ls}");
     for name in ["bridge", "host", "none", "app", "back"] {
         assert!(ls.lines().any(|l| l.split_whitespace().nth(1) == Some(name)), "{name} in\n{ls}");
     }
-    let q = docker.ok(&["network", "ls", "-q", "--filter", "name=app"])?;
+    let q = docker.stdout(&["network", "ls", "-q", "--filter", "name=app"])?;
     assert_eq!(q.trim(), &id[..12]);
-    let by_label = docker.ok(&["network", "ls", "--filter", "label=team=b", "--format", "{{.Name}}"])?;
+    let by_label = docker.stdout(&["network", "ls", "--filter", "label=team=b", "--format", "{{.Name}}"])?;
     assert_eq!(by_label.trim(), "back");
     let custom =
-        docker.ok(&["network", "ls", "--filter", "type=custom", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"])?;
+        docker.stdout(&["network", "ls", "--filter", "type=custom", "--format", "{{.Name}} {{.Driver}} {{.Scope}}"])?;
     let mut custom: Vec<&str> = custom.lines().collect();
     custom.sort();
     assert_eq!(custom, ["app bridge local", "back bridge local"]);
@@ -173,31 +98,31 @@ fn networks_with_the_docker_cli() -> Result<()> {
     assert_eq!(v["IPAM"]["Config"][0]["Gateway"], "10.61.0.254");
     assert_eq!(v["IPAM"]["Config"][0]["IPRange"], "10.61.0.128/25");
     assert_eq!(v["Labels"]["team"], "a");
-    let internal = docker.ok(&["network", "inspect", "--format", "{{.Internal}}", &id[..10]])?;
+    let internal = docker.stdout(&["network", "inspect", "--format", "{{.Internal}}", &id[..10]])?;
     assert_eq!(internal.trim(), "false");
-    assert_eq!(docker.ok(&["network", "inspect", "--format", "{{.Internal}}", "back"])?.trim(), "true");
+    assert_eq!(docker.stdout(&["network", "inspect", "--format", "{{.Internal}}", "back"])?.trim(), "true");
 
     // two containers on it reach each other by name; inspect shows the addresses the
     // containers really have
     docker.run_whoami("a1", &["--network", "app"], 8080)?;
     docker.run_whoami("a2", &["--network", "app"], 8080)?;
-    let ip1 = docker.ok(&["inspect", "--format", "{{.NetworkSettings.Networks.app.IPAddress}}", "a1"])?;
+    let ip1 = docker.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.app.IPAddress}}", "a1"])?;
     let ip1 = ip1.trim();
     assert!(ip1.starts_with("10.61.0.") && ip1.rsplit('.').next().unwrap().parse::<u8>()? >= 128, "{ip1}");
     let answer = n.exec("a2", &["curl", "-s", "-m", "3", "http://a1:8080/"])?;
     assert!(answer.contains(&format!("IP: {ip1}")), "a2 -> a1 by name: {answer}");
-    let ip2 = docker.ok(&["inspect", "--format", "{{.NetworkSettings.Networks.app.IPAddress}}", "a2"])?;
+    let ip2 = docker.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.app.IPAddress}}", "a2"])?;
     assert!(whoami_field(&answer, "RemoteAddr").unwrap().starts_with(&format!("{}:", ip2.trim())), "{answer}");
     let v = docker.inspect(&["network", "inspect", "app"])?;
     assert_eq!(v["Containers"].as_object().unwrap().len(), 2, "{v}");
 
     // connect / disconnect a running container: it gets an address on back and answers there
-    docker.ok(&["network", "connect", "back", "a1"])?;
-    let back_ip = docker.ok(&["inspect", "--format", "{{.NetworkSettings.Networks.back.IPAddress}}", "a1"])?;
+    docker.stdout(&["network", "connect", "back", "a1"])?;
+    let back_ip = docker.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.back.IPAddress}}", "a1"])?;
     let back_ip = back_ip.trim().to_string();
     assert!(!back_ip.is_empty());
     n.exec("a1", &["ip", "-4", "addr"]).map(|a| assert!(a.contains(&back_ip), "{a}"))?;
-    docker.ok(&["network", "disconnect", "back", "a1"])?;
+    docker.stdout(&["network", "disconnect", "back", "a1"])?;
     let a = n.exec("a1", &["ip", "-4", "addr"])?;
     assert!(!a.contains(&back_ip), "disconnected: {a}");
 
@@ -214,18 +139,18 @@ fn networks_with_the_docker_cli() -> Result<()> {
     assert!(e.contains("active endpoints"), "{e}");
     let e = docker.refused(&["network", "ls", "--filter", "colour=red"]);
     assert!(e.contains("invalid filter 'colour'"), "{e}");
-    assert!(docker.ok(&["network", "ls", "-q"])?.lines().count() == 5);
+    assert!(docker.stdout(&["network", "ls", "-q"])?.lines().count() == 5);
 
     // prune removes back (unused) and keeps app (in use) and the predefined ones
-    let pruned = docker.ok(&["network", "prune", "-f"])?;
+    let pruned = docker.stdout(&["network", "prune", "-f"])?;
     assert!(pruned.contains("back") && !pruned.contains("app"), "{pruned}");
-    let left = docker.ok(&["network", "ls", "--format", "{{.Name}}"])?;
+    let left = docker.stdout(&["network", "ls", "--format", "{{.Name}}"])?;
     let mut left: Vec<&str> = left.lines().collect();
     left.sort();
     assert_eq!(left, ["app", "bridge", "host", "none"]);
-    docker.ok(&["rm", "-f", "a1", "a2"])?;
-    docker.ok(&["network", "rm", "app"])?;
-    assert!(!docker.ok(&["network", "ls"])?.contains(" app "));
+    docker.stdout(&["rm", "-f", "a1", "a2"])?;
+    docker.stdout(&["network", "rm", "app"])?;
+    assert!(!docker.stdout(&["network", "ls"])?.contains(" app "));
     Ok(())
 }
 
@@ -241,15 +166,15 @@ fn containers_with_the_docker_cli() -> Result<()> {
     assert_eq!(id.len(), 64, "{id}");
     let answer = x.sh(&format!("curl -s -m 3 http://{}:8080/", n.addr()))?;
     assert!(whoami_field(&answer, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())), "{answer}");
-    let ip = docker.ok(&["inspect", "--format", "{{.NetworkSettings.Networks.bridge.IPAddress}}", "web"])?;
+    let ip = docker.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.bridge.IPAddress}}", "web"])?;
     assert!(answer.contains(&format!("IP: {}", ip.trim())), "inspect shows the address it answers on: {answer}");
 
     // ps, ps -q, filters, --format
-    let ps = docker.ok(&["ps"])?;
+    let ps = docker.stdout(&["ps"])?;
     assert!(ps.contains("0.0.0.0:8080->8080/tcp") && ps.contains(" web\n"), "{ps}");
-    assert_eq!(docker.ok(&["ps", "-q"])?.trim(), &id[..12]);
-    assert_eq!(docker.ok(&["ps", "--filter", "label=tier=web", "--format", "{{.Names}}"])?.trim(), "web");
-    assert_eq!(docker.ok(&["ps", "--filter", "name=nosuch", "-q"])?.trim(), "");
+    assert_eq!(docker.stdout(&["ps", "-q"])?.trim(), &id[..12]);
+    assert_eq!(docker.stdout(&["ps", "--filter", "label=tier=web", "--format", "{{.Names}}"])?.trim(), "web");
+    assert_eq!(docker.stdout(&["ps", "--filter", "name=nosuch", "-q"])?.trim(), "");
 
     // inspect: ports, state, env; port
     let v = docker.inspect(&["inspect", "web"])?;
@@ -257,7 +182,7 @@ fn containers_with_the_docker_cli() -> Result<()> {
     assert_eq!(v["State"]["Running"], true);
     assert!(v["State"]["Pid"].as_i64().unwrap() > 0);
     assert!(v["Config"]["Env"].as_array().unwrap().iter().any(|e| e == "GREETING=hi"), "{v}");
-    assert_eq!(docker.ok(&["port", "web"])?.trim(), "8080/tcp -> 0.0.0.0:8080");
+    assert_eq!(docker.stdout(&["port", "web"])?.trim(), "8080/tcp -> 0.0.0.0:8080");
 
     // logs, also --tail and -t
     let logs = docker.output(&["logs", "web"]);
@@ -269,58 +194,61 @@ fn containers_with_the_docker_cli() -> Result<()> {
     assert!(first.starts_with("20") && first.split(' ').next().unwrap().ends_with('Z'), "timestamped: {t}");
 
     // logs -f follows until the container exits
-    docker.ok(&["run", "-d", "--name", "talker", "host", "sh", "-c", "echo one; sleep 1; echo two >&2; sleep 1"])?;
+    docker.stdout(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        "host",
+        "sh",
+        "-c",
+        "echo one; sleep 1; echo two >&2; sleep 1",
+    ])?;
     let f = docker.output(&["logs", "-f", "talker"]);
     assert!(f.status.success());
     assert_eq!(String::from_utf8_lossy(&f.stdout), "one\n", "stdout frames to stdout");
     assert_eq!(String::from_utf8_lossy(&f.stderr), "two\n", "stderr frames to stderr, the line written later");
-    docker.ok(&["rm", "talker"])?;
+    docker.stdout(&["rm", "talker"])?;
 
     // stop: ps -a shows it exited and the port no longer answers; start again answers
-    docker.ok(&["stop", "web"])?;
-    let st = docker.ok(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Names}} {{.Status}}"])?;
+    docker.stdout(&["stop", "web"])?;
+    let st = docker.stdout(&["ps", "-a", "--filter", "status=exited", "--format", "{{.Names}} {{.Status}}"])?;
     assert!(st.starts_with("web Exited ("), "{st}");
     assert!(x.sh(&format!("curl -s -m 2 http://{}:8080/", n.addr())).is_err(), "stopped: nothing answers");
-    docker.ok(&["restart", "web"])?;
+    docker.stdout(&["restart", "web"])?;
     wait_until(Duration::from_secs(10), "web answers again", || {
         x.sh(&format!("curl -s -m 2 http://{}:8080/", n.addr())).is_ok_and(|a| a.contains("Hostname"))
     })?;
 
     // wait returns the exit code once the container is killed
     let waiter = {
-        let (host, config) = (docker.host.clone(), docker.config.clone());
-        std::thread::spawn(move || {
-            std::process::Command::new("docker")
-                .args(["wait", "web"])
-                .env("DOCKER_HOST", host)
-                .env("DOCKER_CONFIG", config)
-                .output()
-        })
+        let mut wait = docker.command(&["wait", "web"]);
+        std::thread::spawn(move || wait.output())
     };
     std::thread::sleep(Duration::from_millis(500));
-    docker.ok(&["kill", "web"])?;
+    docker.stdout(&["kill", "web"])?;
     let out = waiter.join().unwrap()?;
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "137", "{}", String::from_utf8_lossy(&out.stderr));
 
     // rename, then rm -f by the new name
-    docker.ok(&["rename", "web", "web2"])?;
-    assert_eq!(docker.ok(&["ps", "-a", "--format", "{{.Names}}"])?.trim(), "web2");
-    docker.ok(&["rm", "-f", "web2"])?;
-    assert_eq!(docker.ok(&["ps", "-aq"])?.trim(), "");
+    docker.stdout(&["rename", "web", "web2"])?;
+    assert_eq!(docker.stdout(&["ps", "-a", "--format", "{{.Names}}"])?.trim(), "web2");
+    docker.stdout(&["rm", "-f", "web2"])?;
+    assert_eq!(docker.stdout(&["ps", "-aq"])?.trim(), "");
 
     // errors: docker's messages; create answers 404 only for a missing image
     let e = docker.refused(&["stop", "nosuch"]);
     assert!(e.contains("No such container: nosuch"), "{e}");
     let e = docker.refused(&["run", "-d", "--network", "nosuch", "host", "sleep", "1"]);
     assert!(e.contains("network nosuch not found") && !e.contains("Unable to find image"), "{e}");
-    docker.ok(&["run", "-d", "--name", "dup", "host", "sleep", "600"])?;
+    docker.stdout(&["run", "-d", "--name", "dup", "host", "sleep", "600"])?;
     let e = docker.refused(&["run", "-d", "--name", "dup", "host", "sleep", "600"]);
     assert!(e.contains("The container name \"/dup\" is already in use"), "{e}");
     let e = docker.refused(&["rm", "dup"]);
     assert!(e.contains("cannot remove a running container"), "{e}");
     let e = docker.refused(&["run", "-d", "-p", "70000:80", "host", "sleep", "1"]);
     assert!(e.contains("70000"), "{e}");
-    assert_eq!(docker.ok(&["ps", "-aq"])?.lines().count(), 1, "nothing was created by the refused runs");
+    assert_eq!(docker.stdout(&["ps", "-aq"])?.lines().count(), 1, "nothing was created by the refused runs");
     Ok(())
 }
 
@@ -330,18 +258,18 @@ fn images_with_the_docker_cli() -> Result<()> {
     let n = lab.node("n1");
     let docker = Docker::new(&lab, n)?;
     let tar = test_image("busybox-1.tar");
-    let loaded = docker.ok(&["load", "-i", tar.to_str().unwrap()])?;
+    let loaded = docker.stdout(&["load", "-i", tar.to_str().unwrap()])?;
     assert!(loaded.contains("Loaded image"), "{loaded}");
-    let images = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
+    let images = docker.stdout(&["images", "--format", "{{.Repository}}:{{.Tag}}"])?;
     let name = images.lines().next().unwrap_or_default().to_string();
     assert!(!name.is_empty(), "{images}");
-    docker.ok(&["tag", &name, "mybox:v1"])?;
-    let images = docker.ok(&["images"])?;
+    docker.stdout(&["tag", &name, "mybox:v1"])?;
+    let images = docker.stdout(&["images"])?;
     assert!(images.contains("mybox") && images.contains("v1"), "{images}");
     let v = docker.inspect(&["image", "inspect", "mybox:v1"])?;
     assert!(v["Id"].as_str().unwrap().starts_with("sha256:"), "{v}");
     // a container of the image runs its command in the image's root
-    docker.ok(&[
+    docker.stdout(&[
         "run",
         "-d",
         "--name",
@@ -352,16 +280,16 @@ fn images_with_the_docker_cli() -> Result<()> {
         "cat /etc/os-release 2>/dev/null; ls /bin | head -3; sleep 600",
     ])?;
     wait_until(Duration::from_secs(10), "bb printed", || {
-        docker.ok(&["logs", "bb"]).is_ok_and(|l| !l.trim().is_empty())
+        docker.stdout(&["logs", "bb"]).is_ok_and(|l| !l.trim().is_empty())
     })?;
     // the image a container uses is not deleted (by ID: untagging a second name is allowed)
     let image_id = v["Id"].as_str().unwrap().trim_start_matches("sha256:")[..12].to_string();
     let e = docker.refused(&["rmi", &image_id]);
     assert!(e.contains("Error response from daemon") && e.contains("conflict"), "{e}");
-    docker.ok(&["rm", "-f", "bb"])?;
-    let untagged = docker.ok(&["rmi", "mybox:v1"])?;
+    docker.stdout(&["rm", "-f", "bb"])?;
+    let untagged = docker.stdout(&["rmi", "mybox:v1"])?;
     assert!(untagged.contains("Untagged: mybox:v1"), "{untagged}");
-    assert!(!docker.ok(&["images"])?.contains("mybox"));
+    assert!(!docker.stdout(&["images"])?.contains("mybox"));
     let e = docker.refused(&["image", "inspect", "nosuch:1"]);
     assert!(e.contains("nosuch"), "{e}");
     Ok(())
@@ -381,28 +309,166 @@ fn swarm_info_and_node_ls_with_the_docker_cli() -> Result<()> {
     // the manager: its node ID, the counts, the cluster section `docker info` prints
     let f =
         "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.Nodes}} {{.Swarm.Managers}} {{.Swarm.NodeID}}";
-    assert_eq!(d1.ok(&["info", "--format", f])?.trim(), format!("active true 2 1 {id1}"));
-    let text = d1.ok(&["system", "info"])?;
+    assert_eq!(d1.stdout(&["info", "--format", f])?.trim(), format!("active true 2 1 {id1}"));
+    let text = d1.stdout(&["system", "info"])?;
     for line in
         ["Swarm: active", &format!("NodeID: {id1}"), "Is Manager: true", "ClusterID: ", "Managers: 1", "Nodes: 2"]
     {
         assert!(text.contains(line), "{line} missing in\n{text}");
     }
     // a worker: in the swarm, no control
-    let w = d2.ok(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"])?;
+    let w = d2.stdout(&["info", "--format", "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}}"])?;
     assert_eq!(w.trim(), "active false");
 
     // node ls: both nodes, this one marked, the leader named
-    let ls = d1.ok(&["node", "ls"])?;
+    let ls = d1.stdout(&["node", "ls"])?;
     let me = ls.lines().find(|l| l.contains(&id1)).unwrap_or_else(|| panic!("{ls}"));
     assert!(
         me.contains(&format!("{id1} *")) && me.contains("Ready") && me.contains("Active") && me.contains("Leader"),
         "{ls}"
     );
     assert_eq!(ls.lines().count(), 3, "{ls}");
-    let f = d1.ok(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"])?;
+    let f = d1.stdout(&["node", "ls", "--format", "{{.Hostname}} {{.ManagerStatus}}"])?;
     let mut f: Vec<&str> = f.lines().collect();
     f.sort();
     assert_eq!(f, ["n1 Leader", "n2 "]);
+    Ok(())
+}
+
+/// openssl's commands for a CA, and a certificate it signs for `cn` with `ext` (subjectAltName,
+/// extendedKeyUsage), in `dir` as `<name>.pem` and `<name>-key.pem`.
+fn openssl_ca(dir: &std::path::Path, name: &str) -> Result<()> {
+    let d = dir.display();
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(format!(
+            "cd {d} && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+             -subj /CN={name} -keyout {name}-key.pem -out {name}.pem 2>&1"
+        ))
+        .output()?;
+    if !o.status.success() {
+        bail!("openssl (CA {name}): {}", String::from_utf8_lossy(&o.stdout));
+    }
+    Ok(())
+}
+
+fn openssl_signed(dir: &std::path::Path, ca: &str, name: &str, ext: &str) -> Result<()> {
+    let d = dir.display();
+    let o = std::process::Command::new("sh")
+        .arg("-ec")
+        .arg(format!(
+            "cd {d} && printf '{ext}\\n' > {name}.ext && \
+             openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN={name} \
+             -keyout {name}-key.pem -out {name}.csr 2>&1 && \
+             openssl x509 -req -days 2 -in {name}.csr -CA {ca}.pem -CAkey {ca}-key.pem -CAcreateserial \
+             -extfile {name}.ext -out {name}.pem 2>&1"
+        ))
+        .output()?;
+    if !o.status.success() {
+        bail!("openssl ({name} signed by {ca}): {}", String::from_utf8_lossy(&o.stdout));
+    }
+    Ok(())
+}
+
+/// ```text
+///   x1 ── docker -H tcp://n1:2376 --tlsverify (client cert) ──> n1 netbee daemon (TLS) ─ same API
+///   x1 ── without a certificate / another CA's / plain HTTP ──X
+/// ```
+#[test]
+fn the_api_on_tcp_only_with_tls_and_client_certificates() -> Result<()> {
+    let mut lab = Lab::new("dktls")?;
+    lab.add_node("n1")?;
+    lab.add_external("x1")?;
+    let (n1, x1) = (lab.node("n1"), lab.external("x1"));
+    let pki = lab.dir().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    openssl_ca(&pki, "ca")?;
+    openssl_signed(&pki, "ca", "server", &format!("subjectAltName=IP:{}\\nextendedKeyUsage=serverAuth", n1.addr()))?;
+    openssl_signed(&pki, "ca", "client", "extendedKeyUsage=clientAuth")?;
+    openssl_ca(&pki, "rogue")?;
+    openssl_signed(&pki, "rogue", "intruder", "extendedKeyUsage=clientAuth")?;
+    let p = |f: &str| pki.join(f).to_string_lossy().into_owned();
+    let listen = format!("{}:2376", n1.addr());
+
+    // a TCP listener without client certificates is refused before the daemon does anything
+    for (args, want) in [
+        (vec!["--api-tcp", listen.as_str()], "needs --tlsverify"),
+        (vec!["--api-tcp", listen.as_str(), "--tlsverify", "--tlscacert", &p("ca.pem")], "needs --tlsverify"),
+        (vec!["--tlsverify"], "--api-tcp, which is not given"),
+        (
+            vec![
+                "--api-tcp",
+                listen.as_str(),
+                "--tlsverify",
+                "--tlscacert",
+                &p("ca.pem"),
+                "--tlscert",
+                &p("server.pem"),
+                "--tlskey",
+                &p("missing-key.pem"),
+            ],
+            "missing-key.pem",
+        ),
+    ] {
+        let dir = lab.dir().join("refused");
+        let mut cmd = n1.cmd(netbee_bin().to_str().unwrap());
+        cmd.args(["daemon", "--node-dir", dir.to_str().unwrap()]).args(&args);
+        let o = cmd.output()?;
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(want), "daemon {args:?}: want {want:?}, got {err}");
+        assert!(!dir.exists(), "daemon {args:?} refused but created {}", dir.display());
+    }
+
+    let tls_args = [
+        "--api-tcp",
+        listen.as_str(),
+        "--tlsverify",
+        "--tlscacert",
+        &p("ca.pem"),
+        "--tlscert",
+        &p("server.pem"),
+        "--tlskey",
+        &p("server-key.pem"),
+    ];
+    n1.set_daemon_args(&tls_args);
+    n1.start_daemon()?;
+    let config = lab.dir().join("docker-config-x1");
+    std::fs::create_dir_all(&config)?;
+    let remote = |cert: Option<&str>, args: &str| -> std::process::Output {
+        let creds = match cert {
+            Some(c) => format!("--tlscert {} --tlskey {}", p(&format!("{c}.pem")), p(&format!("{c}-key.pem"))),
+            None => String::new(),
+        };
+        x1.cmd("sh")
+            .arg("-c")
+            .arg(format!(
+                "DOCKER_CONFIG={} docker -H tcp://{listen} --tlsverify --tlscacert {} {creds} {args}",
+                config.display(),
+                p("ca.pem")
+            ))
+            .output()
+            .expect("running the docker CLI")
+    };
+
+    // a client with a certificate from the CA drives the node from the external namespace
+    let o = remote(Some("client"), "run -d --name overtls -p 8000:8080 host sleep 600");
+    assert!(o.status.success(), "docker run over TLS: {}", String::from_utf8_lossy(&o.stderr));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let local = Docker::new(&lab, n1)?;
+    assert_eq!(local.stdout(&["inspect", "--format", "{{.Id}}", "overtls"])?.trim(), id, "the unix socket sees it");
+    let o = remote(Some("client"), "ps --format '{{.Names}} {{.Ports}}'");
+    let ps = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && ps.contains("overtls 0.0.0.0:8000->8080/tcp"), "docker ps over TLS: {ps}");
+
+    // without a certificate, with another CA's, or in plain HTTP: nothing is served or changed
+    for (cert, who) in [(None, "no client certificate"), (Some("intruder"), "a certificate from another CA")] {
+        let o = remote(cert, "rm -f overtls");
+        assert!(!o.status.success(), "{who}: docker rm succeeded over TLS");
+    }
+    let plain = x1.sh(&format!("curl -s -m 3 http://{listen}/_ping || true"))?;
+    assert!(!plain.contains("OK"), "plain HTTP on the TLS port answered: {plain}");
+    assert!(local.stdout(&["ps", "-q", "--filter", "name=overtls"])?.trim().len() >= 12, "overtls still runs");
+    let log = n1.daemon_log();
+    assert!(log.contains("handshake refused"), "the daemon logs refused handshakes: {log}");
     Ok(())
 }

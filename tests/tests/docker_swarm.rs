@@ -9,89 +9,27 @@
 //! ```
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
-    process::Output,
     time::Duration,
 };
 
-use anyhow::{Result, bail};
-use netbee_lab::{Lab, Node, Ns, netbee_bin, swarm_lab, test_image, wait_until};
-use serde_json::Value;
+use anyhow::Result;
+use netbee_lab::{Docker, Lab, Ns, netbee_bin, swarm_lab, test_image, wait_until};
 
-/// The docker CLI pointed at one node's socket, with a config dir of its own so nothing reads or
-/// writes ~/.docker.
-struct Docker {
-    host: String,
-    config: PathBuf,
+/// `docker node ls` as hostname → (status, availability, manager status).
+fn node_table(d: &Docker) -> Result<HashMap<String, (String, String, String)>> {
+    let out =
+        d.stdout(&["node", "ls", "--format", "{{.Hostname}}|{{.Status}}|{{.Availability}}|{{.ManagerStatus}}"])?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (f.len() == 4).then(|| (f[0].to_string(), (f[1].to_string(), f[2].to_string(), f[3].to_string())))
+        })
+        .collect())
 }
 
-impl Docker {
-    fn new(lab: &Lab, node: &Node) -> Result<Docker> {
-        let config = lab.dir().join(format!("docker-config-{}", node.short_name()));
-        std::fs::create_dir_all(&config)?;
-        Ok(Docker { host: format!("unix://{}", node.socket().display()), config })
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        std::process::Command::new("docker")
-            .args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_API_VERSION")
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run the docker CLI (is it on PATH?): {e}"))
-    }
-
-    /// stdout and stderr of a command that must succeed (the progress display and the CLI's
-    /// warnings go to either).
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        if !o.status.success() {
-            bail!("docker {args:?} failed ({}): {text}", o.status);
-        }
-        Ok(text)
-    }
-
-    /// stdout alone of a command that must succeed.
-    fn stdout(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        if !o.status.success() {
-            bail!("docker {args:?} failed ({}): {}", o.status, String::from_utf8_lossy(&o.stderr));
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// stderr of a command that must fail.
-    fn refused(&self, args: &[&str]) -> String {
-        let o = self.output(args);
-        assert!(!o.status.success(), "docker {args:?} should fail but printed {}", String::from_utf8_lossy(&o.stdout));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-
-    fn inspect(&self, args: &[&str]) -> Result<Value> {
-        let v: Value = serde_json::from_str(&self.stdout(args)?)?;
-        Ok(v[0].clone())
-    }
-
-    /// `docker node ls` as hostname → (status, availability, manager status).
-    fn nodes(&self) -> Result<HashMap<String, (String, String, String)>> {
-        let out =
-            self.stdout(&["node", "ls", "--format", "{{.Hostname}}|{{.Status}}|{{.Availability}}|{{.ManagerStatus}}"])?;
-        Ok(out
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split('|').collect();
-                (f.len() == 4).then(|| (f[0].to_string(), (f[1].to_string(), f[2].to_string(), f[3].to_string())))
-            })
-            .collect())
-    }
-
-    fn service_ids(&self) -> Result<Vec<String>> {
-        Ok(self.stdout(&["service", "ls", "-q"])?.lines().map(str::to_string).collect())
-    }
+fn service_ids(d: &Docker) -> Result<Vec<String>> {
+    Ok(d.stdout(&["service", "ls", "-q"])?.lines().map(str::to_string).collect())
 }
 
 /// The `Hostname:` of `count` sequential new connections from `ns` to `url` (FAIL for a failed one).
@@ -152,9 +90,9 @@ fn docker_swarm_init_join_nodes_and_leave() -> Result<()> {
 
     // node ls: both Ready and Active, the manager the leader, the current node starred
     wait_until(Duration::from_secs(10), "both nodes ready", || {
-        d1.nodes().is_ok_and(|m| m.len() == 2 && m.values().all(|(s, a, _)| s == "Ready" && a == "Active"))
+        node_table(&d1).is_ok_and(|m| m.len() == 2 && m.values().all(|(s, a, _)| s == "Ready" && a == "Active"))
     })?;
-    let nodes = d1.nodes()?;
+    let nodes = node_table(&d1)?;
     assert_eq!(nodes["n1"].2, "Leader", "{nodes:?}");
     assert_eq!(nodes["n2"].2, "", "{nodes:?}");
     let table = d1.stdout(&["node", "ls"])?;
@@ -182,34 +120,34 @@ fn docker_swarm_init_join_nodes_and_leave() -> Result<()> {
     let v = d1.inspect(&["node", "inspect", "n2"])?;
     assert_eq!((v["Spec"]["Labels"]["zone"].as_str(), v["Spec"]["Availability"].as_str()), (Some("a"), Some("pause")));
     d1.ok(&["node", "update", "--availability", "active", "n2"])?;
-    assert_eq!(d1.nodes()?["n2"].1, "Active");
+    assert_eq!(node_table(&d1)?["n2"].1, "Active");
     assert_eq!(d1.inspect(&["node", "inspect", "n2"])?["Spec"]["Labels"]["zone"], "a", "labels kept");
     d1.ok(&["node", "promote", "n2"])?;
     wait_until(Duration::from_secs(10), "n2 a reachable manager", || {
-        d1.nodes().is_ok_and(|m| m["n2"].2 == "Reachable")
+        node_table(&d1).is_ok_and(|m| m["n2"].2 == "Reachable")
     })?;
     assert_eq!(d2.stdout(&["info", "--format", "{{.Swarm.ControlAvailable}}"])?.trim(), "true");
     d1.ok(&["node", "demote", "n2"])?;
-    assert_eq!(d1.nodes()?["n2"].2, "");
+    assert_eq!(node_table(&d1)?["n2"].2, "");
     let e = d1.refused(&["node", "demote", "n1"]);
     assert!(e.contains("last manager"), "{e}");
     let e = d1.refused(&["node", "update", "--availability", "drain", "nosuch"]);
     assert!(e.contains("node nosuch not found"), "{e}");
     let e = d1.refused(&["node", "rm", "n2"]);
     assert!(e.contains("not down"), "{e}");
-    assert_eq!(d1.nodes()?.len(), 2, "a refused rm changes nothing");
+    assert_eq!(node_table(&d1)?.len(), 2, "a refused rm changes nothing");
 
     // the worker leaves; the manager sees it down and removes it
     let out = d2.ok(&["swarm", "leave"])?;
     assert!(out.contains("Node left the swarm."), "{out}");
     assert_eq!(d2.stdout(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?.trim(), "inactive");
     wait_until(Duration::from_secs(15), "n2 gone or down", || {
-        d1.nodes().is_ok_and(|m| m.get("n2").is_none_or(|(s, _, _)| s == "Down"))
+        node_table(&d1).is_ok_and(|m| m.get("n2").is_none_or(|(s, _, _)| s == "Down"))
     })?;
-    if d1.nodes()?.contains_key("n2") {
+    if node_table(&d1)?.contains_key("n2") {
         d1.ok(&["node", "rm", "n2"])?;
     }
-    assert_eq!(d1.nodes()?.keys().collect::<Vec<_>>(), ["n1"]);
+    assert_eq!(node_table(&d1)?.keys().collect::<Vec<_>>(), ["n1"]);
     d1.ok(&["swarm", "leave", "--force"])?;
     assert_eq!(d1.stdout(&["info", "--format", "{{.Swarm.LocalNodeState}}"])?.trim(), "inactive");
     Ok(())
@@ -273,7 +211,7 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
     assert!(logs.lines().any(|l| l.starts_with("web.") && l.contains("@n1") && l.contains("| ")), "{logs}");
 
     // bad input: docker's errors, and nothing changes
-    let before = d.service_ids()?;
+    let before = service_ids(&d)?;
     for (args, want) in [
         (vec!["service", "scale", "nosuch=2"], "service nosuch not found"),
         (vec!["service", "rm", "nosuch"], "service nosuch not found"),
@@ -290,7 +228,7 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
         let e = d.refused(&args);
         assert!(e.contains(want), "{args:?}: {e}");
     }
-    assert_eq!(d.service_ids()?, before, "refused commands change nothing");
+    assert_eq!(service_ids(&d)?, before, "refused commands change nothing");
     assert_eq!(d.inspect(&["service", "inspect", "web"])?["Spec"]["Mode"]["Replicated"]["Replicas"], 4);
     assert_eq!(d.refused(&["service", "ps", "nosuch"]).trim(), "no such service: nosuch");
 
@@ -326,7 +264,7 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
     wait_until(Duration::from_secs(30), "web's tasks off the drained n2", || {
         running_nodes().is_ok_and(|n| n.len() == 2 && !n.iter().any(|x| x == "n2"))
     })?;
-    assert_eq!(d.nodes()?["n2"].1, "Drain");
+    assert_eq!(node_table(&d)?["n2"].1, "Drain");
     wait_until(Duration::from_secs(15), "the mesh serves the moved tasks evenly", || {
         hosts(x1, &web_url, 4).is_ok_and(|s| {
             let distinct: std::collections::HashSet<_> = s.iter().collect();
@@ -391,7 +329,7 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
 
     // rm: the published port is gone from every node
     d.ok(&["service", "rm", "web", "pages"])?;
-    assert!(d.service_ids()?.is_empty());
+    assert!(service_ids(&d)?.is_empty());
     for n in [n1, n2, n3] {
         wait_until(Duration::from_secs(15), &format!("port 8000 closed on {}", n.short_name()), || {
             x1.sh(&format!("curl -s -m 2 http://{}:8000/", n.addr())).is_err()

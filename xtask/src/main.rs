@@ -52,6 +52,8 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     // the observability test's scraper
     "prometheus",
+    // certificates for the API-over-TLS test
+    "openssl",
 ];
 mod test_images;
 mod test_runner;

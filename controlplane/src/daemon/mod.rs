@@ -1,4 +1,5 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
+pub mod api_tls;
 mod containers;
 mod engine;
 mod events;
@@ -59,6 +60,9 @@ pub struct DaemonConfig {
     pub insecure_registries: Vec<String>,
     /// Where to serve Prometheus metrics (`--metrics-addr`); None serves none.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The API on TCP behind TLS with client certificates (`--api-tcp`); None serves it only on
+    /// the unix socket.
+    pub api_tls: Option<api_tls::ApiTls>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -64,6 +64,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     let path = d.cfg.socket.clone();
+    let api_tls = d.cfg.api_tls.clone();
     if let Some(dir) = path.parent() {
         crate::paths::make_dir(dir)?;
     }
@@ -134,6 +135,17 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     // the version prefix is stripped before routing: a layer on the routes themselves would run
     // after the router matched the prefixed path
     let app = Router::new().fallback_service(app).layer(axum::middleware::from_fn(engine_api_version));
+    // the same routes on TCP, behind TLS with client certificates, when configured
+    let tls_server = match &api_tls {
+        Some(tls) => Some(super::api_tls::bind(tls, app.clone()).await?),
+        None => None,
+    };
+    let tls_server = async move {
+        match tls_server {
+            Some(serving) => serving.await,
+            None => std::future::pending().await,
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let (stopping, stopped) = tokio::sync::oneshot::channel();
     let shutdown = async move {
@@ -156,6 +168,7 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
     tokio::select! {
         r = axum::serve(listener, app).with_graceful_shutdown(shutdown) => r?,
         _ = grace => info!("requests still running after {SHUTDOWN_GRACE:?}: stopping without them"),
+        () = tls_server => {}
     }
     let _ = std::fs::remove_file(&path);
     Ok(())
