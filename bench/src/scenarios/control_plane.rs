@@ -18,6 +18,15 @@
 //! pairs, host first in odd ones) so drift hits both alike: 20 pairs over the run (⌈20/rounds⌉
 //! per round; quick mode: 5). The ratio is host/image (> 1 would mean the image container starts
 //! faster); the gap is what an image root costs (overlayfs mount, pivot_root, /dev, /sys).
+//!
+//! Through the Engine API (the Docker Engine API issue, acceptance g), where the docker CLI is on
+//! PATH: `docker run -d --network bench host sleep 600` beside `netbee run -d` of the same (CLI
+//! spawn to exit, both from the machine's own namespace, alternated as above; the same pairs per
+//! round), and on the swarm `docker service create -d --replicas 3 host sleep 600` beside `netbee
+//! service create -d` of the same, each timed from the CLI's spawn until `service ls` shows 3/3
+//! (polled the same way for both; 2 pairs per round, quick mode 1). Both CLIs speak the same API
+//! on the same socket: the figures are what docker's client adds (its `/_ping`, the
+//! `/distribution` lookup of `service create`) and that the Engine-API path is the fast path.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +40,9 @@ use crate::sys::{netbee_cmd, time_cmd};
 const IMAGE: &str = "netbee-test/busybox:1";
 /// The comparison system of the image `run -d`: today's host-binary container.
 const HOST_BINARY: &str = "`run -d host` (host binary)";
+
+/// The comparison system of the Engine-API metrics: the same operation through netbee's own CLI.
+const NETBEE_CLI: &str = "netbee CLI";
 
 /// `run -d` pairs (image, host binary) per round: 20 over a full run, 5 in quick mode.
 fn run_pairs(ctx: &Ctx) -> usize {
@@ -83,6 +95,33 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         )
         .target(if ctx.quick { "—".to_string() } else { "≤ 10 s".to_string() }),
     ];
+    let docker = if netbee_lab::docker_cli_present() {
+        Some(netbee_lab::Docker::new(&lab, n1)?)
+    } else {
+        eprintln!("control-plane: the docker CLI is not on PATH: no Engine-API figures");
+        None
+    };
+    let mut defs = defs;
+    if docker.is_some() {
+        defs.push(
+            MetricDef::new(
+                "dockerrun",
+                format!("`docker run -d` (docker CLI, Engine API), {} runs", pairs * ctx.rounds),
+                "ms",
+                Better::Lower,
+            )
+            .vs(NETBEE_CLI, "—"),
+        );
+        defs.push(
+            MetricDef::new(
+                "dockersvc",
+                format!("`docker service create -d --replicas 3` until 3/3, {} runs", svc_pairs(ctx) * ctx.rounds),
+                "s",
+                Better::Lower,
+            )
+            .vs(NETBEE_CLI, "—"),
+        );
+    }
     let mut col = Collector::new("control-plane", defs);
     for round in 0..ctx.rounds {
         ctx.round_banner("control-plane", round);
@@ -152,6 +191,21 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             }
         }
         remove(n1, &names)?;
+
+        if let Some(d) = &docker {
+            let mut names = Vec::new();
+            for k in 0..pairs {
+                let order = if k % 2 == 0 { [NETBEE, NETBEE_CLI] } else { [NETBEE_CLI, NETBEE] };
+                for system in order {
+                    let name = format!("e{round}x{k}{}", if system == NETBEE { "d" } else { "n" });
+                    let args = ["run", "-d", "--name", &name, "--network", "bench", "host", "sleep", "600"];
+                    let c = if system == NETBEE { d.command(&args) } else { netbee_cli(n1, &args) };
+                    col.add("dockerrun", system, 1e3 * time_cmd(c).with_context(|| format!("{system}: run -d"))?);
+                    names.push(name);
+                }
+            }
+            remove(n1, &names)?;
+        }
     }
     drop(lab);
     scale_rounds(ctx, &mut col)?;
@@ -210,6 +264,9 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
             std::thread::sleep(Duration::from_millis(100));
         }
         col.add("scale", NETBEE, t0.elapsed().as_secs_f64());
+        if netbee_lab::docker_cli_present() {
+            service_create_pairs(ctx, col, &lab, round)?;
+        }
         nb(n1, &["service", "scale", "-d", "web=1"])?;
         netbee_lab::wait_until(Duration::from_secs(120), "scaled back to 1", || {
             n1.service_running_tasks("web").map(|t| t.len() == 1).unwrap_or(false)
@@ -223,6 +280,48 @@ fn scale_rounds(ctx: &Ctx, col: &mut Collector) -> Result<()> {
                 })
         })?;
     }
+    Ok(())
+}
+
+fn svc_pairs(ctx: &Ctx) -> usize {
+    if ctx.quick { 1 } else { 2 }
+}
+
+/// `netbee ARGS` from the machine's own namespace, as the docker CLI runs (the two compared
+/// alike: neither pays for entering the node's namespace).
+fn netbee_cli(n: &netbee_lab::Node, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(netbee_lab::netbee_bin());
+    c.args(args).env("NETBEE_HOST", format!("unix://{}", n.socket().display())).stdin(std::process::Stdio::null());
+    c
+}
+
+/// `service create -d --replicas 3 host sleep 600` through the docker CLI and through netbee's,
+/// alternated, each timed from the spawn until `service ls` shows 3/3; removed afterwards.
+fn service_create_pairs(ctx: &Ctx, col: &mut Collector, lab: &netbee_lab::Lab, round: usize) -> Result<()> {
+    let n1 = lab.node("n1");
+    let d = netbee_lab::Docker::new(lab, n1)?;
+    let mut names = Vec::new();
+    for k in 0..svc_pairs(ctx) {
+        let order = if k % 2 == 0 { [NETBEE, NETBEE_CLI] } else { [NETBEE_CLI, NETBEE] };
+        for system in order {
+            let name = format!("s{round}x{k}{}", if system == NETBEE { "d" } else { "n" });
+            let args = ["service", "create", "-d", "--name", &name, "--replicas", "3", "host", "sleep", "600"];
+            let c = if system == NETBEE { d.command(&args) } else { netbee_cli(n1, &args) };
+            let t0 = Instant::now();
+            time_cmd(c).with_context(|| format!("{system}: service create"))?;
+            while n1.service_replicas(&name) != "3/3" {
+                if t0.elapsed() > Duration::from_secs(60) {
+                    bail!("{system}: service {name} not 3/3 within 60 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            col.add("dockersvc", system, t0.elapsed().as_secs_f64());
+            names.push(name);
+        }
+    }
+    let mut args = vec!["service", "rm"];
+    args.extend(names.iter().map(String::as_str));
+    nb(n1, &args)?;
     Ok(())
 }
 

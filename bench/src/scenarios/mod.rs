@@ -97,7 +97,9 @@ pub const ALL: &[Scenario] = &[
         description: "time to create 100 containers, daemon restart-to-ready with 100 containers, daemon RSS \
                       idle with 100 containers, time to create a network, scale a service 1 → 40 (absolute \
                       values); time to create 100 image containers, and `run -d` of an image container beside \
-                      the host-binary `run -d host` measured alternately",
+                      the host-binary `run -d host` measured alternately; through the Engine API (docker \
+                      CLI), `docker run -d` and `docker service create` until all tasks run, each beside \
+                      the same through netbee's CLI, alternately",
         run: Some(control_plane::run),
         pending: "",
     },
