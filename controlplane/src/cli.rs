@@ -18,7 +18,7 @@ use crate::{
     },
     api::{
         ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest, ImageInspect, ImageLoadRequest,
-        ImageLoadResponse, ImagePruneResponse, ImageReferenceRequest, ImageSaveRequest, ImageSummary, ImageTagRequest,
+        ImageLoadResponse, ImagePruneResponse, ImageSaveRequest, ImageSummary,
     },
     daemon::{self, DaemonConfig, MeshRouting},
     humanize,
@@ -916,6 +916,24 @@ fn exec(
     crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir, user)
 }
 
+/// A docker progress answer (pull, push): each line's `status` printed as it comes, an `error`
+/// line is the command's error.
+async fn progress_lines(c: &Client, path: &str) -> Result<()> {
+    c.stream_request("POST", path, |v: serde_json::Value| {
+        if let Some(e) = v.get("error").and_then(serde_json::Value::as_str) {
+            bail!("{e}");
+        }
+        if let Some(s) = v.get("status").and_then(serde_json::Value::as_str) {
+            match v.get("id").and_then(serde_json::Value::as_str) {
+                Some(id) => println!("{id}: {s}"),
+                None => println!("{s}"),
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
 fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
     let rt = rt()?;
     let c = client(host)?;
@@ -932,7 +950,14 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
             Cmd::Images(a) => images(&c, a).await,
             Cmd::Rmi { force, images } => rmi(&c, &images, force).await,
             Cmd::Tag { source, target } => {
-                c.post::<_, ()>("/images/tag", &ImageTagRequest { source, target }).await?;
+                // docker's shape: the target split into repository and tag, as its CLI sends it
+                let t = crate::images::ImageRef::parse(&target).map_err(|e| anyhow!(e))?;
+                if t.digest.is_some() {
+                    bail!("refusing to create a tag with a digest reference: {target}");
+                }
+                let path =
+                    format!("/images/{}/tag?repo={}&tag={}", enc(&source), enc(&t.name()), enc(t.tag_or_latest()));
+                c.call::<(), serde_json::Value>("POST", &path, None).await?;
                 Ok(0)
             }
             Cmd::Import { file, reference } => import(&c, &file, reference).await,
@@ -957,18 +982,13 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 Ok(0)
             }
             Cmd::Pull { reference } => {
-                let r: ImageIdResponse =
-                    c.post("/images/pull", &ImageReferenceRequest { reference: reference.clone() }).await?;
-                if !r.digest.is_empty() {
-                    println!("Digest: {}", r.digest);
-                }
-                println!("Status: Downloaded image for {reference}");
+                progress_lines(&c, &format!("/images/create?fromImage={}", enc(&reference))).await?;
                 Ok(0)
             }
             Cmd::Push { reference } => {
-                let r: ImageIdResponse =
-                    c.post("/images/push", &ImageReferenceRequest { reference: reference.clone() }).await?;
-                println!("{reference}: digest: {}", r.digest);
+                let r = crate::images::ImageRef::parse(&reference).map_err(|e| anyhow!(e))?;
+                let path = format!("/images/{}/push?tag={}", enc(&r.name()), enc(r.tag_or_latest()));
+                progress_lines(&c, &path).await?;
                 Ok(0)
             }
             Cmd::Run(a) => run(&c, a, true).await,

@@ -4,7 +4,7 @@
 use std::{collections::HashMap, path::Path, time::Duration};
 
 use anyhow::Result;
-use netbee_lab::{single_node_lab, test_image, wait_until};
+use netbee_lab::{Docker, single_node_lab, test_image, wait_until};
 
 fn image_ids(n: &netbee_lab::Node) -> Result<Vec<String>> {
     Ok(n.netbee(&["images", "-q"])?.lines().map(str::to_string).collect())
@@ -207,6 +207,21 @@ fn pull_and_push_against_a_registry_in_the_lab() -> Result<()> {
     assert_eq!(id_of(n, "10.77.0.101:5000/web:1.1")?, id, "pulled image has the pushed ID");
     let err = n.netbee_refused(&["pull", "10.77.0.101:5000/web:nope"]);
     assert!(err.contains("10.77.0.101:5000/web:nope") && err.contains("not found"), "{err}");
+
+    // the same through docker's own CLI (its push and pull requests, its progress output)
+    let d = Docker::new(&lab, n)?;
+    d.stdout(&["tag", "10.77.0.101:5000/web:1.1", "10.77.0.101:5000/web:docker"])?;
+    let out = d.stdout(&["push", "10.77.0.101:5000/web:docker"])?;
+    assert!(out.contains("docker: digest: sha256:"), "docker push: {out}");
+    d.stdout(&["rmi", "10.77.0.101:5000/web:docker", "10.77.0.101:5000/web:1.1"])?;
+    assert!(image_ids(n)?.is_empty(), "docker rmi left images");
+    let out = d.stdout(&["pull", "10.77.0.101:5000/web:docker"])?;
+    assert!(out.contains("Digest: sha256:") && out.contains("10.77.0.101:5000/web:docker"), "docker pull: {out}");
+    assert_eq!(id_of(n, "10.77.0.101:5000/web:docker")?, id, "docker pull brought the pushed image");
+    let err = d.refused(&["pull", "10.77.0.101:5000/web:nope"]);
+    assert!(err.contains("Error response from daemon") && err.contains("not found"), "{err}");
+    let err = d.refused(&["push", "10.77.0.101:5000/web:absent"]);
+    assert!(err.contains("No such image") || err.contains("not found"), "docker push of a missing image: {err}");
     Ok(())
 }
 

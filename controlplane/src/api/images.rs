@@ -111,21 +111,6 @@ pub struct ImageSaveRequest {
     pub names: Vec<String>,
 }
 
-/// `POST /images/pull` and `POST /images/push`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ImageReferenceRequest {
-    pub reference: String,
-}
-
-/// `POST /images/tag`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct ImageTagRequest {
-    pub source: String,
-    pub target: String,
-}
-
 /// `POST /images/prune`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]

@@ -130,14 +130,25 @@ impl Client {
 
     /// A GET answered with newline-delimited JSON for as long as the daemon sends it (`/events`,
     /// `/datapath/monitor`): `each` gets every record as it arrives and returns false to stop.
-    pub async fn stream<T: DeserializeOwned>(&self, path: &str, mut each: impl FnMut(T) -> Result<bool>) -> Result<()> {
+    pub async fn stream<T: DeserializeOwned>(&self, path: &str, each: impl FnMut(T) -> Result<bool>) -> Result<()> {
+        self.stream_request("GET", path, each).await
+    }
+
+    /// `stream` for any method: docker's progress answers (`POST /images/create`, `.../push`)
+    /// are newline-delimited JSON too.
+    pub async fn stream_request<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        mut each: impl FnMut(T) -> Result<bool>,
+    ) -> Result<()> {
         let stream = tokio::net::UnixStream::connect(&self.socket).await.with_context(|| {
             format!("cannot connect to the netbee daemon at unix://{}: is the daemon running?", self.socket.display())
         })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(conn);
         let req = hyper::Request::builder()
-            .method("GET")
+            .method(method)
             .uri(format!("http://netbee{path}"))
             .header("host", "netbee")
             .body(Full::new(Bytes::new()))?;

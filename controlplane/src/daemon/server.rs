@@ -16,11 +16,11 @@ use crate::{
         ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ContainerCreateRequest,
         ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
         ContainerWaitResponse, CtFlow, DatapathStats, EndpointEntry, ImageDeleteResponseItem, ImageIdResponse,
-        ImageImportRequest, ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse,
-        ImageReferenceRequest, ImageSaveRequest, ImageSummary, ImageTagRequest, LbFrontend, Network,
-        NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node,
-        NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse, ServiceUpdateRequest,
-        ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo, SystemVersion, Task,
+        ImageImportRequest, ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse, ImageSaveRequest,
+        ImageSummary, LbFrontend, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
+        NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
+        ServiceUpdateRequest, ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo,
+        SystemVersion, Task,
     },
     metrics::timed,
     model::Status,
@@ -96,9 +96,6 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/images/load", post(image_load))
         .route("/images/import", post(image_import))
         .route("/images/save", post(image_save))
-        .route("/images/pull", post(image_pull))
-        .route("/images/push", post(image_push))
-        .route("/images/tag", post(image_tag))
         .route("/images/prune", post(image_prune))
         .route("/images/create", post(image_create))
         // docker puts image names in the path as they are, slashes and all: the suffix says
@@ -891,9 +888,28 @@ async fn image_get(State(d): D, Path(rest): Path<String>) -> ApiResult<Json<Imag
     }
 }
 
-/// `POST /images/{name}/tag?repo=R&tag=T` (docker's tag; netbee's CLI posts `/images/tag`).
-async fn image_post(State(d): D, Path(rest): Path<String>, Query(q): Q) -> ApiResult<axum::http::StatusCode> {
-    match image_path(&rest, &["tag"]) {
+/// `POST /images/{name}/tag?repo=R&tag=T` and `POST /images/{name}/push?tag=T`, docker's.
+async fn image_post(State(d): D, Path(rest): Path<String>, Query(q): Q) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    match image_path(&rest, &["tag", "push"]) {
+        (name, op) if op == "push" => {
+            let reference = match q.get("tag").filter(|t| !t.is_empty()) {
+                Some(t) => format!("{name}:{t}"),
+                None => name.clone(),
+            };
+            // pushed whole before answering: a failure is the request's status, which both CLIs
+            // print as docker's "Error response from daemon"
+            let r = d.image_push(&reference).await?;
+            let tag = q.get("tag").filter(|t| !t.is_empty()).map_or("latest", String::as_str);
+            let lines = vec![
+                json_line(&serde_json::json!({ "status": format!("The push refers to repository [{name}]") })),
+                json_line(&serde_json::json!({ "status": format!("{tag}: digest: {}", r.digest) })),
+                json_line(&serde_json::json!({ "progressDetail": {}, "aux": { "Tag": tag, "Digest": r.digest } })),
+            ];
+            let mut resp = ndjson(futures::stream::iter(lines));
+            resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+            Ok(resp)
+        }
         (name, op) if op == "tag" => {
             let repo = q
                 .get("repo")
@@ -904,7 +920,7 @@ async fn image_post(State(d): D, Path(rest): Path<String>, Query(q): Q) -> ApiRe
                 None => repo.clone(),
             };
             d.image_tag(&name, &target)?;
-            Ok(axum::http::StatusCode::CREATED)
+            Ok(axum::http::StatusCode::CREATED.into_response())
         }
         _ => Err(ApiError::not_found(format!("page not found: /images/{rest}"))),
     }
@@ -990,19 +1006,6 @@ async fn image_import(State(d): D, Body(req): Body<ImageImportRequest>) -> ApiRe
 
 async fn image_save(State(d): D, Body(req): Body<ImageSaveRequest>) -> NoContent {
     d.image_save(req.path, req.names).await?;
-    Ok(Json(()))
-}
-
-async fn image_pull(State(d): D, Body(req): Body<ImageReferenceRequest>) -> ApiResult<Json<ImageIdResponse>> {
-    Ok(Json(d.image_pull(&req.reference).await?))
-}
-
-async fn image_push(State(d): D, Body(req): Body<ImageReferenceRequest>) -> ApiResult<Json<ImageIdResponse>> {
-    Ok(Json(d.image_push(&req.reference).await?))
-}
-
-async fn image_tag(State(d): D, Body(req): Body<ImageTagRequest>) -> NoContent {
-    d.image_tag(&req.source, &req.target)?;
     Ok(Json(()))
 }
 
