@@ -819,6 +819,7 @@ fn plan(stack: &str, root: Value, client_env: &dyn Fn(&str) -> Option<String>) -
             network_aliases,
             update_config: deploy.update_config.unwrap_or_default().flags(),
             rollback_config: deploy.rollback_config.unwrap_or_default().flags(),
+            force_update: None,
         };
         out.push(StackService { key, request });
     }

@@ -274,6 +274,18 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
     assert_round_robin(&hosts(x1, &web_url, 6)?, 2, "web after drain");
     d.ok(&["node", "update", "--availability", "active", "n2"])?;
 
+    // --force: the CLI sends ForceUpdate + 1; every task is replaced although the spec is the same
+    let old: std::collections::HashSet<String> = hosts(x1, &web_url, 4)?.into_iter().collect();
+    let out = d.ok(&["service", "update", "--force", "web"])?;
+    assert!(out.contains("converged"), "{out}");
+    assert_eq!(d.inspect(&["service", "inspect", "web"])?["Spec"]["TaskTemplate"]["ForceUpdate"], 1);
+    wait_until(Duration::from_secs(20), "the mesh serves 2 new tasks", || {
+        hosts(x1, &web_url, 4).is_ok_and(|s| {
+            let now: std::collections::HashSet<_> = s.iter().cloned().collect();
+            now.len() == 2 && now.is_disjoint(&old) && !now.contains("FAIL")
+        })
+    })?;
+
     // an image update and its rollback, each with the progress display completing; the page
     // served through the mesh says which image runs
     for n in [n1, n2, n3] {

@@ -71,6 +71,10 @@ pub struct ServiceCreateRequest {
     /// resolve to the service's VIP on that network only.
     #[serde(deserialize_with = "null_default")]
     pub network_aliases: BTreeMap<String, Vec<String>>,
+    /// docker's `TaskTemplate.ForceUpdate` of a whole-spec update: a value above the service's
+    /// replaces every task although nothing else changed (`docker service update --force`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub force_update: Option<u64>,
 }
 
 /// The `--update-*` (or `--rollback-*`) flags as typed: the daemon parses and checks them, so a
@@ -305,6 +309,9 @@ pub struct TaskSpec {
     pub container_spec: TaskSpecContainerSpec,
     pub placement: TaskSpecPlacement,
     pub networks: Vec<NetworkAttachmentConfig>,
+    /// Bumped by each `service update --force`: the CLI sends back the value it read plus one.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -460,6 +467,7 @@ pub struct DockerTaskSpec {
     pub container_spec: Option<DockerContainerSpec>,
     pub placement: Option<DockerPlacement>,
     pub networks: Option<Vec<DockerNetworkAttachment>>,
+    pub force_update: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -613,6 +621,7 @@ impl DockerServiceSpec {
             labels: self.labels,
             container_labels: cs.labels.unwrap_or_default(),
             network_aliases,
+            force_update: tt.force_update,
         })
     }
 }

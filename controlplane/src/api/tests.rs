@@ -644,6 +644,7 @@ fn service_responses() {
                 },
                 placement: TaskSpecPlacement { constraints: vec![] },
                 networks: vec![NetworkAttachmentConfig { target: "nid".into(), aliases: vec!["a".into()] }],
+                force_update: 0,
             },
             update_config: ServiceUpdateConfig {
                 parallelism: 2,
@@ -695,6 +696,7 @@ fn service_responses() {
                     "ContainerSpec": { "Image": "host", "Args": ["whoami"], "Env": [], "Labels": {} },
                     "Placement": { "Constraints": [] },
                     "Networks": [{ "Target": "nid", "Aliases": ["a"] }],
+                    "ForceUpdate": 0,
                 },
                 "UpdateConfig": {
                     "Parallelism": 2, "Delay": 2_000_000_000u64, "FailureAction": "rollback",

@@ -600,6 +600,7 @@ fn api_spec(spec: ServiceSpec) -> api::ServiceSpec {
                     target,
                 })
                 .collect(),
+            force_update: spec.force_update,
         },
         update_config: api_update_config(&spec.update_config),
         rollback_config: api_update_config(&spec.rollback_config),

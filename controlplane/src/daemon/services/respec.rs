@@ -39,6 +39,8 @@ pub(super) fn checked_spec(req: ServiceCreateRequest) -> ApiResult<(ServiceSpec,
         labels,
         container_labels,
         network_aliases,
+        // read by `whole_spec`: a new service starts at 0
+        force_update: _,
     } = req;
     names::validate_network_name(&name)
         .map_err(|e| ApiError::bad_request(e.replace("network name", "service name")))?;
@@ -155,7 +157,8 @@ impl Daemon {
     }
 
     /// The spec a whole-spec update (`req`) makes of `current`'s: checked as at create; its name
-    /// must be the service's, and `--force`'s counter is kept (a whole spec does not carry it).
+    /// must be the service's; `--force`'s counter is kept unless docker's spec carries a higher
+    /// one (its CLI's `--force` sends the value it read plus one).
     pub(super) async fn whole_spec(&self, current: &ServiceSpec, req: ServiceCreateRequest) -> ApiResult<ServiceSpec> {
         if req.name != current.name {
             return Err(ApiError::bad_request(format!(
@@ -163,9 +166,10 @@ impl Daemon {
                 req.name, current.name
             )));
         }
+        let force_update = req.force_update.map_or(current.force_update, |f| f.max(current.force_update));
         let (mut spec, wanted) = checked_spec(req)?;
         self.attach_networks(&mut spec, wanted).await?;
-        spec.force_update = current.force_update;
+        spec.force_update = force_update;
         Ok(spec)
     }
 }
