@@ -602,8 +602,13 @@ enum SwarmCmd {
     /// Print the join command for a role.
     #[command(name = "join-token")]
     JoinToken {
+        /// Only display the token.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Replace the role's token: nodes join only with the new one.
+        #[arg(long)]
+        rotate: bool,
+        /// worker or manager.
         role: String,
     },
     /// Leave the swarm.
@@ -1488,8 +1493,20 @@ async fn swarm(c: &Client, cmd: SwarmCmd) -> Result<i32> {
             println!("This node joined a swarm as a {role}.");
             Ok(0)
         }
-        SwarmCmd::JoinToken { quiet, role } => {
-            let swarm: Swarm = c.get("/swarm").await?;
+        SwarmCmd::JoinToken { quiet, rotate, role } => {
+            let mut swarm: Swarm = c.get("/swarm").await?;
+            if !matches!(role.as_str(), "worker" | "manager") {
+                bail!("unknown role {role}");
+            }
+            if rotate {
+                let flag = if role == "worker" { "rotateWorkerToken" } else { "rotateManagerToken" };
+                let path = format!("/swarm/update?version={}&{flag}=true", swarm.version.index);
+                c.post::<_, ()>(&path, &swarm.spec).await?;
+                if !quiet {
+                    println!("Successfully rotated {role} join token.\n");
+                }
+                swarm = c.get("/swarm").await?;
+            }
             let token = match role.as_str() {
                 "worker" => swarm.join_tokens.worker,
                 "manager" => swarm.join_tokens.manager,

@@ -433,6 +433,19 @@ pub struct ClusterInfo {
     pub created: DateTime<Utc>,
     pub worker_token: String,
     pub manager_token: String,
+    /// Changes of the swarm's spec (`swarm update`, token rotations): docker's `Version.Index`
+    /// is one more. Left out while zero, like the fields below, so a record written before they
+    /// existed reads and writes back byte for byte (updates compare the stored bytes).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

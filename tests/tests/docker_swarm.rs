@@ -85,6 +85,17 @@ fn docker_swarm_init_join_nodes_and_leave() -> Result<()> {
     wait_until(Duration::from_secs(10), "join listener", || n1.sh(&format!("nc -z {} 2377", n1.addr())).is_ok())?;
     let bad = d2.refused(&["swarm", "join", "--token", "SWMTKN-1-wrong", &mgr]);
     assert!(bad.contains("invalid join token"), "{bad}");
+    // rotation: the old worker token stops working, the new one is printed and joins
+    let out = d1.ok(&["swarm", "join-token", "--rotate", "worker"])?;
+    assert!(out.contains("Successfully rotated worker join token."), "{out}");
+    let old_token = token;
+    let token = d1.stdout(&["swarm", "join-token", "-q", "worker"])?.trim().to_string();
+    assert!(token.starts_with("SWMTKN-1-") && token != old_token, "{token}");
+    let bad = d2.refused(&["swarm", "join", "--token", &old_token, &mgr]);
+    assert!(bad.contains("invalid join token"), "the rotated-out token: {bad}");
+    let e = d1.refused(&["swarm", "update", "--task-history-limit", "2"]);
+    assert!(e.contains("TaskHistoryRetentionLimit"), "{e}");
+    assert_eq!(d1.stdout(&["swarm", "join-token", "-q", "worker"])?.trim(), token, "a refused update changes nothing");
     let out = d2.ok(&["swarm", "join", "--token", &token, &mgr])?;
     assert!(out.contains("This node joined a swarm as a worker."), "{out}");
 

@@ -125,6 +125,7 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/swarm/init", post(swarm_init))
         .route("/swarm/join", post(swarm_join))
         .route("/swarm/leave", post(swarm_leave))
+        .route("/swarm/update", post(swarm_update))
         .route("/nodes", get(node_list))
         .route("/nodes/{id}", get(node_inspect).delete(node_remove))
         .route("/nodes/{id}/update", post(node_update))
@@ -694,6 +695,13 @@ async fn swarm_join(State(d): D, Body(req): Body<SwarmJoinRequest>) -> NoContent
 
 async fn swarm_leave(State(d): D, Query(q): Q) -> NoContent {
     d.swarm_leave(query_bool(&q, "force")).await?;
+    Ok(Json(()))
+}
+
+/// `POST /swarm/update?version=N&rotateWorkerToken=..&rotateManagerToken=..` (docker's whole spec).
+async fn swarm_update(State(d): D, Query(q): Q, Body(spec): Body<serde_json::Value>) -> NoContent {
+    let version = query_version(&q, "swarm")?;
+    d.swarm_update(version, query_bool(&q, "rotateWorkerToken"), query_bool(&q, "rotateManagerToken"), &spec).await?;
     Ok(Json(()))
 }
 

@@ -30,6 +30,9 @@ impl Daemon {
             created: chrono::Utc::now(),
             worker_token: cluster::new_token(&id),
             manager_token: cluster::new_token(&id),
+            version: 0,
+            updated: None,
+            labels: Default::default(),
         };
         if !c.etcd.create(&cluster::key_cluster(), &info).await? {
             return Err(ApiError::conflict(format!(
@@ -143,16 +146,128 @@ impl Daemon {
             c.etcd.get(&cluster::key_cluster()).await?.ok_or_else(|| ApiError::not_found("no swarm in the store"))?;
         Ok(Swarm {
             id: info.id,
-            // the swarm's settings never change: one version
-            version: ObjectVersion { index: 1 },
+            version: ObjectVersion { index: info.version + 1 },
             created_at: info.created,
-            updated_at: info.created,
-            spec: SwarmSpec { name: "default".into(), labels: Default::default() },
+            updated_at: info.updated.unwrap_or(info.created),
+            spec: SwarmSpec { name: "default".into(), labels: info.labels },
             join_tokens: JoinTokens { worker: info.worker_token, manager: info.manager_token },
             root_rotation_in_progress: false,
             default_addr_pool: Vec::new(),
             subnet_size: 24,
             data_path_port: 4789,
         })
+    }
+
+    /// `POST /swarm/update?version=N[&rotateWorkerToken=true][&rotateManagerToken=true]` with
+    /// docker's whole swarm spec: its labels are kept and the tokens asked for are replaced (a
+    /// node then joins only with the new one). netbee has none of swarmkit's other settings
+    /// (raft, dispatcher, CA, task history, autolock): a spec that sets one is refused with the
+    /// setting named, so `swarm update --task-history-limit 5` does not silently do nothing.
+    pub async fn swarm_update(
+        &self,
+        version: Option<u64>,
+        rotate_worker: bool,
+        rotate_manager: bool,
+        spec: &serde_json::Value,
+    ) -> ApiResult<()> {
+        let unsupported = unsupported_swarm_settings(spec);
+        if !unsupported.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "netbee does not support the swarm setting{} {}: only labels and join-token rotation can change",
+                if unsupported.len() > 1 { "s" } else { "" },
+                unsupported.join(", ")
+            )));
+        }
+        let labels: std::collections::BTreeMap<String, String> = match spec.get("Labels") {
+            None | Some(serde_json::Value::Null) => Default::default(),
+            Some(l) => serde_json::from_value(l.clone())
+                .map_err(|e| ApiError::bad_request(format!("invalid swarm labels: {e}")))?,
+        };
+        let _g = self.op.lock().await;
+        let c = self.require_manager().await?;
+        let key = cluster::key_cluster();
+        let old: ClusterInfo = c.etcd.get(&key).await?.ok_or_else(|| ApiError::not_found("no swarm in the store"))?;
+        if let Some(v) = version
+            && v != old.version + 1
+        {
+            return Err(ApiError::bad_request(format!(
+                "update out of sequence: the swarm is at version {}, the update was made from version {v}",
+                old.version + 1
+            )));
+        }
+        let mut new = old.clone();
+        new.labels = labels;
+        if rotate_worker {
+            new.worker_token = cluster::new_token(&old.id);
+        }
+        if rotate_manager {
+            new.manager_token = cluster::new_token(&old.id);
+        }
+        new.version = old.version + 1;
+        new.updated = Some(chrono::Utc::now());
+        // compare-and-swap: a concurrent update on another manager is not overwritten
+        if !c.etcd.put_if_value(None, &key, &old, &new).await? {
+            return Err(ApiError::conflict("update out of sequence: the swarm changed meanwhile, retry"));
+        }
+        info!(rotate_worker, rotate_manager, version = new.version + 1, "swarm updated");
+        Ok(())
+    }
+}
+
+/// The settings a docker swarm spec sets besides its name and labels, as `Section.Field`
+/// paths: anything but a zero, false, empty or null value (the Go client sends every field).
+pub(crate) fn unsupported_swarm_settings(spec: &serde_json::Value) -> Vec<String> {
+    fn walk(path: &str, v: &serde_json::Value, out: &mut Vec<String>) {
+        use serde_json::Value;
+        match v {
+            Value::Null | Value::Bool(false) => {}
+            Value::Number(n) if n.as_f64() == Some(0.0) => {}
+            Value::String(s) if s.is_empty() => {}
+            Value::Array(a) if a.is_empty() => {}
+            Value::Object(o) => {
+                for (k, v) in o {
+                    walk(&if path.is_empty() { k.clone() } else { format!("{path}.{k}") }, v, out);
+                }
+            }
+            _ => out.push(path.to_string()),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(o) = spec.as_object() {
+        for (k, v) in o {
+            if k != "Name" && k != "Labels" {
+                walk(k, v, &mut out);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::unsupported_swarm_settings;
+
+    #[test]
+    fn only_name_and_labels_may_be_set_in_a_swarm_spec() {
+        // what `docker swarm join-token --rotate` sends back: the spec as read, zero values
+        let as_read = json!({
+            "Name": "default", "Labels": { "a": "b" },
+            "Orchestration": {}, "Raft": { "SnapshotInterval": 0, "ElectionTick": 0, "KeepOldSnapshots": null },
+            "Dispatcher": {}, "CAConfig": { "ExternalCAs": null, "SigningCACert": "" },
+            "EncryptionConfig": { "AutoLockManagers": false }, "TaskDefaults": {}
+        });
+        assert!(unsupported_swarm_settings(&as_read).is_empty());
+        let set = json!({
+            "Name": "default", "Orchestration": { "TaskHistoryRetentionLimit": 5 },
+            "EncryptionConfig": { "AutoLockManagers": true }, "CAConfig": { "ExternalCAs": [{ "URL": "x" }] }
+        });
+        let mut got = unsupported_swarm_settings(&set);
+        got.sort();
+        assert_eq!(
+            got,
+            ["CAConfig.ExternalCAs", "EncryptionConfig.AutoLockManagers", "Orchestration.TaskHistoryRetentionLimit"]
+        );
     }
 }
