@@ -21,6 +21,7 @@
 
 mod cgroup;
 mod cleanup;
+mod docker;
 mod mounts;
 mod netbee;
 mod node;
@@ -39,6 +40,7 @@ use rand::Rng;
 
 pub use cgroup::cgroup2_root;
 pub use cleanup::sweep_stale;
+pub use docker::{Docker, unix_now};
 pub use netbee::{http_hostname, single_node_lab, start_load, swarm_lab, swarm_lab_with, whoami_field};
 pub use node::Node;
 pub use ns::Ns;

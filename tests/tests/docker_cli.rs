@@ -1,87 +1,11 @@
 //! The real docker CLI (28.2.2, client only) drives netbee through the daemon's socket: every
 //! command here is docker's own binary, and the tests check what it changed on the node (packets,
 //! addresses), not only its exit code.
-use std::{path::PathBuf, process::Output, time::Duration};
+use std::time::Duration;
 
-use anyhow::{Result, bail};
-use netbee_lab::{Lab, Node, netbee_bin, single_node_lab, swarm_lab, test_image, wait_until, whoami_field};
+use anyhow::Result;
+use netbee_lab::{Docker, single_node_lab, swarm_lab, test_image, unix_now, wait_until, whoami_field};
 use serde_json::Value;
-
-/// The docker CLI pointed at one node's socket, with a config dir of its own so nothing reads or
-/// writes ~/.docker.
-struct Docker {
-    host: String,
-    config: PathBuf,
-}
-
-impl Docker {
-    fn new(lab: &Lab, node: &Node) -> Result<Docker> {
-        let config = lab.dir().join(format!("docker-config-{}", node.short_name()));
-        std::fs::create_dir_all(&config)?;
-        Ok(Docker { host: format!("unix://{}", node.socket().display()), config })
-    }
-
-    fn output_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = std::process::Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_API_VERSION")
-            .env_remove("DOCKER_CONTEXT")
-            .stdin(std::process::Stdio::null());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap_or_else(|e| panic!("cannot run the docker CLI (is it on PATH?): {e}"))
-    }
-
-    fn output(&self, args: &[&str]) -> Output {
-        self.output_env(args, &[])
-    }
-
-    /// stdout of a command that must succeed.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        if !o.status.success() {
-            bail!(
-                "docker {args:?} failed ({}): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
-    }
-
-    /// stderr of a command that must fail.
-    fn refused(&self, args: &[&str]) -> String {
-        let o = self.output(args);
-        assert!(!o.status.success(), "docker {args:?} should fail but printed {}", String::from_utf8_lossy(&o.stdout));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-
-    fn inspect(&self, args: &[&str]) -> Result<Value> {
-        let out = self.ok(args)?;
-        let v: Value = serde_json::from_str(&out)?;
-        Ok(v[0].clone())
-    }
-
-    /// `docker run -d --name NAME EXTRA host <netbee> whoami --port PORT`, waiting until it listens.
-    fn run_whoami(&self, name: &str, extra: &[&str], port: u16) -> Result<String> {
-        let bin = netbee_bin();
-        let port_s = port.to_string();
-        let mut args = vec!["run", "-d", "--name", name];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["host", bin.to_str().unwrap(), "whoami", "--port", &port_s]);
-        let id = self.ok(&args)?.trim().to_string();
-        wait_until(Duration::from_secs(10), &format!("{name} listening"), || {
-            let o = self.output(&["logs", name]);
-            String::from_utf8_lossy(&o.stdout).contains("listening")
-                || String::from_utf8_lossy(&o.stderr).contains("listening")
-        })?;
-        Ok(id)
-    }
-}
 
 #[test]
 fn version_negotiation_ping_version_info() -> Result<()> {
@@ -91,19 +15,22 @@ fn version_negotiation_ping_version_info() -> Result<()> {
 
     // the CLI negotiates 1.50 and prints the server's engine component
     let v = docker.ok(&["version", "--format", "{{.Server.APIVersion}} {{.Server.MinAPIVersion}} {{.Server.Os}}"])?;
-    assert_eq!(v.trim(), "1.50 1.41 linux");
+    assert_eq!(v.trim(), "1.50 1.24 linux");
     let full = docker.ok(&["version"])?;
-    assert!(full.contains("Engine:") && full.contains("API version:      1.50 (minimum version 1.41)"), "{full}");
+    assert!(full.contains("Engine:") && full.contains("API version:      1.50 (minimum version 1.24)"), "{full}");
 
     // an older client version inside the range is served under its prefix; one outside is
     // docker's 400 with its message
-    let old = docker.output_env(&["network", "ls", "--format", "{{.Name}}"], &[("DOCKER_API_VERSION", "1.41")]);
-    assert!(old.status.success(), "{}", String::from_utf8_lossy(&old.stderr));
-    assert!(String::from_utf8_lossy(&old.stdout).lines().any(|l| l == "bridge"));
-    let too_old = docker.output_env(&["network", "ls"], &[("DOCKER_API_VERSION", "1.40")]);
+    // (docker's minimum, 1.24: docker-py and compose files may pin old versions)
+    for version in ["1.41", "1.24"] {
+        let old = docker.output_env(&["network", "ls", "--format", "{{.Name}}"], &[("DOCKER_API_VERSION", version)]);
+        assert!(old.status.success(), "{version}: {}", String::from_utf8_lossy(&old.stderr));
+        assert!(String::from_utf8_lossy(&old.stdout).lines().any(|l| l == "bridge"));
+    }
+    let too_old = docker.output_env(&["network", "ls"], &[("DOCKER_API_VERSION", "1.23")]);
     assert!(!too_old.status.success());
     let err = String::from_utf8_lossy(&too_old.stderr);
-    assert!(err.contains("client version 1.40 is too old. Minimum supported API version is 1.41"), "{err}");
+    assert!(err.contains("client version 1.23 is too old. Minimum supported API version is 1.24"), "{err}");
 
     // info: counts of what the node has, outside a swarm
     docker.ok(&["run", "-d", "--name", "s1", "host", "sleep", "600"])?;
@@ -404,5 +331,185 @@ fn swarm_info_and_node_ls_with_the_docker_cli() -> Result<()> {
     let mut f: Vec<&str> = f.lines().collect();
     f.sort();
     assert_eq!(f, ["n1 Leader", "n2 "]);
+    Ok(())
+}
+
+/// `docker run -d -P --expose`, `ps --format '{{.Names}} {{.Ports}}'`, `top`, `system df`,
+/// `events --since/--until`, `import` (file and stdin) and `image save`, each checked against what
+/// the node has (packets from the external client, the container's processes, the images'
+/// bytes, the archive's contents).
+#[test]
+fn top_df_events_import_save_and_publish_all_with_the_docker_cli() -> Result<()> {
+    let lab = single_node_lab("dkmore", &[])?;
+    let n = lab.node("n1");
+    let x = lab.external("x1");
+    let docker = Docker::new(&lab, n)?;
+    let t0 = unix_now();
+
+    // run -d -P --expose: the exposed port gets a free host port that the external client
+    // reaches, and the container sees the client's own address
+    docker.run_whoami("puball", &["-P", "--expose", "7000"], 7000)?;
+    let mapped = docker.ok(&["port", "puball", "7000/tcp"])?;
+    let host_port: u16 = mapped.trim().rsplit(':').next().unwrap_or_default().parse()?;
+    assert!(mapped.trim().starts_with("0.0.0.0:") && host_port >= 1024, "{mapped}");
+    let answer = x.sh(&format!("curl -s -m 3 http://{}:{host_port}/", n.addr()))?;
+    assert!(whoami_field(&answer, "RemoteAddr").unwrap().starts_with(&format!("{}:", x.addr())), "{answer}");
+    docker.ok(&["create", "--name", "idle", "host", "sleep", "600"])?;
+    let ps = docker.ok(&["ps", "-a", "--format", "{{.Names}} {{.Ports}}"])?;
+    let mut ps: Vec<&str> = ps.lines().collect();
+    ps.sort();
+    assert_eq!(ps, ["idle ".to_string(), format!("puball 0.0.0.0:{host_port}->7000/tcp")], "{ps:?}");
+
+    // top: the container's processes and no one else's: its init (State.Pid, netbee's shim, as
+    // docker's `--init` shows docker-init) and the command under it; ps options
+    let pid = docker.ok(&["inspect", "--format", "{{.State.Pid}}", "puball"])?.trim().to_string();
+    let top = docker.ok(&["top", "puball"])?;
+    let mut lines = top.lines();
+    let titles: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(titles, ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], "{top}");
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows.len(), 2, "the init and the command: {top}");
+    assert!(rows.iter().any(|r| r[1] == pid), "{top}");
+    let cmd = rows.iter().find(|r| r[7..].join(" ").ends_with("whoami --port 7000")).unwrap_or_else(|| panic!("{top}"));
+    assert_eq!(cmd[2], pid, "the command runs under the init: {top}");
+    let top = docker.ok(&["top", "puball", "-o", "pid,comm"])?;
+    let rows: Vec<Vec<&str>> = top.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0], ["PID", "COMMAND"], "{top}");
+    assert_eq!(rows.len(), 3, "{top}");
+    assert!(rows[1..].iter().any(|r| r == &[pid.as_str(), "netbee"]), "{top}");
+    let e = docker.refused(&["top", "idle"]);
+    assert!(e.contains("is not running"), "{e}");
+    let e = docker.refused(&["top", "nosuch"]);
+    assert!(e.contains("No such container: nosuch"), "{e}");
+    let e = docker.refused(&["top", "puball", "--no-such-ps-option"]);
+    assert!(e.contains("Error response from daemon") && e.contains("ps"), "{e}");
+    assert!(docker.ok(&["ps", "--format", "{{.Names}}"])?.contains("puball"), "a refused top changes nothing");
+
+    // import: a rootfs tarball from a file and from stdin; a container of it runs
+    let root = lab.dir().join("rootfs");
+    std::fs::create_dir_all(root.join("bin"))?;
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))?;
+    std::os::unix::fs::symlink("busybox", root.join("bin/sh"))?;
+    let tar = lab.dir().join("rootfs.tar");
+    n.sh(&format!("tar -C {} -cf {} .", root.display(), tar.display()))?;
+    let id = docker.ok(&["import", tar.to_str().unwrap(), "myimg:1"])?;
+    assert!(id.trim().starts_with("sha256:") && id.trim().len() == 71, "{id}");
+    let mut piped = docker.command("docker");
+    piped.args(["import", "-", "myimg:2"]).stdin(std::fs::File::open(&tar)?);
+    let o = piped.output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let images = docker.ok(&["images", "--format", "{{.Repository}}:{{.Tag}} {{.ID}}"])?;
+    assert!(images.contains(&format!("myimg:1 {}", &id.trim()[7..19])) && images.contains("myimg:2"), "{images}");
+    docker.ok(&["run", "-d", "--name", "imp", "myimg:1", "/bin/sh", "-c", "echo from-imported; sleep 600"])?;
+    wait_until(Duration::from_secs(10), "imp printed", || {
+        docker.ok(&["logs", "imp"]).is_ok_and(|l| l.contains("from-imported"))
+    })?;
+    let e = docker.refused(&["import", "--change", "CMD [\"/bin/sh\"]", tar.to_str().unwrap(), "myimg:3"]);
+    assert!(e.contains("--change is not supported"), "{e}");
+    assert!(!docker.ok(&["images"])?.contains("myimg   3"), "nothing imported");
+
+    // save: an archive that loads back as the same image
+    let saved = lab.dir().join("saved.tar");
+    docker.ok(&["image", "save", "-o", saved.to_str().unwrap(), "myimg:2"])?;
+    let manifest = n.sh(&format!("tar -xOf {} manifest.json", saved.display()))?;
+    assert!(manifest.contains("\"myimg:2\""), "{manifest}");
+    docker.ok(&["rmi", "myimg:2"])?;
+    assert!(!docker.ok(&["images"])?.contains("myimg:2"));
+    let loaded = docker.ok(&["load", "-i", saved.to_str().unwrap()])?;
+    assert!(loaded.contains("Loaded image: myimg:2"), "{loaded}");
+    let e = docker.refused(&["image", "save", "-o", lab.dir().join("none.tar").to_str().unwrap(), "nosuch:1"]);
+    assert!(e.contains("nosuch"), "{e}");
+    assert!(!lab.dir().join("none.tar").exists() || std::fs::metadata(lab.dir().join("none.tar"))?.len() == 0);
+
+    // system df: the images (myimg:1 in use by a container), the containers that exist (two
+    // running); the layer both imports share is counted once
+    let ids: std::collections::BTreeSet<String> = docker.ok(&["images", "-q"])?.lines().map(str::to_string).collect();
+    let df = docker.ok(&["system", "df", "--format", "{{.Type}} {{.TotalCount}} {{.Active}}"])?;
+    let df: Vec<&str> = df.lines().collect();
+    assert_eq!(df[..2], [format!("Images {} 1", ids.len()), "Containers 3 2".to_string()], "{df:?}");
+    let layer = std::fs::metadata("/bin/busybox")?.len();
+    let v = docker.ok(&["system", "df", "-v"])?;
+    assert!(v.contains("myimg") && v.contains("imp") && v.contains("puball"), "{v}");
+    let total = docker.ok(&["system", "df", "--format", "{{.Type}} {{.Size}}"])?;
+    let images_size = total.lines().find_map(|l| l.strip_prefix("Images ")).unwrap_or_default().to_string();
+    let mb = layer as f64 / 1e6;
+    assert!(
+        images_size.ends_with("MB") && (images_size.trim_end_matches("MB").parse::<f64>()? - mb).abs() < 0.1,
+        "the shared layer once ({mb:.2}MB): {total}"
+    );
+
+    // events: what happened since the start, up to now, by type
+    let now = unix_now();
+    let ev = docker.ok(&[
+        "events",
+        "--since",
+        &t0,
+        "--until",
+        &now,
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ])?;
+    for want in ["create puball", "start puball", "create idle", "create imp", "start imp"] {
+        assert!(ev.lines().any(|l| l == want), "{want} in\n{ev}");
+    }
+    docker.ok(&["network", "create", "evnet"])?;
+    docker.ok(&["network", "connect", "evnet", "puball"])?;
+    docker.ok(&["network", "disconnect", "evnet", "puball"])?;
+    docker.ok(&["network", "rm", "evnet"])?;
+    docker.ok(&["rm", "-f", "imp"])?;
+    let now = unix_now();
+    let ev = docker.ok(&[
+        "events",
+        "--since",
+        &t0,
+        "--until",
+        &now,
+        "--filter",
+        "type=network",
+        "--format",
+        "{{.Action}} {{.Actor.Attributes.name}}",
+    ])?;
+    for want in ["create evnet", "connect evnet", "disconnect evnet", "destroy evnet"] {
+        assert!(ev.lines().any(|l| l == want), "{want} in\n{ev}");
+    }
+    assert!(ev.lines().all(|l| !l.starts_with("start")), "only network events: {ev}");
+    let ev = docker.ok(&["events", "--since", &t0, "--until", &now, "--filter", "event=destroy"])?;
+    assert!(ev.contains("container destroy") && ev.contains("name=imp"), "{ev}");
+    let e = docker.refused(&["events", "--since", &now, "--until", &t0]);
+    assert!(e.contains("must be before"), "{e}");
+
+    // the raw API: what the CLI does not send is refused too, with docker's shape, and changes
+    // nothing
+    let api = |method: &str, path: &str, body: &str| -> Result<(u16, String)> {
+        let data = if body.is_empty() { String::new() } else { format!("--data-binary '{body}'") };
+        let out = n.sh(&format!(
+            "curl -s -w '\n%{{http_code}}' --unix-socket {} -X {method} -H 'Content-Type: text/plain' {data} \
+             'http://localhost/v1.50{path}'",
+            n.socket().display()
+        ))?;
+        let (body, code) = out.rsplit_once('\n').unwrap_or_default();
+        Ok((code.parse()?, body.to_string()))
+    };
+    let images_before = docker.ok(&["images", "-q"])?;
+    for (method, path, body, code, says) in [
+        ("POST", "/images/create?fromSrc=http://example.invalid/x.tar&repo=a", "", 400, "http://example.invalid/x.tar"),
+        ("POST", "/images/create?fromSrc=-&repo=Bad::name", "x", 400, "Bad::name"),
+        ("POST", "/images/create?fromSrc=-&tag=1", "x", 400, "without a repository"),
+        ("POST", "/images/create?fromSrc=-&repo=notatar", "not a tarball", 400, "Error"),
+        ("POST", "/images/create", "", 400, "fromImage"),
+        ("GET", "/images/get?names=nosuch:1", "", 404, "nosuch:1"),
+        ("GET", "/images/nosuch:2/get", "", 404, "nosuch:2"),
+        ("GET", "/containers/nosuch/top", "", 404, "nosuch"),
+        ("GET", "/events?until=yesterday-ish", "", 400, "yesterday-ish"),
+    ] {
+        let (got, text) = api(method, path, body)?;
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let message = v["message"].as_str().unwrap_or_default();
+        assert_eq!(got, code, "{method} {path}: {text}");
+        assert!(message.contains(says), "{method} {path}: {text}");
+    }
+    assert_eq!(docker.ok(&["images", "-q"])?, images_before, "nothing imported");
     Ok(())
 }

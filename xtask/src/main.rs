@@ -52,6 +52,9 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     // the observability test's scraper
     "prometheus",
+    // tests/tests/docker_compose.rs: docker-compose 1.29.2, Python with docker-py (installed
+    // without Recommends, which would bring Debian's docker engine)
+    "docker-compose",
 ];
 mod test_images;
 mod test_runner;

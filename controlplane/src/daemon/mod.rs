@@ -14,6 +14,7 @@ mod server;
 pub mod services;
 mod swarm;
 mod system;
+mod usage;
 
 use std::{
     net::Ipv4Addr,
