@@ -497,7 +497,7 @@ fn top_df_events_import_save_and_publish_all_with_the_docker_cli() -> Result<()>
         ("POST", "/images/create?fromSrc=http://example.invalid/x.tar&repo=a", "", 400, "http://example.invalid/x.tar"),
         ("POST", "/images/create?fromSrc=-&repo=Bad::name", "x", 400, "Bad::name"),
         ("POST", "/images/create?fromSrc=-&tag=1", "x", 400, "without a repository"),
-        ("POST", "/images/create?fromSrc=-&repo=notatar", "not a tarball", 400, "Error"),
+        ("POST", "/images/create?fromSrc=-&repo=notatar", "not a tarball", 400, "importing the tarball"),
         ("POST", "/images/create", "", 400, "fromImage"),
         ("GET", "/images/get?names=nosuch:1", "", 404, "nosuch:1"),
         ("GET", "/images/nosuch:2/get", "", 404, "nosuch:2"),
@@ -505,7 +505,7 @@ fn top_df_events_import_save_and_publish_all_with_the_docker_cli() -> Result<()>
         ("GET", "/events?until=yesterday-ish", "", 400, "yesterday-ish"),
     ] {
         let (got, text) = api(method, path, body)?;
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or_default();
         let message = v["message"].as_str().unwrap_or_default();
         assert_eq!(got, code, "{method} {path}: {text}");
         assert!(message.contains(says), "{method} {path}: {text}");

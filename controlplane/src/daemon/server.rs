@@ -995,10 +995,30 @@ async fn image_remove(
 }
 
 /// `POST /images/create?fromImage=REPO&tag=T`: docker's pull (also what `docker run` sends
-/// after a 404 for a missing image), answered with docker's progress lines.
+/// after a 404 for a missing image), answered with docker's progress lines; with `fromSrc`,
+/// docker's import.
 async fn image_create(State(d): D, Query(q): Q, req: Request) -> ApiResult<axum::response::Response> {
     if let Some(src) = q.get("fromSrc") {
-        return image_create_from_src(d, &q, src, req).await;
+        // a refusal is sent once the client's body is read: the CLI writes the whole tarball
+        // before it reads an answer, and a connection closed under it shows as "broken pipe"
+        // instead of the daemon's message
+        let mut body = req.into_body().into_data_stream();
+        let repo = match check_import(&q, src) {
+            Ok(repo) => repo,
+            Err(e) => {
+                use futures::StreamExt as _;
+                let mut read = 0usize;
+                while let Some(Ok(chunk)) = body.next().await {
+                    read += chunk.len();
+                    if read > IMPORT_DRAIN_LIMIT {
+                        break;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let req = Request::new(axum::body::Body::from_stream(body));
+        return image_create_from_src(d, repo, req).await;
     }
     let Some(from) = q.get("fromImage").filter(|f| !f.is_empty()) else {
         return Err(ApiError::bad_request("one of fromImage (pull) or fromSrc (import) is required"));
@@ -1019,15 +1039,12 @@ async fn image_create(State(d): D, Query(q): Q, req: Request) -> ApiResult<axum:
     Ok(resp)
 }
 
-/// `POST /images/create?fromSrc=-&repo=R[&tag=T]`: docker's `import` of the rootfs tarball in the
-/// body, answered with docker's `{"status":"sha256:..."}` line. What netbee cannot apply
-/// (`changes`, a URL to fetch) is a 400 before anything is read.
-async fn image_create_from_src(
-    d: Arc<Daemon>,
-    q: &HashMap<String, String>,
-    src: &str,
-    req: Request,
-) -> ApiResult<axum::response::Response> {
+/// How much of a refused import's body is read before the connection is dropped anyway.
+const IMPORT_DRAIN_LIMIT: usize = 64 << 20;
+
+/// The `REPO[:TAG]` of an import request, or docker's 400 for what netbee cannot apply
+/// (`changes`, a URL to fetch) or a bad name, before anything is stored.
+fn check_import(q: &HashMap<String, String>, src: &str) -> ApiResult<Option<String>> {
     if src != "-" {
         return Err(ApiError::bad_request(format!(
             "importing from {src:?} is not supported: send the tarball in the request body (fromSrc=-)"
@@ -1046,6 +1063,16 @@ async fn image_create_from_src(
         crate::images::ImageRef::parse(r)
             .map_err(|e| ApiError::bad_request(format!("invalid reference {r:?}: {e}")))?;
     }
+    Ok(repo)
+}
+
+/// `POST /images/create?fromSrc=-&repo=R[&tag=T]`: docker's `import` of the rootfs tarball in the
+/// body (checked by [`check_import`]), answered with docker's `{"status":"sha256:..."}` line.
+async fn image_create_from_src(
+    d: Arc<Daemon>,
+    repo: Option<String>,
+    req: Request,
+) -> ApiResult<axum::response::Response> {
     let path = spool_path(&d, "import")?;
     let r = match body_to_file(req, &path).await {
         Ok(()) => d.image_import(path.to_string_lossy().into_owned(), repo).await,
