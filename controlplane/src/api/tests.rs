@@ -892,17 +892,17 @@ fn ps_output_keeps_the_containers_rows_and_the_commands_spaces() {
                root           1       0  0 04:00 ?        00:00:01 /sbin/init\n\
                root        4242    4240  0 04:01 ?        00:00:00 /usr/bin/netbee whoami --port 7000\n\
                root        4243    4242  0 04:01 ?        00:00:00 sleep 5\n";
-    let top = super::parse_ps(out, &[4242, 4243, 9999]).unwrap();
+    let top = parse_ps(out, &[4242, 4243, 9999]).unwrap();
     assert_eq!(top.titles, ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]);
     assert_eq!(top.processes.len(), 2);
     assert_eq!(top.processes[0][1], "4242");
     assert_eq!(top.processes[0][7], "/usr/bin/netbee whoami --port 7000");
     assert_eq!(top.processes[1][7], "sleep 5");
     // `-o pid,comm`: PID first; a row with an empty last column
-    let top = super::parse_ps("    PID COMMAND\n   4242 netbee\n      7 kthreadd\n", &[4242]).unwrap();
+    let top = parse_ps("    PID COMMAND\n   4242 netbee\n      7 kthreadd\n", &[4242]).unwrap();
     assert_eq!(top.processes, [vec!["4242".to_string(), "netbee".to_string()]]);
     // no PID column, or a PID that is not a number: docker's errors
-    assert_eq!(super::parse_ps("COMMAND\nsh\n", &[1]).unwrap_err(), "Couldn't find PID field in ps output");
-    assert!(super::parse_ps("PID CMD\nx sh\n", &[1]).is_err());
-    assert!(super::parse_ps("", &[1]).is_err());
+    assert_eq!(parse_ps("COMMAND\nsh\n", &[1]).unwrap_err(), "Couldn't find PID field in ps output");
+    assert!(parse_ps("PID CMD\nx sh\n", &[1]).is_err());
+    assert!(parse_ps("", &[1]).is_err());
 }
