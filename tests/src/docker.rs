@@ -88,14 +88,25 @@ impl Docker {
     /// `docker-compose -p PROJECT ARGS` run in `dir` (where its docker-compose.yml is): stdout and
     /// stderr (compose reports progress on stderr), failing on a non-zero exit.
     pub fn compose(&self, dir: &std::path::Path, project: &str, args: &[&str]) -> Result<String> {
-        let o = self.compose_output(dir, project, args);
-        checked(&format!("docker-compose -p {project} {args:?}"), o).map(|(out, err)| out + &err)
+        self.compose_env(dir, project, args, &[])
     }
 
-    pub fn compose_output(&self, dir: &std::path::Path, project: &str, args: &[&str]) -> Output {
+    /// [`Docker::compose`] with extra environment (`COMPOSE_API_VERSION`, ...).
+    pub fn compose_env(
+        &self,
+        dir: &std::path::Path,
+        project: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String> {
         let mut cmd = self.command("docker-compose");
         cmd.current_dir(dir).args(["--ansi", "never"]).args(["-p", project]).args(args);
-        cmd.output().unwrap_or_else(|e| panic!("cannot run docker-compose (cargo xtask setup installs it): {e}"))
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o =
+            cmd.output().unwrap_or_else(|e| panic!("cannot run docker-compose (cargo xtask setup installs it): {e}"));
+        checked(&format!("docker-compose -p {project} {args:?}"), o).map(|(out, err)| out + &err)
     }
 }
 

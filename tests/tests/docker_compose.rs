@@ -107,6 +107,10 @@ fn compose_up_ps_logs_scale_down() -> Result<()> {
     let row = |name: &str| ps.lines().find(|l| l.starts_with(name)).unwrap_or_default().to_string();
     assert!(row("proj_web_1").contains(" Up"), "{ps}");
     assert!(row("proj_gate_1").contains(" Up") && row("proj_gate_1").contains("0.0.0.0:8080->80/tcp"), "{ps}");
+    // compose pinned to an older API version (COMPOSE_API_VERSION, as users set it for older
+    // engines; 1.38 is what compose 1.29 names for its file format) is served the same
+    let old = docker.compose_env(&dir, "proj", &["ps"], &[("COMPOSE_API_VERSION", "1.38")])?;
+    assert_eq!(old, ps, "the same table at API 1.38");
     // what compose asked for is what the containers have: labels, environment, network, alias
     let v = docker.inspect(&["inspect", "proj_web_1"])?;
     assert_eq!(v["Config"]["Labels"]["com.docker.compose.project"], "proj");
