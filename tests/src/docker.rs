@@ -1,65 +1,53 @@
-//! The real docker CLI (docker's own binary, client only) pointed at one lab node's socket, for
-//! the tests and the demo that drive netbee the way a docker user does.
-use std::{
-    path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+//! The real docker clients pointed at a lab node's socket: the docker CLI (28.2.2, client only)
+//! and docker-compose 1.29.2 (Debian's, Python/docker-py), each with a config dir of its own so
+//! nothing reads or writes ~/.docker.
+use std::{collections::BTreeSet, path::PathBuf, process::Output, time::Duration};
 
 use anyhow::{Result, bail};
 use serde_json::Value;
 
 use crate::{Lab, Node, netbee_bin, wait_until};
 
-/// The docker CLI for one node, with a config dir of its own so nothing reads or writes
-/// `~/.docker` (or a context chosen there).
-pub struct Docker {
-    host: String,
-    config: PathBuf,
-}
-
-/// Whether the docker CLI is on PATH (the demo uses it only where it is present).
+/// Whether the docker CLI is on PATH (the demo and the control-plane bench use it only where it
+/// is present).
 pub fn docker_cli_present() -> bool {
-    Command::new("docker")
+    std::process::Command::new("docker")
         .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
 }
 
+pub struct Docker {
+    pub host: String,
+    pub config: PathBuf,
+}
+
 impl Docker {
     pub fn new(lab: &Lab, node: &Node) -> Result<Docker> {
-        Docker::for_socket(&lab.dir().join(format!("docker-config-{}", node.short_name())), &node.socket())
+        let config = lab.dir().join(format!("docker-config-{}", node.short_name()));
+        std::fs::create_dir_all(&config)?;
+        Ok(Docker { host: format!("unix://{}", node.socket().display()), config })
     }
 
-    /// The CLI for the daemon listening on `socket`, its config in `config`.
-    pub fn for_socket(config: &Path, socket: &Path) -> Result<Docker> {
-        std::fs::create_dir_all(config)?;
-        Ok(Docker { host: format!("unix://{}", socket.display()), config: config.to_path_buf() })
-    }
-
-    /// `DOCKER_HOST`'s value for this node, for messages that tell a person how to reach it.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// A `docker` command with this node's environment and nothing on stdin.
-    pub fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", &self.host)
+    /// A command of `program` (docker or docker-compose) with this node's environment.
+    pub fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(program);
+        cmd.env("DOCKER_HOST", &self.host)
             .env("DOCKER_CONFIG", &self.config)
             .env_remove("DOCKER_API_VERSION")
+            .env_remove("COMPOSE_API_VERSION")
             .env_remove("DOCKER_CONTEXT")
             .env_remove("DOCKER_TLS_VERIFY")
             .env_remove("DOCKER_CERT_PATH")
-            .stdin(Stdio::null());
+            .stdin(std::process::Stdio::null());
         cmd
     }
 
     pub fn output_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut cmd = self.command(args);
+        let mut cmd = self.command("docker");
+        cmd.args(args);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -70,29 +58,14 @@ impl Docker {
         self.output_env(args, &[])
     }
 
-    /// stdout and stderr of a command that must succeed (the progress display and the CLI's
-    /// warnings go to either).
+    /// stdout of a command that must succeed.
     pub fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        if !o.status.success() {
-            bail!("docker {args:?} failed ({}): {text}", o.status);
-        }
-        Ok(text)
+        checked(&format!("docker {args:?}"), self.output(args)).map(|(out, _)| out)
     }
 
-    /// stdout alone of a command that must succeed.
-    pub fn stdout(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        if !o.status.success() {
-            bail!(
-                "docker {args:?} failed ({}): {}{}",
-                o.status,
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    /// stdout and stderr of a command that must succeed.
+    pub fn all(&self, args: &[&str]) -> Result<String> {
+        checked(&format!("docker {args:?}"), self.output(args)).map(|(out, err)| out + &err)
     }
 
     /// stderr of a command that must fail.
@@ -102,9 +75,10 @@ impl Docker {
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
-    /// The first object of `docker ... inspect ...`'s JSON array.
+    /// The first element of an inspect command's JSON array.
     pub fn inspect(&self, args: &[&str]) -> Result<Value> {
-        let v: Value = serde_json::from_str(&self.stdout(args)?)?;
+        let out = self.ok(args)?;
+        let v: Value = serde_json::from_str(&out)?;
         Ok(v[0].clone())
     }
 
@@ -115,12 +89,72 @@ impl Docker {
         let mut args = vec!["run", "-d", "--name", name];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["host", bin.to_str().unwrap(), "whoami", "--port", &port_s]);
-        let id = self.stdout(&args)?.trim().to_string();
+        let id = self.ok(&args)?.trim().to_string();
         wait_until(Duration::from_secs(10), &format!("{name} listening"), || {
             let o = self.output(&["logs", name]);
             String::from_utf8_lossy(&o.stdout).contains("listening")
                 || String::from_utf8_lossy(&o.stderr).contains("listening")
         })?;
         Ok(id)
+    }
+
+    /// `docker-compose -p PROJECT ARGS` run in `dir` (where its docker-compose.yml is): stdout and
+    /// stderr (compose reports progress on stderr), failing on a non-zero exit.
+    pub fn compose(&self, dir: &std::path::Path, project: &str, args: &[&str]) -> Result<String> {
+        self.compose_env(dir, project, args, &[])
+    }
+
+    /// [`Docker::compose`] with extra environment (`COMPOSE_API_VERSION`, ...).
+    pub fn compose_env(
+        &self,
+        dir: &std::path::Path,
+        project: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<String> {
+        let mut cmd = self.command("docker-compose");
+        cmd.current_dir(dir).args(["--ansi", "never"]).args(["-p", project]).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let o =
+            cmd.output().unwrap_or_else(|e| panic!("cannot run docker-compose (cargo xtask setup installs it): {e}"));
+        checked(&format!("docker-compose -p {project} {args:?}"), o).map(|(out, err)| out + &err)
+    }
+}
+
+/// Now as the docker CLI's `--since`/`--until` take it: Unix seconds with nanoseconds.
+pub fn unix_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+fn checked(what: &str, o: Output) -> Result<(String, String)> {
+    let (out, err) = (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned());
+    if !o.status.success() {
+        bail!("{what} failed ({}): {out}{err}", o.status);
+    }
+    Ok((out, err))
+}
+
+impl Node {
+    /// The kernel objects netbee made on this node: its interfaces (`nbe*` container veths, `nbp*`
+    /// peers, `nbn*` network devices), container namespace files and pinned links.
+    pub fn kernel_objects(&self) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for l in self.sh("ip -br link")?.lines() {
+            let name = l.split_whitespace().next().unwrap_or("").split('@').next().unwrap_or("").to_string();
+            if name.starts_with("nbe") || name.starts_with("nbp") || name.starts_with("nbn") {
+                out.insert(format!("link:{name}"));
+            }
+        }
+        for d in ["state/netns", "bpffs/netbee/links"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir().join(d)) {
+                for e in rd.flatten() {
+                    out.insert(format!("{d}:{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        Ok(out)
     }
 }

@@ -111,7 +111,7 @@ fn same_network_tcp_udp_icmp_with_real_source_address() -> Result<()> {
     assert!(n.counter("arp_reply")? > 0);
 
     // the node's bridge device carries no ports: forwarding is not the Linux bridge's
-    let dev = n.network_inspect("app")?["Options"]["com.netbee.network.device"].as_str().unwrap().to_string();
+    let dev = n.network_inspect("app")?["NetbeeDevice"].as_str().unwrap().to_string();
     let ports = n.sh(&format!("ls /sys/class/net/{dev}/brif | wc -l"))?;
     assert_eq!(ports.trim(), "0", "no interface is enslaved to {dev}");
     Ok(())

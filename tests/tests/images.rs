@@ -210,12 +210,12 @@ fn pull_and_push_against_a_registry_in_the_lab() -> Result<()> {
 
     // the same through docker's own CLI (its push and pull requests, its progress output)
     let d = Docker::new(&lab, n)?;
-    d.stdout(&["tag", "10.77.0.101:5000/web:1.1", "10.77.0.101:5000/web:docker"])?;
-    let out = d.stdout(&["push", "10.77.0.101:5000/web:docker"])?;
+    d.ok(&["tag", "10.77.0.101:5000/web:1.1", "10.77.0.101:5000/web:docker"])?;
+    let out = d.ok(&["push", "10.77.0.101:5000/web:docker"])?;
     assert!(out.contains("docker: digest: sha256:"), "docker push: {out}");
-    d.stdout(&["rmi", "10.77.0.101:5000/web:docker", "10.77.0.101:5000/web:1.1"])?;
+    d.ok(&["rmi", "10.77.0.101:5000/web:docker", "10.77.0.101:5000/web:1.1"])?;
     assert!(image_ids(n)?.is_empty(), "docker rmi left images");
-    let out = d.stdout(&["pull", "10.77.0.101:5000/web:docker"])?;
+    let out = d.ok(&["pull", "10.77.0.101:5000/web:docker"])?;
     assert!(out.contains("Digest: sha256:") && out.contains("10.77.0.101:5000/web:docker"), "docker pull: {out}");
     assert_eq!(id_of(n, "10.77.0.101:5000/web:docker")?, id, "docker pull brought the pushed image");
     let err = d.refused(&["pull", "10.77.0.101:5000/web:nope"]);

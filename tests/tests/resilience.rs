@@ -21,25 +21,6 @@ fn load(ns: &str, addr: std::net::SocketAddr, stop: Arc<AtomicBool>) -> std::thr
     })
 }
 
-/// Interfaces, namespace files and pinned endpoint links the node has, for leak checks.
-fn kernel_objects(n: &Node) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for l in n.sh("ip -br link")?.lines() {
-        let name = l.split_whitespace().next().unwrap_or("").split('@').next().unwrap_or("").to_string();
-        if name.starts_with("nbe") || name.starts_with("nbp") || name.starts_with("nbn") {
-            out.insert(format!("link:{name}"));
-        }
-    }
-    for d in ["state/netns", "bpffs/netbee/links"] {
-        if let Ok(rd) = std::fs::read_dir(n.dir().join(d)) {
-            for e in rd.flatten() {
-                out.insert(format!("{d}:{}", e.file_name().to_string_lossy()));
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// What the store says should exist: one veth and one pinned link per endpoint of a running
 /// container, one namespace per running container, one device per bridge network.
 fn expected_objects(n: &Node) -> Result<BTreeSet<String>> {
@@ -57,7 +38,7 @@ fn expected_objects(n: &Node) -> Result<BTreeSet<String>> {
         let v: serde_json::Value = serde_json::from_str(l)?;
         if v["Driver"] == "bridge" {
             let full = n.network_inspect(v["Name"].as_str().unwrap())?;
-            out.insert(format!("link:{}", full["Options"]["com.netbee.network.device"].as_str().unwrap()));
+            out.insert(format!("link:{}", full["NetbeeDevice"].as_str().unwrap()));
         }
     }
     for pin in [
@@ -314,13 +295,13 @@ fn sigkill_mid_operation_leaves_store_and_kernel_in_agreement() -> Result<()> {
             assert!(!has(list, x), "{kind} {x} confirmed removed but back after crash {trial}");
         }
         wait_until(Duration::from_secs(10), "store and kernel agree", || {
-            matches!((kernel_objects(n), expected_objects(n)), (Ok(k), Ok(e)) if k == e)
+            matches!((n.kernel_objects(), expected_objects(n)), (Ok(k), Ok(e)) if k == e)
                 && maps_agree(n).unwrap_or(false)
         })
         .map_err(|e| {
             anyhow!(
                 "{e}: kernel {:?} vs store {:?}; maps agree: {:?}",
-                kernel_objects(n),
+                n.kernel_objects(),
                 expected_objects(n),
                 maps_agree(n)
             )

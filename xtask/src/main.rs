@@ -54,6 +54,9 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     // certificates for the API-over-TLS test
     "openssl",
+    // tests/tests/docker_compose.rs: docker-compose 1.29.2, Python with docker-py (installed
+    // without Recommends, which would bring Debian's docker engine)
+    "docker-compose",
 ];
 mod test_images;
 mod test_runner;

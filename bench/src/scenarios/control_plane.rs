@@ -199,7 +199,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
                 for system in order {
                     let name = format!("e{round}x{k}{}", if system == NETBEE { "d" } else { "n" });
                     let args = ["run", "-d", "--name", &name, "--network", "bench", "host", "sleep", "600"];
-                    let c = if system == NETBEE { d.command(&args) } else { netbee_cli(n1, &args) };
+                    let c = if system == NETBEE { docker_cli(d, &args) } else { netbee_cli(n1, &args) };
                     col.add("dockerrun", system, 1e3 * time_cmd(c).with_context(|| format!("{system}: run -d"))?);
                     names.push(name);
                 }
@@ -295,6 +295,13 @@ fn netbee_cli(n: &netbee_lab::Node, args: &[&str]) -> std::process::Command {
     c
 }
 
+/// `docker ARGS` for the node `d` points at.
+fn docker_cli(d: &netbee_lab::Docker, args: &[&str]) -> std::process::Command {
+    let mut c = d.command("docker");
+    c.args(args);
+    c
+}
+
 /// `service create -d --replicas 3 host sleep 600` through the docker CLI and through netbee's,
 /// alternated, each timed from the spawn until `service ls` shows 3/3; removed afterwards.
 fn service_create_pairs(ctx: &Ctx, col: &mut Collector, lab: &netbee_lab::Lab, round: usize) -> Result<()> {
@@ -306,7 +313,7 @@ fn service_create_pairs(ctx: &Ctx, col: &mut Collector, lab: &netbee_lab::Lab, r
         for system in order {
             let name = format!("s{round}x{k}{}", if system == NETBEE { "d" } else { "n" });
             let args = ["service", "create", "-d", "--name", &name, "--replicas", "3", "host", "sleep", "600"];
-            let c = if system == NETBEE { d.command(&args) } else { netbee_cli(n1, &args) };
+            let c = if system == NETBEE { docker_cli(&d, &args) } else { netbee_cli(n1, &args) };
             let t0 = Instant::now();
             time_cmd(c).with_context(|| format!("{system}: service create"))?;
             while n1.service_replicas(&name) != "3/3" {

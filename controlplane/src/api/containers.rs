@@ -295,6 +295,24 @@ pub struct HostConfig {
     pub port_bindings: BTreeMap<String, Vec<PortBinding>>,
     pub publish_all_ports: bool,
     pub auto_remove: bool,
+    /// docker's default `{"Type":"json-file","Config":{}}`: the container's output is kept and
+    /// served by `logs`. docker-compose shows the logs only of containers whose driver is named.
+    #[serde(default)]
+    pub log_config: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct LogConfig {
+    #[serde(rename = "Type")]
+    pub typ: String,
+    pub config: BTreeMap<String, String>,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { typ: "json-file".into(), config: BTreeMap::new() }
+    }
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -319,6 +337,20 @@ pub struct ContainerConfig {
     /// `PORT/PROTO` → `{}`.
     pub exposed_ports: BTreeMap<String, EmptyObject>,
     pub labels: BTreeMap<String, String>,
+    /// docker's terminal and stdin flags, always present: docker-py (docker-compose's client)
+    /// reads `Config.Tty` to choose how to read logs and fails on a missing key.
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub open_stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
+    #[serde(default)]
+    pub attach_stdin: bool,
+    #[serde(default)]
+    pub attach_stdout: bool,
+    #[serde(default)]
+    pub attach_stderr: bool,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -389,4 +421,37 @@ pub struct ContainerWaitResponse {
 #[serde(rename_all = "PascalCase")]
 pub struct WaitExitError {
     pub message: String,
+}
+
+/// The answer to `GET /containers/{id}/top?ps_args=ARGS`: `ps`'s columns and the rows of the
+/// container's processes, each field a string as `ps` printed it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerTopResponse {
+    pub titles: Vec<String>,
+    pub processes: Vec<Vec<String>>,
+}
+
+/// `ps` output as [`ContainerTopResponse`], keeping the rows whose PID is in `pids`. The last
+/// column (the command) keeps its spaces. An output without a PID column is docker's error.
+pub fn parse_ps(output: &str, pids: &[i32]) -> Result<ContainerTopResponse, String> {
+    let mut lines = output.lines().filter(|l| !l.trim().is_empty());
+    let titles: Vec<String> = lines.next().unwrap_or_default().split_whitespace().map(str::to_string).collect();
+    let pid_col = titles.iter().position(|t| t == "PID").ok_or("Couldn't find PID field in ps output")?;
+    let mut processes = Vec::new();
+    for line in lines {
+        let mut fields = Vec::with_capacity(titles.len());
+        let mut rest = line.trim_start();
+        while fields.len() + 1 < titles.len() {
+            let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            fields.push(rest[..end].to_string());
+            rest = rest[end..].trim_start();
+        }
+        fields.push(rest.to_string());
+        let pid: i32 = fields[pid_col].parse().map_err(|_| format!("unexpected pid '{}'", fields[pid_col]))?;
+        if pids.contains(&pid) {
+            processes.push(fields);
+        }
+    }
+    Ok(ContainerTopResponse { titles, processes })
 }

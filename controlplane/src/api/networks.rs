@@ -193,8 +193,14 @@ pub struct Network {
     pub ingress: bool,
     /// The running containers on the network, by container id.
     pub containers: BTreeMap<String, NetworkContainer>,
+    /// The driver options docker shows: none for a bridge network. docker-compose compares them
+    /// with its file's `driver_opts` and refuses to reuse a network whose options differ, so
+    /// netbee's own facts are not here.
     pub options: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
+    /// netbee's: the network's device on the node (not docker's field; its clients ignore it).
+    #[serde(rename = "NetbeeDevice", default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

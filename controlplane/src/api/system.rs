@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// `/version`, and the version of unprefixed paths.
 pub const API_VERSION: &str = "1.50";
 /// The oldest version a `/v1.NN/` prefix may name (docker 28's minimum).
-pub const MIN_API_VERSION: &str = "1.41";
+pub const MIN_API_VERSION: &str = "1.24";
 
 /// The answer to `GET /version` (docker's `SystemVersion`).
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -266,4 +266,47 @@ pub struct EndpointEntry {
     pub interface: String,
     pub container: String,
     pub mac: String,
+}
+
+/// The answer to `GET /system/df` (docker's `DiskUsage`): what `docker system df` sums.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskUsage {
+    /// Bytes of every unpacked layer, each counted once however many images share it.
+    pub layers_size: i64,
+    pub images: Vec<DiskUsageImage>,
+    pub containers: Vec<DiskUsageContainer>,
+    /// netbee has no volumes and no build cache: always empty.
+    pub volumes: Vec<serde_json::Value>,
+    pub build_cache: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskUsageImage {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// Unix seconds.
+    pub created: i64,
+    pub size: i64,
+    /// Bytes of its layers that other images use too.
+    pub shared_size: i64,
+    /// Containers using the image.
+    pub containers: i64,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DiskUsageContainer {
+    pub id: String,
+    pub names: Vec<String>,
+    pub image: String,
+    pub command: String,
+    pub created: i64,
+    pub state: String,
+    pub status: String,
+    /// Bytes written in its own layer.
+    pub size_rw: i64,
+    pub size_root_fs: i64,
 }

@@ -304,13 +304,13 @@ fn errors_and_system() {
     let v = SystemVersion {
         version: "0.1.0".into(),
         api_version: "1.50".into(),
-        min_api_version: "1.41".into(),
+        min_api_version: "1.24".into(),
         os: "linux".into(),
         ..Default::default()
     };
     let got = serde_json::to_value(&v).unwrap();
-    assert_eq!((got["ApiVersion"].clone(), got["MinAPIVersion"].clone()), (json!("1.50"), json!("1.41")));
-    reads(json!({ "Version": "0.1.0", "ApiVersion": "1.50", "MinAPIVersion": "1.41", "Os": "linux" }), &v);
+    assert_eq!((got["ApiVersion"].clone(), got["MinAPIVersion"].clone()), (json!("1.50"), json!("1.24")));
+    reads(json!({ "Version": "0.1.0", "ApiVersion": "1.50", "MinAPIVersion": "1.24", "Os": "linux" }), &v);
     let stats = DatapathStats {
         counters: [("ct_created".to_string(), 7)].into(),
         drops: [("no_route".to_string(), 1)].into(),
@@ -364,8 +364,9 @@ fn network_responses() {
             },
         )]
         .into(),
-        options: [("com.netbee.network.device".to_string(), "nb-abc".to_string())].into(),
+        options: Default::default(),
         labels: Default::default(),
+        device: Some("nb-abc".into()),
     };
     wire(
         &net,
@@ -378,8 +379,9 @@ fn network_responses() {
                 "Name": "c", "EndpointID": "eid", "MacAddress": "02:42:0a:00:00:02",
                 "IPv4Address": "10.0.0.2/24", "IPv6Address": "",
             } },
-            "Options": { "com.netbee.network.device": "nb-abc" },
+            "Options": {},
             "Labels": {},
+            "NetbeeDevice": "nb-abc",
         }),
     );
     let range = IpamConfig { subnet: "s".into(), gateway: "g".into(), ip_range: Some("r".into()) };
@@ -466,6 +468,20 @@ fn docker_container_create_body_folds_into_netbees() {
     assert_eq!(req.network_aliases, ["www"]);
     assert_eq!(req.publish, ["8080:80/tcp", "127.0.0.1:8081:80/tcp", "9000:9000/udp"]);
     assert_eq!(req.expose, ["80/tcp", "9000/udp"]);
+    // docker-compose 1.29.2's body: no zero values, the service's aliases on its network's
+    // endpoint, compose's labels
+    let mut req: ContainerCreateRequest = serde_json::from_value(json!({
+        "Cmd": ["httpd", "-f", "-p", "80"], "Image": "busybox",
+        "HostConfig": { "NetworkMode": "proj_front", "PortBindings": { "80/tcp": [{ "HostPort": "8080" }] } },
+        "NetworkingConfig": { "EndpointsConfig": { "proj_front": { "Aliases": ["www", "web"] } } },
+        "Labels": { "com.docker.compose.project": "proj", "com.docker.compose.oneoff": "False" },
+    }))
+    .unwrap();
+    req.normalize(Some("proj_web_1")).unwrap();
+    assert_eq!((req.name.as_deref(), req.network.as_deref()), (Some("proj_web_1"), Some("proj_front")));
+    assert_eq!(req.network_aliases, ["www", "web"]);
+    assert_eq!(req.publish, ["8080:80/tcp"]);
+    assert_eq!(req.labels["com.docker.compose.project"], "proj");
     // without --network: NetworkMode "default" and an endpoint named "default"
     let mut req: ContainerCreateRequest = serde_json::from_value(json!({
         "Image": "host", "Cmd": null, "Env": null,
@@ -530,6 +546,7 @@ fn container_inspect_response() {
             .into(),
             publish_all_ports: false,
             auto_remove: false,
+            ..Default::default()
         },
         config: ContainerConfig {
             hostname: "cid".into(),
@@ -541,6 +558,7 @@ fn container_inspect_response() {
             working_dir: String::new(),
             exposed_ports: [("53/udp".to_string(), EmptyObject {})].into(),
             labels: Default::default(),
+            ..Default::default()
         },
         network_settings: NetworkSettings {
             ports: [("53/udp".to_string(), None), ("80/tcp".to_string(), Some(vec![binding]))].into(),
@@ -571,11 +589,14 @@ fn container_inspect_response() {
                 "NetworkMode": "default",
                 "PortBindings": { "80/tcp": [{ "HostIp": "", "HostPort": "8080" }] },
                 "PublishAllPorts": false, "AutoRemove": false,
+                "LogConfig": { "Type": "json-file", "Config": {} },
             },
             "Config": {
                 "Hostname": "cid", "Image": "busybox", "User": "app", "Env": ["A=1"], "Entrypoint": null,
                 "Cmd": ["sleep", "1"], "WorkingDir": "",
                 "ExposedPorts": { "53/udp": {} }, "Labels": {},
+                "Tty": false, "OpenStdin": false, "StdinOnce": false,
+                "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
             },
             "NetworkSettings": {
                 "Ports": { "53/udp": null, "80/tcp": [{ "HostIp": "0.0.0.0", "HostPort": "8080" }] },
@@ -865,4 +886,25 @@ fn docker_service_spec_becomes_the_request() {
         let e = spec.into_request().unwrap_err();
         assert!(e.contains(want), "{e}");
     }
+}
+
+#[test]
+fn ps_output_keeps_the_containers_rows_and_the_commands_spaces() {
+    let out = "UID          PID    PPID  C STIME TTY          TIME CMD\n\
+               root           1       0  0 04:00 ?        00:00:01 /sbin/init\n\
+               root        4242    4240  0 04:01 ?        00:00:00 /usr/bin/netbee whoami --port 7000\n\
+               root        4243    4242  0 04:01 ?        00:00:00 sleep 5\n";
+    let top = parse_ps(out, &[4242, 4243, 9999]).unwrap();
+    assert_eq!(top.titles, ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"]);
+    assert_eq!(top.processes.len(), 2);
+    assert_eq!(top.processes[0][1], "4242");
+    assert_eq!(top.processes[0][7], "/usr/bin/netbee whoami --port 7000");
+    assert_eq!(top.processes[1][7], "sleep 5");
+    // `-o pid,comm`: PID first; a row with an empty last column
+    let top = parse_ps("    PID COMMAND\n   4242 netbee\n      7 kthreadd\n", &[4242]).unwrap();
+    assert_eq!(top.processes, [vec!["4242".to_string(), "netbee".to_string()]]);
+    // no PID column, or a PID that is not a number: docker's errors
+    assert_eq!(parse_ps("COMMAND\nsh\n", &[1]).unwrap_err(), "Couldn't find PID field in ps output");
+    assert!(parse_ps("PID CMD\nx sh\n", &[1]).is_err());
+    assert!(parse_ps("", &[1]).is_err());
 }

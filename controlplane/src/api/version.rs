@@ -49,6 +49,8 @@ mod tests {
     fn supported_prefixes_are_stripped() {
         assert_eq!(strip_version_prefix("/v1.50/networks").unwrap(), Some("/networks"));
         assert_eq!(strip_version_prefix("/v1.41/containers/web/json").unwrap(), Some("/containers/web/json"));
+        // docker-py and older clients may pin an old version: docker 28 serves down to 1.24
+        assert_eq!(strip_version_prefix("/v1.24/containers/json").unwrap(), Some("/containers/json"));
         assert_eq!(strip_version_prefix("/v1.45/_ping").unwrap(), Some("/_ping"));
         assert_eq!(strip_version_prefix("/v1.50").unwrap(), Some("/"));
     }
@@ -62,17 +64,17 @@ mod tests {
 
     #[test]
     fn versions_outside_the_range_are_dockers_400() {
-        let old = strip_version_prefix("/v1.40/networks").unwrap_err();
+        let old = strip_version_prefix("/v1.23/networks").unwrap_err();
         assert_eq!(old.kind, ErrorKind::InvalidParameter);
         assert_eq!(
             old.message,
-            "client version 1.40 is too old. Minimum supported API version is 1.41, please upgrade your client to a newer version"
+            "client version 1.23 is too old. Minimum supported API version is 1.24, please upgrade your client to a newer version"
         );
         let new = strip_version_prefix("/v1.51/networks").unwrap_err();
         assert_eq!(new.message, "client version 1.51 is too new. Maximum supported API version is 1.50");
         assert!(strip_version_prefix("/v2.0/networks").is_err());
         assert!(strip_version_prefix("/v0.99/networks").is_err());
-        // numerically, not as text: 1.5 is older than 1.41
+        // numerically, not as text: 1.5 is older than 1.24
         assert!(strip_version_prefix("/v1.5/networks").is_err());
     }
 }

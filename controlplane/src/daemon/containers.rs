@@ -668,6 +668,7 @@ impl Daemon {
                 port_bindings,
                 publish_all_ports: c.config.publish_all,
                 auto_remove: c.config.auto_remove,
+                ..Default::default()
             },
             config: api::ContainerConfig {
                 hostname: c.config.hostname.clone(),
@@ -679,6 +680,7 @@ impl Daemon {
                 working_dir: c.config.workdir.clone().unwrap_or_default(),
                 exposed_ports: c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), EmptyObject {})).collect(),
                 labels: c.config.labels.clone(),
+                ..Default::default()
             },
             network_settings: NetworkSettings {
                 ports,

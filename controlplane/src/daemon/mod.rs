@@ -15,6 +15,7 @@ mod server;
 pub mod services;
 mod swarm;
 mod system;
+mod usage;
 
 use std::{
     net::Ipv4Addr,

@@ -151,6 +151,7 @@ impl Daemon {
             containers,
             options: serde_json::from_value(net.driver().inspect_options(net))?,
             labels: net.labels.clone(),
+            device: net.driver().carries_containers().then(|| net.device()),
         })
     }
 

@@ -15,12 +15,12 @@ use crate::{
     api::{
         ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ContainerCreateRequest,
         ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
-        ContainerWaitResponse, CtFlow, DatapathStats, EndpointEntry, ImageDeleteResponseItem, ImageIdResponse,
-        ImageImportRequest, ImageInspect, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse, ImageSaveRequest,
-        ImageSummary, LbFrontend, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
-        NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
-        ServiceUpdateRequest, ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo,
-        SystemVersion, Task,
+        ContainerTopResponse, ContainerWaitResponse, CtFlow, DatapathStats, DiskUsage, EndpointEntry,
+        ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest, ImageLoadRequest, ImageLoadResponse,
+        ImagePruneResponse, ImageSaveRequest, ImageSummary, LbFrontend, Network, NetworkConnectRequest,
+        NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node, NodeUpdateRequest, Service,
+        ServiceCreateRequest, ServiceCreateResponse, ServiceUpdateRequest, ServiceUpdateResponse, Swarm,
+        SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo, SystemVersion, Task,
     },
     metrics::timed,
     model::Status,
@@ -91,11 +91,14 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/restart", post(container_restart))
         .route("/containers/{id}/rename", post(container_rename))
         .route("/containers/{id}/wait", post(container_wait))
+        .route("/containers/{id}/top", get(container_top))
+        .route("/system/df", get(system_df))
         .route("/containers/{id}", delete(container_remove))
         .route("/images/json", get(image_list))
         .route("/images/load", post(image_load))
         .route("/images/import", post(image_import))
         .route("/images/save", post(image_save))
+        .route("/images/get", get(image_export))
         .route("/images/prune", post(image_prune))
         .route("/images/create", post(image_create))
         // docker puts image names in the path as they are, slashes and all: the suffix says
@@ -405,6 +408,17 @@ async fn container_restart(State(d): D, Path(id): Path<String>, Query(q): Q) -> 
     Ok(Json(()))
 }
 
+/// `GET /containers/{id}/top?ps_args=ARGS` (docker's default `-ef`).
+async fn container_top(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<Json<ContainerTopResponse>> {
+    let c = d.find_container(&id)?;
+    let args = q.get("ps_args").map(|a| a.trim()).filter(|a| !a.is_empty()).unwrap_or("-ef");
+    Ok(Json(d.container_top(&c, args).await?))
+}
+
+async fn system_df(State(d): D) -> ApiResult<Json<DiskUsage>> {
+    Ok(Json(d.system_df()?))
+}
+
 async fn container_rename(State(d): D, Path(id): Path<String>, Query(q): Q) -> NoContent {
     d.container_rename(&id, q.get("name").map(String::as_str).unwrap_or("")).await?;
     Ok(Json(()))
@@ -643,6 +657,22 @@ async fn events(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response>
         .map(|s| crate::events::parse_time(s, chrono::Utc::now()))
         .transpose()
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // `until`: the events up to that time, the stream closing then (at once for a past time), as
+    // docker's `events --until`
+    let now = chrono::Utc::now();
+    let until = q
+        .get("until")
+        .filter(|s| !s.is_empty())
+        .map(|s| crate::events::parse_time(s, now))
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let (Some(s), Some(u)) = (since, until)
+        && u < s
+    {
+        return Err(ApiError::bad_request("`since` time must be before `until`"));
+    }
+    let until_nano = until.and_then(|t| t.timestamp_nanos_opt()).unwrap_or(i64::MAX);
+    let open_for = until.map(|u| (u - now).to_std().unwrap_or_default());
     let (past, rx) = d.events.subscribe(since.and_then(|t| t.timestamp_nanos_opt()));
     let past = futures::stream::iter(past);
     let live = futures::stream::unfold(rx, |mut rx| async move {
@@ -668,9 +698,14 @@ async fn events(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response>
         }
     });
     use futures::StreamExt as _;
+    let closes = match open_for {
+        Some(d) => futures::future::Either::Left(tokio::time::sleep(d)),
+        None => futures::future::Either::Right(std::future::pending::<()>()),
+    };
+    // the kept events all go out; the live ones until `until`
     let records = past
-        .chain(live)
-        .filter(move |e| std::future::ready(e.typ == "daemon" || filter.matches(e)))
+        .chain(live.take_until(closes))
+        .filter(move |e| std::future::ready(e.time_nano <= until_nano && (e.typ == "daemon" || filter.matches(e))))
         .map(|e| json_line(&*e));
     Ok(ndjson(records))
 }
@@ -889,11 +924,64 @@ fn image_path(rest: &str, ops: &[&str]) -> (String, String) {
     (rest.to_string(), String::new())
 }
 
-async fn image_get(State(d): D, Path(rest): Path<String>) -> ApiResult<Json<ImageInspect>> {
-    match image_path(&rest, &["json"]) {
-        (name, op) if op == "json" => Ok(Json(d.image_inspect(&name)?)),
+async fn image_get(State(d): D, Path(rest): Path<String>) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    match image_path(&rest, &["json", "get"]) {
+        (name, op) if op == "json" => Ok(Json(d.image_inspect(&name)?).into_response()),
+        (name, op) if op == "get" => export(d, vec![name]).await,
         _ => Err(ApiError::not_found(format!("page not found: /images/{rest}"))),
     }
+}
+
+/// `GET /images/get?names=A&names=B`: docker's `save`, the archive (docker's and OCI's layout at
+/// once, as `netbee save` writes it) as the body.
+async fn image_export(State(d): D, Query(q): Query<Vec<(String, String)>>) -> ApiResult<axum::response::Response> {
+    let names: Vec<String> = q.into_iter().filter(|(k, v)| k == "names" && !v.is_empty()).map(|(_, v)| v).collect();
+    export(d, names).await
+}
+
+async fn export(d: Arc<Daemon>, names: Vec<String>) -> ApiResult<axum::response::Response> {
+    let path = spool_path(&d, "save")?;
+    d.image_save(path.to_string_lossy().into_owned(), names).await?;
+    // the file is unlinked once open: the body streams from the open file and nothing is left
+    let file = tokio::fs::File::open(&path).await.map_err(|e| ApiError::internal(format!("reading the archive: {e}")));
+    let _ = std::fs::remove_file(&path);
+    let stream = futures::stream::unfold(file?, |mut f| async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 64 * 1024];
+        match f.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buf)), f))
+            }
+            Err(e) => Some((Err(e), f)),
+        }
+    });
+    Ok(axum::response::Response::builder()
+        .header("content-type", "application/x-tar")
+        .body(axum::body::Body::from_stream(stream))
+        .expect("constant headers"))
+}
+
+/// A fresh file name in the daemon's spool directory.
+fn spool_path(d: &Daemon, what: &str) -> ApiResult<std::path::PathBuf> {
+    let dir = d.cfg.root.join("tmp");
+    crate::paths::make_dir(&dir)?;
+    Ok(dir.join(format!("{what}-{}.tar", crate::names::new_id())))
+}
+
+/// Writes a request's body to `path`.
+async fn body_to_file(req: Request, path: &std::path::Path) -> std::io::Result<()> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let mut f = tokio::fs::File::create(path).await?;
+    let mut body = req.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        f.write_all(&chunk).await?;
+    }
+    f.flush().await
 }
 
 /// `POST /images/{name}/tag?repo=R&tag=T` and `POST /images/{name}/push?tag=T`, docker's.
@@ -944,12 +1032,33 @@ async fn image_remove(
 }
 
 /// `POST /images/create?fromImage=REPO&tag=T`: docker's pull (also what `docker run` sends
-/// after a 404 for a missing image), answered with docker's progress lines.
-async fn image_create(State(d): D, Query(q): Q) -> ApiResult<axum::response::Response> {
+/// after a 404 for a missing image), answered with docker's progress lines; with `fromSrc`,
+/// docker's import.
+async fn image_create(State(d): D, Query(q): Q, req: Request) -> ApiResult<axum::response::Response> {
+    if let Some(src) = q.get("fromSrc") {
+        // a refusal is sent once the client's body is read: the CLI writes the whole tarball
+        // before it reads an answer, and a connection closed under it shows as "broken pipe"
+        // instead of the daemon's message
+        let mut body = req.into_body().into_data_stream();
+        let repo = match check_import(&q, src) {
+            Ok(repo) => repo,
+            Err(e) => {
+                use futures::StreamExt as _;
+                let mut read = 0usize;
+                while let Some(Ok(chunk)) = body.next().await {
+                    read += chunk.len();
+                    if read > IMPORT_DRAIN_LIMIT {
+                        break;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        let req = Request::new(axum::body::Body::from_stream(body));
+        return image_create_from_src(d, repo, req).await;
+    }
     let Some(from) = q.get("fromImage").filter(|f| !f.is_empty()) else {
-        return Err(ApiError::bad_request(
-            "only fromImage (pull) is supported here; import with netbee import for now",
-        ));
+        return Err(ApiError::bad_request("one of fromImage (pull) or fromSrc (import) is required"));
     };
     let reference = match q.get("tag").filter(|t| !t.is_empty()) {
         Some(t) if t.starts_with("sha256:") => format!("{from}@{t}"),
@@ -963,6 +1072,51 @@ async fn image_create(State(d): D, Query(q): Q) -> ApiResult<axum::response::Res
         json_line(&serde_json::json!({ "status": format!("Status: Downloaded newer image for {reference}") })),
     ];
     let mut resp = ndjson(futures::stream::iter(lines));
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
+    Ok(resp)
+}
+
+/// How much of a refused import's body is read before the connection is dropped anyway.
+const IMPORT_DRAIN_LIMIT: usize = 64 << 20;
+
+/// The `REPO[:TAG]` of an import request, or docker's 400 for what netbee cannot apply
+/// (`changes`, a URL to fetch) or a bad name, before anything is stored.
+fn check_import(q: &HashMap<String, String>, src: &str) -> ApiResult<Option<String>> {
+    if src != "-" {
+        return Err(ApiError::bad_request(format!(
+            "importing from {src:?} is not supported: send the tarball in the request body (fromSrc=-)"
+        )));
+    }
+    if q.get("changes").is_some_and(|c| !c.is_empty()) {
+        return Err(ApiError::bad_request("import --change is not supported"));
+    }
+    let repo = match (q.get("repo").filter(|r| !r.is_empty()), q.get("tag").filter(|t| !t.is_empty())) {
+        (Some(r), Some(t)) => Some(format!("{r}:{t}")),
+        (Some(r), None) => Some(r.clone()),
+        (None, Some(_)) => return Err(ApiError::bad_request("a tag was given without a repository")),
+        (None, None) => None,
+    };
+    if let Some(r) = &repo {
+        crate::images::ImageRef::parse(r)
+            .map_err(|e| ApiError::bad_request(format!("invalid reference {r:?}: {e}")))?;
+    }
+    Ok(repo)
+}
+
+/// `POST /images/create?fromSrc=-&repo=R[&tag=T]`: docker's `import` of the rootfs tarball in the
+/// body (checked by [`check_import`]), answered with docker's `{"status":"sha256:..."}` line.
+async fn image_create_from_src(
+    d: Arc<Daemon>,
+    repo: Option<String>,
+    req: Request,
+) -> ApiResult<axum::response::Response> {
+    let path = spool_path(&d, "import")?;
+    let r = match body_to_file(req, &path).await {
+        Ok(()) => d.image_import(path.to_string_lossy().into_owned(), repo).await,
+        Err(e) => Err(ApiError::bad_request(format!("reading the image tarball: {e}"))),
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut resp = ndjson(futures::stream::iter(vec![json_line(&serde_json::json!({ "status": r?.id }))]));
     resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static("application/json"));
     Ok(resp)
 }
@@ -981,22 +1135,8 @@ async fn image_load(State(d): D, req: Request) -> ApiResult<axum::response::Resp
         return Ok(Json::<ImageLoadResponse>(d.image_load(r.path).await?).into_response());
     }
     // the archive goes to a file of the daemon's first: the image store reads archives by path
-    let dir = d.cfg.root.join("tmp");
-    crate::paths::make_dir(&dir)?;
-    let path = dir.join(format!("load-{}.tar", crate::names::new_id()));
-    let written = async {
-        use futures::StreamExt as _;
-        use tokio::io::AsyncWriteExt as _;
-        let mut f = tokio::fs::File::create(&path).await?;
-        let mut body = req.into_body().into_data_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(std::io::Error::other)?;
-            f.write_all(&chunk).await?;
-        }
-        f.flush().await
-    }
-    .await;
-    let r = match written {
+    let path = spool_path(&d, "load")?;
+    let r = match body_to_file(req, &path).await {
         Ok(()) => d.image_load(path.to_string_lossy().into_owned()).await,
         Err(e) => Err(ApiError::bad_request(format!("reading the image archive: {e}"))),
     };

@@ -94,9 +94,9 @@ pub trait NetworkDriver: Send + Sync {
     fn mtu(&self) -> u32 {
         1500
     }
-    /// Driver-specific `Options` of `network inspect`.
-    fn inspect_options(&self, net: &NetworkRecord) -> Value {
-        serde_json::json!({ "com.netbee.network.device": net.device() })
+    /// Driver-specific `Options` of `network inspect`, as docker shows them (none for a bridge).
+    fn inspect_options(&self, _net: &NetworkRecord) -> Value {
+        serde_json::json!({})
     }
     /// Node-wide objects the driver needs before its first network (called once at start-up).
     async fn prepare_node(&self, _cx: &Context<'_>) -> Result<()> {

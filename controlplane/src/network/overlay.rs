@@ -49,10 +49,7 @@ impl NetworkDriver for Overlay {
     }
 
     fn inspect_options(&self, net: &NetworkRecord) -> Value {
-        json!({
-            "com.netbee.network.device": net.device(),
-            "com.docker.network.driver.overlay.vxlanid_list": net.vni.to_string(),
-        })
+        json!({ "com.docker.network.driver.overlay.vxlanid_list": net.vni.to_string() })
     }
 
     /// The VXLAN device and its ingress program, on every node started with a cluster store.

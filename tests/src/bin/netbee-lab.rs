@@ -206,7 +206,7 @@ fn demo(keep: bool) -> Result<()> {
 
 fn docker_step(d: &Docker, args: &[&str]) -> Result<String> {
     println!("$ docker {}", args.join(" "));
-    let out = d.ok(args)?;
+    let out = d.all(args)?;
     print!("{out}");
     Ok(out)
 }
@@ -220,7 +220,7 @@ fn docker_cli_part(lab: &Lab) -> Result<()> {
     let bin = netbee_bin();
     let bin = bin.to_str().unwrap();
     let d = Docker::new(lab, node)?;
-    say(&format!("docker's own CLI speaks to the same daemon: export DOCKER_HOST={}", d.host()));
+    say(&format!("docker's own CLI speaks to the same daemon: export DOCKER_HOST={}", d.host));
     docker_step(
         &d,
         &["version", "--format", "client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})"],
@@ -229,7 +229,7 @@ fn docker_cli_part(lab: &Lab) -> Result<()> {
     println!("$ docker run -d --name dweb --network dnet -p 8002:8080 host {bin} whoami --port 8080");
     d.run_whoami("dweb", &["--network", "dnet", "-p", "8002:8080"], 8080)?;
     docker_step(&d, &["ps", "--format", "table {{.Names}}\t{{.Image}}\t{{.Ports}}\t{{.Status}}"])?;
-    let ip = d.stdout(&["inspect", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}", "dweb"])?;
+    let ip = d.ok(&["inspect", "--format", "{{.NetworkSettings.Networks.dnet.IPAddress}}", "dweb"])?;
     check(ip.trim().starts_with("172.30.0."), &format!("docker inspect shows dweb's address on dnet ({})", ip.trim()))?;
     let url = format!("http://{}:8002/", node.addr());
     println!("[{}]$ curl -s {url}", ext.name());
