@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use netbee_abi::MacKey;
 use tracing::warn;
 
@@ -32,7 +32,18 @@ impl Daemon {
                 loop {
                     tokio::select! {
                         m = stream.next() => match m {
-                            Some(Ok(_)) => {}
+                            Some(Ok(_)) => {
+                                // one sync for every event that already arrived: each sync reads the
+                                // whole cluster view, and while tasks start on other nodes their
+                                // events queue up faster than syncs finish (issue 18)
+                                while let Some(m) = stream.next().now_or_never() {
+                                    match m {
+                                        Some(Ok(_)) => {}
+                                        Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                                        None => return Err(anyhow!("watch closed")),
+                                    }
+                                }
+                            }
                             Some(Err(e)) => return Err(anyhow::Error::from(e)),
                             None => return Err(anyhow!("watch closed")),
                         },
@@ -69,7 +80,7 @@ impl Daemon {
             if c.overlay_changes.load(Ordering::SeqCst) != changes {
                 continue;
             }
-            network::sync_cluster_view(&self.net_cx(), &view, &self.containers()?).await?;
+            network::sync_cluster_view(&self.net_cx(), &view, self.containers_shared()?.values()).await?;
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
             break (read_at, view);
         };
@@ -78,7 +89,7 @@ impl Daemon {
         let (read_at, view) = view;
         let services: Vec<ServiceRecord> = self.shared().list().await?;
         let tasks: Vec<TaskRecord> = self.shared().list().await?;
-        self.dns_sources_from_cluster(read_at, view.endpoints(), &services, &tasks).await;
+        self.dns_sources_from_cluster(read_at, view.endpoints(), services, tasks).await;
         self.dns.names.synced();
         self.write_host_ports(None).await;
         self.refresh_node_addrs().await
