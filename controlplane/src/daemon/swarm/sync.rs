@@ -18,6 +18,10 @@ use crate::{
     network,
 };
 
+/// The shortest time between two cluster syncs' starts (issue 18: a 10-node swarm starting
+/// 1,000 tasks kept every node syncing back to back, each sync reading every task and endpoint).
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Daemon {
     /// Watches the cluster prefix and re-applies the whole cluster view on any change (and every
     /// few seconds regardless), so a missed event or an etcd restart heals by itself.
@@ -29,6 +33,7 @@ impl Daemon {
                 let mut stream =
                     client.watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
                 self.full_sync().await?;
+                let mut last = Instant::now();
                 loop {
                     tokio::select! {
                         m = stream.next() => match m {
@@ -52,6 +57,21 @@ impl Daemon {
                         // a DNS query waits for a name another node may have made
                         _ = self.dns.names.sync_wanted.notified() => {}
                     }
+                    // at most one sync per MIN_SYNC_INTERVAL: each reads the whole cluster view, and
+                    // while tasks start on every node the events never stop; what arrives
+                    // meanwhile is read by the next one
+                    let wait = MIN_SYNC_INTERVAL.saturating_sub(last.elapsed());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                        while let Some(m) = stream.next().now_or_never() {
+                            match m {
+                                Some(Ok(_)) => {}
+                                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                                None => return Err(anyhow!("watch closed")),
+                            }
+                        }
+                    }
+                    last = Instant::now();
                     self.full_sync().await?;
                 }
                 #[allow(unreachable_code)]
