@@ -16,7 +16,7 @@ use crate::{
 
 // ---- networks ----
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NetworkRecord {
     pub id: String,
     pub name: String,
@@ -521,7 +521,7 @@ pub struct Liveness {
 }
 
 /// A container interface on an overlay, as every node sees it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RemoteEndpoint {
     pub network_id: String,
     pub ip: Ipv4Addr,

@@ -50,21 +50,24 @@ impl Daemon {
             let rec = self.images.resolve(&req.image).map_err(image_error)?;
             (rec.id, rec.config)
         };
-        let all = self.containers_shared()?;
-        let all: Vec<&ContainerRecord> = all.values().collect();
-        let name = match req.name.as_deref().filter(|n| !n.is_empty()) {
-            Some(n) => {
-                let n = n.trim_start_matches('/');
-                names::validate_name(n).map_err(ApiError::bad_request)?;
-                if let Some(o) = all.iter().find(|c| c.name == n) {
-                    return Err(ApiError::conflict(format!(
-                        "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
-                        o.id
-                    )));
+        // the table is shared only for the name check: held until the record is written, it
+        // made that write copy all of the node's containers (issue 18)
+        let name = {
+            let all = self.containers_shared()?;
+            match req.name.as_deref().filter(|n| !n.is_empty()) {
+                Some(n) => {
+                    let n = n.trim_start_matches('/');
+                    names::validate_name(n).map_err(ApiError::bad_request)?;
+                    if let Some(o) = all.values().find(|c| c.name == n) {
+                        return Err(ApiError::conflict(format!(
+                            "Conflict. The container name \"/{n}\" is already in use by container \"{}\". You have to remove (or rename) that container to be able to reuse that name.",
+                            o.id
+                        )));
+                    }
+                    n.to_string()
                 }
-                n.to_string()
+                None => names::generate_name(&|n| all.values().any(|c| c.name == n)),
             }
-            None => names::generate_name(&|n| all.iter().any(|c| c.name == n)),
         };
         for e in &req.env {
             if e.is_empty() || e.starts_with('=') {
@@ -121,7 +124,9 @@ impl Daemon {
                     }
                     let mut probe = net.ipam.clone().expect("bridge network has IPAM");
                     probe.reserve(ip).map_err(ApiError::from)?;
-                    if let Some(o) = all.iter().find(|c| c.attachments.iter().any(|a| a.ip == Some(ip))) {
+                    if let Some(o) =
+                        self.containers_shared()?.values().find(|c| c.attachments.iter().any(|a| a.ip == Some(ip)))
+                    {
                         return Err(ApiError::conflict(format!(
                             "address {ip} is already reserved by container {}",
                             o.name

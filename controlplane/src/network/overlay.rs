@@ -247,21 +247,32 @@ impl ClusterView {
 
 /// Makes this node's overlays and remote endpoints match the cluster view, and re-registers the
 /// endpoints of local containers etcd lost (a restarted etcd, a lost write). Idempotent.
-pub async fn sync_cluster_view(cx: &Context<'_>, view: &ClusterView, containers: &[ContainerRecord]) -> Result<()> {
+pub async fn sync_cluster_view<'a>(
+    cx: &Context<'_>,
+    view: &ClusterView,
+    containers: impl Iterator<Item = &'a ContainerRecord>,
+) -> Result<()> {
     let (c, m) = member(cx).map_err(|e| anyhow!("{e}"))?;
     let known = cached(cx.store)?;
     for n in &view.overlays {
         Overlay.setup(cx, n).await?;
-        cx.store.put(&CachedOverlay(n.clone()))?;
+        // a write (a committed transaction) only when the copy differs: this runs on every
+        // cluster event, on every node
+        if !known.iter().any(|k| k == n) {
+            cx.store.put(&CachedOverlay(n.clone()))?;
+        }
     }
     for n in known.iter().filter(|k| !view.overlays.iter().any(|o| o.id == k.id)) {
         Overlay.teardown(cx, n).await?;
         cx.store.delete::<CachedOverlay>(&n.id)?;
     }
-    for ct in containers.iter().filter(|ct| ct.state.status == Status::Running) {
+    // looked up once each: searching the list for every local endpoint cost local × cluster
+    let registered: HashSet<(&str, Ipv4Addr)> =
+        view.endpoints.iter().map(|r| (r.network_id.as_str(), r.ip)).collect();
+    for ct in containers.filter(|ct| ct.state.status == Status::Running) {
         for e in &ct.endpoints {
             if view.overlays.iter().any(|o| o.id == e.network_id)
-                && !view.endpoints.iter().any(|r| r.ip == e.ip && r.network_id == e.network_id)
+                && !registered.contains(&(e.network_id.as_str(), e.ip))
             {
                 register_endpoint(c, &m, ct, e).await?;
             }

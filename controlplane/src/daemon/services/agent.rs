@@ -65,13 +65,19 @@ impl Daemon {
         let mut changed = false;
         let me = self.my_node_id();
         let tasks: Vec<TaskRecord> = tasks.iter().filter(|t| t.node_id == me).cloned().collect();
-        let containers = self.containers()?;
-        let by_task: HashMap<String, &crate::model::ContainerRecord> = containers
-            .iter()
-            .filter_map(|c| c.config.labels.get("com.netbee.task.id").map(|t| (t.clone(), c)))
+        // copies of this node's task containers only (not the shared table: the starts below
+        // write it, and a write copies the whole table while a reader holds it)
+        let mine: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        let by_task: HashMap<String, crate::model::ContainerRecord> = self
+            .containers_shared()?
+            .values()
+            .filter_map(|c| c.config.labels.get("com.netbee.task.id").map(|t| (t, c)))
+            .filter(|(t, _)| mine.contains(t.as_str()))
+            .map(|(t, c)| (t.clone(), c.clone()))
             .collect();
+        drop(mine);
         for mut t in tasks {
-            let ct = by_task.get(&t.id).copied();
+            let ct = by_task.get(&t.id);
             if t.desired_running {
                 match (t.state, ct) {
                     (TaskState::Assigned, None) => {

@@ -1,5 +1,5 @@
 //! The service API: create, update, rm, ls, inspect, and the task list `service ps` shows.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
 
@@ -143,7 +143,7 @@ impl Daemon {
                     p.published, p.proto, o.spec.name
                 )));
             }
-            if let Some(c) = self.containers()?.iter().find(|c| {
+            if let Some(c) = self.containers_shared()?.values().find(|c| {
                 c.state.status == Status::Running
                     && c.ports.iter().any(|b| b.binding.host_port == p.published && b.binding.proto == p.proto)
             }) {
@@ -432,6 +432,11 @@ impl Daemon {
         let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
         let tasks: Vec<TaskRecord> = if status { self.shared().list::<TaskRecord>().await? } else { Vec::new() };
         let nets = self.networks()?;
+        // counted once: counting each service's tasks by a walk of all tasks cost services × tasks
+        let mut running: HashMap<&str, u64> = HashMap::new();
+        for t in tasks.iter().filter(|t| t.desired_running && t.state == TaskState::Running) {
+            *running.entry(t.service_id.as_str()).or_default() += 1;
+        }
         let mut out: Vec<Service> = services
             .into_iter()
             .filter(|s| {
@@ -442,10 +447,7 @@ impl Daemon {
             })
             .map(|s| {
                 let service_status = status.then(|| {
-                    let running = tasks
-                        .iter()
-                        .filter(|t| t.service_id == s.id && t.desired_running && t.state == TaskState::Running)
-                        .count() as u64;
+                    let running = running.get(s.id.as_str()).copied().unwrap_or(0);
                     api::ServiceStatus { running_tasks: running, desired_tasks: s.spec.replicas, completed_tasks: 0 }
                 });
                 let mut v = api_service(s, &nets);

@@ -153,10 +153,10 @@ impl Daemon {
                 tasks = self.shared().list::<TaskRecord>().await?;
                 self.program_services(&services, &tasks, &alive, &nodes)?;
             }
-            self.update_dns(read_at, &services, &tasks).await;
+            self.update_dns(read_at, services, tasks).await;
         } else {
             self.program_services(&[], &[], &HashSet::new(), &[])?;
-            self.update_dns(read_at, &[], &[]).await;
+            self.update_dns(read_at, Vec::new(), Vec::new()).await;
         }
         Ok(pending)
     }

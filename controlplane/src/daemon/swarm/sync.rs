@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Result, anyhow};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use netbee_abi::MacKey;
 use tracing::warn;
 
@@ -17,6 +17,10 @@ use crate::{
     model::{Liveness, NodeRecord, ServiceRecord, TaskRecord},
     network,
 };
+
+/// The shortest time between two cluster syncs' starts (issue 18: a 10-node swarm starting
+/// 1,000 tasks kept every node syncing back to back, each sync reading every task and endpoint).
+const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Daemon {
     /// Watches the cluster prefix and re-applies the whole cluster view on any change (and every
@@ -29,10 +33,22 @@ impl Daemon {
                 let mut stream =
                     client.watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
                 self.full_sync().await?;
+                let mut last = Instant::now();
                 loop {
                     tokio::select! {
                         m = stream.next() => match m {
-                            Some(Ok(_)) => {}
+                            Some(Ok(_)) => {
+                                // one sync for every event that already arrived: each sync reads the
+                                // whole cluster view, and while tasks start on other nodes their
+                                // events queue up faster than syncs finish (issue 18)
+                                while let Some(m) = stream.next().now_or_never() {
+                                    match m {
+                                        Some(Ok(_)) => {}
+                                        Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                                        None => return Err(anyhow!("watch closed")),
+                                    }
+                                }
+                            }
                             Some(Err(e)) => return Err(anyhow::Error::from(e)),
                             None => return Err(anyhow!("watch closed")),
                         },
@@ -41,6 +57,21 @@ impl Daemon {
                         // a DNS query waits for a name another node may have made
                         _ = self.dns.names.sync_wanted.notified() => {}
                     }
+                    // at most one sync per MIN_SYNC_INTERVAL: each reads the whole cluster view, and
+                    // while tasks start on every node the events never stop; what arrives
+                    // meanwhile is read by the next one
+                    let wait = MIN_SYNC_INTERVAL.saturating_sub(last.elapsed());
+                    if !wait.is_zero() {
+                        tokio::time::sleep(wait).await;
+                        while let Some(m) = stream.next().now_or_never() {
+                            match m {
+                                Some(Ok(_)) => {}
+                                Some(Err(e)) => return Err(anyhow::Error::from(e)),
+                                None => return Err(anyhow!("watch closed")),
+                            }
+                        }
+                    }
+                    last = Instant::now();
                     self.full_sync().await?;
                 }
                 #[allow(unreachable_code)]
@@ -69,7 +100,7 @@ impl Daemon {
             if c.overlay_changes.load(Ordering::SeqCst) != changes {
                 continue;
             }
-            network::sync_cluster_view(&self.net_cx(), &view, &self.containers()?).await?;
+            network::sync_cluster_view(&self.net_cx(), &view, self.containers_shared()?.values()).await?;
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
             break (read_at, view);
         };
@@ -78,7 +109,7 @@ impl Daemon {
         let (read_at, view) = view;
         let services: Vec<ServiceRecord> = self.shared().list().await?;
         let tasks: Vec<TaskRecord> = self.shared().list().await?;
-        self.dns_sources_from_cluster(read_at, view.endpoints(), &services, &tasks).await;
+        self.dns_sources_from_cluster(read_at, view.endpoints(), services, tasks).await;
         self.dns.names.synced();
         self.write_host_ports(None).await;
         self.refresh_node_addrs().await
