@@ -1,7 +1,9 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
+mod attach;
 mod containers;
 mod engine;
 mod events;
+mod exec;
 mod images;
 mod monitor;
 mod names;
@@ -102,6 +104,10 @@ pub struct Daemon {
     monitor: monitor::MonitorHub,
     /// `netbee events`: what changed on this node.
     events: events::EventBus,
+    /// Clients attached to containers not running yet (`docker run` attaches, then starts).
+    attaches: attach::PendingAttaches,
+    /// docker's exec instances (in memory, as docker's).
+    execs: exec::Execs,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -179,6 +185,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),
+        attaches: Default::default(),
+        execs: Default::default(),
         services: Default::default(),
         dns: Default::default(),
         monitor: monitor::MonitorHub::new(monitor_maps),
