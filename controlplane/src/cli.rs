@@ -1,5 +1,7 @@
-//! The docker-style command line. Every command but `daemon`, `shim` and `whoami` is a client of
-//! the daemon's API; `exec` joins the container's namespaces itself.
+//! The docker-style command line. Every command but `daemon`, `shim`, `exec-in` (the daemon's
+//! helpers) and `whoami` is a client of the daemon's API; `exec` joins the container's namespaces
+//! itself, with `runtime::exec::exec_in` as the daemon's exec instances do (the caller's stdio,
+//! no relay through the daemon: benchmarks run their load generators so).
 use std::{os::unix::fs::OpenOptionsExt as _, path::PathBuf, time::Duration};
 
 use anyhow::{Result, anyhow, bail};
@@ -214,6 +216,13 @@ enum Cmd {
     },
     #[command(hide = true)]
     Shim { spec: PathBuf },
+    /// The daemon's helper for an exec instance: runs SPEC (JSON) in a container. SPEC comes in
+    /// the environment, not on the command line other users can read (it has the variables).
+    #[command(hide = true, name = "exec-in")]
+    ExecIn {
+        #[arg(env = "NETBEE_EXEC_SPEC", hide_env_values = true)]
+        spec: String,
+    },
 }
 
 #[derive(Args)]
@@ -784,6 +793,7 @@ pub fn main() -> i32 {
     let host = cli.host.clone();
     let result = match cli.cmd {
         Cmd::Shim { spec } => crate::runtime::shim::main(&spec),
+        Cmd::ExecIn { spec } => Ok(crate::runtime::exec::helper_main(&spec)),
         Cmd::Daemon(a) => run_daemon(a),
         Cmd::Whoami { port } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
@@ -918,7 +928,7 @@ fn exec(
     let full_env = merge_env(&merge_env(&base, &info.config.env), env);
     let workdir = workdir.or(Some(info.config.working_dir.as_str()).filter(|w| !w.is_empty()));
     let user = user.unwrap_or(&info.config.user);
-    crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir, user)
+    crate::runtime::exec::exec_in(pid, cmd, &full_env, workdir, user, false)
 }
 
 /// A docker progress answer (pull, push): each line's `status` printed as it comes, an `error`
@@ -1194,7 +1204,9 @@ fn client_command(host: Option<&str>, cmd: Cmd) -> Result<i32> {
                 .await?;
                 Ok(0)
             }
-            Cmd::Daemon(_) | Cmd::Whoami { .. } | Cmd::Shim { .. } | Cmd::Exec { .. } => unreachable!(),
+            Cmd::Daemon(_) | Cmd::Whoami { .. } | Cmd::Shim { .. } | Cmd::ExecIn { .. } | Cmd::Exec { .. } => {
+                unreachable!()
+            }
         }
     })
 }

@@ -134,6 +134,23 @@ pub struct ContainerConfig {
     /// `uid[:gid]` or `name[:group]`, resolved in the container's root; empty is root.
     #[serde(default)]
     pub user: String,
+    /// docker's streams settings: `Tty` (a terminal for stdin/stdout/stderr, its output raw in
+    /// the log), `OpenStdin` (stdin a pipe attached clients write to), `StdinOnce` (closed when
+    /// the first attached client's input ends), and the `Attach*` flags `docker run` sent.
+    #[serde(default)]
+    pub stdio: StdioConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StdioConfig {
+    pub tty: bool,
+    pub open_stdin: bool,
+    pub stdin_once: bool,
+    pub attach_stdin: bool,
+    pub attach_stdout: bool,
+    pub attach_stderr: bool,
+    /// The terminal's first size (rows, columns), docker's `HostConfig.ConsoleSize`.
+    pub console_size: Option<(u16, u16)>,
 }
 
 impl ContainerConfig {

@@ -1,6 +1,7 @@
 //! Request bodies of the daemon's API, decoded as the daemon decodes them (serde_json, as axum's
 //! `Json` does), then checked with the validation the handlers run before touching the store or
-//! the kernel: names, port specs, addresses, IPAM, service ports, constraints, swarm arguments.
+//! the kernel: names, port specs, addresses, IPAM, service ports, constraints, swarm arguments,
+//! exec configs.
 //! Input: a JSON document, tried as every request body type (`api::*Request`), the join port's too.
 #![no_main]
 use std::net::Ipv4Addr;
@@ -8,9 +9,10 @@ use std::net::Ipv4Addr;
 use libfuzzer_sys::fuzz_target;
 use netbee_controlplane::{
     api::{
-        ContainerCreateRequest, DockerServiceSpec, JoinPortRequest, NetworkConnectRequest, NetworkCreateRequest,
-        NetworkDisconnectRequest, NodeUpdateRequest, Replicas, ServiceCreateRequest, ServiceUpdateRequest,
-        SwarmInitRequest, SwarmJoinRequest,
+        ContainerCreateRequest, DockerServiceSpec, ExecCreateRequest, ExecStartRequest, JoinPortRequest,
+        NetworkConnectRequest, NetworkCreateRequest, NetworkDisconnectRequest, NodeUpdateRequest, Replicas,
+        ServiceCreateRequest, ServiceUpdateRequest, SwarmInitRequest, SwarmJoinRequest, console_size,
+        parse_detach_keys,
     },
     ipam,
     model::Availability,
@@ -81,6 +83,29 @@ fuzz_target!(|data: &[u8]| {
         }
         if let Some(ip) = req.ip.as_deref() {
             let _ = ip.parse::<Ipv4Addr>();
+        }
+        if let Some([rows, cols]) = req.console_size {
+            assert!(rows > 0 && cols > 0, "a terminal size of none: {rows}x{cols}");
+        }
+    }
+    // `docker exec`: what the daemon records is a command, variables, an absolute working
+    // directory, a terminal size that fits and detach keys it can watch for
+    if let Ok(req) = serde_json::from_slice::<ExecCreateRequest>(data) {
+        round_trip(&req);
+        if let Ok(size) = req.validate() {
+            assert!(!req.cmd.is_empty() && !req.cmd[0].is_empty(), "{req:?}");
+            assert!(req.env.iter().all(|e| !e.is_empty() && !e.starts_with('=')), "{req:?}");
+            assert!(req.working_dir.is_empty() || req.working_dir.starts_with('/'), "{req:?}");
+            assert_eq!(size, console_size(req.console_size.as_deref()).expect("validated"));
+            let keys = parse_detach_keys(&req.detach_keys).expect("validated");
+            assert!(!keys.is_empty(), "{:?}", req.detach_keys);
+            assert!(keys.len() <= req.detach_keys.len().max(2), "{:?} -> {keys:?}", req.detach_keys);
+        }
+    }
+    if let Ok(req) = serde_json::from_slice::<ExecStartRequest>(data) {
+        round_trip(&req);
+        if let Ok(Some((rows, cols))) = console_size(req.console_size.as_deref()) {
+            assert!(rows > 0 || cols > 0, "{req:?}");
         }
     }
     if let Ok(req) = serde_json::from_slice::<ServiceCreateRequest>(data) {

@@ -50,11 +50,25 @@ pub struct ContainerCreateRequest {
     /// docker's `ExposedPorts`: `PORT/PROTO` → `{}`.
     #[serde(deserialize_with = "null_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub exposed_ports: BTreeMap<String, serde_json::Value>,
-    /// docker's `Tty`/`OpenStdin`: netbee has no terminal or stdin for containers yet.
+    /// docker's `Tty`: a terminal for the container's stdin, stdout and stderr.
     #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
     pub tty: bool,
+    /// docker's `OpenStdin`: a stdin attached clients write to (else /dev/null).
     #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
     pub open_stdin: bool,
+    /// docker's `StdinOnce`: stdin is closed when the first attached client's input ends.
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_once: bool,
+    /// docker's `AttachStdin/Stdout/Stderr`: what `docker run` attached (kept, shown by inspect).
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub attach_stdin: bool,
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub attach_stdout: bool,
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "std::ops::Not::not")]
+    pub attach_stderr: bool,
+    /// The terminal's first size, `[rows, columns]` (docker's `HostConfig.ConsoleSize`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub console_size: Option<[u16; 2]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host_config: Option<HostConfigRequest>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -73,6 +87,9 @@ pub struct HostConfigRequest {
     pub publish_all_ports: bool,
     #[serde(deserialize_with = "null_default")]
     pub auto_remove: bool,
+    /// `[rows, columns]` of the terminal; `[0, 0]` when the client's output is not one.
+    #[serde(deserialize_with = "null_default", skip_serializing_if = "Vec::is_empty")]
+    pub console_size: Vec<u64>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,11 +128,6 @@ impl ContainerCreateRequest {
         if let Some(w) = self.working_dir.take().filter(|w| !w.is_empty()) {
             self.workdir = Some(w);
         }
-        if self.tty || self.open_stdin {
-            return Err(ApiError::bad_request(
-                "a terminal or stdin for a container (-t, -i) is not supported yet: use -d",
-            ));
-        }
         for k in std::mem::take(&mut self.exposed_ports).into_keys() {
             if !self.expose.contains(&k) {
                 self.expose.push(k);
@@ -124,6 +136,13 @@ impl ContainerCreateRequest {
         if let Some(h) = self.host_config.take() {
             self.publish_all |= h.publish_all_ports;
             self.auto_remove |= h.auto_remove;
+            if let [rows, cols] = h.console_size[..]
+                && let (Ok(rows), Ok(cols)) = (u16::try_from(rows), u16::try_from(cols))
+                && rows > 0
+                && cols > 0
+            {
+                self.console_size = Some([rows, cols]);
+            }
             match h.network_mode.as_deref() {
                 None | Some("") | Some("default") => {}
                 Some(m) if m.starts_with("container:") => {
@@ -337,8 +356,9 @@ pub struct ContainerConfig {
     /// `PORT/PROTO` → `{}`.
     pub exposed_ports: BTreeMap<String, EmptyObject>,
     pub labels: BTreeMap<String, String>,
-    /// docker's terminal and stdin flags, always present: docker-py (docker-compose's client)
-    /// reads `Config.Tty` to choose how to read logs and fails on a missing key.
+    /// The docker CLI reads `Tty` to choose how to read `logs` and `attach` (raw for a
+    /// terminal, docker's frames otherwise) and `OpenStdin` to attach stdin; docker-py
+    /// (docker-compose's client) fails on a missing `Config.Tty`, so all are always present.
     #[serde(default)]
     pub tty: bool,
     #[serde(default)]

@@ -12,6 +12,7 @@
 //!
 //! - `networks.rs`: `/networks/...`;
 //! - `containers.rs`: `/containers/...`;
+//! - `exec.rs`: `/containers/{id}/exec` and `/exec/...`;
 //! - `services.rs`: `/services/...` and their tasks;
 //! - `swarm.rs`: `/swarm/...`, `/nodes/...`, and the join port a manager answers on;
 //! - `images.rs`: `/images/...`;
@@ -31,6 +32,7 @@ use serde_json::Value;
 
 pub mod containers;
 mod error;
+pub mod exec;
 pub mod filters;
 pub mod images;
 pub mod monitor;
@@ -42,6 +44,7 @@ pub mod version;
 
 pub use containers::*;
 pub use error::{ApiError, ApiResult, ErrorKind};
+pub use exec::*;
 pub use images::*;
 pub use monitor::*;
 pub use networks::*;

@@ -491,10 +491,17 @@ fn docker_container_create_body_folds_into_netbees() {
     .unwrap();
     req.normalize(None).unwrap();
     assert_eq!(req.network, None);
+    // `docker run -it --rm`: the streams settings and the terminal's size are kept
+    let mut tty: ContainerCreateRequest = serde_json::from_value(json!({
+        "AttachStdin": true, "AttachStdout": true, "AttachStderr": true, "Tty": true, "OpenStdin": true,
+        "StdinOnce": true, "Cmd": ["sh"], "Image": "busybox",
+        "HostConfig": { "NetworkMode": "default", "AutoRemove": true, "ConsoleSize": [40, 120] },
+    }))
+    .unwrap();
+    tty.normalize(None).unwrap();
+    assert!(tty.tty && tty.open_stdin && tty.stdin_once && tty.attach_stdin && tty.attach_stdout && tty.auto_remove);
+    assert_eq!(tty.console_size, Some([40, 120]));
     // what cannot be done is refused before anything exists
-    let mut tty: ContainerCreateRequest =
-        serde_json::from_value(json!({ "Image": "host", "Tty": true, "OpenStdin": true })).unwrap();
-    assert_eq!(tty.normalize(None).unwrap_err().status().as_u16(), 400);
     let mut two: ContainerCreateRequest = serde_json::from_value(
         json!({ "Image": "host", "NetworkingConfig": { "EndpointsConfig": { "a": {}, "b": {} } } }),
     )
@@ -558,6 +565,8 @@ fn container_inspect_response() {
             working_dir: String::new(),
             exposed_ports: [("53/udp".to_string(), EmptyObject {})].into(),
             labels: Default::default(),
+            tty: true,
+            open_stdin: true,
             ..Default::default()
         },
         network_settings: NetworkSettings {
@@ -595,7 +604,7 @@ fn container_inspect_response() {
                 "Hostname": "cid", "Image": "busybox", "User": "app", "Env": ["A=1"], "Entrypoint": null,
                 "Cmd": ["sleep", "1"], "WorkingDir": "",
                 "ExposedPorts": { "53/udp": {} }, "Labels": {},
-                "Tty": false, "OpenStdin": false, "StdinOnce": false,
+                "Tty": true, "OpenStdin": true, "StdinOnce": false,
                 "AttachStdin": false, "AttachStdout": false, "AttachStderr": false,
             },
             "NetworkSettings": {
@@ -907,4 +916,56 @@ fn ps_output_keeps_the_containers_rows_and_the_commands_spaces() {
     assert_eq!(parse_ps("COMMAND\nsh\n", &[1]).unwrap_err(), "Couldn't find PID field in ps output");
     assert!(parse_ps("PID CMD\nx sh\n", &[1]).is_err());
     assert!(parse_ps("", &[1]).is_err());
+}
+
+#[test]
+fn exec_bodies() {
+    // `docker exec -it web sh` as docker CLI 28.2.2 sends it
+    reads(
+        json!({ "Tty": true, "ConsoleSize": [40, 120], "AttachStdin": true, "AttachStderr": true,
+                "AttachStdout": true, "Cmd": ["sh"], "Env": null, "User": "", "WorkingDir": "",
+                "Privileged": false, "DetachKeys": "" }),
+        &ExecCreateRequest {
+            cmd: vec!["sh".into()],
+            tty: true,
+            attach_stdin: true,
+            attach_stdout: true,
+            attach_stderr: true,
+            console_size: Some(vec![40, 120]),
+            ..Default::default()
+        },
+    );
+    reads(json!({ "Detach": true }), &ExecStartRequest { detach: true, ..Default::default() });
+    wire(&ExecCreateResponse { id: "eid".into() }, json!({ "Id": "eid" }));
+    let inspect = ExecInspectResponse {
+        id: "eid".into(),
+        running: false,
+        exit_code: Some(7),
+        process_config: ExecProcessConfig {
+            tty: false,
+            entrypoint: "sh".into(),
+            arguments: vec!["-c".into(), "exit 7".into()],
+            privileged: false,
+            user: String::new(),
+        },
+        open_stdin: false,
+        open_stderr: true,
+        open_stdout: true,
+        can_remove: false,
+        container_id: "cid".into(),
+        detach_keys: String::new(),
+        pid: 0,
+    };
+    wire(
+        &inspect,
+        json!({
+            "ID": "eid", "Running": false, "ExitCode": 7,
+            "ProcessConfig": { "tty": false, "entrypoint": "sh", "arguments": ["-c", "exit 7"], "privileged": false, "user": "" },
+            "OpenStdin": false, "OpenStderr": true, "OpenStdout": true, "CanRemove": false,
+            "ContainerID": "cid", "DetachKeys": "", "Pid": 0,
+        }),
+    );
+    // not yet exited: null, as docker's
+    let running = ExecInspectResponse { running: true, exit_code: None, ..inspect };
+    assert_eq!(serde_json::to_value(&running).unwrap()["ExitCode"], Value::Null);
 }

@@ -22,11 +22,12 @@ use crate::{
     humanize,
     images::{HOST_IMAGE, ImageConfig},
     model::{
-        Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status, mac_string,
+        Attachment, ContainerConfig, ContainerRecord, ContainerState, NetworkMode, NetworkRecord, Status, StdioConfig,
+        mac_string,
     },
     names, netns,
     portspec::{self, Proto},
-    runtime::{self, ExitRecord, ShimSpec, process, rootfs::RootfsSpec},
+    runtime::{self, ExitRecord, ShimSpec, attach, process, rootfs::RootfsSpec},
 };
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -173,6 +174,15 @@ impl Daemon {
                 workdir: process.workdir,
                 labels,
                 user: process.user,
+                stdio: StdioConfig {
+                    tty: req.tty,
+                    open_stdin: req.open_stdin,
+                    stdin_once: req.stdin_once,
+                    attach_stdin: req.attach_stdin,
+                    attach_stdout: req.attach_stdout,
+                    attach_stderr: req.attach_stderr,
+                    console_size: req.console_size.map(|[rows, cols]| (rows, cols)),
+                },
             },
             attachments,
             state: ContainerState {
@@ -272,8 +282,13 @@ impl Daemon {
             None => std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
         };
         std::fs::write(dir.join("resolv.conf"), resolv)?;
-        // an image's PATH replaces the default one; -e values were merged over the image's at create
-        let env = process::merge_env(&[DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")], &c.config.env);
+        // an image's PATH replaces the default one; -e values were merged over the image's at
+        // create; docker's TERM for a terminal
+        let mut base = vec![DEFAULT_PATH.to_string(), format!("HOSTNAME={hostname}")];
+        if c.config.stdio.tty {
+            base.push("TERM=xterm".into());
+        }
+        let env = process::merge_env(&base, &c.config.env);
         let rootfs = self.prepare_rootfs(c)?;
         let spec = ShimSpec {
             cmd: c.config.argv(),
@@ -289,10 +304,22 @@ impl Daemon {
             exit_file: dir.join("exit.json"),
             rootfs,
             user: c.config.user.clone(),
+            tty: c.config.stdio.tty,
+            open_stdin: c.config.stdio.open_stdin,
+            console_size: c.config.stdio.console_size,
+            attach_fd: Some(SHIM_ATTACH_FD),
         };
         let spec_path = dir.join("shim.json");
         std::fs::write(&spec_path, serde_json::to_vec_pretty(&spec)?)?;
-        let (shim_pid, init_pid) = tokio::task::spawn_blocking(move || spawn_shim(&spec_path)).await??;
+        // the attach point, bound here and handed to the shim, so that clients attached before
+        // the start are connected before the program runs
+        let (_dirfd, sock) = attach::short_path(&dir, attach::SOCKET)?;
+        let _ = std::fs::remove_file(dir.join(attach::SOCKET));
+        let listener = std::os::unix::net::UnixListener::bind(&sock).context("binding the container's attach point")?;
+        std::fs::set_permissions(dir.join(attach::SOCKET), std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let mut waiting = self.attaches.lock().await;
+        let handoff = super::attach::connect_pending(&sock, waiting.remove(&c.id).unwrap_or_default());
+        let (shim_pid, init_pid) = tokio::task::spawn_blocking(move || spawn_shim(&spec_path, listener)).await??;
         c.state = ContainerState {
             status: Status::Running,
             pid: init_pid,
@@ -304,6 +331,10 @@ impl Daemon {
             error: String::new(),
         };
         self.put_container(c)?;
+        drop(waiting);
+        for (to, s) in handoff {
+            let _ = to.send(s);
+        }
         self.publish(c, bindings)?;
         info!(container = %c.name, pid = init_pid, "started");
         Ok(())
@@ -383,6 +414,7 @@ impl Daemon {
             }
             exits.insert(c.id.clone(), c.state.exit_code);
             drop(exits);
+            self.execs.forget_container(&c.id);
             self.store.delete::<ContainerRecord>(&c.id)?;
             let _ = std::fs::remove_dir_all(self.container_dir(&c.id));
             self.emit_container(&c, "destroy", &[]);
@@ -519,6 +551,8 @@ impl Daemon {
             }
         }
         let _g = self.op.lock().await;
+        self.attaches.forget(&c.id).await;
+        self.execs.forget_container(&c.id);
         if let Some(mut c) = self.store.get::<ContainerRecord>(&c.id)? {
             self.teardown(&mut c).await;
             self.store.delete::<ContainerRecord>(&c.id)?;
@@ -685,7 +719,12 @@ impl Daemon {
                 working_dir: c.config.workdir.clone().unwrap_or_default(),
                 exposed_ports: c.config.expose.iter().map(|(p, pr)| (format!("{p}/{pr}"), EmptyObject {})).collect(),
                 labels: c.config.labels.clone(),
-                ..Default::default()
+                tty: c.config.stdio.tty,
+                open_stdin: c.config.stdio.open_stdin,
+                stdin_once: c.config.stdio.stdin_once,
+                attach_stdin: c.config.stdio.attach_stdin,
+                attach_stdout: c.config.stdio.attach_stdout,
+                attach_stderr: c.config.stdio.attach_stderr,
             },
             network_settings: NetworkSettings {
                 ports,
@@ -752,17 +791,30 @@ fn parse_signal(s: &str) -> std::result::Result<Signal, String> {
     name.parse::<Signal>().map_err(|_| format!("invalid signal: {s}"))
 }
 
-/// Runs `netbee shim` detached and returns (shim pid, container init pid).
-fn spawn_shim(spec_path: &std::path::Path) -> Result<(i32, i32)> {
+/// The descriptor the shim finds the container's attach point on.
+const SHIM_ATTACH_FD: i32 = 3;
+
+/// Runs `netbee shim` detached, with the attach point's listener as [`SHIM_ATTACH_FD`], and
+/// returns (shim pid, container init pid).
+fn spawn_shim(spec_path: &std::path::Path, listener: std::os::unix::net::UnixListener) -> Result<(i32, i32)> {
+    use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
     let exe = std::env::current_exe().context("locating the netbee binary")?;
-    let mut child = std::process::Command::new(exe)
-        .arg("shim")
-        .arg(spec_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("spawning the container shim")?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("shim").arg(spec_path).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    // SAFETY: only dup2/fcntl between fork and exec (async-signal-safe); the listener is open
+    // for as long as the command is spawned
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself would keep close-on-exec
+            let r =
+                if fd == SHIM_ATTACH_FD { libc::fcntl(fd, libc::F_SETFD, 0) } else { libc::dup2(fd, SHIM_ATTACH_FD) };
+            if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        })
+    };
+    let mut child = cmd.spawn().context("spawning the container shim")?;
+    // the shim has its own copy: once it exits, connections are refused, not queued
+    drop(listener);
     let stdout = child.stdout.take().expect("piped stdout");
     let status = child.wait()?;
     let mut line = String::new();

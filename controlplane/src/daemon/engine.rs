@@ -1,5 +1,6 @@
 //! What the docker CLI needs beyond netbee's own operations: `wait`'s conditions, `rename`,
-//! `restart`, and the log stream in docker's framing.
+//! `restart`, and the log stream in docker's framing (the hijacked streams are `attach.rs` and
+//! `exec.rs`).
 use std::time::Duration;
 
 use super::Daemon;
@@ -111,14 +112,8 @@ impl Daemon {
 }
 
 /// One frame of docker's multiplexed stream: `[stream, 0, 0, 0, len (u32 BE)]` and the payload
-/// (1 stdout, 2 stderr).
-pub fn frame(stream: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&[stream, 0, 0, 0]);
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
+/// (1 stdout, 2 stderr); the shim's attach point speaks the same frames.
+pub use crate::runtime::attach::frame;
 
 /// The complete lines of `bytes` (each with its newline), the last `tail` of them if given, and
 /// the number of bytes they take: an unfinished last line waits for its newline.

@@ -1,8 +1,10 @@
 //! `netbee daemon`: owns the node's store, datapath and containers, and serves the API.
 pub mod api_tls;
+mod attach;
 mod containers;
 mod engine;
 mod events;
+mod exec;
 mod images;
 mod monitor;
 mod names;
@@ -107,6 +109,10 @@ pub struct Daemon {
     monitor: monitor::MonitorHub,
     /// `netbee events`: what changed on this node.
     events: events::EventBus,
+    /// Clients attached to containers not running yet (`docker run` attaches, then starts).
+    attaches: attach::PendingAttaches,
+    /// docker's exec instances (in memory, as docker's).
+    execs: exec::Execs,
 }
 
 pub async fn run(cfg: DaemonConfig) -> Result<()> {
@@ -184,6 +190,8 @@ pub async fn run(cfg: DaemonConfig) -> Result<()> {
         cluster,
         ct_gc_removed: Default::default(),
         removed_exits: Default::default(),
+        attaches: Default::default(),
+        execs: Default::default(),
         services: Default::default(),
         dns: Default::default(),
         monitor: monitor::MonitorHub::new(monitor_maps),

@@ -16,11 +16,12 @@ use crate::{
         ApiError, ApiResult, ConntrackAgeResponse, ConntrackGcResponse, ContainerCreateRequest,
         ContainerCreateResponse, ContainerInspectResponse, ContainerLogsResponse, ContainerSummary,
         ContainerTopResponse, ContainerWaitResponse, CtFlow, DatapathStats, DiskUsage, EndpointEntry,
-        ImageDeleteResponseItem, ImageIdResponse, ImageImportRequest, ImageLoadRequest, ImageLoadResponse,
-        ImagePruneResponse, ImageSaveRequest, ImageSummary, LbFrontend, Network, NetworkConnectRequest,
-        NetworkCreateRequest, NetworkCreateResponse, NetworkDisconnectRequest, Node, NodeUpdateRequest, Service,
-        ServiceCreateRequest, ServiceCreateResponse, ServiceUpdateRequest, ServiceUpdateResponse, Swarm,
-        SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo, SystemVersion, Task,
+        ExecCreateRequest, ExecCreateResponse, ExecInspectResponse, ExecStartRequest, ImageDeleteResponseItem,
+        ImageIdResponse, ImageImportRequest, ImageLoadRequest, ImageLoadResponse, ImagePruneResponse, ImageSaveRequest,
+        ImageSummary, LbFrontend, Network, NetworkConnectRequest, NetworkCreateRequest, NetworkCreateResponse,
+        NetworkDisconnectRequest, Node, NodeUpdateRequest, Service, ServiceCreateRequest, ServiceCreateResponse,
+        ServiceUpdateRequest, ServiceUpdateResponse, Swarm, SwarmInitRequest, SwarmJoinRequest, SwarmTask, SystemInfo,
+        SystemVersion, Task,
     },
     metrics::timed,
     model::Status,
@@ -93,6 +94,12 @@ pub async fn serve(d: Arc<Daemon>) -> Result<()> {
         .route("/containers/{id}/wait", post(container_wait))
         .route("/containers/{id}/top", get(container_top))
         .route("/system/df", get(system_df))
+        .route("/containers/{id}/attach", post(container_attach))
+        .route("/containers/{id}/resize", post(container_resize))
+        .route("/containers/{id}/exec", post(exec_create))
+        .route("/exec/{id}/start", post(exec_start))
+        .route("/exec/{id}/resize", post(exec_resize))
+        .route("/exec/{id}/json", get(exec_inspect))
         .route("/containers/{id}", delete(container_remove))
         .route("/images/json", get(image_list))
         .route("/images/load", post(image_load))
@@ -454,6 +461,130 @@ async fn container_wait(State(d): D, Path(id): Path<String>, Query(q): Q) -> Api
     Ok(resp)
 }
 
+/// The answer that hands the connection over to a hijacked stream (docker's `101 UPGRADED`):
+/// raw bytes for a terminal, docker's frames otherwise.
+fn upgraded(tty: bool) -> axum::response::Response {
+    let kind = if tty { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    axum::response::Response::builder()
+        .status(axum::http::StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "tcp")
+        .header("content-type", kind)
+        .body(axum::body::Body::empty())
+        .expect("constant headers")
+}
+
+/// A hijack needs the client to ask for it (docker's clients send `Upgrade: tcp`).
+fn wants_upgrade(req: &Request) -> ApiResult<()> {
+    if req.headers().contains_key("upgrade") {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "this stream is served over a hijacked connection: send Connection: Upgrade, Upgrade: tcp",
+        ))
+    }
+}
+
+/// `POST /containers/{id}/attach?stream=1&stdin=1&stdout=1&stderr=1[&detachKeys=...]`: the live
+/// streams of the container, from now on (of a container not running, from its next start).
+async fn container_attach(
+    State(d): D,
+    Path(id): Path<String>,
+    Query(q): Q,
+    mut req: Request,
+) -> ApiResult<axum::response::Response> {
+    d.find_container(&id)?;
+    if !query_bool(&q, "stream") {
+        return Err(ApiError::bad_request("netbee attaches to the live streams only: ask with stream=1"));
+    }
+    let hello = crate::runtime::attach::Hello {
+        stdin: query_bool(&q, "stdin"),
+        stdout: query_bool(&q, "stdout"),
+        stderr: query_bool(&q, "stderr"),
+    };
+    let keys = crate::api::parse_detach_keys(q.get("detachKeys").map(String::as_str).unwrap_or(""))
+        .map_err(ApiError::bad_request)?;
+    wants_upgrade(&req)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (tty, attach) = d.container_attach(&id, hello, keys).await?;
+    tokio::spawn(async move {
+        if let Ok(up) = on_upgrade.await {
+            attach.serve(up).await;
+        }
+    });
+    Ok(upgraded(tty))
+}
+
+/// docker's `h` and `w` of a resize.
+fn query_size(q: &HashMap<String, String>) -> ApiResult<(u16, u16)> {
+    let get = |k: &str| -> ApiResult<u16> {
+        q.get(k)
+            .map(|v| v.parse().map_err(|_| ApiError::bad_request(format!("invalid {k} {v:?}: expected 0 to 65535"))))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok((get("h")?, get("w")?))
+}
+
+async fn container_resize(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::http::StatusCode> {
+    let (h, w) = query_size(&q)?;
+    d.container_resize(&id, h, w).await?;
+    Ok(axum::http::StatusCode::OK)
+}
+
+async fn exec_create(
+    State(d): D,
+    Path(id): Path<String>,
+    Body(req): Body<ExecCreateRequest>,
+) -> ApiResult<(axum::http::StatusCode, Json<ExecCreateResponse>)> {
+    let id = d.exec_create(&id, req)?;
+    Ok((axum::http::StatusCode::CREATED, Json(ExecCreateResponse { id })))
+}
+
+/// `POST /exec/{id}/start` `{"Detach","Tty","ConsoleSize"}`: hijacked unless `Detach`.
+async fn exec_start(State(d): D, Path(id): Path<String>, mut req: Request) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse as _;
+    let upgrade = wants_upgrade(&req);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+    let start: ExecStartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ExecStartRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))?
+    };
+    if !start.detach {
+        upgrade?;
+    }
+    match d.exec_start(&id, start).await? {
+        super::exec::ExecStarted::Detached => Ok(axum::http::StatusCode::OK.into_response()),
+        super::exec::ExecStarted::Attached { tty, session } => {
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(up) => {
+                        let ended = super::attach::serve(up, session).await;
+                        tracing::debug!(?ended, "exec session ended");
+                    }
+                    // nobody to serve: the output is read on, so the process does not block
+                    Err(_) => super::exec::drain(session.output).await,
+                }
+            });
+            Ok(upgraded(tty))
+        }
+    }
+}
+
+async fn exec_resize(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::http::StatusCode> {
+    let (h, w) = query_size(&q)?;
+    d.exec_resize(&id, h, w)?;
+    Ok(axum::http::StatusCode::OK)
+}
+
+async fn exec_inspect(State(d): D, Path(id): Path<String>) -> ApiResult<Json<ExecInspectResponse>> {
+    Ok(Json(d.exec_inspect(&id)?))
+}
+
 /// `GET /containers/{id}/logs`: docker's multiplexed stream (`stdout=1&stderr=1`, `follow`,
 /// `timestamps`, `tail`), or netbee's JSON chunks when the CLI asks by offsets.
 async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> ApiResult<axum::response::Response> {
@@ -476,6 +607,9 @@ async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> Api
         Some(n) => Some(n.parse::<usize>().map_err(|_| ApiError::bad_request(format!("invalid tail {n:?}")))?),
     };
     const FILES: [&str; 2] = ["stdout.log", "stderr.log"];
+    // a terminal's output is one raw stream, as docker's CLI reads it (it knows from Config.Tty)
+    let raw = c.config.stdio.tty;
+    let frame = move |stream: u8, bytes: &[u8]| if raw { bytes.to_vec() } else { frame(stream, bytes) };
     let stamp = move |line: &[u8], t: chrono::DateTime<chrono::Utc>| -> Vec<u8> {
         if !stamps {
             return line.to_vec();
@@ -534,8 +668,8 @@ async fn container_logs(State(d): D, Path(id): Path<String>, Query(q): Q) -> Api
     });
     use futures::StreamExt as _;
     let mut resp = ndjson(history.chain(live));
-    resp.headers_mut()
-        .insert("content-type", axum::http::HeaderValue::from_static("application/vnd.docker.multiplexed-stream"));
+    let kind = if raw { "application/vnd.docker.raw-stream" } else { "application/vnd.docker.multiplexed-stream" };
+    resp.headers_mut().insert("content-type", axum::http::HeaderValue::from_static(kind));
     Ok(resp)
 }
 

@@ -1,19 +1,56 @@
-//! `netbee exec`: the CLI joins the container's namespaces itself (like nsenter) and runs the
-//! command, so stdio and the exit code are the caller's without streaming through the daemon.
+//! Running a command in a running container: join its namespaces (like nsenter) and its root,
+//! then fork the command there. `netbee exec` (the CLI) does it itself, with the caller's stdio;
+//! the daemon's exec instances (docker's `exec`) through `netbee exec-in` (the spec in
+//! `NETBEE_EXEC_SPEC`), a helper it spawns with the exec's terminal or pipes as stdio
+//! ([`helper_main`]).
 use std::{ffi::CString, fs::File, os::unix::fs::PermissionsExt as _};
 
 use anyhow::{Context as _, Result, anyhow};
 use nix::{
     sched::{CloneFlags, setns},
-    sys::wait::{WaitStatus, waitpid},
+    sys::{
+        signal::{SigHandler, Signal, signal},
+        wait::{WaitStatus, waitpid},
+    },
     unistd::{ForkResult, Gid, Uid, fchdir, fork},
 };
+use serde::{Deserialize, Serialize};
 
 use super::process;
 
+/// What `netbee exec-in` runs, as the daemon computed it (env, user and working directory
+/// already the container's where the exec gave none).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ExecSpec {
+    /// The container's init (its namespaces and root are joined).
+    pub pid: i32,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: String,
+    /// stdin is a terminal: it becomes the command's controlling terminal.
+    pub tty: bool,
+}
+
+/// `netbee exec-in`: runs before any async runtime exists; exits with the command's code
+/// (126 when it could not be run, the reason on stderr, which is the exec's).
+pub fn helper_main(spec: &str) -> i32 {
+    let r = serde_json::from_str::<ExecSpec>(spec)
+        .map_err(anyhow::Error::from)
+        .and_then(|s| exec_in(s.pid, &s.cmd, &s.env, s.workdir.as_deref(), &s.user, s.tty));
+    match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netbee exec: {e:#}");
+            126
+        }
+    }
+}
+
 /// Must run while the process is single-threaded (joining a mount namespace requires it).
-/// `user` is resolved in the container's root, as for its main process; empty keeps root.
-pub fn exec_in(pid: i32, cmd: &[String], env: &[String], workdir: Option<&str>, user: &str) -> Result<i32> {
+/// `user` is resolved in the container's root, as for its main process; empty keeps root. With
+/// `tty`, stdin is a terminal the command gets as its controlling one, in a session of its own.
+pub fn exec_in(pid: i32, cmd: &[String], env: &[String], workdir: Option<&str>, user: &str, tty: bool) -> Result<i32> {
     if cmd.is_empty() {
         return Err(anyhow!("no command given"));
     }
@@ -66,6 +103,16 @@ pub fn exec_in(pid: i32, cmd: &[String], env: &[String], workdir: Option<&str>, 
     // entering a PID namespace applies to children only
     match unsafe { fork() }? {
         ForkResult::Child => {
+            // Rust ignores SIGPIPE, and an ignored signal stays ignored across exec
+            // SAFETY: restores the default disposition in a single-threaded child
+            let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+            if tty {
+                let made = nix::unistd::setsid().map(drop).and_then(|_| super::pty::make_controlling(std::io::stdin()));
+                if let Err(e) = made {
+                    eprintln!("netbee exec: cannot take the terminal: {e}");
+                    std::process::exit(126)
+                }
+            }
             if let Some(u) = &user {
                 let groups: Vec<Gid> = u.groups.iter().map(|g| Gid::from_raw(*g)).collect();
                 let switched = nix::unistd::setgroups(&groups)

@@ -4,10 +4,13 @@
 //! which forwards signals and reaps orphans), waits for it and records its exit status in a file.
 //! The daemon can therefore stop, crash or upgrade while containers keep running, and re-adopt
 //! them from the store, the shim's PID and the exit file.
+pub mod attach;
 pub mod exec;
 pub mod process;
+pub mod pty;
 pub mod rootfs;
 pub mod shim;
+mod shim_io;
 
 use std::path::PathBuf;
 
@@ -34,6 +37,21 @@ pub struct ShimSpec {
     /// `uid[:gid]` or `name[:group]`, resolved inside the container's root; empty is root.
     #[serde(default)]
     pub user: String,
+    /// docker's `Tty`: the program's stdin, stdout and stderr are a terminal whose master the
+    /// shim keeps; its output goes to `stdout` (the log) as it comes.
+    #[serde(default)]
+    pub tty: bool,
+    /// docker's `OpenStdin`: a pipe (or the terminal) the shim writes attached clients' input to;
+    /// otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// The terminal's first size (rows, columns), docker's `ConsoleSize`.
+    #[serde(default)]
+    pub console_size: Option<(u16, u16)>,
+    /// The inherited descriptor of the container's attach point (`attach::SOCKET`, bound by the
+    /// daemon, which may have connected clients to it already); None: no attach point.
+    #[serde(default)]
+    pub attach_fd: Option<i32>,
 }
 
 /// How the container's main process ended, as the shim records it.

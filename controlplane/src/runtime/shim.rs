@@ -3,10 +3,13 @@
 use std::{
     ffi::CString,
     fs::{File, OpenOptions},
-    io::Write as _,
+    io::{IoSlice, IoSliceMut, Write as _},
     os::{
-        fd::{AsRawFd as _, IntoRawFd as _, OwnedFd},
-        unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::{
+            fs::{DirBuilderExt as _, PermissionsExt as _},
+            net::UnixListener,
+        },
     },
     path::Path,
     sync::atomic::{AtomicI32, Ordering},
@@ -14,16 +17,18 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow};
 use nix::{
+    fcntl::{FcntlArg, FdFlag, OFlag, fcntl},
     mount::{MsFlags, mount},
     sched::{CloneFlags, setns, unshare},
     sys::{
         signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction},
+        socket::{AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, socketpair},
         wait::{WaitStatus, waitpid},
     },
-    unistd::{ForkResult, Gid, Pid, Uid, dup2_stderr, dup2_stdin, dup2_stdout, fork, setsid},
+    unistd::{ForkResult, Gid, Pid, Uid, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid},
 };
 
-use super::{ExitRecord, ShimSpec, process, rootfs};
+use super::{ExitRecord, ShimSpec, process, pty, rootfs, shim_io};
 
 /// Entry point. Reports "SHIM_PID INIT_PID" (host PIDs) or "error: ..." as one line on stdout.
 pub fn main(spec_path: &Path) -> ! {
@@ -56,6 +61,17 @@ fn report_and_exit(line: &str) -> ! {
 }
 
 fn supervise(spec: &ShimSpec) -> Result<i32> {
+    // the attach point the daemon bound (passed as an inherited descriptor, see `spawn_shim`);
+    // none of the container's processes may keep it
+    let listener = match spec.attach_fd {
+        Some(fd) => {
+            // SAFETY: the daemon passed this descriptor for the shim to own
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            fcntl(&fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("the attach point's descriptor")?;
+            Some(UnixListener::from(fd))
+        }
+        None => None,
+    };
     if let Some(ns) = &spec.netns {
         let f = File::open(ns).with_context(|| format!("opening {}", ns.display()))?;
         setns(&f, CloneFlags::CLONE_NEWNET).context("joining the container's network namespace")?;
@@ -65,15 +81,17 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
     // record the exit status in the container's directory.
     unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
         .context("creating uts/ipc/pid namespaces")?;
+    let stdio = Stdio::new(spec)?;
     // A start failure (a missing program or working directory, a refused hostname) is reported
     // through this pipe, so the daemon's `start` fails with the reason instead of a container
     // that exits 127 at once. Its write end closes on the program's exec (O_CLOEXEC): end of file
     // with nothing read means the program runs.
-    let (failure_r, failure_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
-    let init = match unsafe { fork() }.context("forking the container's init")? {
+    let (failure_r, failure_w) = pipe2(OFlag::O_CLOEXEC).context("creating a pipe")?;
+    let (init, stdio) = match unsafe { fork() }.context("forking the container's init")? {
         ForkResult::Child => {
             drop(failure_r);
-            let code = match container_init(spec, failure_w) {
+            drop(listener);
+            let code = match container_init(spec, failure_w, stdio.container_side()) {
                 Ok(code) => code,
                 Err(e) => {
                     let _ = OpenOptions::new()
@@ -86,7 +104,7 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
             };
             std::process::exit(code)
         }
-        ForkResult::Parent { child } => child,
+        ForkResult::Parent { child } => (child, stdio.shim_side()),
     };
     drop(failure_w);
     let mut failure = String::new();
@@ -95,6 +113,14 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
         let _ = waitpid(init, None);
         return Err(anyhow!("{}", failure.trim()));
     }
+    let outputs = match stdio.outputs() {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            return Err(e);
+        }
+    };
     {
         let mut out = std::io::stdout();
         writeln!(out, "{} {}", std::process::id(), init.as_raw())?;
@@ -104,20 +130,113 @@ fn supervise(spec: &ShimSpec) -> Result<i32> {
     let devnull = File::open("/dev/null")?;
     dup2_stdout(&devnull)?;
     dup2_stderr(&devnull)?;
-    let code = loop {
-        match waitpid(init, None) {
-            Ok(WaitStatus::Exited(_, c)) => break c,
-            Ok(WaitStatus::Signaled(_, s, _)) => break 128 + s as i32,
-            Ok(_) => continue,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(anyhow!("waiting for the container's init: {e}")),
-        }
-    };
+    // the container's output to its logs and attached clients, their input to it, until it exits
+    let code = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the shim's event loop")?
+        .block_on(shim_io::relay(spec, init, listener, outputs))?;
     let rec = ExitRecord { exit_code: code, finished_at: chrono::Utc::now() };
     let tmp = spec.exit_file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(&rec)?)?;
     std::fs::rename(&tmp, &spec.exit_file)?;
     Ok(0)
+}
+
+/// The container's standard streams: pipes whose other ends the shim keeps (stdin only with
+/// `OpenStdin`, else /dev/null), or, with `Tty`, a socket over which the init sends the master
+/// of the terminal it opens in the container's devpts (the slave is then all three).
+enum Stdio {
+    Pipes { stdin: Option<(OwnedFd, OwnedFd)>, stdout: (OwnedFd, OwnedFd), stderr: (OwnedFd, OwnedFd) },
+    Tty { shim: OwnedFd, init: OwnedFd },
+}
+
+/// The container's side of [`Stdio`], in the init.
+pub(super) enum ContainerStdio {
+    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
+    Tty { to_shim: OwnedFd },
+}
+
+/// The shim's side of [`Stdio`] once the init forked.
+enum ShimStdio {
+    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
+    Tty { from_init: OwnedFd },
+}
+
+/// What the shim relays: the terminal's master, or the pipes.
+pub(super) enum Outputs {
+    Pipes { stdin: Option<OwnedFd>, stdout: OwnedFd, stderr: OwnedFd },
+    Tty { master: OwnedFd },
+}
+
+impl Stdio {
+    fn new(spec: &ShimSpec) -> Result<Stdio> {
+        let pipe = || pipe2(OFlag::O_CLOEXEC).context("creating a pipe");
+        if spec.tty {
+            let (shim, init) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+                .context("socketpair")?;
+            return Ok(Stdio::Tty { shim, init });
+        }
+        Ok(Stdio::Pipes { stdin: if spec.open_stdin { Some(pipe()?) } else { None }, stdout: pipe()?, stderr: pipe()? })
+    }
+
+    fn container_side(self) -> ContainerStdio {
+        match self {
+            Stdio::Pipes { stdin, stdout, stderr } => {
+                ContainerStdio::Pipes { stdin: stdin.map(|(r, _)| r), stdout: stdout.1, stderr: stderr.1 }
+            }
+            Stdio::Tty { init, .. } => ContainerStdio::Tty { to_shim: init },
+        }
+    }
+
+    fn shim_side(self) -> ShimStdio {
+        match self {
+            Stdio::Pipes { stdin, stdout, stderr } => {
+                ShimStdio::Pipes { stdin: stdin.map(|(_, w)| w), stdout: stdout.0, stderr: stderr.0 }
+            }
+            Stdio::Tty { shim, .. } => ShimStdio::Tty { from_init: shim },
+        }
+    }
+}
+
+impl ShimStdio {
+    /// Once the program runs: the terminal's master has been sent by then.
+    fn outputs(self) -> Result<Outputs> {
+        match self {
+            ShimStdio::Pipes { stdin, stdout, stderr } => Ok(Outputs::Pipes { stdin, stdout, stderr }),
+            ShimStdio::Tty { from_init } => Ok(Outputs::Tty { master: receive_fd(&from_init)? }),
+        }
+    }
+}
+
+fn send_fd(sock: &OwnedFd, fd: &OwnedFd) -> Result<()> {
+    let fds = [fd.as_raw_fd()];
+    nix::sys::socket::sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[IoSlice::new(b"t")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("passing the terminal to the shim")?;
+    Ok(())
+}
+
+fn receive_fd(sock: &OwnedFd) -> Result<OwnedFd> {
+    let mut byte = [0u8; 1];
+    let mut iov = [IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+        .context("receiving the container's terminal")?;
+    for c in msg.cmsgs().context("receiving the container's terminal")? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            // SAFETY: SCM_RIGHTS installed this descriptor in this process
+            return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+        }
+    }
+    Err(anyhow!("the container's init sent no terminal"))
 }
 
 static MAIN_PID: AtomicI32 = AtomicI32::new(0);
@@ -132,9 +251,9 @@ extern "C" fn forward_signal(sig: libc::c_int) {
 /// PID 1 of the container: prepares the filesystem view, starts the command and forwards signals
 /// to it (the kernel ignores signals a PID 1 has no handler for, so `stop` would otherwise wait
 /// for its timeout on programs like `sleep`).
-fn container_init(spec: &ShimSpec, failure: OwnedFd) -> Result<i32> {
+fn container_init(spec: &ShimSpec, failure: OwnedFd, stdio: ContainerStdio) -> Result<i32> {
     let mut failure = File::from(failure);
-    match prepare_and_start(spec, &mut failure) {
+    match prepare_and_start(spec, &mut failure, stdio) {
         Ok(main) => {
             // the program runs: the report channel closes here (init's copy) and at its exec
             drop(failure);
@@ -149,7 +268,7 @@ fn container_init(spec: &ShimSpec, failure: OwnedFd) -> Result<i32> {
 
 /// Prepares the container's filesystem view, then forks and execs its program; returns the
 /// program's pid. A failure of the program's own start is written to `failure` by the child.
-fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
+fn prepare_and_start(spec: &ShimSpec, failure: &mut File, stdio: ContainerStdio) -> Result<Pid> {
     unshare(CloneFlags::CLONE_NEWNS).context("creating the mount namespace")?;
     mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
         .context("making / private")?;
@@ -159,14 +278,30 @@ fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
         (spec.resolv.as_path(), "/etc/resolv.conf"),
         (spec.hostname_file.as_path(), "/etc/hostname"),
     ];
-    // the logs are on the node: opened before the container's root hides it
-    let open_log = |p: &Path| OpenOptions::new().create(true).append(true).open(p);
-    let stdout = open_log(&spec.stdout).context("opening the stdout log")?;
-    let stderr = open_log(&spec.stderr).context("opening the stderr log")?;
     match &spec.rootfs {
         Some(r) => rootfs::enter(r, &etc)?,
         None => host_root(&etc)?,
     }
+    // the program's stdin, stdout and stderr
+    let (stdin, stdout, stderr, tty) = match stdio {
+        ContainerStdio::Pipes { stdin, stdout, stderr } => {
+            let stdin = match stdin {
+                Some(s) => s,
+                None => File::open("/dev/null").context("opening /dev/null")?.into(),
+            };
+            (stdin, stdout, stderr, false)
+        }
+        ContainerStdio::Tty { to_shim } => {
+            // a terminal of the container's own devpts (its `tty` names a device it sees); the
+            // shim keeps the master
+            let (master, slave) = pty::open_in(Path::new("/"))?;
+            if let Some((rows, cols)) = spec.console_size {
+                pty::set_size(&slave, rows, cols)?;
+            }
+            send_fd(&to_shim, &master)?;
+            (slave.try_clone()?, slave.try_clone()?, slave, true)
+        }
+    };
     // The image's root (or the node's for `-u` on image `host`) names the users; the process
     // of image `host` without `-u` keeps the shim's identity, as it always had.
     let image_mode = spec.rootfs.is_some();
@@ -218,18 +353,29 @@ fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
     match unsafe { fork() }? {
         ForkResult::Child => {
             let dflt = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-            for s in
-                [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT, Signal::SIGUSR1, Signal::SIGUSR2]
-            {
+            // SIGPIPE too: the shim ignores it (as Rust programs do), and an ignored signal
+            // stays ignored across exec
+            for s in [
+                Signal::SIGTERM,
+                Signal::SIGINT,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+                Signal::SIGUSR1,
+                Signal::SIGUSR2,
+                Signal::SIGPIPE,
+            ] {
                 let _ = unsafe { sigaction(s, &dflt) };
             }
-            let devnull = File::open("/dev/null")?;
-            dup2_stdin(&devnull)?;
+            if tty {
+                // its own session, the terminal its controlling one: ^C reaches it, job
+                // control works
+                setsid()?;
+                pty::make_controlling(&stdin)?;
+            }
+            dup2_stdin(&stdin)?;
             dup2_stdout(&stdout)?;
             dup2_stderr(&stderr)?;
-            let _ = stdout.into_raw_fd();
-            let _ = stderr.into_raw_fd();
-            let _ = devnull.as_raw_fd();
+            drop((stdin, stdout, stderr));
             if let Some(u) = &user
                 && let Err(e) = switch_user(u)
             {
@@ -255,8 +401,7 @@ fn prepare_and_start(spec: &ShimSpec, failure: &mut File) -> Result<Pid> {
         }
         ForkResult::Parent { child } => {
             MAIN_PID.store(child.as_raw(), Ordering::Relaxed);
-            drop(stdout);
-            drop(stderr);
+            drop((stdin, stdout, stderr));
             Ok(child)
         }
     }
