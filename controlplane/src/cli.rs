@@ -61,6 +61,7 @@ enum Cmd {
     },
     /// Stop running containers (SIGTERM, then SIGKILL after the timeout).
     Stop {
+        /// Seconds to wait before killing the container.
         #[arg(short = 't', long = "time", default_value_t = 10)]
         time: u64,
         #[arg(required = true)]
@@ -68,6 +69,7 @@ enum Cmd {
     },
     /// Send a signal to running containers.
     Kill {
+        /// Signal to send to the container.
         #[arg(short = 's', long = "signal", default_value = "KILL")]
         signal: String,
         #[arg(required = true)]
@@ -75,6 +77,7 @@ enum Cmd {
     },
     /// Remove containers.
     Rm {
+        /// Force the removal of a running container (uses SIGKILL).
         #[arg(short = 'f', long = "force")]
         force: bool,
         #[arg(required = true)]
@@ -82,15 +85,19 @@ enum Cmd {
     },
     /// List containers.
     Ps {
+        /// Show all containers (default shows just running).
         #[arg(short = 'a', long = "all")]
         all: bool,
+        /// Only display IDs.
         #[arg(short = 'q', long = "quiet")]
         quiet: bool,
+        /// Output format: table or json.
         #[arg(long = "format")]
         format: Option<String>,
     },
     /// Show a container's output.
     Logs {
+        /// Follow the log output.
         #[arg(short = 'f', long = "follow")]
         follow: bool,
         container: String,
@@ -117,6 +124,7 @@ enum Cmd {
     },
     /// Show low-level information on containers (JSON).
     Inspect {
+        /// Output format: json.
         #[arg(long = "format")]
         format: Option<String>,
         #[arg(required = true)]
@@ -211,6 +219,7 @@ enum Cmd {
     Push { reference: String },
     /// Serve hostname, addresses and the client address over HTTP and UDP (for tests and demos).
     Whoami {
+        /// Port to listen on (TCP and UDP).
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
@@ -294,16 +303,22 @@ struct DaemonArgs {
 enum NetworkCmd {
     /// Create a network.
     Create {
+        /// Driver that manages the network: bridge or overlay.
         #[arg(short = 'd', long, default_value = "bridge")]
         driver: String,
+        /// Subnet in CIDR notation, e.g. 172.30.0.0/16.
         #[arg(long)]
         subnet: Option<String>,
+        /// Gateway address of the subnet.
         #[arg(long)]
         gateway: Option<String>,
+        /// Give containers addresses from this sub-range only.
         #[arg(long = "ip-range")]
         ip_range: Option<String>,
+        /// Restrict external access to the network.
         #[arg(long)]
         internal: bool,
+        /// Set metadata (key=value).
         #[arg(long = "label")]
         labels: Vec<String>,
         name: String,
@@ -311,13 +326,16 @@ enum NetworkCmd {
     /// List networks.
     #[command(alias = "list")]
     Ls {
+        /// Only display IDs.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Output format: table or json.
         #[arg(long)]
         format: Option<String>,
     },
     /// Show networks (JSON).
     Inspect {
+        /// Output format: json.
         #[arg(long)]
         format: Option<String>,
         #[arg(required = true)]
@@ -331,8 +349,10 @@ enum NetworkCmd {
     },
     /// Connect a container to a network.
     Connect {
+        /// IPv4 address of the container on the network.
         #[arg(long)]
         ip: Option<String>,
+        /// Further name of the container on the network.
         #[arg(long = "alias")]
         aliases: Vec<String>,
         network: String,
@@ -386,6 +406,7 @@ enum ImageCmd {
 enum ServiceCmd {
     /// Create a service.
     Create {
+        /// Service name.
         #[arg(long)]
         name: String,
         /// Number of tasks (default 1).
@@ -428,13 +449,16 @@ enum ServiceCmd {
     /// List services.
     #[command(alias = "list")]
     Ls {
+        /// Only display IDs.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Output format: table or json.
         #[arg(long)]
         format: Option<String>,
     },
     /// List a service's tasks.
     Ps {
+        /// Output format: table or json.
         #[arg(long)]
         format: Option<String>,
         service: String,
@@ -596,13 +620,16 @@ impl RollbackFlags {
 enum SwarmCmd {
     /// Create a swarm with this node as its first manager.
     Init {
+        /// Address other nodes reach this node at.
         #[arg(long = "advertise-addr")]
         advertise_addr: Option<String>,
     },
     /// Join a swarm through one of its managers.
     Join {
+        /// Token for entry into the swarm.
         #[arg(long)]
         token: String,
+        /// Address other nodes reach this node at.
         #[arg(long = "advertise-addr")]
         advertise_addr: Option<String>,
         /// Manager address, IP[:2377].
@@ -622,6 +649,7 @@ enum SwarmCmd {
     },
     /// Leave the swarm.
     Leave {
+        /// Leave the swarm even if this is the last manager or containers run on overlays.
         #[arg(short = 'f', long)]
         force: bool,
     },
@@ -632,8 +660,10 @@ enum NodeCmd {
     /// List nodes.
     #[command(alias = "list")]
     Ls {
+        /// Only display IDs.
         #[arg(short = 'q', long)]
         quiet: bool,
+        /// Output format: table or json.
         #[arg(long)]
         format: Option<String>,
     },
@@ -644,10 +674,13 @@ enum NodeCmd {
     },
     /// Change a node's availability or labels.
     Update {
+        /// Availability of the node: active, pause or drain.
         #[arg(long)]
         availability: Option<String>,
+        /// Add or update a node label (key=value).
         #[arg(long = "label-add")]
         label_add: Vec<String>,
+        /// Remove a node label if it exists.
         #[arg(long = "label-rm")]
         label_rm: Vec<String>,
         node: String,
@@ -665,6 +698,7 @@ enum NodeCmd {
     /// Remove nodes from the swarm.
     #[command(alias = "remove")]
     Rm {
+        /// Remove the node even if it is not down.
         #[arg(short = 'f', long)]
         force: bool,
         #[arg(required = true)]
@@ -676,6 +710,7 @@ enum NodeCmd {
 enum DatapathCmd {
     /// Per-program counters, drop reasons and conntrack occupancy.
     Stats {
+        /// Output format: table or json.
         #[arg(long)]
         format: Option<String>,
     },
@@ -2015,4 +2050,32 @@ async fn import(c: &Client, file: &str, reference: Option<String>) -> Result<i32
     }
     println!("{}", r?.id);
     Ok(0)
+}
+
+#[cfg(test)]
+mod help_tests {
+    use clap::CommandFactory as _;
+
+    /// Every command and flag says what it does in `--help` (one line each, as docker's).
+    #[test]
+    fn every_command_and_flag_has_a_help_line() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+                let p = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(p.clone());
+                }
+                walk(sub, &p, missing);
+            }
+            for a in cmd.get_arguments().filter(|a| !a.is_hide_set() && !a.is_global_set() && !a.is_positional()) {
+                let id = a.get_id().as_str();
+                if id != "help" && id != "version" && a.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "netbee", &mut missing);
+        assert!(missing.is_empty(), "{} without a help line:\n{}", missing.len(), missing.join("\n"));
+    }
 }
