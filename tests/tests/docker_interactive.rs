@@ -6,70 +6,39 @@ use std::{
     fs::File,
     io::{Read as _, Write as _},
     os::unix::process::CommandExt as _,
-    path::PathBuf,
     process::{Child, Command, Output, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
-use netbee_lab::{Lab, Node, single_node_lab, test_image, wait_until};
+use netbee_lab::{Docker, Lab, single_node_lab, test_image, wait_until};
 
 const IMAGE: &str = "netbee-test/busybox:1";
 /// busybox sh as root in the image's working directory, /www.
 const PROMPT: &str = "/www # ";
 
-/// The docker CLI pointed at one node's socket, with a config dir of its own.
-struct Docker {
-    host: String,
-    config: PathBuf,
+/// `docker ARGS` for the node `d` points at (stdin left to the caller).
+fn docker_cmd(d: &Docker, args: &[&str]) -> Command {
+    let mut c = d.command("docker");
+    c.args(args);
+    c
 }
 
-impl Docker {
-    fn new(lab: &Lab, node: &Node) -> Result<Docker> {
-        let config = lab.dir().join(format!("docker-config-{}", node.short_name()));
-        std::fs::create_dir_all(&config)?;
-        Ok(Docker { host: format!("unix://{}", node.socket().display()), config })
-    }
+/// With `input` as its stdin (closed after it).
+fn with_input(d: &Docker, args: &[&str], input: &[u8]) -> Result<Output> {
+    let mut c = docker_cmd(d, args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    c.stdin.take().expect("piped").write_all(input)?;
+    Ok(c.wait_with_output()?)
+}
 
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new("docker");
-        cmd.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", &self.config)
-            .env_remove("DOCKER_API_VERSION")
-            .env_remove("DOCKER_CONTEXT");
-        cmd
-    }
+/// Under a pseudo-terminal of 40 rows and 120 columns.
+fn terminal(d: &Docker, args: &[&str]) -> Result<Terminal> {
+    Terminal::spawn(docker_cmd(d, args))
+}
 
-    fn output(&self, args: &[&str]) -> Output {
-        self.command(args).stdin(Stdio::null()).output().expect("the docker CLI runs")
-    }
-
-    /// stdout of a command that must succeed.
-    fn ok(&self, args: &[&str]) -> Result<String> {
-        let o = self.output(args);
-        if !o.status.success() {
-            bail!("docker {args:?} failed ({}): {}{}", o.status, text(&o.stdout), text(&o.stderr));
-        }
-        Ok(text(&o.stdout))
-    }
-
-    /// With `input` as its stdin (closed after it).
-    fn with_input(&self, args: &[&str], input: &[u8]) -> Result<Output> {
-        let mut c = self.command(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
-        c.stdin.take().expect("piped").write_all(input)?;
-        Ok(c.wait_with_output()?)
-    }
-
-    /// Under a pseudo-terminal of 40 rows and 120 columns.
-    fn terminal(&self, args: &[&str]) -> Result<Terminal> {
-        Terminal::spawn(self.command(args))
-    }
-
-    fn running(&self, name: &str) -> Result<bool> {
-        Ok(self.ok(&["inspect", "--format", "{{.State.Running}}", name])?.trim() == "true")
-    }
+fn running(d: &Docker, name: &str) -> Result<bool> {
+    Ok(d.ok(&["inspect", "--format", "{{.State.Running}}", name])?.trim() == "true")
 }
 
 fn text(b: &[u8]) -> String {
@@ -254,7 +223,7 @@ fn lab_with_busybox(name: &str) -> Result<(Lab, Docker)> {
 fn run_interactive_and_attached() -> Result<()> {
     let (_lab, docker) = lab_with_busybox("dk-run-it")?;
 
-    let mut t = docker.terminal(&["run", "-it", "--rm", "--name", "it1", IMAGE, "sh"])?;
+    let mut t = terminal(&docker, &["run", "-it", "--rm", "--name", "it1", IMAGE, "sh"])?;
     t.expect(PROMPT)?;
     // the shell computes the marker: the echo of the typed line does not contain it
     t.line("echo hi-$((6*7))-marker")?;
@@ -273,10 +242,10 @@ fn run_interactive_and_attached() -> Result<()> {
     let o = docker.output(&["run", "--rm", IMAGE, "sh", "-c", "echo to-out; echo to-err >&2; exit 2"]);
     assert_eq!((text(&o.stdout), text(&o.stderr), o.status.code()), ("to-out\n".into(), "to-err\n".into(), Some(2)));
     // -i: the input, then its end (StdinOnce closes the container's stdin)
-    let o = docker.with_input(&["run", "-i", "--rm", IMAGE, "cat"], b"hello\nworld\n")?;
+    let o = with_input(&docker, &["run", "-i", "--rm", IMAGE, "cat"], b"hello\nworld\n")?;
     assert_eq!((text(&o.stdout), o.status.code()), ("hello\nworld\n".into(), Some(0)), "{}", text(&o.stderr));
     // -it without --rm: inspect shows the streams settings; logs has the terminal's output raw
-    let mut t = docker.terminal(&["run", "-it", "--name", "kept", IMAGE, "sh"])?;
+    let mut t = terminal(&docker, &["run", "-it", "--name", "kept", IMAGE, "sh"])?;
     t.expect(PROMPT)?;
     t.line("echo kept-$((1+1))")?;
     t.expect("kept-2")?;
@@ -292,7 +261,7 @@ fn run_interactive_and_attached() -> Result<()> {
     let logs = docker.ok(&["logs", "kept"])?;
     assert!(logs.contains("kept-2\r\n"), "a terminal's output, raw: {logs:?}");
     // start -ai: attached while exited, connected at the start
-    let mut t = docker.terminal(&["start", "-ai", "kept"])?;
+    let mut t = terminal(&docker, &["start", "-ai", "kept"])?;
     t.expect(PROMPT)?;
     t.line("echo restarted-$((3+4))")?;
     t.expect("restarted-7")?;
@@ -310,7 +279,7 @@ fn exec_with_the_docker_cli() -> Result<()> {
     let n = lab.node("n1");
     docker.ok(&["run", "-d", "--name", "web", IMAGE, "sleep", "600"])?;
 
-    let mut t = docker.terminal(&["exec", "-it", "web", "sh"])?;
+    let mut t = terminal(&docker, &["exec", "-it", "web", "sh"])?;
     t.expect(PROMPT)?;
     t.line("echo exec-$((2+3)); busybox tty; busybox stty size")?;
     t.expect("exec-5")?;
@@ -326,7 +295,7 @@ fn exec_with_the_docker_cli() -> Result<()> {
     assert_eq!(docker.output(&["exec", "web", "sh", "-c", "exit 7"]).status.code(), Some(7));
     let o = docker.output(&["exec", "web", "sh", "-c", "echo to-out; echo to-err >&2"]);
     assert_eq!((text(&o.stdout), text(&o.stderr)), ("to-out\n".into(), "to-err\n".into()));
-    let o = docker.with_input(&["exec", "-i", "web", "cat"], b"hello\n")?;
+    let o = with_input(&docker, &["exec", "-i", "web", "cat"], b"hello\n")?;
     assert_eq!((text(&o.stdout), o.status.code()), ("hello\n".into(), Some(0)), "{}", text(&o.stderr));
     let o = docker.output(&[
         "exec",
@@ -409,9 +378,9 @@ fn attach_detach_and_reattach() -> Result<()> {
     let (lab, docker) = lab_with_busybox("dk-attach")?;
     let n = lab.node("n1");
     docker.ok(&["run", "-dit", "--name", "tty1", IMAGE, "sh"])?;
-    let follow = docker.command(&["logs", "-f", "tty1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let follow = docker_cmd(&docker, &["logs", "-f", "tty1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
 
-    let mut t = docker.terminal(&["attach", "tty1"])?;
+    let mut t = terminal(&docker, &["attach", "tty1"])?;
     // the shell printed its prompt before anyone attached: an empty line shows a new one
     t.line("")?;
     t.expect(PROMPT)?;
@@ -421,7 +390,7 @@ fn attach_detach_and_reattach() -> Result<()> {
     t.send(&[16, 17])?;
     t.expect("read escape sequence")?;
     t.wait()?;
-    assert!(docker.running("tty1")?, "detached: the container runs on");
+    assert!(running(&docker, "tty1")?, "detached: the container runs on");
 
     // a client that sends the keys: the daemon detaches it (moby's server-side detach)
     let (mut s, head) = hijack(&n.socket(), "/v1.50/containers/tty1/attach?stream=1&stdin=1&stdout=1&stderr=1")?;
@@ -430,7 +399,7 @@ fn attach_detach_and_reattach() -> Result<()> {
     read_until(&mut s, |seen| text(seen).contains("raw-25"))?;
     s.write_all(&[16, 17])?;
     read_until(&mut s, |_| false)?;
-    assert!(docker.running("tty1")?, "detached by the daemon: the container runs on");
+    assert!(running(&docker, "tty1")?, "detached by the daemon: the container runs on");
 
     // logs -f saw the line as it was written, and follows on
     let logs = Arc::new(Mutex::new(Vec::new()));
@@ -452,7 +421,7 @@ fn attach_detach_and_reattach() -> Result<()> {
 
     // without a terminal: docker's frames, from the moment it attached
     docker.ok(&["run", "-d", "--name", "ticker", IMAGE, "sh", "-c", "while true; do echo tick; sleep 0.1; done"])?;
-    let mut a = docker.command(&["attach", "--no-stdin", "ticker"]).stdout(Stdio::piped()).spawn()?;
+    let mut a = docker_cmd(&docker, &["attach", "--no-stdin", "ticker"]).stdout(Stdio::piped()).spawn()?;
     let mut out = a.stdout.take().unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 256];
@@ -463,11 +432,11 @@ fn attach_detach_and_reattach() -> Result<()> {
     }
     let _ = a.kill();
     let _ = a.wait();
-    assert!(docker.running("ticker")?, "a client going away does not stop the container");
+    assert!(running(&docker, "ticker")?, "a client going away does not stop the container");
 
     n.restart_daemon()?;
-    assert!(docker.running("tty1")?, "re-adopted");
-    let mut t = docker.terminal(&["attach", "tty1"])?;
+    assert!(running(&docker, "tty1")?, "re-adopted");
+    let mut t = terminal(&docker, &["attach", "tty1"])?;
     t.line("")?;
     t.expect(PROMPT)?;
     t.line("echo again-$((4*4))")?;
