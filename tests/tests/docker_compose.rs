@@ -142,6 +142,17 @@ fn compose_up_ps_logs_scale_down() -> Result<()> {
     let want = format!("host={gate_host} remote={} greeting=hello-gate", v4mapped(&web_ip));
     assert!(a.contains(&want), "web -> gate: {a}");
 
+    // exec: compose's own exec (docker-py's exec create/start) runs in the service's container,
+    // which reaches the other service by name from there
+    let out = docker.compose(&dir, "proj", &["exec", "-T", "web", "hostname"])?;
+    assert_eq!(out.trim(), web_host, "compose exec runs in proj_web_1");
+    let out = docker.compose(
+        &dir,
+        "proj",
+        &["exec", "-T", "gate", "sh", "-c", "nslookup web >/dev/null && echo resolved"],
+    )?;
+    assert!(out.contains("resolved"), "compose exec: gate resolves web: {out}");
+
     // scale web to 3: the new containers join the same network under the same names
     docker.compose(&dir, "proj", &["up", "-d", "--scale", "web=3"])?;
     let ps = docker.compose(&dir, "proj", &["ps"])?;
