@@ -350,6 +350,45 @@ fn docker_services_through_the_routing_mesh() -> Result<()> {
     let table = d.ok(&["service", "ps", "pages"])?;
     assert_eq!(table.lines().filter(|l| l.contains(" \\_ pages.")).count(), 4, "{table}");
 
+    // the captured tutorial's flags: an overlay, a node-label constraint, env; then --publish-add
+    // and --replicas in one update
+    d.ok(&["network", "create", "-d", "overlay", "ov"])?;
+    d.all(&["node", "update", "--label-add", "zone=a", "n2"])?;
+    d.all(&[
+        "service",
+        "create",
+        "--name",
+        "zoned",
+        "--replicas",
+        "2",
+        "--network",
+        "ov",
+        "--constraint",
+        "node.labels.zone==a",
+        "--env",
+        "A=1",
+        "-p",
+        "8002:8080",
+        "host",
+        bin,
+        "whoami",
+        "--port",
+        "8080",
+    ])?;
+    let nodes_of = |svc: &str| -> Result<Vec<String>> {
+        let out = d.ok(&["service", "ps", "--filter", "desired-state=running", "--format", "{{.Node}}", svc])?;
+        Ok(out.lines().map(str::to_string).collect())
+    };
+    assert_eq!(nodes_of("zoned")?, ["n2", "n2"], "the constraint places both tasks on n2");
+    let a = x1.sh(&format!("curl -s -m 3 http://{}:8002/", n3.addr()))?;
+    assert!(a.contains("IP: 10.") || a.contains("IP: 172."), "zoned answers through n3's mesh: {a}");
+    d.all(&["service", "update", "--replicas", "1", "--publish-add", "8003:8080", "zoned"])?;
+    wait_until(Duration::from_secs(15), "zoned on the added port", || {
+        x1.sh(&format!("curl -s -m 2 http://{}:8003/", n1.addr())).is_ok_and(|a| a.contains("Hostname"))
+    })?;
+    assert_eq!(nodes_of("zoned")?.len(), 1, "scaled to 1 in the same update");
+    d.all(&["service", "rm", "zoned"])?;
+
     // rm: the published port is gone from every node
     d.all(&["service", "rm", "web", "pages"])?;
     assert!(service_ids(&d)?.is_empty());
