@@ -41,7 +41,9 @@ use rand::Rng;
 pub use cgroup::cgroup2_root;
 pub use cleanup::sweep_stale;
 pub use docker::{Docker, docker_cli_present, unix_now};
-pub use netbee::{http_hostname, single_node_lab, start_load, swarm_lab, swarm_lab_with, whoami_field};
+pub use netbee::{
+    assert_round_robin, hosts, http_hostname, single_node_lab, start_load, swarm_lab, swarm_lab_with, whoami_field,
+};
 pub use node::Node;
 pub use ns::Ns;
 

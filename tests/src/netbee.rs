@@ -189,3 +189,23 @@ pub fn swarm_lab_with(test: &str, nodes: &[&str], externals: &[&str], daemon_arg
     }
     Ok(lab)
 }
+
+/// The `Hostname:` of `count` sequential new connections from `ns` to `url` (FAIL for a failed one).
+pub fn hosts(ns: &crate::Ns, url: &str, count: usize) -> Result<Vec<String>> {
+    let out =
+        ns.sh(&format!("for i in $(seq {count}); do curl -s -m 3 {url} | grep '^Hostname' || echo FAIL; done"))?;
+    Ok(out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect())
+}
+
+/// `seen` visits `backends` distinct backends, each equally often, in a repeating order (strict
+/// round robin: the second round visits them in the first round's order).
+pub fn assert_round_robin(seen: &[String], backends: usize, label: &str) {
+    assert!(!seen.iter().any(|h| h == "FAIL"), "{label}: failed requests in {seen:?}");
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for h in seen {
+        *counts.entry(h).or_default() += 1;
+    }
+    assert_eq!(counts.len(), backends, "{label}: distinct backends in {seen:?}");
+    assert!(counts.values().all(|c| *c == seen.len() / backends), "{label}: uneven {counts:?}");
+    assert_eq!(seen[..backends], seen[backends..2 * backends], "{label}: order does not repeat: {seen:?}");
+}

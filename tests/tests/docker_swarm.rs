@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netbee_lab::{Docker, Lab, Ns, netbee_bin, swarm_lab, test_image, unix_now, wait_until};
+use netbee_lab::{Docker, Lab, assert_round_robin, hosts, netbee_bin, swarm_lab, test_image, unix_now, wait_until};
 
 /// `docker node ls` as hostname → (status, availability, manager status).
 fn node_table(d: &Docker) -> Result<HashMap<String, (String, String, String)>> {
@@ -29,25 +29,6 @@ fn node_table(d: &Docker) -> Result<HashMap<String, (String, String, String)>> {
 
 fn service_ids(d: &Docker) -> Result<Vec<String>> {
     Ok(d.ok(&["service", "ls", "-q"])?.lines().map(str::to_string).collect())
-}
-
-/// The `Hostname:` of `count` sequential new connections from `ns` to `url` (FAIL for a failed one).
-fn hosts(ns: &Ns, url: &str, count: usize) -> Result<Vec<String>> {
-    let out =
-        ns.sh(&format!("for i in $(seq {count}); do curl -s -m 3 {url} | grep '^Hostname' || echo FAIL; done"))?;
-    Ok(out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect())
-}
-
-/// `seen` visits `backends` distinct backends, each equally often, in a repeating order.
-fn assert_round_robin(seen: &[String], backends: usize, label: &str) {
-    assert!(!seen.iter().any(|h| h == "FAIL"), "{label}: failed requests in {seen:?}");
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for h in seen {
-        *counts.entry(h).or_default() += 1;
-    }
-    assert_eq!(counts.len(), backends, "{label}: distinct backends in {seen:?}");
-    assert!(counts.values().all(|c| *c == seen.len() / backends), "{label}: uneven {counts:?}");
-    assert_eq!(seen[..backends], seen[backends..2 * backends], "{label}: order does not repeat: {seen:?}");
 }
 
 #[test]

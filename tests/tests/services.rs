@@ -3,7 +3,9 @@
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::{Result, anyhow};
-use netbee_lab::{Lab, Node, Ns, http_hostname, netbee_bin, start_load, wait_until, whoami_field};
+use netbee_lab::{
+    Lab, Node, assert_round_robin, hosts, http_hostname, netbee_bin, start_load, wait_until, whoami_field,
+};
 use serde_json::Value;
 
 fn whoami_cmd() -> Vec<String> {
@@ -21,25 +23,6 @@ fn create_service(n: &Node, name: &str, extra: &[&str]) -> Result<()> {
 
 fn wait_replicas(n: &Node, name: &str, want: &str) -> Result<()> {
     wait_until(Duration::from_secs(30), &format!("{name} {want}"), || n.service_replicas(name) == want)
-}
-
-/// Hostnames answering `count` sequential new connections from `ns` to url.
-fn hosts(ns: &Ns, url: &str, count: usize) -> Result<Vec<String>> {
-    let out =
-        ns.sh(&format!("for i in $(seq {count}); do curl -s -m 3 {url} | grep '^Hostname' || echo FAIL; done"))?;
-    Ok(out.lines().map(|l| l.trim_start_matches("Hostname: ").to_string()).collect())
-}
-
-fn assert_round_robin(seen: &[String], backends: usize, label: &str) {
-    assert!(!seen.iter().any(|h| h == "FAIL"), "{label}: failed requests in {seen:?}");
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for h in seen {
-        *counts.entry(h).or_default() += 1;
-    }
-    assert_eq!(counts.len(), backends, "{label}: distinct backends in {seen:?}");
-    assert!(counts.values().all(|c| *c == seen.len() / backends), "{label}: uneven {counts:?}");
-    // a repeating order: the second round visits backends in the first round's order
-    assert_eq!(seen[..backends], seen[backends..2 * backends], "{label}: order does not repeat: {seen:?}");
 }
 
 #[test]
