@@ -46,7 +46,12 @@ pub type Counters = Vec<(String, u64)>;
 pub struct Datapath {
     bpf: Ebpf,
     links_dir: PathBuf,
-    pub endpoints: HashMap<MapData, u32, Endpoint>,
+    /// Written only through the methods below, which keep `endpoints_written` equal to it.
+    endpoints: HashMap<MapData, u32, Endpoint>,
+    /// What ENDPOINTS holds. The daemon is its only writer (the programs only read it), so its
+    /// readers ask this copy: a system call per lookup made every load-balancer pass cost one
+    /// per task in the cluster, and the cluster sync read the whole map on every change (issue 18).
+    endpoints_written: std::collections::HashMap<u32, Endpoint>,
     pub ifaces: HashMap<MapData, u32, Iface>,
     pub networks: HashMap<MapData, u32, Network>,
     pub subnets: LpmTrie<MapData, u32, u32>,
@@ -67,14 +72,26 @@ pub struct Datapath {
     ct_size: u32,
     /// The flow monitor's maps, until the monitor's reader takes them.
     monitor: Option<MonitorMaps>,
-    /// What `program_services` last wrote (frontends with their backends, VIPs) and when: a
-    /// pass that wants the same skips the maps (see there).
-    pub services_programmed: Option<(ServicesWanted, std::time::Instant)>,
+    /// What `program_services` last wrote: a pass writes only what differs (see there).
+    pub services_programmed: Option<ServicesProgrammed>,
 }
 
-/// Service frontends (key, network id, backends in slot order, flags) and VIPs (address,
-/// network id), as `program_services` computes them.
-pub type ServicesWanted = (Vec<(FrontendKey, u32, Vec<Backend>, u32)>, Vec<(u32, u32)>);
+/// The service frontends and VIPs `program_services` wrote, and when it last wrote them all.
+pub struct ServicesProgrammed {
+    pub frontends: std::collections::HashMap<FrontendKey, ServiceFrontend>,
+    /// VIPs (address, network id).
+    pub vips: Vec<(u32, u32)>,
+    pub written_all: std::time::Instant,
+}
+
+/// One service frontend: its datapath id, network id, backends in slot order and flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceFrontend {
+    pub id: u32,
+    pub net_id: u32,
+    pub backends: Vec<Backend>,
+    pub flags: u32,
+}
 
 /// The flow monitor's ring buffer and its per-CPU rate limiter (for the suppressed counts).
 pub struct MonitorMaps {
@@ -135,8 +152,12 @@ impl Datapath {
                 bpf.program_mut(name).ok_or_else(|| anyhow!("program {name} missing"))?.try_into()?;
             p.load().with_context(|| format!("verifying program {name}"))?;
         }
+        let endpoints: HashMap<MapData, u32, Endpoint> = take(&mut bpf, "ENDPOINTS")?;
+        // a pinned map outlives the daemon: what an earlier one wrote is there
+        let endpoints_written = endpoints.iter().filter_map(|r| r.ok()).collect();
         Ok(Datapath {
-            endpoints: take(&mut bpf, "ENDPOINTS")?,
+            endpoints,
+            endpoints_written,
             ifaces: take(&mut bpf, "IFACES")?,
             networks: take(&mut bpf, "NETWORKS")?,
             subnets: take(&mut bpf, "SUBNETS")?,
@@ -395,20 +416,59 @@ pub fn prune<K: aya::Pod, V: aya::Pod>(
 }
 
 impl Datapath {
-    /// ENDPOINTS entries of other nodes' containers (the overlay sync is their only writer).
-    pub fn sync_remote_endpoints(&mut self, want: &[(u32, Endpoint)]) -> Result<()> {
-        sync(&mut self.endpoints, want, |_, v| is_remote(v))
+    /// The ENDPOINTS entry of `ip` (as written; no system call).
+    pub fn endpoint(&self, ip: u32) -> Option<&Endpoint> {
+        self.endpoints_written.get(&ip)
+    }
+
+    /// Every ENDPOINTS entry, read from the kernel.
+    pub fn endpoints_in_kernel<C: FromIterator<(u32, Endpoint)>>(&self) -> C {
+        self.endpoints.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    pub fn insert_endpoint(&mut self, ip: u32, e: Endpoint) -> Result<()> {
+        self.endpoints.insert(ip, e, 0).context("updating ENDPOINTS")?;
+        self.endpoints_written.insert(ip, e);
+        Ok(())
+    }
+
+    fn remove_endpoint(&mut self, ip: u32) -> Result<()> {
+        ignore_missing(self.endpoints.remove(&ip))?;
+        self.endpoints_written.remove(&ip);
+        Ok(())
+    }
+
+    /// ENDPOINTS entries of other nodes' containers (the overlay sync is their only writer):
+    /// only the entries that differ are written. True when any was.
+    pub fn sync_remote_endpoints(&mut self, want: &[(u32, Endpoint)]) -> Result<bool> {
+        let want_keys: std::collections::HashSet<u32> = want.iter().map(|(k, _)| *k).collect();
+        let mut changed = self.prune_endpoints(|k, v| !is_remote(v) || want_keys.contains(k))? > 0;
+        for (k, v) in want {
+            if self.endpoints_written.get(k) != Some(v) {
+                self.insert_endpoint(*k, *v)?;
+                changed = true;
+            }
+        }
+        Ok(changed)
     }
 
     /// ENDPOINTS entries of this node's containers: keeps those whose address is in `keep`.
     pub fn prune_local_endpoints(&mut self, keep: &std::collections::HashSet<u32>) -> Result<usize> {
-        prune(&mut self.endpoints, |k, v| is_remote(v) || keep.contains(k))
+        self.prune_endpoints(|k, v| is_remote(v) || keep.contains(k))
+    }
+
+    fn prune_endpoints(&mut self, keep: impl Fn(&u32, &Endpoint) -> bool) -> Result<usize> {
+        let doomed: Vec<u32> = self.endpoints_written.iter().filter(|(k, v)| !keep(k, v)).map(|(k, _)| *k).collect();
+        for k in &doomed {
+            self.remove_endpoint(*k)?;
+        }
+        Ok(doomed.len())
     }
 
     /// Removes the local endpoint entry of `ip` (a remote one that took its place stays).
     pub fn remove_local_endpoint(&mut self, ip: u32) -> Result<()> {
-        if self.endpoints.get(&ip, 0).is_ok_and(|e| !is_remote(&e)) {
-            ignore_missing(self.endpoints.remove(&ip))?;
+        if self.endpoints_written.get(&ip).is_some_and(|e| !is_remote(e)) {
+            self.remove_endpoint(ip)?;
         }
         Ok(())
     }

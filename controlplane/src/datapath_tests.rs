@@ -53,8 +53,8 @@ fn setup() -> (Bpffs, Datapath) {
         )
         .unwrap();
     let ep = |mac, net_id| Endpoint { ifindex: 1, net_id, mac, host_mac: HOST_MAC, node_ip: 0, flags: 0 };
-    dp.endpoints.insert(ip_be(Ipv4Addr::new(172, 30, 0, 3)), ep(PEER_MAC, 1), 0).unwrap();
-    dp.endpoints.insert(ip_be(Ipv4Addr::new(172, 31, 0, 2)), ep(OTHER_MAC, 2), 0).unwrap();
+    dp.insert_endpoint(ip_be(Ipv4Addr::new(172, 30, 0, 3)), ep(PEER_MAC, 1)).unwrap();
+    dp.insert_endpoint(ip_be(Ipv4Addr::new(172, 31, 0, 2)), ep(OTHER_MAC, 2)).unwrap();
     dp.set_subnet("172.30.0.0/16".parse().unwrap(), 1).unwrap();
     dp.set_subnet("172.31.0.0/16".parse().unwrap(), 2).unwrap();
     (fs, dp)
@@ -360,13 +360,11 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     dp.set_config(netbee_abi::config::MESH_NATIVE, 1).unwrap();
     dp.set_subnet("10.0.0.0/16".parse().unwrap(), 3).unwrap();
     let task = Ipv4Addr::new(10, 0, 9, 5);
-    dp.endpoints
-        .insert(
-            ip_be(task),
-            Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
-            0,
-        )
-        .unwrap();
+    dp.insert_endpoint(
+        ip_be(task),
+        Endpoint { ifindex: 1, net_id: 3, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
+    )
+    .unwrap();
     let (peer_mac, stranger_mac, node_mac) = ([0x0a, 0, 0, 0, 0, 2], [0x0a, 0, 0, 0, 0, 9], [0x0a, 0, 0, 0, 0, 3]);
     let peer_ip = u32::from(Ipv4Addr::new(192, 168, 50, 2));
     let client = [192, 168, 50, 200];
@@ -422,13 +420,11 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
                 0,
             )
             .unwrap();
-        dp.endpoints
-            .insert(
-                ip_be(*b),
-                Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
-                0,
-            )
-            .unwrap();
+        dp.insert_endpoint(
+            ip_be(*b),
+            Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
+        )
+        .unwrap();
     }
     let client = [10, 0, 0, 9];
     let segment = |flags| {

@@ -14,7 +14,7 @@ use anyhow::{Context as _, Result};
 use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::cluster::etcd::Etcd;
+use crate::cluster::etcd::{Etcd, Reads};
 
 pub const NETWORKS: Table = Table::named("networks");
 pub const CONTAINERS: Table = Table::named("containers");
@@ -331,21 +331,24 @@ pub struct Deposed;
 
 pub enum Shared<'a> {
     Local(&'a Store),
-    Cluster(&'a Etcd),
+    /// etcd, read as current as `Reads` says (writes always go to etcd).
+    Cluster(&'a Etcd, Reads),
 }
 
 impl Shared<'_> {
     pub async fn list<T: SharedRecord>(&self) -> Result<Vec<T>> {
-        match self {
-            Shared::Local(s) => s.list(),
-            Shared::Cluster(e) => Ok(e.list(T::CLUSTER_PREFIX).await?.into_iter().map(|(_, v)| v).collect()),
-        }
+        let listed = match self {
+            Shared::Local(s) => return s.list(),
+            Shared::Cluster(e, Reads::Linearizable) => e.list(T::CLUSTER_PREFIX).await?,
+            Shared::Cluster(e, Reads::Copy) => e.list_copy(T::CLUSTER_PREFIX).await?,
+        };
+        Ok(listed.into_iter().map(|(_, v)| v).collect())
     }
 
     pub async fn put<T: SharedRecord>(&self, value: &T) -> Result<()> {
         match self {
             Shared::Local(s) => s.put(value),
-            Shared::Cluster(e) => e.put(&format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await,
+            Shared::Cluster(e, _) => e.put(&format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await,
         }
     }
 
@@ -354,7 +357,7 @@ impl Shared<'_> {
     pub async fn guard_revision(&self, guard: &str) -> Result<i64> {
         match self {
             Shared::Local(_) => Ok(0),
-            Shared::Cluster(e) => e.guard_revision(guard).await,
+            Shared::Cluster(e, _) => e.guard_revision(guard).await,
         }
     }
 
@@ -363,7 +366,7 @@ impl Shared<'_> {
     pub async fn put_guarded<T: SharedRecord>(&self, guard: &str, seen: i64, value: &T) -> Result<bool> {
         match self {
             Shared::Local(s) => s.put(value).map(|_| true),
-            Shared::Cluster(e) => {
+            Shared::Cluster(e, _) => {
                 e.put_guarded(guard, seen, &format!("{}{}", T::CLUSTER_PREFIX, value.key()), value).await
             }
         }
@@ -373,7 +376,7 @@ impl Shared<'_> {
     /// exists, and refused with [`Deposed`] when it does not; a lone node writes as `put` does.
     pub async fn put_fenced<T: SharedRecord>(&self, fence: Option<&str>, value: &T) -> Result<()> {
         match (self, fence) {
-            (Shared::Cluster(e), Some(f)) => {
+            (Shared::Cluster(e, _), Some(f)) => {
                 let key = format!("{}{}", T::CLUSTER_PREFIX, value.key());
                 if e.put_fenced(f, &key, value).await? { Ok(()) } else { Err(Deposed.into()) }
             }
@@ -398,7 +401,7 @@ impl Shared<'_> {
                 }
                 s.put(value).map(|_| true)
             }
-            Shared::Cluster(e) => {
+            Shared::Cluster(e, _) => {
                 let key = format!("{}{}", T::CLUSTER_PREFIX, value.key());
                 e.put_if_value(fence, &key, expect, value).await
             }
@@ -408,7 +411,7 @@ impl Shared<'_> {
     /// `delete` under the leader's fence (see `put_fenced`).
     pub async fn delete_fenced<T: SharedRecord>(&self, fence: Option<&str>, key: &str) -> Result<()> {
         match (self, fence) {
-            (Shared::Cluster(e), Some(f)) => {
+            (Shared::Cluster(e, _), Some(f)) => {
                 if e.delete_fenced(f, &format!("{}{key}", T::CLUSTER_PREFIX)).await? {
                     Ok(())
                 } else {
@@ -422,7 +425,7 @@ impl Shared<'_> {
     pub async fn delete<T: SharedRecord>(&self, key: &str) -> Result<()> {
         match self {
             Shared::Local(s) => s.delete::<T>(key),
-            Shared::Cluster(e) => e.delete(&format!("{}{key}", T::CLUSTER_PREFIX)).await,
+            Shared::Cluster(e, _) => e.delete(&format!("{}{key}", T::CLUSTER_PREFIX)).await,
         }
     }
 }

@@ -13,10 +13,12 @@
 //! to the network's gateway from inside a container's network namespace, answer checked).
 //!
 //! **Cluster** (full: 10 daemons on one etcd, S = 100 services × R = 10 replicas on an overlay
-//! with a /20; quick: 2 nodes, 3 × 2): `service create -d` time of the first 10 services vs the
-//! last 10, each window created back to back from a cluster at rest (before the last window the
-//! bench waits until every task of the services before it runs, and reports how long that took);
-//! time until every service reports R/R; `service ls` latency at 1 service and at S; the time
+//! with a /20; quick: 2 nodes, 3 × 2): the first 10 services and the last 10 are each created
+//! from a cluster at rest (every task before it running), and for each: the `service create -d`
+//! time, the time until it reports R/R, and what it cost the whole cluster until then (CPU of
+//! the 10 daemons and etcd: the record, its tasks started on their nodes, every node's load
+//! balancers and names); the services between are created back to back (and the bench reports
+//! how long until all their tasks ran); `service ls` latency at 1 service and at S; the time
 //! from `service scale -d s0=R+1` until every node's `datapath lb ls` (polled every 100 ms) lists
 //! the new task as an active backend of s0's VIP (at 1 service and at S); daemon RSS and idle
 //! CPU per node; etcd
@@ -79,6 +81,7 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
     let z = sizes(ctx);
     let (n, k) = (z.containers, z.window);
     let ports = n * PORTS_PER_CONTAINER;
+    let (early, late_from) = windows(z.services);
     let ratio = |key: &str, what: String| MetricDef::new(key, what, "×", Better::Lower).target("≤ 1.5 (flat)");
     let defs = vec![
         MetricDef::new(
@@ -136,44 +139,64 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
             .target("—"),
         MetricDef::new(
             "svc_first",
-            format!("`service create -d`, services 1–{}", z.services.min(10)),
+            format!("`service create -d`, services 1–{early}, each from a cluster at rest"),
             "ms",
-            Better::Lower,
-        )
-        .target("—"),
-        MetricDef::new(
-            "converge_bulk",
-            format!(
-                "services 2–{}: all their {} tasks running, from their last create",
-                z.services - z.services.min(10),
-                (z.services - z.services.min(10) - 1) * z.replicas
-            ),
-            "s",
             Better::Lower,
         )
         .target("—"),
         MetricDef::new(
             "svc_last",
+            format!("`service create -d`, services {}–{}, each from a cluster at rest", late_from + 1, z.services),
+            "ms",
+            Better::Lower,
+        )
+        .target("—"),
+        ratio("svc_ratio", format!("service create, last {early} / first {early}")),
+        MetricDef::new(
+            "svc_cpu_first",
             format!(
-                "`service create -d`, services {}–{} ({} running before)",
-                z.services - z.services.min(10) + 1,
-                z.services,
-                z.services - z.services.min(10)
+                "cluster CPU per service create until {r}/{r} (daemons + etcd), services 1–{early}",
+                r = z.replicas
             ),
             "ms",
             Better::Lower,
         )
         .target("—"),
-        ratio("svc_ratio", format!("service create, last / first ({} services)", z.services)),
         MetricDef::new(
-            "converge",
+            "svc_cpu_last",
             format!(
-                "all {} × {} tasks running on {} nodes, from the last create (services {}–{} pending)",
+                "cluster CPU per service create until {r}/{r} (daemons + etcd), services {}–{}",
+                late_from + 1,
                 z.services,
-                z.replicas,
-                z.nodes,
-                z.services - z.services.min(10) + 1,
-                z.services
+                r = z.replicas
+            ),
+            "ms",
+            Better::Lower,
+        )
+        .target("—"),
+        ratio("svc_cpu_ratio", format!("cluster CPU per service create, last {early} / first {early}")),
+        MetricDef::new(
+            "svc_run_first",
+            format!("service create until {r}/{r} running, services 1–{early}", r = z.replicas),
+            "s",
+            Better::Lower,
+        )
+        .target("—"),
+        MetricDef::new(
+            "svc_run_last",
+            format!("service create until {r}/{r} running, services {}–{}", late_from + 1, z.services, r = z.replicas),
+            "s",
+            Better::Lower,
+        )
+        .target("—"),
+        ratio("svc_run_ratio", format!("service create until running, last {early} / first {early}")),
+        MetricDef::new(
+            "converge_bulk",
+            format!(
+                "services {}–{} created back to back: all their {} tasks running, from the last create",
+                early + 1,
+                late_from,
+                (late_from - early) * z.replicas
             ),
             "s",
             Better::Lower,
@@ -232,13 +255,20 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         )
         .target("—"),
     ];
-    // the late window waits for the services before it only when there are more than two windows
-    let late_waits = z.services > 2 * z.services.min(10);
-    let defs: Vec<MetricDef> = defs.into_iter().filter(|d| d.key != "converge_bulk" || late_waits).collect();
+    // services created back to back only when there are more than the two windows
+    let bulk = late_from > early;
+    let defs: Vec<MetricDef> = defs.into_iter().filter(|d| d.key != "converge_bulk" || bulk).collect();
     let mut col = Collector::new("scale", defs);
     one_node(&z, &mut col)?;
     cluster(ctx, &z, &mut col)?;
     Ok(col.finish())
+}
+
+/// The cluster's measured windows of `services`: the first `early` and the last from `late_from`
+/// (up to 10 each; at least one service between them, created back to back).
+fn windows(services: usize) -> (usize, usize) {
+    let early = (services / 2).clamp(1, 10);
+    (early, services - early)
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -437,10 +467,28 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
         c.args(["host", &bin, "whoami", "--port", "8080"]);
         time_cmd(c).with_context(|| format!("service create s{i}"))
     };
-    let window = s.min(10);
-    let t = create(0)?;
-    col.add("svc_first", NETBEE, 1e3 * t);
-    wait_replicas(n1, &["s0".to_string()], r, Duration::from_secs(120))?;
+    let pids: Vec<u32> =
+        lab.nodes().iter().map(|n| n.daemon_pid().context("daemon not running")).collect::<Result<_>>()?;
+    let etcd_pid = etcd_pid(&lab)?;
+    let cluster_cpu = || -> Result<f64> {
+        let mut sum = cpu_seconds(etcd_pid)?;
+        for p in &pids {
+            sum += cpu_seconds(*p)?;
+        }
+        Ok(sum)
+    };
+    // one service created from a cluster at rest: its create time, what the cluster spent until
+    // its tasks ran, and how long that took
+    let measured = |i: usize, col: &mut Collector, window: &str| -> Result<()> {
+        let (cpu0, t0) = (cluster_cpu()?, Instant::now());
+        col.add(&format!("svc_{window}"), NETBEE, 1e3 * create(i)?);
+        wait_replicas(n1, &[format!("s{i}")], r, Duration::from_secs(120))?;
+        col.add(&format!("svc_run_{window}"), NETBEE, t0.elapsed().as_secs_f64());
+        col.add(&format!("svc_cpu_{window}"), NETBEE, 1e3 * (cluster_cpu()? - cpu0));
+        Ok(())
+    };
+    let (early, late_from) = windows(s);
+    measured(0, col, "first")?;
     // the baseline: one service in the cluster
     for _ in 0..z.probes {
         let mut c = netbee_cmd(n1);
@@ -450,42 +498,36 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let mut replicas = r;
     replicas += 1;
     col.add("lb_first", NETBEE, scale_until_every_lb(&lab, "s0", replicas)?);
-
-    let mut last_create = Instant::now();
-    for i in 1..s {
-        if i == s - window && i > window {
-            // the late window starts, as the early one did, from a cluster at rest: created back
-            // to back, the last services otherwise waited behind the start of every task of the
-            // ones before (≈ 30 s of work on this VM), and measured that backlog, not the cost
-            // of a create with 90 services in the cluster
-            let before: Vec<String> = (1..i).map(|j| format!("s{j}")).collect();
-            wait_replicas(n1, &before, r, Duration::from_secs(60 + 2 * (s * r) as u64))?;
-            col.add("converge_bulk", NETBEE, last_create.elapsed().as_secs_f64());
-        }
-        let t = create(i)?;
-        last_create = Instant::now();
-        if i < window {
-            col.add("svc_first", NETBEE, 1e3 * t);
-        }
-        if i >= s - window {
-            col.add("svc_last", NETBEE, 1e3 * t);
-        }
-        if (i + 1) % 10 == 0 {
-            println!("  scale: {} services", i + 1);
-        }
+    for i in 1..early {
+        measured(i, col, "first")?;
     }
-    let all: Vec<String> = (1..s).map(|i| format!("s{i}")).collect();
-    wait_replicas(n1, &all, r, Duration::from_secs(60 + 2 * (s * r) as u64))?;
-    col.add("converge", NETBEE, last_create.elapsed().as_secs_f64());
-    col.add("svc_ratio", NETBEE, median(col.get("svc_last", NETBEE)) / median(col.get("svc_first", NETBEE)));
+    println!("  scale: {early} services");
+    if late_from > early {
+        for i in early..late_from {
+            create(i)?;
+            if (i + 1) % 10 == 0 {
+                println!("  scale: {} services", i + 1);
+            }
+        }
+        let t0 = Instant::now();
+        let bulk: Vec<String> = (early..late_from).map(|j| format!("s{j}")).collect();
+        wait_replicas(n1, &bulk, r, Duration::from_secs(60 + 2 * (s * r) as u64))?;
+        col.add("converge_bulk", NETBEE, t0.elapsed().as_secs_f64());
+    }
+    for i in late_from.max(early)..s {
+        measured(i, col, "last")?;
+    }
+    println!("  scale: {s} services");
+    for (k, of) in [("svc_ratio", "svc"), ("svc_cpu_ratio", "svc_cpu"), ("svc_run_ratio", "svc_run")] {
+        let (last, first) =
+            (median(col.get(&format!("{of}_last"), NETBEE)), median(col.get(&format!("{of}_first"), NETBEE)));
+        col.add(k, NETBEE, last / first);
+    }
 
     // settle, then idle CPU and RSS of every daemon
     let settle = Duration::from_secs(if ctx.quick { 1 } else { 3 });
     std::thread::sleep(settle);
-    let pids: Vec<u32> =
-        lab.nodes().iter().map(|n| n.daemon_pid().context("daemon not running")).collect::<Result<_>>()?;
     let cpu0: Vec<f64> = pids.iter().map(|p| cpu_seconds(*p)).collect::<Result<_>>()?;
-    let etcd_pid = etcd_pid(&lab)?;
     let etcd_cpu0 = cpu_seconds(etcd_pid)?;
     let (watch, events0) = EtcdWatch::start(&lab)?;
     let idle = Duration::from_secs(if ctx.quick { 3 } else { 10 });

@@ -8,6 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+use super::mirror::Mirror;
 use etcd_client::{Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp};
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -37,6 +38,21 @@ pub struct Etcd {
     /// an idle daemon's CPU, and etcd's, with 1,000 tasks (issue 18). Replaced whole by each
     /// list: no key it did not return is kept.
     decoded: std::sync::Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
+    /// The copy of `/netbee/` lists are answered from while [`Etcd::mirror`] runs.
+    mirror: Mirror,
+    /// The revision reads from the copy must include: the store's after this node's last write
+    /// or its last [`Etcd::catch_up`].
+    read_floor: std::sync::atomic::AtomicI64,
+}
+
+/// How current a read of the cluster store must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    /// Everything committed anywhere before the read began: what the API answers with.
+    Linearizable,
+    /// This node's copy of the store (see [`Etcd::list_copy`]): what the loops read that the
+    /// copy's changes wake.
+    Copy,
 }
 
 /// A list's answer: the store (cluster id) and its revision when it was read, and the values in
@@ -50,11 +66,18 @@ struct Listing<T> {
 /// A key nothing writes: reading it returns the store's current revision and nothing else.
 const REVISION_PROBE: &str = "/netbee-revision-probe";
 
-const TIMEOUT: Duration = Duration::from_secs(3);
+pub(super) const TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Etcd {
     pub fn new(endpoints: Vec<String>) -> Etcd {
-        Etcd { endpoints, client: tokio::sync::Mutex::new(None), next: Default::default(), decoded: Default::default() }
+        Etcd {
+            endpoints,
+            client: tokio::sync::Mutex::new(None),
+            next: Default::default(),
+            decoded: Default::default(),
+            mirror: Default::default(),
+            read_floor: Default::default(),
+        }
     }
 
     pub fn endpoints(&self) -> &[String] {
@@ -104,7 +127,7 @@ impl Etcd {
         }
     }
 
-    async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T>
+    pub(super) async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T>
     where
         F: FnOnce(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
@@ -142,37 +165,138 @@ impl Etcd {
         }
     }
 
+    /// Keeps a copy of everything under `/netbee/` current with one watch, for as long as the
+    /// returned future runs (the daemon runs it while a swarm member); lists and key listings
+    /// are answered from it meanwhile (see `cluster/mirror.rs`).
+    pub async fn mirror(&self) {
+        self.mirror.run(self).await
+    }
+
+    /// Notified on every change under the sections of `prefixes` (`/netbee/tasks/...`: all
+    /// tasks; every section when empty) while [`Etcd::mirror`] runs.
+    pub fn subscribe(&self, prefixes: &[&str]) -> std::sync::Arc<tokio::sync::Notify> {
+        self.mirror.subscribe(prefixes)
+    }
+
+    /// The store's id and current revision, from a header-only read.
+    async fn revision(&self) -> Result<(u64, i64)> {
+        let r =
+            self.run("revision", |mut cl| async move {
+                cl.get(REVISION_PROBE, Some(GetOptions::new().with_count_only())).await
+            })
+            .await?;
+        let h = r.header().ok_or_else(|| self.unreachable("revision read", "an answer without a header"))?;
+        Ok((h.cluster_id(), h.revision()))
+    }
+
+    /// Lists `prefix` linearizably: everything committed before the call, anywhere, is in it.
     pub async fn list<T: DeserializeOwned + Clone + Send + Sync + 'static>(
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
         let cache_key = (prefix.to_string(), TypeId::of::<T>());
-        let cached: Option<Listing<T>> = self
-            .decoded
+        let mut cached = self.take_listing::<T>(&cache_key);
+        if cached.is_none() && !self.mirror.is_live() {
+            return self.list_read(prefix, cache_key, None).await;
+        }
+        // Nothing changed anywhere in the store since the last list (same store, same revision):
+        // its answer stands. Asking costs a header, not the prefix's values (issue 18).
+        let (cluster_id, revision) = self.revision().await?;
+        if let Some(c) = cached.take_if(|c| (c.cluster_id, c.revision) == (cluster_id, revision)) {
+            return Ok(self.keep_listing(cache_key, c));
+        }
+        match self.list_from_mirror(Some(cluster_id), revision, prefix, &mut cached).await {
+            Some(listing) => Ok(self.keep_listing(cache_key, listing)),
+            None => self.list_read(prefix, cache_key, cached).await,
+        }
+    }
+
+    /// Lists `prefix` as this node's copy of the store holds it: every write this node made is
+    /// in it, others' writes as the watch delivered them (milliseconds behind). For the loops
+    /// that the copy's changes wake (the cluster sync, the service loop): they read again on the
+    /// next change, and a linearizable read would cost etcd a round trip per list per pass on
+    /// every node. Without a running copy this is [`Etcd::list`].
+    pub async fn list_copy<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, T)>> {
+        if !self.mirror.is_live() {
+            return self.list(prefix).await;
+        }
+        let floor = self.read_floor.load(std::sync::atomic::Ordering::SeqCst);
+        let cache_key = (prefix.to_string(), TypeId::of::<T>());
+        let mut cached = self.take_listing::<T>(&cache_key);
+        match self.list_from_mirror(None, floor, prefix, &mut cached).await {
+            Some(listing) => Ok(self.keep_listing(cache_key, listing)),
+            None => self.list_read(prefix, cache_key, cached).await,
+        }
+    }
+
+    /// The value of `key`, as [`Etcd::list_copy`] reads.
+    pub async fn get_copy<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let floor = self.read_floor.load(std::sync::atomic::Ordering::SeqCst);
+        let value = self
+            .mirror
+            .read(None, floor, key, |kvs, _| {
+                kvs.filter(|(k, _)| *k == key).map(|(_, (_, v))| serde_json::from_slice::<T>(v)).next()
+            })
+            .await;
+        match value {
+            Some(r) => Ok(r.value.transpose().with_context(|| format!("decoding {key}"))?),
+            None => self.get(key).await,
+        }
+    }
+
+    /// The keys under `prefix`, as [`Etcd::list_copy`] reads.
+    pub async fn keys_copy(&self, prefix: &str) -> Result<Vec<String>> {
+        let floor = self.read_floor.load(std::sync::atomic::Ordering::SeqCst);
+        match self.mirror.read(None, floor, prefix, |kvs, _| kvs.map(|(k, _)| k.clone()).collect()).await {
+            Some(r) => Ok(r.value),
+            None => self.keys(prefix).await,
+        }
+    }
+
+    fn take_listing<T: Send + Sync + 'static>(&self, cache_key: &(String, TypeId)) -> Option<Listing<T>> {
+        self.decoded
             .lock()
             .expect("etcd decoded")
-            .remove(&cache_key)
+            .remove(cache_key)
             .and_then(|b| b.downcast::<Listing<T>>().ok())
-            .map(|b| *b);
-        // Nothing changed anywhere in the store since the last list (same store, same revision):
-        // its answer stands. Asking costs a header, not the prefix's values: the service loops
-        // list all services and tasks twice a second on every node, and at rest this is all
-        // they read (issue 18).
-        if let Some(c) = cached {
-            let r = self
-                .run("revision", |mut cl| async move {
-                    cl.get(REVISION_PROBE, Some(GetOptions::new().with_count_only())).await
-                })
-                .await;
-            let same = r.as_ref().ok().and_then(|r| r.header()).map(|h| (h.cluster_id(), h.revision()));
-            if same == Some((c.cluster_id, c.revision)) {
-                let out = c.items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
-                self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(c));
-                return Ok(out);
-            }
-            return self.list_read(prefix, cache_key, Some(c)).await;
-        }
-        self.list_read(prefix, cache_key, None).await
+            .map(|b| *b)
+    }
+
+    /// A listing of `prefix` from the copy once it holds `revision` (of store `cluster_id`, when
+    /// given), reusing what `cached` decoded (taken when used).
+    async fn list_from_mirror<T: DeserializeOwned>(
+        &self,
+        cluster_id: Option<u64>,
+        revision: i64,
+        prefix: &str,
+        cached: &mut Option<Listing<T>>,
+    ) -> Option<Listing<T>> {
+        let r = self
+            .mirror
+            .read(cluster_id, revision, prefix, |kvs, at| {
+                let before = cached.take().filter(|c| c.cluster_id == at.cluster_id);
+                match before {
+                    // the prefix's section has not changed since the last list
+                    Some(c) if c.revision >= at.last_change => c.items,
+                    before => decode_reusing(kvs, before.map(|c| c.items).unwrap_or_default()),
+                }
+            })
+            .await?;
+        Some(Listing { cluster_id: r.cluster_id, revision: r.revision, items: r.value })
+    }
+
+    /// Keeps `listing` for the next list of the same prefix and type, and returns its values.
+    fn keep_listing<T: Clone + Send + Sync + 'static>(
+        &self,
+        cache_key: (String, TypeId),
+        listing: Listing<T>,
+    ) -> Vec<(String, T)> {
+        let out = listing.items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
+        self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(listing));
+        out
     }
 
     /// Reads the prefix; values whose key has the modification revision `before` decoded are
@@ -202,15 +326,23 @@ impl Etcd {
             };
             items.push((key, kv.mod_revision(), v));
         }
-        let out = items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
-        if let Some(h) = r.header() {
-            let listing = Listing { cluster_id: h.cluster_id(), revision: h.revision(), items };
-            self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(listing));
-        }
-        Ok(out)
+        Ok(match r.header() {
+            Some(h) => {
+                self.keep_listing(cache_key, Listing { cluster_id: h.cluster_id(), revision: h.revision(), items })
+            }
+            None => items.into_iter().map(|(k, _, v)| (k, v)).collect(),
+        })
     }
 
     pub async fn keys(&self, prefix: &str) -> Result<Vec<String>> {
+        if self.mirror.is_live() {
+            let (cluster_id, revision) = self.revision().await?;
+            let keys =
+                self.mirror.read(Some(cluster_id), revision, prefix, |kvs, _| kvs.map(|(k, _)| k.clone()).collect());
+            if let Some(r) = keys.await {
+                return Ok(r.value);
+            }
+        }
         let p = prefix.to_string();
         let r =
             self.run("list keys", |mut c| async move {
@@ -222,14 +354,18 @@ impl Etcd {
 
     pub async fn put<T: Serialize>(&self, key: &str, v: &T) -> Result<()> {
         let (k, b) = (key.to_string(), serde_json::to_vec(v)?);
-        self.run("put", |mut c| async move { c.put(k, b, None).await }).await.map(|_| ())
+        let r = self.run("put", |mut c| async move { c.put(k, b, None).await }).await?;
+        self.wrote(r.header());
+        Ok(())
     }
 
     pub async fn put_leased<T: Serialize>(&self, key: &str, v: &T, lease: i64) -> Result<()> {
         let (k, b) = (key.to_string(), serde_json::to_vec(v)?);
-        self.run("put", |mut c| async move { c.put(k, b, Some(PutOptions::new().with_lease(lease))).await })
-            .await
-            .map(|_| ())
+        let r = self
+            .run("put", |mut c| async move { c.put(k, b, Some(PutOptions::new().with_lease(lease))).await })
+            .await?;
+        self.wrote(r.header());
+        Ok(())
     }
 
     /// Writes `key` only if it does not exist; false when it already did.
@@ -238,8 +374,7 @@ impl Etcd {
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(k, b, None)]);
-        let r = self.run("create", |mut c| async move { c.txn(txn).await }).await?;
-        Ok(r.succeeded())
+        self.txn("create", txn).await
     }
 
     /// The revision at which `guard` last changed (0 if it never existed): read it before
@@ -258,8 +393,7 @@ impl Etcd {
         let txn = Txn::new()
             .when([Compare::mod_revision(g.clone(), CompareOp::Equal, seen)])
             .and_then([TxnOp::put(k, b, None), TxnOp::put(g, Vec::new(), None)]);
-        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
-        Ok(r.succeeded())
+        self.txn("transaction", txn).await
     }
 
     /// Writes `key` only while `fence` exists (the leader's candidate key, tied to its lease):
@@ -278,8 +412,7 @@ impl Etcd {
             when.push(Compare::version(f.to_string(), CompareOp::Greater, 0));
         }
         let txn = Txn::new().when(when).and_then([TxnOp::put(key.to_string(), serde_json::to_vec(v)?, None)]);
-        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
-        Ok(r.succeeded())
+        self.txn("transaction", txn).await
     }
 
     /// Deletes `key` only while `fence` exists (see `put_fenced`).
@@ -289,24 +422,110 @@ impl Etcd {
 
     async fn fenced(&self, fence: &str, op: TxnOp) -> Result<bool> {
         let txn = Txn::new().when([Compare::version(fence.to_string(), CompareOp::Greater, 0)]).and_then([op]);
-        let r = self.run("transaction", |mut c| async move { c.txn(txn).await }).await?;
+        self.txn("transaction", txn).await
+    }
+
+    /// Runs `txn`; true when its comparisons held (and its operations were made).
+    async fn txn(&self, what: &'static str, txn: Txn) -> Result<bool> {
+        let r = self.run(what, |mut c| async move { c.txn(txn).await }).await?;
+        self.wrote(r.header());
         Ok(r.succeeded())
+    }
+
+    /// Makes the next reads from the copy include everything committed before this call, as a
+    /// linearizable read would: one header-only read for all the lists of a loop's pass.
+    pub async fn catch_up(&self) -> Result<()> {
+        if self.mirror.is_live() {
+            let (_, revision) = self.revision().await?;
+            self.read_floor.fetch_max(revision, std::sync::atomic::Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Remembers the store's revision after one of this node's writes: reads from the copy
+    /// include it (see [`Etcd::list_copy`]).
+    fn wrote(&self, header: Option<&etcd_client::ResponseHeader>) {
+        if let Some(h) = header {
+            self.read_floor.fetch_max(h.revision(), std::sync::atomic::Ordering::SeqCst);
+        }
     }
 
     pub async fn delete(&self, key: &str) -> Result<()> {
         let k = key.to_string();
-        self.run("delete", |mut c| async move { c.delete(k, None).await }).await.map(|_| ())
+        let r = self.run("delete", |mut c| async move { c.delete(k, None).await }).await?;
+        self.wrote(r.header());
+        Ok(())
     }
 
     pub async fn delete_prefix(&self, prefix: &str) -> Result<()> {
         let k = prefix.to_string();
-        self.run("delete", |mut c| async move { c.delete(k, Some(DeleteOptions::new().with_prefix())).await })
-            .await
-            .map(|_| ())
+        let r = self
+            .run("delete", |mut c| async move { c.delete(k, Some(DeleteOptions::new().with_prefix())).await })
+            .await?;
+        self.wrote(r.header());
+        Ok(())
     }
 
     pub async fn grant(&self, ttl: i64) -> Result<i64> {
         let r = self.run("lease grant", |mut c| async move { c.lease_grant(ttl, None).await }).await?;
         Ok(r.id())
+    }
+}
+
+/// Decodes a listing from the copy's keys (in key order), reusing each value of `before` (also in
+/// key order) whose key has the same modification revision: a key's value at one revision never
+/// changes.
+fn decode_reusing<T: DeserializeOwned>(
+    kvs: &mut dyn Iterator<Item = (&String, &(i64, Vec<u8>))>,
+    before: Vec<(String, i64, T)>,
+) -> Vec<(String, i64, T)> {
+    let mut before = before.into_iter().peekable();
+    let mut items = Vec::new();
+    for (key, (rev, bytes)) in kvs {
+        while before.next_if(|(k, _, _)| k < key).is_some() {}
+        let v = match before.next_if(|(k, r, _)| k == key && r == rev) {
+            Some((_, _, v)) => v,
+            None => match serde_json::from_slice::<T>(bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!("skipping undecodable {key}: {e}");
+                    continue;
+                }
+            },
+        };
+        items.push((key.clone(), *rev, v));
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// A value whose key kept its modification revision is reused as decoded before (here a
+    /// marker the bytes do not hold, to see it); a changed, new or undecodable one is decoded
+    /// from the copy's bytes; a key gone from the copy is gone from the listing.
+    #[test]
+    fn listings_reuse_what_was_decoded_at_the_same_revision() {
+        let copy: Vec<(String, (i64, Vec<u8>))> = vec![
+            ("/p/a".into(), (1, br#""a at 1""#.to_vec())),
+            ("/p/b".into(), (5, br#""b at 5""#.to_vec())),
+            ("/p/c".into(), (6, br#""c at 6""#.to_vec())),
+            ("/p/e".into(), (7, b"{not json".to_vec())),
+        ];
+        let before: Vec<(String, i64, Value)> = vec![
+            ("/p/a".into(), 1, json!("decoded before")),
+            ("/p/b".into(), 2, json!("b at 2")),
+            ("/p/d".into(), 3, json!("d, deleted since")),
+        ];
+        let mut kvs = copy.iter().map(|(k, v)| (k, v));
+        let got = decode_reusing::<Value>(&mut kvs, before);
+        let want: Vec<(String, i64, Value)> = vec![
+            ("/p/a".into(), 1, json!("decoded before")),
+            ("/p/b".into(), 5, json!("b at 5")),
+            ("/p/c".into(), 6, json!("c at 6")),
+        ];
+        assert_eq!(got, want);
     }
 }

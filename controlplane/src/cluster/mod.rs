@@ -3,11 +3,12 @@
 //! node needs from its peers comes from here; there is no node-to-node protocol except the join
 //! handshake, which a manager answers on its advertise address (port 2377) to check the token.
 pub mod etcd;
+mod mirror;
 
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use crate::model::{Membership, NodeRecord};
-use etcd::Etcd;
+use etcd::{Etcd, Reads};
 
 /// What a daemon started with `--cluster-store` keeps about the cluster.
 pub struct ClusterState {
@@ -69,11 +70,13 @@ impl ClusterState {
     }
 
     /// The swarm's nodes and the ids of those alive (holding their liveness lease).
-    pub async fn nodes(&self) -> anyhow::Result<(Vec<NodeRecord>, HashSet<String>)> {
-        let nodes = self.etcd.list(NODES).await?.into_iter().map(|(_, n)| n).collect();
-        let alive =
-            self.etcd.keys(ALIVE).await?.into_iter().filter_map(|k| k.rsplit('/').next().map(String::from)).collect();
-        Ok((nodes, alive))
+    pub async fn nodes(&self, reads: Reads) -> anyhow::Result<(Vec<NodeRecord>, HashSet<String>)> {
+        let (nodes, alive) = match reads {
+            Reads::Linearizable => (self.etcd.list(NODES).await?, self.etcd.keys(ALIVE).await?),
+            Reads::Copy => (self.etcd.list_copy(NODES).await?, self.etcd.keys_copy(ALIVE).await?),
+        };
+        let alive = alive.into_iter().filter_map(|k| k.rsplit('/').next().map(String::from)).collect();
+        Ok((nodes.into_iter().map(|(_, n)| n).collect(), alive))
     }
 }
 

@@ -19,6 +19,7 @@ mod swarm;
 mod system;
 mod usage;
 
+use crate::cluster::etcd::Reads;
 use std::{
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
@@ -310,8 +311,18 @@ impl Daemon {
 
     /// Where services and tasks live: etcd in a swarm, the embedded store on a lone node.
     fn shared(&self) -> Shared<'_> {
+        self.shared_read(Reads::Linearizable)
+    }
+
+    /// The same records for the loops the cluster store's changes wake: read from this node's
+    /// copy of the store (its own writes included), no round trip to etcd per list.
+    fn shared_copy(&self) -> Shared<'_> {
+        self.shared_read(Reads::Copy)
+    }
+
+    fn shared_read(&self, reads: Reads) -> Shared<'_> {
         match &self.cluster {
-            Some(c) if c.member().is_some() => Shared::Cluster(&c.etcd),
+            Some(c) if c.member().is_some() => Shared::Cluster(&c.etcd, reads),
             _ => Shared::Local(&self.store),
         }
     }

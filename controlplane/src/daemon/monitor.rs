@@ -6,6 +6,7 @@
 //! attached the datapath emits nothing. A trace follows addresses and interfaces (`TraceScope`):
 //! those of the container or service it was asked for when it attached, or every packet; the
 //! datapath's maps hold the union of the attached traces'.
+use crate::cluster::etcd::Reads;
 use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
@@ -183,7 +184,7 @@ impl Daemon {
             return n;
         }
         let tasks: Vec<TaskRecord> = self.shared().list().await.unwrap_or_default();
-        let nodes: Vec<NodeRecord> = self.cluster_nodes().await.map(|(n, _)| n).unwrap_or_default();
+        let nodes: Vec<NodeRecord> = self.cluster_nodes(Reads::Linearizable).await.map(|(n, _)| n).unwrap_or_default();
         // a running task's name wins over a gone one's that had the same address
         let mut tasks: Vec<&TaskRecord> = tasks.iter().collect();
         tasks.sort_by_key(|t| t.state == TaskState::Running);

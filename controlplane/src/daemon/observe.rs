@@ -6,6 +6,7 @@
 //! New connections per frontend and backend are counted by the datapath (`LB_CONNS`, per CPU,
 //! when a backend is chosen); established flows per backend are counted here, by walking the
 //! conntrack table, as are the states of the flows `ct ls` shows.
+use crate::cluster::etcd::Reads;
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
@@ -379,7 +380,7 @@ impl Daemon {
             backends: dp.backends.iter().filter_map(|r| r.ok()).collect(),
             counts: dp.lb_counts(),
             ct: dp.ct.iter().filter_map(|r| r.ok()).collect(),
-            endpoints: dp.endpoints.iter().filter_map(|r| r.ok()).collect(),
+            endpoints: dp.endpoints_in_kernel(),
             vips: dp.vips.keys().filter_map(|r| r.ok()).collect(),
             node_addrs: dp.node_addrs.keys().filter_map(|r| r.ok()).collect(),
         }
@@ -399,7 +400,7 @@ impl Daemon {
     async fn records(&self) -> Records {
         let services = self.shared().list::<ServiceRecord>().await.unwrap_or_default();
         let tasks = self.shared().list::<TaskRecord>().await.unwrap_or_default();
-        let nodes = self.cluster_nodes().await.map(|(n, _)| n).unwrap_or_default();
+        let nodes = self.cluster_nodes(Reads::Linearizable).await.map(|(n, _)| n).unwrap_or_default();
         Records {
             services,
             tasks,
@@ -439,7 +440,7 @@ impl Daemon {
             }
             task_states = Some(by.into_iter().collect());
         }
-        let nodes = self.cluster_nodes().await.map(|(n, _)| n).unwrap_or_default();
+        let nodes = self.cluster_nodes(Reads::Linearizable).await.map(|(n, _)| n).unwrap_or_default();
         let containers = self.containers()?;
         let networks = self.networks()?;
         let records = Records {

@@ -139,7 +139,7 @@ impl Daemon {
     /// containers keep working: the ports are checked against no services and claimed at the
     /// next full sync.
     pub(super) async fn claim_bindings(&self, c: &ContainerRecord) -> ApiResult<Vec<PortBinding>> {
-        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else {
+        let (Shared::Cluster(etcd, _), Some(cluster)) = (self.shared(), &self.cluster) else {
             return self.compute_bindings(c, &self.services_for_ports().await);
         };
         loop {
@@ -204,7 +204,7 @@ impl Daemon {
     /// (whose ports are being released). Releasing needs no guard: it cannot make two owners.
     /// The full sync writes them too, for claims an etcd outage kept from being written.
     pub(super) async fn write_host_ports(&self, stopping: Option<&ContainerRecord>) {
-        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else { return };
+        let (Shared::Cluster(etcd, _), Some(cluster)) = (self.shared(), &self.cluster) else { return };
         let claims = match self.host_ports(stopping.map(|c| (c, &[][..]))) {
             Ok(c) => c,
             Err(e) => return tracing::warn!("listing host ports: {e:#}"),
@@ -212,9 +212,10 @@ impl Daemon {
         // Only a change is written. Every put is an event on every node's watch of /netbee/, each
         // event runs a full sync there, and the full sync calls this: unconditional puts made the
         // syncs of a swarm wake each other for ever (a 3-node swarm at rest: 250 events/s and
-        // 20 % of a CPU per daemon; issue 18). A read costs no event.
+        // 20 % of a CPU per daemon; issue 18). This node is the key's only writer: its copy of
+        // the store has what it last wrote.
         let key = cluster::key_host_ports(&cluster.node_id);
-        if etcd.get::<HostPorts>(&key).await.is_ok_and(|cur| cur.as_ref() == Some(&claims)) {
+        if etcd.get_copy::<HostPorts>(&key).await.is_ok_and(|cur| cur.as_ref() == Some(&claims)) {
             return;
         }
         if let Err(e) = etcd.put(&key, &claims).await {

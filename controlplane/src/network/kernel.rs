@@ -127,7 +127,7 @@ pub async fn program_endpoint(
         )
         .context("updating IFACES")?;
     let entry = DpEndpoint { ifindex: h.index, net_id: net.net_id, mac: ep.mac, host_mac, node_ip: 0, flags: 0 };
-    dp.endpoints.insert(ip_be(ep.ip), entry, 0).context("updating ENDPOINTS")?;
+    dp.insert_endpoint(ip_be(ep.ip), entry)?;
     dp.attach_tc("tc_from_container", &host, TcAttachType::Ingress, &endpoint_pin(&host))?;
     Ok(())
 }

@@ -232,10 +232,12 @@ pub struct ClusterView {
 }
 
 impl ClusterView {
+    /// Read from this node's copy of the store: the cluster sync that reads it runs on the
+    /// copy's changes.
     pub async fn read(etcd: &Etcd) -> Result<ClusterView> {
         Ok(ClusterView {
-            overlays: etcd.list(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect(),
-            endpoints: etcd.list(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect(),
+            overlays: etcd.list_copy(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect(),
+            endpoints: etcd.list_copy(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect(),
         })
     }
 
@@ -246,12 +248,13 @@ impl ClusterView {
 }
 
 /// Makes this node's overlays and remote endpoints match the cluster view, and re-registers the
-/// endpoints of local containers etcd lost (a restarted etcd, a lost write). Idempotent.
+/// endpoints of local containers etcd lost (a restarted etcd, a lost write). Idempotent. True
+/// when the remote endpoints changed.
 pub async fn sync_cluster_view<'a>(
     cx: &Context<'_>,
     view: &ClusterView,
     containers: impl Iterator<Item = &'a ContainerRecord>,
-) -> Result<()> {
+) -> Result<bool> {
     let (c, m) = member(cx).map_err(|e| anyhow!("{e}"))?;
     let known = cached(cx.store)?;
     for n in &view.overlays {
@@ -324,7 +327,7 @@ pub async fn leave_swarm(cx: &Context<'_>) -> Result<()> {
         let _ = Overlay.teardown(cx, &n).await;
         cx.store.delete::<CachedOverlay>(&n.id)?;
     }
-    cx.dp.lock().unwrap().sync_remote_endpoints(&[])
+    cx.dp.lock().unwrap().sync_remote_endpoints(&[]).map(|_| ())
 }
 
 /// A node removed from the swarm: its endpoints, their address leases and its host-port claims go

@@ -1,4 +1,5 @@
 //! The service API: create, update, rm, ls, inspect, and the task list `service ps` shows.
+use crate::cluster::etcd::Reads;
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::Utc;
@@ -112,7 +113,7 @@ impl Daemon {
 
     /// Other nodes' published host ports (a swarm's; none on a lone node).
     pub(in crate::daemon) async fn other_nodes_host_ports(&self) -> ApiResult<Vec<HostPorts>> {
-        let (Shared::Cluster(etcd), Some(cluster)) = (self.shared(), &self.cluster) else { return Ok(Vec::new()) };
+        let (Shared::Cluster(etcd, _), Some(cluster)) = (self.shared(), &self.cluster) else { return Ok(Vec::new()) };
         let mine = cluster::key_host_ports(&cluster.node_id);
         Ok(etcd
             .list::<HostPorts>(cluster::HOST_PORTS)
@@ -472,7 +473,7 @@ impl Daemon {
         let wanted_nodes: Vec<String> = if f.get("node").is_empty() {
             Vec::new()
         } else {
-            let (nodes, _) = self.cluster_nodes().await?;
+            let (nodes, _) = self.cluster_nodes(Reads::Linearizable).await?;
             f.get("node")
                 .iter()
                 .map(|k| nodes.iter().find(|n| n.hostname == *k).map_or_else(|| k.clone(), |n| n.id.clone()))
@@ -518,7 +519,7 @@ impl Daemon {
 
     pub async fn service_tasks(&self, key: &str) -> ApiResult<Vec<Task>> {
         let s = self.find_service(key).await?;
-        let (nodes, _) = self.cluster_nodes().await?;
+        let (nodes, _) = self.cluster_nodes(Reads::Linearizable).await?;
         let mut tasks: Vec<TaskRecord> =
             self.shared().list::<TaskRecord>().await?.into_iter().filter(|t| t.service_id == s.id).collect();
         tasks.sort_by_key(|a| (a.slot, !a.desired_running, std::cmp::Reverse(a.created)));
@@ -637,7 +638,7 @@ impl Daemon {
     pub async fn service_logs(&self, key: &str) -> ApiResult<Vec<api::ServiceLogLine>> {
         let s = self.find_service(key).await?;
         let me = self.my_node_id();
-        let (nodes, _) = self.cluster_nodes().await?;
+        let (nodes, _) = self.cluster_nodes(Reads::Linearizable).await?;
         let host = nodes.iter().find(|n| n.id == me).map_or_else(|| me.clone(), |n| n.hostname.clone());
         let mut tasks: Vec<TaskRecord> = self
             .shared()

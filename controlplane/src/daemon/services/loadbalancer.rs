@@ -40,11 +40,11 @@ impl Daemon {
         // lost node's task before the endpoint sync moves it, and would send its connections to
         // the old owner meanwhile.
         let delivered = |t: &TaskRecord, ip: Ipv4Addr| -> bool {
-            let Ok(ep) = dp.endpoints.get(&ip_be(ip), 0) else { return false };
+            let Some(ep) = dp.endpoint(ip_be(ip)) else { return false };
             if t.node_id == me || t.node_id == "local" {
-                !datapath::is_remote(&ep)
+                !datapath::is_remote(ep)
             } else {
-                datapath::is_remote(&ep) && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
+                datapath::is_remote(ep) && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
             }
         };
         let mut want: Vec<(FrontendKey, u32, Vec<Backend>, u32)> = Vec::new();
@@ -93,24 +93,29 @@ impl Daemon {
             .flat_map(|s| s.vips.iter())
             .filter_map(|v| nets.iter().find(|n| n.id == v.network_id).map(|n| (ip_be(v.ip), n.net_id)))
             .collect();
-        // The same as the last pass wrote: nothing to do. Every node runs this twice a second,
-        // and the writes below walk all of FRONTENDS (also the published container ports: 10,000
-        // entries on a full node) and rewrite every backend, one system call each — 7.8 % of a
-        // CPU per node at rest with 1,000 tasks (issue 18). The maps have no other writer for
-        // these ids; a full write every RESYNC still repairs anything that changed them.
-        let wanted: datapath::ServicesWanted = (want, want_vips);
-        if let Some((last, at)) = &dp.services_programmed
-            && *last == wanted
-            && at.elapsed() < RESYNC
-        {
-            return Ok(());
+        // Only what differs from the last pass is written. Every node runs this on every change
+        // in the cluster (and twice a second), and writing everything walked all of FRONTENDS
+        // (also the published container ports: 10,000 entries on a full node) and rewrote every
+        // backend, one system call each: at rest 7.8 % of a CPU per node with 1,000 tasks, and
+        // while tasks started, the more the more tasks (issue 18). The maps have no other writer
+        // for these ids; everything is written again every RESYNC, which repairs anything that
+        // changed them, and after a pass that failed.
+        let last = dp.services_programmed.take().filter(|p| p.written_all.elapsed() < RESYNC);
+        if last.as_ref().is_none_or(|p| p.vips != want_vips) {
+            datapath::sync(&mut dp.vips, &want_vips, |_, _| true)?;
         }
-        dp.services_programmed = None;
-        let (want, want_vips) = &wanted;
-        datapath::sync(&mut dp.vips, want_vips, |_, _| true)?;
         // ids: keep the one a frontend already has (its round-robin cursor), else a free one
-        let existing: HashMap<FrontendKey, Service> =
-            dp.frontends.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.id >= SERVICE_ID_BASE).collect();
+        let existing: HashMap<FrontendKey, Service> = match &last {
+            Some(p) => p
+                .frontends
+                .iter()
+                .map(|(k, f)| {
+                    let svc = Service { id: f.id, count: f.backends.len() as u32, net_id: f.net_id, flags: f.flags };
+                    (*k, svc)
+                })
+                .collect(),
+            None => dp.frontends.iter().filter_map(|r| r.ok()).filter(|(_, v)| v.id >= SERVICE_ID_BASE).collect(),
+        };
         let mut used: HashSet<u32> = HashSet::new();
         let mut ids: Vec<u32> = Vec::new();
         for (k, ..) in want.iter() {
@@ -120,9 +125,10 @@ impl Daemon {
                 used.insert(id);
             }
         }
+        let taken: HashSet<u32> = existing.values().map(|s| s.id).collect();
         let mut next = SERVICE_ID_BASE;
         for id in ids.iter_mut().filter(|id| **id == 0) {
-            while used.contains(&next) || existing.values().any(|s| s.id == next) {
+            while used.contains(&next) || taken.contains(&next) {
                 next += 1;
             }
             *id = next;
@@ -131,33 +137,39 @@ impl Daemon {
             let fresh = next;
             dp.prune_lb_counts(|k| k.service != fresh)?;
         }
-        for ((key, net_id, backends, flags), id) in want.iter().zip(&ids) {
-            let old_count = existing.get(key).map(|s| s.count).unwrap_or(0);
-            let count = backends.len() as u32;
-            // grow: slots first, then the count; shrink: the count first, then the slots
-            for (i, b) in backends.iter().enumerate() {
-                dp.backends.insert(BackendKey { service: *id, slot: i as u32 + 1 }, *b, 0)?;
+        let mut programmed = HashMap::with_capacity(want.len());
+        for ((key, net_id, backends, flags), id) in want.into_iter().zip(ids) {
+            let f = datapath::ServiceFrontend { id, net_id, backends, flags };
+            if last.as_ref().and_then(|p| p.frontends.get(&key)) != Some(&f) {
+                let old_count = existing.get(&key).map(|s| s.count).unwrap_or(0);
+                let count = f.backends.len() as u32;
+                // grow: slots first, then the count; shrink: the count first, then the slots
+                for (i, b) in f.backends.iter().enumerate() {
+                    dp.backends.insert(BackendKey { service: id, slot: i as u32 + 1 }, *b, 0)?;
+                }
+                let svc = Service { id, count, net_id, flags };
+                if existing.get(&key) != Some(&svc) {
+                    dp.frontends.insert(key, svc, 0)?;
+                }
+                for slot in count + 1..=old_count.max(count) {
+                    ignore_missing(dp.backends.remove(&BackendKey { service: id, slot }))?;
+                }
             }
-            let svc = Service { id: *id, count, net_id: *net_id, flags: *flags };
-            if existing.get(key) != Some(&svc) {
-                dp.frontends.insert(*key, svc, 0)?;
-            }
-            for slot in count + 1..=old_count.max(count) {
-                ignore_missing(dp.backends.remove(&BackendKey { service: *id, slot }))?;
-            }
+            programmed.insert(key, f);
         }
-        let want_keys: HashSet<FrontendKey> = want.iter().map(|(k, ..)| *k).collect();
         for (k, s) in &existing {
-            if !want_keys.contains(k) {
+            if !programmed.contains_key(k) {
                 ignore_missing(dp.frontends.remove(k))?;
                 for slot in 1..=s.count.max(1) {
                     ignore_missing(dp.backends.remove(&BackendKey { service: s.id, slot }))?;
                 }
             }
         }
-        // only a pass that wrote everything may let the next ones skip (an error above returns
-        // with it unset)
-        dp.services_programmed = Some((wanted, std::time::Instant::now()));
+        // only a pass that wrote everything it had to may let the next ones skip (an error
+        // above returns with it unset)
+        let written_all = last.map(|p| p.written_all).unwrap_or_else(std::time::Instant::now);
+        dp.services_programmed =
+            Some(datapath::ServicesProgrammed { frontends: programmed, vips: want_vips, written_all });
         Ok(())
     }
 }

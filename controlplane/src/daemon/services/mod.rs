@@ -6,6 +6,7 @@
 //! - `agent.rs`: the node agent that runs this node's tasks as containers;
 //! - `loadbalancer.rs`: every service's VIP per network and its routing-mesh port on every node;
 //! - `update.rs`: rolling updates and rollbacks (what the scheduler does for each).
+use crate::cluster::etcd::Reads;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use chrono::Utc;
 use tracing::warn;
 
 use super::Daemon;
+use crate::store::SharedRecord as _;
 use crate::{
     api::{ApiError, ApiResult},
     cluster, lookup,
@@ -31,6 +33,9 @@ pub use loadbalancer::SERVICE_ID_BASE;
 pub use scheduler::{Constraint, node_matches, parse_constraint, pick_node};
 pub use update::parse_duration;
 
+/// The shortest time between the starts of two service passes woken by another node's change.
+const MIN_PASS_INTERVAL: Duration = Duration::from_millis(100);
+
 /// What the service loop and the service API share on a node.
 #[derive(Default)]
 pub(super) struct ServiceState {
@@ -38,7 +43,7 @@ pub(super) struct ServiceState {
     /// the daemon's operation lock, never after.
     op: tokio::sync::Mutex<()>,
     /// Wakes the service loop after a change instead of waiting for its period.
-    changed: tokio::sync::Notify,
+    pub(in crate::daemon) changed: tokio::sync::Notify,
     /// Tasks whose containers are being drained and stopped.
     draining: std::sync::Mutex<HashSet<String>>,
     /// Held while a task's image is pulled (see `ensure_image`); taken with no other lock held.
@@ -58,7 +63,7 @@ impl Daemon {
     }
 
     /// Nodes that can run tasks, with liveness. A lone node is its own cluster.
-    pub(in crate::daemon) async fn cluster_nodes(&self) -> Result<(Vec<NodeRecord>, HashSet<String>)> {
+    pub(in crate::daemon) async fn cluster_nodes(&self, reads: Reads) -> Result<(Vec<NodeRecord>, HashSet<String>)> {
         if !self.in_swarm() {
             let me = NodeRecord {
                 id: "local".into(),
@@ -71,7 +76,7 @@ impl Daemon {
             };
             return Ok((vec![me], ["local".to_string()].into()));
         }
-        self.cluster.as_ref().expect("a swarm member has a cluster").nodes().await
+        self.cluster.as_ref().expect("a swarm member has a cluster").nodes(reads).await
     }
 
     pub(in crate::daemon) fn is_scheduler(&self) -> bool {
@@ -100,9 +105,19 @@ impl Daemon {
     }
 
     /// The scheduler, the node agent and the load-balancer programming, twice a second and on
-    /// every change. Each pass recomputes from the shared store, so a missed event costs at most
+    /// every change, here or (in a swarm) anywhere. Each pass recomputes from the shared store, so a missed event costs at most
     /// one period.
     pub async fn service_loop(self: Arc<Self>) {
+        // another node's change to what a pass reads wakes it too: a task that starts elsewhere
+        // reaches this node's load balancers at once, not at the next period (issue 18)
+        let cluster_changed = self.cluster.as_ref().map(|c| {
+            c.etcd.subscribe(&[
+                ServiceRecord::CLUSTER_PREFIX,
+                TaskRecord::CLUSTER_PREFIX,
+                cluster::NODES,
+                cluster::ALIVE,
+            ])
+        });
         loop {
             let t0 = std::time::Instant::now();
             let pass = self.service_pass().await;
@@ -116,9 +131,21 @@ impl Daemon {
                 Ok(false) => {}
                 Err(e) => warn!("services: {e:#}"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = self.services.changed.notified() => {}
+            let elsewhere = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => false,
+                _ = self.services.changed.notified() => false,
+                _ = async {
+                    match &cluster_changed {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            // changes made elsewhere come in bursts (a service's tasks starting on every node):
+            // at most one pass per MIN_PASS_INTERVAL for them, and the changes that arrive
+            // meanwhile are read by that pass
+            if elsewhere {
+                tokio::time::sleep(MIN_PASS_INTERVAL.saturating_sub(t0.elapsed())).await;
             }
         }
     }
@@ -127,12 +154,18 @@ impl Daemon {
         let mut pending = false;
         // before the services and tasks are read: the DNS keeps what this node changed since
         let read_at = std::time::Instant::now();
+        // the reads below are from this node's copy of the store, as current as etcd is now
+        if let Some(c) = &self.cluster
+            && self.in_swarm()
+        {
+            c.etcd.catch_up().await?;
+        }
         if self.in_swarm()
             || !self.store.list::<ServiceRecord>()?.is_empty()
             || !self.store.list::<TaskRecord>()?.is_empty()
         {
-            let services: Vec<ServiceRecord> = self.shared().list::<ServiceRecord>().await?;
-            let (nodes, alive) = self.cluster_nodes().await?;
+            let services: Vec<ServiceRecord> = self.shared_copy().list::<ServiceRecord>().await?;
+            let (nodes, alive) = self.cluster_nodes(Reads::Copy).await?;
             self.events.observe_nodes(&nodes, &alive);
             if self.is_scheduler() {
                 match self.schedule(&services, &nodes, &alive).await {
@@ -145,12 +178,12 @@ impl Daemon {
             }
             // the load balancers first: a lost node's tasks and stopping ones leave them before
             // this node spends the pass starting its own (each waits until it listens)
-            let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+            let mut tasks: Vec<TaskRecord> = self.shared_copy().list::<TaskRecord>().await?;
             self.program_services(&services, &tasks, &alive, &nodes)?;
             let agent = self.run_my_tasks(&services, &tasks).await?;
             pending |= agent.pending;
             if agent.changed {
-                tasks = self.shared().list::<TaskRecord>().await?;
+                tasks = self.shared_copy().list::<TaskRecord>().await?;
                 self.program_services(&services, &tasks, &alive, &nodes)?;
             }
             self.update_dns(read_at, services, tasks).await;

@@ -100,7 +100,9 @@ impl Daemon {
             _ => None,
         };
         let fence = fence.as_deref();
-        let mut tasks: Vec<TaskRecord> = self.shared().list::<TaskRecord>().await?;
+        // the copy holds every task this leader wrote; another leader's writes (before this one
+        // won the election, which is a write of its own) too
+        let mut tasks: Vec<TaskRecord> = self.shared_copy().list::<TaskRecord>().await?;
         let now = Utc::now();
         let mut pending = false;
         // tasks whose service is gone, whose node is gone/down/drained, or that failed: shut down

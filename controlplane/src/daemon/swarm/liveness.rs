@@ -19,6 +19,8 @@ impl Daemon {
         for t in tasks.drain(..) {
             t.abort();
         }
+        let store = c.clone();
+        tasks.push(tokio::spawn(async move { store.etcd.mirror().await }));
         let d = self.clone();
         tasks.push(tokio::spawn(async move { d.liveness_loop().await }));
         let d = self.clone();

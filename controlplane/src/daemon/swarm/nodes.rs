@@ -1,4 +1,5 @@
 //! `node ls|inspect|update|promote|demote|rm`: the swarm's nodes as a manager sees them.
+use crate::cluster::etcd::Reads;
 use std::{collections::HashSet, time::Duration};
 
 use serde_json::Value;
@@ -108,7 +109,7 @@ impl Daemon {
             Some(r) => return Err(ApiError::bad_request(format!("invalid role {r:?}: use worker or manager"))),
         };
         if role == Role::Worker && n.role == Role::Manager {
-            let managers = c.nodes().await?.0.iter().filter(|n| n.role == Role::Manager).count();
+            let managers = c.nodes(Reads::Linearizable).await?.0.iter().filter(|n| n.role == Role::Manager).count();
             if managers <= 1 {
                 return Err(ApiError::conflict(format!(
                     "rpc error: attempting to demote the last manager of the swarm ({})",
@@ -133,7 +134,7 @@ impl Daemon {
             return Err(ApiError::bad_request("a node cannot remove itself: use \"netbee swarm leave\""));
         }
         if n.role == Role::Manager {
-            let managers = c.nodes().await?.0.iter().filter(|n| n.role == Role::Manager).count();
+            let managers = c.nodes(Reads::Linearizable).await?.0.iter().filter(|n| n.role == Role::Manager).count();
             if managers <= 1 {
                 return Err(ApiError::conflict("cannot remove the last manager of the swarm"));
             }

@@ -5,8 +5,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, anyhow};
-use futures::{FutureExt as _, StreamExt as _};
+use anyhow::Result;
 use netbee_abi::MacKey;
 use tracing::warn;
 
@@ -23,65 +22,31 @@ use crate::{
 const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Daemon {
-    /// Watches the cluster prefix and re-applies the whole cluster view on any change (and every
-    /// few seconds regardless), so a missed event or an etcd restart heals by itself.
+    /// Re-applies the whole cluster view on every change the copy of the cluster store applies
+    /// (and every few seconds regardless, so anything missed heals by itself).
     pub(super) async fn sync_loop(self: Arc<Self>) {
         let c = self.cluster.clone().expect("cluster");
+        let changed = c.etcd.subscribe(&[]);
+        let mut last: Option<Instant> = None;
         loop {
-            let watch = async {
-                let mut client = c.etcd.client().await?;
-                let mut stream =
-                    client.watch(cluster::WATCH_PREFIX, Some(etcd_client::WatchOptions::new().with_prefix())).await?;
-                self.full_sync().await?;
-                let mut last = Instant::now();
-                loop {
-                    tokio::select! {
-                        m = stream.next() => match m {
-                            Some(Ok(_)) => {
-                                // one sync for every event that already arrived: each sync reads the
-                                // whole cluster view, and while tasks start on other nodes their
-                                // events queue up faster than syncs finish (issue 18)
-                                while let Some(m) = stream.next().now_or_never() {
-                                    match m {
-                                        Some(Ok(_)) => {}
-                                        Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                                        None => return Err(anyhow!("watch closed")),
-                                    }
-                                }
-                            }
-                            Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                            None => return Err(anyhow!("watch closed")),
-                        },
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                        _ = c.sync_now.notified() => {}
-                        // a DNS query waits for a name another node may have made
-                        _ = self.dns.names.sync_wanted.notified() => {}
-                    }
-                    // at most one sync per MIN_SYNC_INTERVAL: each reads the whole cluster view, and
-                    // while tasks start on every node the events never stop; what arrives
-                    // meanwhile is read by the next one
-                    let wait = MIN_SYNC_INTERVAL.saturating_sub(last.elapsed());
-                    if !wait.is_zero() {
-                        tokio::time::sleep(wait).await;
-                        while let Some(m) = stream.next().now_or_never() {
-                            match m {
-                                Some(Ok(_)) => {}
-                                Some(Err(e)) => return Err(anyhow::Error::from(e)),
-                                None => return Err(anyhow!("watch closed")),
-                            }
-                        }
-                    }
-                    last = Instant::now();
-                    self.full_sync().await?;
-                }
-                #[allow(unreachable_code)]
-                Ok::<(), anyhow::Error>(())
-            };
-            if let Err(e) = watch.await {
-                warn!("cluster sync: {e:#}");
-                c.etcd.reset().await;
+            // at most one sync per MIN_SYNC_INTERVAL: while tasks start on every node the changes
+            // never stop; what arrives meanwhile is read by the next one
+            if let Some(wait) = last.map(|l| MIN_SYNC_INTERVAL.saturating_sub(l.elapsed())) {
+                tokio::time::sleep(wait).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            last = Some(Instant::now());
+            if let Err(e) = self.full_sync().await {
+                warn!("cluster sync: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = changed.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = c.sync_now.notified() => {}
+                // a DNS query waits for a name another node may have made
+                _ = self.dns.names.sync_wanted.notified() => {}
+            }
         }
     }
 
@@ -89,26 +54,32 @@ impl Daemon {
     /// etcd.
     pub(in crate::daemon) async fn full_sync(&self) -> Result<()> {
         let c = self.cluster.as_ref().expect("cluster");
+        // what follows reads this node's copy of the store, as current as etcd is now (a DNS
+        // query waits for a name another node may just have written)
+        c.etcd.catch_up().await?;
         let view = loop {
             let changes = c.overlay_changes.load(Ordering::SeqCst);
             let read_at = Instant::now();
             let view = network::ClusterView::read(&c.etcd).await?;
-            let nodes: Vec<(String, NodeRecord)> = c.etcd.list(cluster::NODES).await?;
-            let alive: Vec<(String, Liveness)> = c.etcd.list(cluster::ALIVE).await?;
+            let nodes: Vec<(String, NodeRecord)> = c.etcd.list_copy(cluster::NODES).await?;
+            let alive: Vec<(String, Liveness)> = c.etcd.list_copy(cluster::ALIVE).await?;
             let _g = self.op.lock().await;
             // an overlay created or removed here after the read would be undone by the old view
             if c.overlay_changes.load(Ordering::SeqCst) != changes {
                 continue;
             }
-            network::sync_cluster_view(&self.net_cx(), &view, self.containers_shared()?.values()).await?;
+            // a task's address takes part in the load balancers once this node delivers to it
+            if network::sync_cluster_view(&self.net_cx(), &view, self.containers_shared()?.values()).await? {
+                self.services.changed.notify_one();
+            }
             self.apply_peer_nodes(&c.node_id, &nodes, &alive)?;
             break (read_at, view);
         };
         // this watch sees every change of another node's tasks and containers first: their names
         // follow at once (once the datapath reaches them), not at the service loop's next pass
         let (read_at, view) = view;
-        let services: Vec<ServiceRecord> = self.shared().list().await?;
-        let tasks: Vec<TaskRecord> = self.shared().list().await?;
+        let services: Vec<ServiceRecord> = self.shared_copy().list().await?;
+        let tasks: Vec<TaskRecord> = self.shared_copy().list().await?;
         self.dns_sources_from_cluster(read_at, view.endpoints(), services, tasks).await;
         self.dns.names.synced();
         self.write_host_ports(None).await;
