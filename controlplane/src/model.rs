@@ -416,8 +416,10 @@ pub struct TaskRecord {
     pub updated: DateTime<Utc>,
     /// The spec this task runs (a rolling update replaces tasks whose spec is not the service's);
     /// none on tasks made before updates existed, which the scheduler stamps with the current one.
+    /// Shared: every pass of every node's loops copies the list of all tasks, and a deep copy of
+    /// each task's spec was most of what that cost (issue 18).
     #[serde(default)]
-    pub spec: Option<ServiceSpec>,
+    pub spec: Option<std::sync::Arc<ServiceSpec>>,
 }
 
 impl Record for ServiceRecord {

@@ -31,7 +31,7 @@ pub struct Ctx {
 impl Ctx {
     /// Length of one throughput/latency/load measurement.
     pub fn duration(&self) -> Duration {
-        if self.quick { Duration::from_secs(2) } else { Duration::from_secs(6) }
+        if self.quick { Duration::from_secs(1) } else { Duration::from_secs(6) }
     }
 
     pub fn round_banner(&self, scenario: &str, round: usize) {

@@ -85,8 +85,8 @@ impl Daemon {
                         // the task runs the spec it carries (during an update, old and new ones run)
                         let view;
                         let s = match &t.spec {
-                            Some(spec) if spec != &s.spec => {
-                                view = ServiceRecord { spec: spec.clone(), ..s.clone() };
+                            Some(spec) if **spec != s.spec => {
+                                view = ServiceRecord { spec: (**spec).clone(), ..s.clone() };
                                 &view
                             }
                             _ => s,

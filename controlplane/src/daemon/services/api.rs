@@ -709,7 +709,7 @@ fn api_service(s: ServiceRecord, nets: &[NetworkRecord]) -> Service {
 
 /// A task as docker's API shows it: its state in docker's lower-case words, the spec it runs.
 fn api_task(s: &ServiceRecord, t: &TaskRecord, nets: &[NetworkRecord]) -> SwarmTask {
-    let spec = api_spec(t.spec.clone().unwrap_or_else(|| s.spec.clone()));
+    let spec = api_spec(t.spec.as_deref().unwrap_or(&s.spec).clone());
     let state = serde_json::to_value(t.state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     let failed = t.state == TaskState::Failed;
     SwarmTask {

@@ -162,7 +162,7 @@ impl Daemon {
             for (i, t) in tasks.iter_mut().enumerate().filter(|(_, t)| t.service_id == s.id && t.desired_running) {
                 if t.spec.is_none() {
                     // made before tasks carried their spec: it runs the current one
-                    t.spec = Some(s.spec.clone());
+                    t.spec = Some(std::sync::Arc::new(s.spec.clone()));
                     self.shared().put_fenced(fence, &*t).await?;
                 }
                 if t.slot > s.spec.replicas || step.shutdown.contains(&t.id) {
@@ -237,7 +237,7 @@ impl Daemon {
                     addrs: vec![],
                     created: now,
                     updated: now,
-                    spec: Some(s.spec.clone()),
+                    spec: Some(std::sync::Arc::new(s.spec.clone())),
                 };
                 *per_service.entry(node.id.clone()).or_default() += 1;
                 *per_node_total.entry(node.id.clone()).or_default() += 1;

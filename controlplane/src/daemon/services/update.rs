@@ -329,7 +329,7 @@ mod tests {
             addrs: vec![],
             created: at(created),
             updated: at(updated),
-            spec: Some(spec(image, 4, UpdateConfig::default())),
+            spec: Some(std::sync::Arc::new(spec(image, 4, UpdateConfig::default()))),
         }
     }
 
