@@ -42,10 +42,8 @@ use anyhow::{Result, anyhow, bail};
 use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use tokio::sync::Notify;
 
-use super::etcd::Etcd;
+use super::{WATCH_PREFIX as PREFIX, etcd::Etcd};
 
-/// Everything the copy holds.
-pub const PREFIX: &str = "/netbee/";
 /// The end of `PREFIX`'s range (its last byte plus one).
 const PREFIX_END: &str = "/netbee0";
 const PAGE: i64 = 1000;

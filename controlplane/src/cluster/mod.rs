@@ -123,6 +123,7 @@ pub const NETWORKS_GUARD: &str = "/netbee/guard/networks";
 /// ports are decided one at a time across managers.
 pub const SERVICES_GUARD: &str = "/netbee/guard/services";
 pub const ENDPOINTS: &str = "/netbee/endpoints/";
+/// Every key netbee writes: what each daemon watches and keeps a copy of (`mirror.rs`).
 pub const WATCH_PREFIX: &str = "/netbee/";
 
 pub fn new_token(cluster_id: &str) -> String {
