@@ -480,6 +480,60 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
     assert_eq!((count(&dp, first), count(&dp, second)), (None, Some(2)));
 }
 
+/// ```text
+///   client 10.0.0.9:40000 ──SYN──▶ uplink: 10.0.0.1:8080 ──DNAT──▶ 172.30.0.3:80 (not listening)
+///                          ◀──RST── uplink ◀──REVNAT─────────────── 172.30.0.3   (refused)
+///   client 10.0.0.9:40000 ──SYN──▶ (the same port, reused) ──────▶ 172.30.0.4:80, the next one
+/// ```
+/// A backend that refuses (a lost node's task, one that stopped listening) sends its reset on the
+/// reply entry; the client's entry must end with it, or a client that reuses the port follows the
+/// old choice to the refusing backend for as long as the entry lives (the SYN timeout, 60 s).
+#[test]
+fn a_backends_reset_ends_the_flow_for_the_clients_next_syn() {
+    let (_fs, mut dp) = setup();
+    let node = Ipv4Addr::new(10, 0, 0, 1);
+    let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
+    dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: 0 }, 0).unwrap();
+    let backends = [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)];
+    for (slot, b) in backends.iter().enumerate() {
+        let be = Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 };
+        dp.backends.insert(BackendKey { service: 3, slot: slot as u32 + 1 }, be, 0).unwrap();
+        let ep = Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 };
+        dp.insert_endpoint(ip_be(*b), ep).unwrap();
+    }
+    let client = [10, 0, 0, 9];
+    let forward = CtKey::new(ip_be(Ipv4Addr::from(client)), ip_be(node), 40000u16.to_be(), 8080u16.to_be(), 6);
+    let syn = {
+        let mut p = eth([1; 6], [2; 6], 0x0800);
+        p.extend(ipv4(client, node.octets(), 6, 0, 0, &tcp(40000, 8080, 0x02)));
+        p
+    };
+    let dst = |out: &[u8]| Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+    let (v, out) = run(&mut dp, "tc_uplink_ingress", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    let refusing = dst(&out);
+    // the refusing backend answers from its veth (ifindex 1 of the test runs is that backend)
+    dp.ifaces
+        .insert(
+            1,
+            Iface { ip: ip_be(refusing), net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, flags: iface_flags::BACKEND },
+            0,
+        )
+        .unwrap();
+    let mut rst = eth(HOST_MAC, PEER_MAC, 0x0800);
+    rst.extend(ipv4(refusing.octets(), client, 6, 0, 0, &tcp(80, 40000, 0x14)));
+    let (_, out) = run(&mut dp, "tc_from_container", &rst);
+    let src = Ipv4Addr::new(out[26], out[27], out[28], out[29]);
+    assert_eq!(src, node, "the reset leaves with the frontend's address (source)");
+    let flags = dp.ct.get(&forward, 0).expect("the client's entry").flags;
+    assert_ne!(flags & ct_flags::SEEN_RST, 0, "client's entry flags {flags:#x}: the backend's reset not recorded");
+    let (v, out) = run(&mut dp, "tc_uplink_ingress", &syn);
+    assert_eq!(v, TC_ACT_REDIRECT);
+    assert_ne!(dst(&out), refusing, "destination of the reused port's SYN: still the refusing backend");
+    let e = dp.ct.get(&forward, 0).unwrap();
+    assert_eq!((e.nat_addr, e.flags & ct_flags::SEEN_RST), (ip_be(dst(&out)), 0), "the new flow's entry");
+}
+
 /// The plain forwarding path's cost per packet as the kernel measures it under
 /// BPF_PROG_TEST_RUN (a profile, not a benchmark: `cargo test --release -p netbee
 /// per_packet_cost -- --ignored --nocapture`).

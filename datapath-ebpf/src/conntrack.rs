@@ -44,6 +44,9 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
         }
         if l4.tcp_flags & TCP_RST != 0 {
             flags |= ct_flags::SEEN_RST;
+            if entry.flags & ct_flags::REVNAT != 0 {
+                reset_forward(key, entry);
+            }
         }
         if l4.tcp_flags & TCP_SYN == 0 {
             flags &= !ct_flags::SYN_ONLY;
@@ -57,6 +60,22 @@ pub fn lookup(key: &CtKey, l4: &L4) -> Option<CtEntry> {
         entry.last_seen = now;
     }
     Some(*entry)
+}
+
+/// A backend's reset (a refused SYN: the task is gone or not listening) ends the flow for its
+/// client's direction too, whose entry sees only the client's segments: a client that reuses the
+/// port (clients cycle through their ports; a lost node's tasks answer a whole burst of SYNs with
+/// resets) must open a new flow to a live backend, not follow the old choice to the dead one.
+#[inline(always)]
+fn reset_forward(reply_key: &CtKey, reply: &CtEntry) {
+    let fwd_key = CtKey::new(reply_key.daddr, reply.nat_addr, reply_key.dport, reply.nat_port, reply_key.proto);
+    if let Some(fwd) = CT.get_ptr_mut(fwd_key) {
+        // SAFETY: a map value pointer from the lookup just above
+        let fwd = unsafe { &mut *fwd };
+        if fwd.flags & ct_flags::SEEN_RST == 0 {
+            fwd.flags |= ct_flags::SEEN_RST;
+        }
+    }
 }
 
 #[inline(always)]

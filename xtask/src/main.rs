@@ -4,7 +4,8 @@
 //!   demo    setup, build, and run the demo lab: networks, containers, published ports, counters
 //!   lint    formatting and clippy (warnings denied) for the host crates, the fuzz crate and
 //!           datapath-ebpf built for the BPF target
-//!   test    setup, lint, build, and run every test (unit, lab, integration, `bench --quick`)
+//!   test    setup, lint, build, and run every test (unit, lab, integration, `bench --quick`);
+//!           its builds are clippy runs too (warnings denied)
 //!   bench   setup, build, and run the benchmarks (`-- --quick`, `-- --only SCENARIO`)
 //!   soak    setup, build, and run the long resilience variants (60 crash trials, 20 trials of
 //!           concurrent creations on three managers, the leader lost three times), then
@@ -80,7 +81,7 @@ fn main() -> ExitCode {
         "build" => setup().and_then(|_| build()),
         "demo" => setup().and_then(|_| build()).and_then(|_| demo(rest)),
         "lint" => setup().and_then(|_| lint()),
-        "test" => setup().and_then(|_| lint()).and_then(|_| build()).and_then(|_| test(rest)),
+        "test" => setup().and_then(|_| lint_for_test()).and_then(|_| build()).and_then(|_| test(rest)),
         "bench" => setup().and_then(|_| build()).and_then(|_| bench(rest)),
         "soak" => setup().and_then(|_| build()).and_then(|_| soak()),
         "fuzz" => setup().and_then(|_| fuzz(rest)),
@@ -213,9 +214,18 @@ fn path_env() -> String {
     format!("{}:{p}", cargo_bin_dir().display())
 }
 
+/// Set by `test`: every build of a workspace crate is also its clippy run (see `lint_for_test`).
+static LINTING_BUILDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root()).env("PATH", path_env());
+    if LINTING_BUILDS.load(std::sync::atomic::Ordering::Relaxed) {
+        // what `cargo clippy -- -D warnings` sets, for a build instead of a check: clippy-driver
+        // is rustc with the lints added, for the workspace's own crates only
+        c.env("RUSTC_WORKSPACE_WRAPPER", cargo_bin_dir().join("clippy-driver"))
+            .env("CLIPPY_ARGS", "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__");
+    }
     c
 }
 
@@ -387,13 +397,42 @@ fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args(["fmt", "--check"]).current_dir(root().join("controlplane/fuzz")))?;
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"]))?;
+    clippy_ebpf()?;
+    eprintln!("xtask lint: formatting and clippy clean ({:.0}s)", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The eBPF crate for the BPF target, where its programs are compiled.
+fn clippy_ebpf() -> Result<()> {
     run(Command::new(cargo_bin_dir().join("cargo"))
         .args(["+nightly", "clippy", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--", "-D", "warnings"])
         .current_dir(root().join("datapath-ebpf"))
         .env("PATH", path_env())
-        .env_remove("RUSTUP_TOOLCHAIN"))?;
-    eprintln!("xtask lint: formatting and clippy clean ({:.0}s)", t0.elapsed().as_secs_f64());
+        .env_remove("RUSTUP_TOOLCHAIN"))
+}
+
+/// `lint` for `test`, without the host clippy run: `cargo clippy` checks every dependency once
+/// more (type-checked metadata cannot serve the release build, nor its artifacts the check), two
+/// of CI's twenty minutes. Instead every build `test` makes runs clippy-driver as the workspace's
+/// compiler with warnings denied, so the release build, the unit-test build (cfg(test) code), the
+/// lab, the integration tests and the bench are linted while they compile; only what `test` does
+/// not build for the host is checked here (xtask, already built to run this, and the eBPF crate's
+/// host side). A build outside `test` (demo, bench) has no wrapper, so its first run after a test
+/// run compiles the workspace's crates again (not the dependencies).
+fn lint_for_test() -> Result<()> {
+    let t0 = Instant::now();
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    run(cargo().args(["fmt", "--check"]).current_dir(root().join("controlplane/fuzz")))?;
+    run(cargo()
+        .args(["clippy", "--release", "--all-targets", "-p", "xtask", "-p", "netbee-ebpf"])
+        .args(["--", "-D", "warnings"]))?;
+    clippy_ebpf()?;
+    LINTING_BUILDS.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "xtask lint: formatting and clippy clean; the builds below are linted as they compile ({:.0}s)",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
