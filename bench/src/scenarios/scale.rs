@@ -154,6 +154,21 @@ pub fn run(ctx: &Ctx) -> Result<Vec<Metric>> {
         .target("—"),
         ratio("svc_ratio", format!("service create, last {early} / first {early}")),
         MetricDef::new(
+            "svc_srv_first",
+            format!("`service create` inside the daemon (its own timing), services 1–{early}"),
+            "ms",
+            Better::Lower,
+        )
+        .target("—"),
+        MetricDef::new(
+            "svc_srv_last",
+            format!("`service create` inside the daemon (its own timing), services {}–{}", late_from + 1, z.services),
+            "ms",
+            Better::Lower,
+        )
+        .target("—"),
+        ratio("svc_srv_ratio", format!("service create inside the daemon, last {early} / first {early}")),
+        MetricDef::new(
             "svc_cpu_first",
             format!(
                 "cluster CPU per service create until {r}/{r} (daemons + etcd), services 1–{early}",
@@ -440,6 +455,21 @@ fn dns_latencies(netns: &Path, server: Ipv4Addr, name: &str, count: usize) -> Re
     .map_err(|_| anyhow!("DNS probe thread panicked"))?
 }
 
+/// (seconds, count) of the API operation `op` as node `n`'s daemon timed it so far (its
+/// `netbee_operation_duration_seconds` histogram, served with `--metrics-addr 127.0.0.1:9323`).
+fn operation_seconds(n: &Node, op: &str) -> Result<(f64, u64)> {
+    let text = n.sh("curl -sf http://127.0.0.1:9323/metrics")?;
+    let label = format!("{{operation=\"{op}\"}}");
+    let value = |metric: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(metric)?.strip_prefix(label.as_str())?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let (sum, count) =
+        (value("netbee_operation_duration_seconds_sum"), value("netbee_operation_duration_seconds_count"));
+    Ok((sum, count as u64))
+}
+
 fn dns_query(id: u16, name: &str) -> Vec<u8> {
     let mut q = Vec::with_capacity(32 + name.len());
     q.extend_from_slice(&id.to_be_bytes());
@@ -456,7 +486,8 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let names: Vec<String> = (1..=z.nodes).map(|i| format!("n{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     println!("  scale: {}-node swarm", z.nodes);
-    let lab = netbee_lab::swarm_lab("bench-scale-swarm", &refs, &[])?;
+    // metrics on each node's loopback: the daemon's own timing of each create
+    let lab = netbee_lab::swarm_lab_with("bench-scale-swarm", &refs, &[], &["--metrics-addr", "127.0.0.1:9323"])?;
     let n1 = lab.node("n1");
     nb(n1, &["network", "create", "--driver", "overlay", "--subnet", "10.200.0.0/20", "app"])?;
     let bin = std::env::var("NETBEE_BIN").unwrap_or_else(|_| netbee_lab::netbee_bin().to_string_lossy().into_owned());
@@ -484,8 +515,13 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
     let settle_before = Duration::from_millis(if ctx.quick { 200 } else { 1000 });
     let measured = |i: usize, col: &mut Collector, window: &str| -> Result<()> {
         std::thread::sleep(settle_before);
-        let (cpu0, t0) = (cluster_cpu()?, Instant::now());
+        let (cpu0, t0, srv0) = (cluster_cpu()?, Instant::now(), operation_seconds(n1, "service_create")?);
         col.add(&format!("svc_{window}"), NETBEE, 1e3 * create(i)?);
+        let srv = operation_seconds(n1, "service_create")?;
+        if srv.1 != srv0.1 + 1 {
+            bail!("the daemon counted {} service creates for one", srv.1 - srv0.1);
+        }
+        col.add(&format!("svc_srv_{window}"), NETBEE, 1e3 * (srv.0 - srv0.0));
         wait_replicas(n1, &[format!("s{i}")], r, Duration::from_secs(120))?;
         col.add(&format!("svc_run_{window}"), NETBEE, t0.elapsed().as_secs_f64());
         col.add(&format!("svc_cpu_{window}"), NETBEE, 1e3 * (cluster_cpu()? - cpu0));
@@ -522,7 +558,9 @@ fn cluster(ctx: &Ctx, z: &Sizes, col: &mut Collector) -> Result<()> {
         measured(i, col, "last")?;
     }
     println!("  scale: {s} services");
-    for (k, of) in [("svc_ratio", "svc"), ("svc_cpu_ratio", "svc_cpu"), ("svc_run_ratio", "svc_run")] {
+    for (k, of) in
+        [("svc_ratio", "svc"), ("svc_srv_ratio", "svc_srv"), ("svc_cpu_ratio", "svc_cpu"), ("svc_run_ratio", "svc_run")]
+    {
         let (last, first) =
             (median(col.get(&format!("{of}_last"), NETBEE)), median(col.get(&format!("{of}_first"), NETBEE)));
         col.add(k, NETBEE, last / first);

@@ -15,6 +15,7 @@ use crate::{
     datapath,
     model::{Liveness, NodeRecord, ServiceRecord, TaskRecord},
     network,
+    store::SharedRecord as _,
 };
 
 /// The shortest time between two cluster syncs' starts (issue 18: a 10-node swarm starting
@@ -22,11 +23,22 @@ use crate::{
 const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Daemon {
-    /// Re-applies the whole cluster view on every change the copy of the cluster store applies
-    /// (and every few seconds regardless, so anything missed heals by itself).
+    /// Re-applies the whole cluster view on every change the copy of the cluster store applies to
+    /// what it reads (and every few seconds regardless, so anything missed heals by itself).
     pub(super) async fn sync_loop(self: Arc<Self>) {
         let c = self.cluster.clone().expect("cluster");
-        let changed = c.etcd.subscribe(&[]);
+        // what `full_sync` reads (and the host-port claims it keeps): address leases, the guard
+        // keys and the election change with every create and every task start and would wake
+        // every node's sync for nothing (issue 18)
+        let changed = c.etcd.subscribe(&[
+            cluster::NETWORKS,
+            cluster::ENDPOINTS,
+            cluster::NODES,
+            cluster::ALIVE,
+            cluster::HOST_PORTS,
+            ServiceRecord::CLUSTER_PREFIX,
+            TaskRecord::CLUSTER_PREFIX,
+        ]);
         let mut last: Option<Instant> = None;
         loop {
             // at most one sync per MIN_SYNC_INTERVAL: while tasks start on every node the changes
