@@ -170,7 +170,11 @@ impl Netlink {
     pub async fn ipv4_addrs(&self) -> Result<Vec<(u32, Ipv4Addr, u8)>> {
         let _turn = self.dump_turn.lock().await;
         let mut out = Vec::new();
-        let mut s = self.h.address().get().execute();
+        let mut req = self.h.address().get();
+        // IPv4 only: an unspecified family also dumps every veth's IPv6 link-local address, and
+        // every cluster sync asks (the node's addresses include the overlays' gateways)
+        req.message_mut().header.family = netlink_packet_route::AddressFamily::Inet;
+        let mut s = req.execute();
         while let Some(m) = s.try_next().await.context("listing addresses")? {
             for a in &m.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = a {

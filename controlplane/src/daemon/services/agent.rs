@@ -33,6 +33,15 @@ const QUIET_BEFORE_STOP: Duration = Duration::from_millis(1500);
 const MIN_GRACE: Duration = Duration::from_secs(2);
 const QUIET_TIMEOUT: Duration = Duration::from_secs(12);
 
+/// What the agent needs of a task's container.
+struct TaskContainer {
+    id: String,
+    status: Status,
+    exit_code: i32,
+    /// Host PID of its init.
+    pid: i32,
+}
+
 /// What a pass of the agent did.
 pub(in crate::daemon) struct AgentPass {
     /// Tasks wait to be started in a later pass.
@@ -65,15 +74,19 @@ impl Daemon {
         let mut changed = false;
         let me = self.my_node_id();
         let tasks: Vec<TaskRecord> = tasks.iter().filter(|t| t.node_id == me).cloned().collect();
-        // copies of this node's task containers only (not the shared table: the starts below
-        // write it, and a write copies the whole table while a reader holds it)
+        // what the pass needs of this node's task containers, copied (not the shared table: the
+        // starts below write it, and a write copies the whole table while a reader holds it; nor
+        // whole records: every pass on every change copied each task's container, issue 18)
         let mine: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
-        let by_task: HashMap<String, crate::model::ContainerRecord> = self
+        let by_task: HashMap<String, TaskContainer> = self
             .containers_shared()?
             .values()
             .filter_map(|c| c.config.labels.get("com.netbee.task.id").map(|t| (t, c)))
             .filter(|(t, _)| mine.contains(t.as_str()))
-            .map(|(t, c)| (t.clone(), c.clone()))
+            .map(|(t, c)| {
+                let (status, exit_code, pid) = (c.state.status.clone(), c.state.exit_code, c.state.pid);
+                (t.clone(), TaskContainer { id: c.id.clone(), status, exit_code, pid })
+            })
             .collect();
         drop(mine);
         for mut t in tasks {
@@ -116,10 +129,10 @@ impl Daemon {
                         self.shared().put(&t).await?;
                         self.note_task(&t).await;
                     }
-                    (TaskState::Running | TaskState::Starting, Some(c)) if c.state.status != Status::Running => {
+                    (TaskState::Running | TaskState::Starting, Some(c)) if c.status != Status::Running => {
                         changed = true;
                         t.state = TaskState::Failed;
-                        t.message = format!("task exited with code {}", c.state.exit_code);
+                        t.message = format!("task exited with code {}", c.exit_code);
                         t.updated = Utc::now();
                         self.shared().put(&t).await?;
                         let _ = self.container_remove(&c.id, true).await;
@@ -140,7 +153,7 @@ impl Daemon {
                 }
                 let d = self.clone();
                 let cid = c.id.clone();
-                let pid = c.state.pid;
+                let pid = c.pid;
                 tokio::spawn(async move {
                     d.wait_until_no_new_connections(pid, &t.addrs).await;
                     let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
