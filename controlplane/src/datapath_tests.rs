@@ -404,28 +404,25 @@ fn native_mesh_frames_are_accepted_only_from_peer_nodes_for_local_overlay_tasks(
     assert_eq!(drops(&dp, drop_reason::UNPUBLISHED), before + 5);
 }
 
-#[test]
-fn a_closed_flows_tuple_opens_a_new_translated_flow() {
-    let (_fs, mut dp) = setup();
-    // 10.0.0.1:8080 published to two backends in turn (a replicated service's publish)
+/// 10.0.0.1:8080 published to 172.30.0.3:80 and 172.30.0.4:80 in turn, both local (a replicated
+/// service's publish, datapath id 3): the frontend's key and the node address.
+fn publish_to_two_backends(dp: &mut Datapath) -> (FrontendKey, Ipv4Addr) {
     let node = Ipv4Addr::new(10, 0, 0, 1);
     let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
     dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: 0 }, 0).unwrap();
-    let backends = [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)];
-    for (slot, b) in backends.iter().enumerate() {
-        dp.backends
-            .insert(
-                BackendKey { service: 3, slot: slot as u32 + 1 },
-                Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 },
-                0,
-            )
-            .unwrap();
-        dp.insert_endpoint(
-            ip_be(*b),
-            Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 },
-        )
-        .unwrap();
+    for (slot, b) in [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)].iter().enumerate() {
+        let be = Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 };
+        dp.backends.insert(BackendKey { service: 3, slot: slot as u32 + 1 }, be, 0).unwrap();
+        let ep = Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 };
+        dp.insert_endpoint(ip_be(*b), ep).unwrap();
     }
+    (key, node)
+}
+
+#[test]
+fn a_closed_flows_tuple_opens_a_new_translated_flow() {
+    let (_fs, mut dp) = setup();
+    let (key, node) = publish_to_two_backends(&mut dp);
     let client = [10, 0, 0, 9];
     let segment = |flags| {
         let mut p = eth([1; 6], [2; 6], 0x0800);
@@ -491,16 +488,7 @@ fn a_closed_flows_tuple_opens_a_new_translated_flow() {
 #[test]
 fn a_backends_reset_ends_the_flow_for_the_clients_next_syn() {
     let (_fs, mut dp) = setup();
-    let node = Ipv4Addr::new(10, 0, 0, 1);
-    let key = FrontendKey { addr: ip_be(node), port: 8080u16.to_be(), proto: 6, _pad: 0 };
-    dp.frontends.insert(key, Service { id: 3, count: 2, net_id: 1, flags: 0 }, 0).unwrap();
-    let backends = [Ipv4Addr::new(172, 30, 0, 3), Ipv4Addr::new(172, 30, 0, 4)];
-    for (slot, b) in backends.iter().enumerate() {
-        let be = Backend { addr: ip_be(*b), port: 80u16.to_be(), _pad: 0 };
-        dp.backends.insert(BackendKey { service: 3, slot: slot as u32 + 1 }, be, 0).unwrap();
-        let ep = Endpoint { ifindex: 1, net_id: 1, mac: PEER_MAC, host_mac: HOST_MAC, node_ip: 0, flags: 0 };
-        dp.insert_endpoint(ip_be(*b), ep).unwrap();
-    }
+    let (_, node) = publish_to_two_backends(&mut dp);
     let client = [10, 0, 0, 9];
     let forward = CtKey::new(ip_be(Ipv4Addr::from(client)), ip_be(node), 40000u16.to_be(), 8080u16.to_be(), 6);
     let syn = {
