@@ -345,6 +345,17 @@ impl Shared<'_> {
         Ok(listed.into_iter().map(|(_, v)| v).collect())
     }
 
+    /// Every record, shared rather than copied. From etcd a record unchanged since the last
+    /// list is the very same `Arc` (see `Etcd::list_copy_shared`); the embedded store's are
+    /// fresh each time.
+    pub async fn list_shared<T: SharedRecord + Send + Sync>(&self) -> Result<Vec<Arc<T>>> {
+        match self {
+            Shared::Local(s) => Ok(s.list_shared::<T>()?.values().map(|v| Arc::new(v.clone())).collect()),
+            Shared::Cluster(e, Reads::Linearizable) => e.list_shared(T::CLUSTER_PREFIX).await,
+            Shared::Cluster(e, Reads::Copy) => e.list_copy_shared(T::CLUSTER_PREFIX).await,
+        }
+    }
+
     pub async fn put<T: SharedRecord>(&self, value: &T) -> Result<()> {
         match self {
             Shared::Local(s) => s.put(value),

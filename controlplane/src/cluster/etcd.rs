@@ -3,6 +3,7 @@
 use std::{
     any::{Any, TypeId},
     collections::HashMap,
+    sync::Arc,
     time::Duration,
 };
 
@@ -56,11 +57,22 @@ pub enum Reads {
 }
 
 /// A list's answer: the store (cluster id) and its revision when it was read, and the values in
-/// key order with their keys' modification revisions.
+/// key order with their keys' modification revisions. A value is shared by every listing of its
+/// key at one revision: the next list hands out the same value (see [`Etcd::list_copy_shared`]).
 struct Listing<T> {
     cluster_id: u64,
     revision: i64,
-    items: Vec<(String, i64, T)>,
+    items: Vec<(String, i64, Arc<T>)>,
+}
+
+/// Answers `(key, value)` copies (what [`Etcd::list`] returns).
+fn copied<T: Clone>(k: &str, v: &Arc<T>) -> (String, T) {
+    (k.to_string(), (**v).clone())
+}
+
+/// Answers the shared values (what [`Etcd::list_copy_shared`] returns).
+fn shared<T>(_: &str, v: &Arc<T>) -> Arc<T> {
+    v.clone()
 }
 
 /// A key nothing writes: reading it returns the store's current revision and nothing else.
@@ -174,7 +186,7 @@ impl Etcd {
 
     /// Notified on every change under the sections of `prefixes` (`/netbee/tasks/...`: all
     /// tasks; every section when empty) while [`Etcd::mirror`] runs.
-    pub fn subscribe(&self, prefixes: &[&str]) -> std::sync::Arc<tokio::sync::Notify> {
+    pub fn subscribe(&self, prefixes: &[&str]) -> Arc<tokio::sync::Notify> {
         self.mirror.subscribe(prefixes)
     }
 
@@ -194,20 +206,28 @@ impl Etcd {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
+        self.list_as(prefix, copied).await
+    }
+
+    async fn list_as<T: DeserializeOwned + Send + Sync + 'static, R>(
+        &self,
+        prefix: &str,
+        answer: fn(&str, &Arc<T>) -> R,
+    ) -> Result<Vec<R>> {
         let cache_key = (prefix.to_string(), TypeId::of::<T>());
         let mut cached = self.take_listing::<T>(&cache_key);
         if cached.is_none() && !self.mirror.is_live() {
-            return self.list_read(prefix, cache_key, None).await;
+            return self.list_read(prefix, cache_key, None, answer).await;
         }
         // Nothing changed anywhere in the store since the last list (same store, same revision):
         // its answer stands. Asking costs a header, not the prefix's values (issue 18).
         let (cluster_id, revision) = self.revision().await?;
         if let Some(c) = cached.take_if(|c| (c.cluster_id, c.revision) == (cluster_id, revision)) {
-            return Ok(self.keep_listing(cache_key, c));
+            return Ok(self.keep_listing(cache_key, c, answer));
         }
         match self.list_from_mirror(Some(cluster_id), revision, prefix, &mut cached).await {
-            Some(listing) => Ok(self.keep_listing(cache_key, listing)),
-            None => self.list_read(prefix, cache_key, cached).await,
+            Some(listing) => Ok(self.keep_listing(cache_key, listing, answer)),
+            None => self.list_read(prefix, cache_key, cached, answer).await,
         }
     }
 
@@ -220,15 +240,39 @@ impl Etcd {
         &self,
         prefix: &str,
     ) -> Result<Vec<(String, T)>> {
+        self.list_copy_as(prefix, copied).await
+    }
+
+    /// The values under `prefix` as [`Etcd::list_copy`] reads them, shared instead of copied: a
+    /// value whose key has not changed since the last list is the same `Arc` (so a reader can
+    /// tell what changed by pointer), and a list costs no copy of any value. For the loops that
+    /// read every task, service and endpoint on every change, on every node (issue 18).
+    pub async fn list_copy_shared<T: DeserializeOwned + Send + Sync + 'static>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Arc<T>>> {
+        self.list_copy_as(prefix, shared).await
+    }
+
+    /// [`Etcd::list`] with shared values (see [`Etcd::list_copy_shared`]).
+    pub async fn list_shared<T: DeserializeOwned + Send + Sync + 'static>(&self, prefix: &str) -> Result<Vec<Arc<T>>> {
+        self.list_as(prefix, shared).await
+    }
+
+    async fn list_copy_as<T: DeserializeOwned + Send + Sync + 'static, R>(
+        &self,
+        prefix: &str,
+        answer: fn(&str, &Arc<T>) -> R,
+    ) -> Result<Vec<R>> {
         if !self.mirror.is_live() {
-            return self.list(prefix).await;
+            return self.list_as(prefix, answer).await;
         }
         let floor = self.read_floor.load(std::sync::atomic::Ordering::SeqCst);
         let cache_key = (prefix.to_string(), TypeId::of::<T>());
         let mut cached = self.take_listing::<T>(&cache_key);
         match self.list_from_mirror(None, floor, prefix, &mut cached).await {
-            Some(listing) => Ok(self.keep_listing(cache_key, listing)),
-            None => self.list_read(prefix, cache_key, cached).await,
+            Some(listing) => Ok(self.keep_listing(cache_key, listing, answer)),
+            None => self.list_read(prefix, cache_key, cached, answer).await,
         }
     }
 
@@ -289,27 +333,29 @@ impl Etcd {
     }
 
     /// Keeps `listing` for the next list of the same prefix and type, and returns its values.
-    fn keep_listing<T: Clone + Send + Sync + 'static>(
+    fn keep_listing<T: Send + Sync + 'static, R>(
         &self,
         cache_key: (String, TypeId),
         listing: Listing<T>,
-    ) -> Vec<(String, T)> {
-        let out = listing.items.iter().map(|(k, _, v)| (k.clone(), v.clone())).collect();
+        answer: fn(&str, &Arc<T>) -> R,
+    ) -> Vec<R> {
+        let out = listing.items.iter().map(|(k, _, v)| answer(k, v)).collect();
         self.decoded.lock().expect("etcd decoded").insert(cache_key, Box::new(listing));
         out
     }
 
     /// Reads the prefix; values whose key has the modification revision `before` decoded are
     /// reused (a key's value at one revision never changes).
-    async fn list_read<T: DeserializeOwned + Clone + Send + Sync + 'static>(
+    async fn list_read<T: DeserializeOwned + Send + Sync + 'static, R>(
         &self,
         prefix: &str,
         cache_key: (String, TypeId),
         before: Option<Listing<T>>,
-    ) -> Result<Vec<(String, T)>> {
+        answer: fn(&str, &Arc<T>) -> R,
+    ) -> Result<Vec<R>> {
         let p = prefix.to_string();
         let r = self.run("list", |mut c| async move { c.get(p, Some(GetOptions::new().with_prefix())).await }).await?;
-        let mut before: HashMap<String, (i64, T)> =
+        let mut before: HashMap<String, (i64, Arc<T>)> =
             before.map(|b| b.items.into_iter().map(|(k, rev, v)| (k, (rev, v))).collect()).unwrap_or_default();
         let mut items = Vec::with_capacity(r.kvs().len());
         for kv in r.kvs() {
@@ -317,7 +363,7 @@ impl Etcd {
             let v = match before.remove(&key) {
                 Some((rev, v)) if rev == kv.mod_revision() => v,
                 _ => match serde_json::from_slice::<T>(kv.value()) {
-                    Ok(v) => v,
+                    Ok(v) => Arc::new(v),
                     Err(e) => {
                         tracing::warn!("skipping undecodable {key}: {e}");
                         continue;
@@ -327,10 +373,12 @@ impl Etcd {
             items.push((key, kv.mod_revision(), v));
         }
         Ok(match r.header() {
-            Some(h) => {
-                self.keep_listing(cache_key, Listing { cluster_id: h.cluster_id(), revision: h.revision(), items })
-            }
-            None => items.into_iter().map(|(k, _, v)| (k, v)).collect(),
+            Some(h) => self.keep_listing(
+                cache_key,
+                Listing { cluster_id: h.cluster_id(), revision: h.revision(), items },
+                answer,
+            ),
+            None => items.iter().map(|(k, _, v)| answer(k, v)).collect(),
         })
     }
 
@@ -477,23 +525,21 @@ impl Etcd {
 /// changes.
 fn decode_reusing<T: DeserializeOwned>(
     kvs: &mut dyn Iterator<Item = (&String, &(i64, Vec<u8>))>,
-    before: Vec<(String, i64, T)>,
-) -> Vec<(String, i64, T)> {
+    before: Vec<(String, i64, Arc<T>)>,
+) -> Vec<(String, i64, Arc<T>)> {
+    let mut items = Vec::with_capacity(before.len() + 1);
     let mut before = before.into_iter().peekable();
-    let mut items = Vec::new();
     for (key, (rev, bytes)) in kvs {
         while before.next_if(|(k, _, _)| k < key).is_some() {}
-        let v = match before.next_if(|(k, r, _)| k == key && r == rev) {
-            Some((_, _, v)) => v,
-            None => match serde_json::from_slice::<T>(bytes) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!("skipping undecodable {key}: {e}");
-                    continue;
-                }
-            },
-        };
-        items.push((key.clone(), *rev, v));
+        // an unchanged key keeps its entry whole (key, value): nothing is allocated for it
+        if let Some(same) = before.next_if(|(k, r, _)| k == key && r == rev) {
+            items.push(same);
+            continue;
+        }
+        match serde_json::from_slice::<T>(bytes) {
+            Ok(v) => items.push((key.clone(), *rev, Arc::new(v))),
+            Err(e) => tracing::warn!("skipping undecodable {key}: {e}"),
+        }
     }
     items
 }
@@ -503,9 +549,10 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
-    /// A value whose key kept its modification revision is reused as decoded before (here a
-    /// marker the bytes do not hold, to see it); a changed, new or undecodable one is decoded
-    /// from the copy's bytes; a key gone from the copy is gone from the listing.
+    /// A value whose key kept its modification revision is reused as decoded before (the same
+    /// shared value, here a marker the bytes do not hold, to see it); a changed, new or
+    /// undecodable one is decoded from the copy's bytes; a key gone from the copy is gone from
+    /// the listing.
     #[test]
     fn listings_reuse_what_was_decoded_at_the_same_revision() {
         let copy: Vec<(String, (i64, Vec<u8>))> = vec![
@@ -514,10 +561,11 @@ mod tests {
             ("/p/c".into(), (6, br#""c at 6""#.to_vec())),
             ("/p/e".into(), (7, b"{not json".to_vec())),
         ];
-        let before: Vec<(String, i64, Value)> = vec![
-            ("/p/a".into(), 1, json!("decoded before")),
-            ("/p/b".into(), 2, json!("b at 2")),
-            ("/p/d".into(), 3, json!("d, deleted since")),
+        let kept = Arc::new(json!("decoded before"));
+        let before: Vec<(String, i64, Arc<Value>)> = vec![
+            ("/p/a".into(), 1, kept.clone()),
+            ("/p/b".into(), 2, Arc::new(json!("b at 2"))),
+            ("/p/d".into(), 3, Arc::new(json!("d, deleted since"))),
         ];
         let mut kvs = copy.iter().map(|(k, v)| (k, v));
         let got = decode_reusing::<Value>(&mut kvs, before);
@@ -526,6 +574,8 @@ mod tests {
             ("/p/b".into(), 5, json!("b at 5")),
             ("/p/c".into(), 6, json!("c at 6")),
         ];
-        assert_eq!(got, want);
+        let values: Vec<(String, i64, Value)> = got.iter().map(|(k, r, v)| (k.clone(), *r, (**v).clone())).collect();
+        assert_eq!(values, want);
+        assert!(Arc::ptr_eq(&got[0].2, &kept), "the unchanged key's value was decoded again, not shared");
     }
 }

@@ -68,21 +68,24 @@ pub(super) struct DnsState {
 #[derive(Default)]
 struct Sources {
     /// Other nodes' overlay endpoints (this node's own come from its store, which is current).
-    remote: Vec<RemoteEndpoint>,
+    remote: Vec<Arc<RemoteEndpoint>>,
+    /// Counts the replacements of `remote`: a refresh compares the endpoints only when it moved.
+    remote_version: u64,
     services: Listed<ServiceRecord>,
     tasks: Listed<TaskRecord>,
     /// What the table holds, by owner.
     index: Index,
 }
 
-/// Records listed from the shared store, and this node's own changes since.
+/// Records listed from the shared store (shared: a record unchanged since the last list is the
+/// same `Arc`), and this node's own changes since.
 struct Listed<T> {
-    items: Vec<T>,
+    items: Vec<Arc<T>>,
     /// When the read of `items` began; a list whose read began earlier is older and ignored.
     read_at: Option<Instant>,
     /// Changes made here (None: deleted) and when. One stands until a list whose read began
     /// after it replaces `items`: etcd's reads are linearizable, so that list has the change.
-    notes: HashMap<String, (Option<T>, Instant)>,
+    notes: HashMap<String, (Option<Arc<T>>, Instant)>,
 }
 
 impl<T> Default for Listed<T> {
@@ -91,8 +94,8 @@ impl<T> Default for Listed<T> {
     }
 }
 
-impl<T: Keyed + Clone> Listed<T> {
-    fn replace(&mut self, read_at: Instant, items: Vec<T>) {
+impl<T: Keyed> Listed<T> {
+    fn replace(&mut self, read_at: Instant, items: Vec<Arc<T>>) {
         if self.read_at.is_some_and(|seen| read_at < seen) {
             return;
         }
@@ -102,12 +105,12 @@ impl<T: Keyed + Clone> Listed<T> {
     }
 
     fn note(&mut self, id: &str, item: Option<T>) {
-        self.notes.insert(id.to_string(), (item, Instant::now()));
+        self.notes.insert(id.to_string(), (item.map(Arc::new), Instant::now()));
     }
 
     /// The list with the notes applied.
-    fn current(&self) -> Vec<&T> {
-        let mut out: Vec<&T> = self.items.iter().filter(|i| !self.notes.contains_key(i.id())).collect();
+    fn current(&self) -> Vec<&Arc<T>> {
+        let mut out: Vec<&Arc<T>> = self.items.iter().filter(|i| !self.notes.contains_key(i.id())).collect();
         out.extend(self.notes.values().filter_map(|(i, _)| i.as_ref()));
         out
     }
@@ -355,7 +358,7 @@ fn remote_entries(e: &RemoteEndpoint, out: &mut dyn Sink) {
 }
 
 /// A service's name and aliases on its VIPs, and `tasks.<name>` for its live tasks (by slot).
-fn service_entries(s: &ServiceRecord, live: &[&TaskRecord], out: &mut dyn Sink) {
+fn service_entries(s: &ServiceRecord, live: &[&Arc<TaskRecord>], out: &mut dyn Sink) {
     for v in &s.vips {
         out.name(&v.network_id, "", &s.spec.name, v.ip);
         // a service's aliases are names of its VIP on their network only
@@ -367,6 +370,20 @@ fn service_entries(s: &ServiceRecord, live: &[&TaskRecord], out: &mut dyn Sink) 
         for (net, ip) in &t.addrs {
             out.name(net, "tasks.", &s.spec.name, *ip);
         }
+    }
+}
+
+/// A service's record and live tasks, as `Index::changes` last compared them.
+struct ServiceInputs {
+    service: Arc<ServiceRecord>,
+    live: Vec<Arc<TaskRecord>>,
+}
+
+impl ServiceInputs {
+    fn same(&self, service: &Arc<ServiceRecord>, live: &[&Arc<TaskRecord>]) -> bool {
+        Arc::ptr_eq(&self.service, service)
+            && self.live.len() == live.len()
+            && self.live.iter().zip(live).all(|(a, b)| Arc::ptr_eq(a, b))
     }
 }
 
@@ -386,7 +403,13 @@ struct Index {
     /// What each owner has in the table (owners with nothing are absent).
     containers: HashMap<String, Entries>,
     remotes: HashMap<Owner, Entries>,
+    /// The `Sources::remote_version` the remote endpoints were last compared at.
+    remote_version: Option<u64>,
     services: HashMap<String, Entries>,
+    /// Each service's record and live tasks (by slot) when its entries were last compared: a
+    /// service whose record and tasks are the same shared values is not compared again. The
+    /// values are held, not their addresses, so an address cannot be reused meanwhile.
+    service_inputs: HashMap<String, ServiceInputs>,
     /// (network, name) → each owner's addresses for it.
     by_name: HashMap<(String, String), BTreeMap<Owner, Vec<Ipv4Addr>>>,
     /// Address → the containers that have it, with their networks (the last one wins, as it did
@@ -412,14 +435,18 @@ impl Index {
     /// remove them). Compares without building what did not change: a refresh costs a walk of
     /// the sources, not the table's ≈ 11,000 names rebuilt.
     /// Only the containers of `written` are compared (the keys the store's journal says were
-    /// written since the last refresh), all of them when it is None.
+    /// written since the last refresh), all of them when it is None; the remote endpoints only
+    /// when `remote`'s version is not the one last compared; a service only when its record or
+    /// live tasks are not the shared values last compared. A refresh caused by one task's change
+    /// on a node of 1,000 tasks and 1,000 remote endpoints compared all of them (issue 18).
+    /// Every change returned must be applied with [`Index::set`].
     fn changes(
-        &self,
+        &mut self,
         containers: &BTreeMap<String, ContainerRecord>,
         written: Option<&[String]>,
-        remote: &[RemoteEndpoint],
-        services: &[&ServiceRecord],
-        tasks: &[&TaskRecord],
+        (remote, remote_version): (&[Arc<RemoteEndpoint>], u64),
+        services: &[&Arc<ServiceRecord>],
+        tasks: &[&Arc<TaskRecord>],
     ) -> Vec<(Owner, Entries)> {
         let mut out = Vec::new();
         let mut container = |id: &String, c: Option<&ContainerRecord>| {
@@ -447,20 +474,23 @@ impl Index {
                 }
             }
         }
-        let mut seen: HashSet<Owner> = HashSet::new();
-        for r in remote {
-            let owner = remote_owner(r);
-            if let Some(e) = changed(self.remotes.get(&owner), |s| remote_entries(r, s)) {
-                out.push((owner.clone(), e));
+        if self.remote_version != Some(remote_version) {
+            let mut seen: HashSet<Owner> = HashSet::new();
+            for r in remote {
+                let owner = remote_owner(r);
+                if let Some(e) = changed(self.remotes.get(&owner), |s| remote_entries(r, s)) {
+                    out.push((owner.clone(), e));
+                }
+                seen.insert(owner);
             }
-            seen.insert(owner);
-        }
-        for owner in self.remotes.keys().filter(|o| !seen.contains(*o)) {
-            out.push((owner.clone(), Entries::default()));
+            for owner in self.remotes.keys().filter(|o| !seen.contains(*o)) {
+                out.push((owner.clone(), Entries::default()));
+            }
+            self.remote_version = Some(remote_version);
         }
         // the live tasks grouped once: filtering all tasks for each service made a refresh cost
         // services × tasks
-        let mut live_by_service: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+        let mut live_by_service: HashMap<&str, Vec<&Arc<TaskRecord>>> = HashMap::new();
         for t in tasks.iter().filter(|t| t.desired_running && t.state == TaskState::Running) {
             live_by_service.entry(t.service_id.as_str()).or_default().push(t);
         }
@@ -473,13 +503,19 @@ impl Index {
             }
             let mut live = live_by_service.remove(s.id.as_str()).unwrap_or_default();
             live.sort_by_key(|t| t.slot);
+            if self.service_inputs.get(&s.id).is_some_and(|i| i.same(s, &live)) {
+                continue;
+            }
             if let Some(e) = changed(self.services.get(&s.id), |out| service_entries(s, &live, out)) {
                 out.push((Owner::Service(s.id.clone()), e));
             }
+            let inputs = ServiceInputs { service: Arc::clone(s), live: live.into_iter().cloned().collect() };
+            self.service_inputs.insert(s.id.clone(), inputs);
         }
         for id in self.services.keys().filter(|id| !seen.contains(id.as_str())) {
             out.push((Owner::Service(id.clone()), Entries::default()));
         }
+        self.service_inputs.retain(|id, _| seen.contains(id.as_str()));
         out
     }
 
@@ -573,9 +609,9 @@ impl Index {
         table: &mut Table,
         nets: &[NetworkRecord],
         containers: &BTreeMap<String, ContainerRecord>,
-        remote: &[RemoteEndpoint],
-        services: &[&ServiceRecord],
-        tasks: &[&TaskRecord],
+        remote: (&[Arc<RemoteEndpoint>], u64),
+        services: &[&Arc<ServiceRecord>],
+        tasks: &[&Arc<TaskRecord>],
     ) {
         let (gateways, with_dns) = dns_networks(nets);
         if with_dns != self.with_dns {
@@ -607,7 +643,7 @@ fn dns_networks(nets: &[NetworkRecord]) -> (HashMap<Ipv4Addr, String>, HashSet<S
 impl Daemon {
     /// Other nodes' overlay endpoints as last read from the cluster store.
     pub(super) fn remote_endpoints(&self) -> Vec<RemoteEndpoint> {
-        self.dns.sources.lock().unwrap().remote.clone()
+        self.dns.sources.lock().unwrap().remote.iter().map(|e| (**e).clone()).collect()
     }
 
     /// Rebuilds the name table from the current sources and makes sure a DNS server listens on
@@ -625,7 +661,9 @@ impl Daemon {
             };
             let written = if s.index.containers_seq.is_some() { written } else { None };
             let in_swarm = self.in_swarm();
-            let remote: &[RemoteEndpoint] = if in_swarm { &s.remote } else { &[] };
+            // outside a swarm there are none (a version a swarm's never has)
+            let remote: (&[Arc<RemoteEndpoint>], u64) =
+                if in_swarm { (&s.remote, s.remote_version) } else { (&[], u64::MAX) };
             let (services, tasks) = (s.services.current(), s.tasks.current());
             // the changes are found with the table readable; only applying them blocks queries
             let (gateways, with_dns) = dns_networks(&nets);
@@ -651,7 +689,12 @@ impl Daemon {
     }
 
     /// Services and tasks as listed from the shared store by a read that began at `read_at`.
-    pub(super) async fn update_dns(&self, read_at: Instant, services: Vec<ServiceRecord>, tasks: Vec<TaskRecord>) {
+    pub(super) async fn update_dns(
+        &self,
+        read_at: Instant,
+        services: Vec<Arc<ServiceRecord>>,
+        tasks: Vec<Arc<TaskRecord>>,
+    ) {
         {
             let mut s = self.dns.sources.lock().unwrap();
             s.services.replace(read_at, services);
@@ -665,17 +708,21 @@ impl Daemon {
     pub(super) async fn dns_sources_from_cluster(
         &self,
         read_at: Instant,
-        endpoints: &[RemoteEndpoint],
-        services: Vec<ServiceRecord>,
-        tasks: Vec<TaskRecord>,
+        endpoints: &[Arc<RemoteEndpoint>],
+        services: Vec<Arc<ServiceRecord>>,
+        tasks: Vec<Arc<TaskRecord>>,
     ) {
         let me = self.my_node_id();
         {
             let mut s = self.dns.sources.lock().unwrap();
             // only the cluster sync writes these, one pass after the other
+            // the listing shares an endpoint that did not change: the same `Arc`
             let remote = endpoints.iter().filter(|e| e.node_id != me);
-            if !remote.clone().eq(s.remote.iter()) {
+            if remote.clone().count() != s.remote.len()
+                || !remote.clone().zip(&s.remote).all(|(a, b)| Arc::ptr_eq(a, b))
+            {
                 s.remote = remote.cloned().collect();
+                s.remote_version += 1;
             }
             s.services.replace(read_at, services);
             s.tasks.replace(read_at, tasks);
@@ -877,17 +924,21 @@ mod tests {
     /// One state of a node's sources.
     struct State {
         containers: BTreeMap<String, ContainerRecord>,
-        remote: Vec<RemoteEndpoint>,
-        services: Vec<ServiceRecord>,
-        tasks: Vec<TaskRecord>,
+        remote: Vec<Arc<RemoteEndpoint>>,
+        /// Moves whenever `remote` changes (as `Sources::remote_version` does).
+        remote_version: u64,
+        /// Shared as listings share them: a record that did not change is the same `Arc`.
+        services: Vec<Arc<ServiceRecord>>,
+        tasks: Vec<Arc<TaskRecord>>,
     }
 
     /// `written`: the containers changed since the last sync, as the store's journal says (None:
     /// compare them all).
     fn sync_with(idx: &mut Index, table: &mut Table, s: &State, written: Option<&[String]>) {
-        let services: Vec<&ServiceRecord> = s.services.iter().collect();
-        let tasks: Vec<&TaskRecord> = s.tasks.iter().collect();
-        for (owner, entries) in idx.changes(&s.containers, written, &s.remote, &services, &tasks) {
+        let services: Vec<&Arc<ServiceRecord>> = s.services.iter().collect();
+        let tasks: Vec<&Arc<TaskRecord>> = s.tasks.iter().collect();
+        let remote = (s.remote.as_slice(), s.remote_version);
+        for (owner, entries) in idx.changes(&s.containers, written, remote, &services, &tasks) {
             idx.set(table, owner, entries);
         }
     }
@@ -913,11 +964,19 @@ mod tests {
     /// Applying each change one owner at a time leaves the table a fresh build of the same
     /// sources would have, through additions, removals, renames, stops, shared names and
     /// networks without DNS; and the order of a shared name's addresses is the owners' order.
+    /// Services and remote endpoints that did not change (the same shared records, the same
+    /// version) are skipped by the incremental index and compared by the fresh one.
     #[test]
     fn incremental_updates_equal_a_fresh_build() {
         let mut idx = Index { with_dns: ["a", "b"].iter().map(|n| n.to_string()).collect(), ..Default::default() };
         let mut table = Table::default();
-        let mut s = State { containers: BTreeMap::new(), remote: Vec::new(), services: Vec::new(), tasks: Vec::new() };
+        let mut s = State {
+            containers: BTreeMap::new(),
+            remote: Vec::new(),
+            remote_version: 0,
+            services: Vec::new(),
+            tasks: Vec::new(),
+        };
         // a pseudo-random walk over a small world, so names collide and come back
         let mut seed: u64 = 0x9e37_79b9;
         let mut next = |n: u64| {
@@ -954,14 +1013,15 @@ mod tests {
                     s.remote.retain(|r| r.container_id != format!("r{i}"));
                     if next(3) != 0 {
                         let alias = format!("alias{}", next(4));
-                        s.remote.push(remote(
+                        s.remote.push(Arc::new(remote(
                             nets[next(2) as usize],
                             300 + i,
                             &format!("r{i}"),
                             &format!("rem{i}"),
                             &[&alias],
-                        ));
+                        )));
                     }
+                    s.remote_version += 1;
                 }
                 4 => {
                     let i = next(5);
@@ -974,7 +1034,7 @@ mod tests {
                         } else {
                             vec![("a", 400 + i as u32), ("b", 450 + i as u32)]
                         };
-                        s.services.push(service(&id, &format!("svc{}", next(3)), &vips, aliases));
+                        s.services.push(Arc::new(service(&id, &format!("svc{}", next(3)), &vips, aliases)));
                     }
                 }
                 _ => {
@@ -983,7 +1043,7 @@ mod tests {
                     s.tasks.retain(|t| t.id != id);
                     if next(5) != 0 {
                         let svc = format!("s{}", next(5));
-                        s.tasks.push(task(&id, &svc, next(4), next(4) != 0, &[("a", 500 + i as u32)]));
+                        s.tasks.push(Arc::new(task(&id, &svc, next(4), next(4) != 0, &[("a", 500 + i as u32)])));
                     }
                 }
             }
@@ -1031,22 +1091,24 @@ mod tests {
     fn notes_outlive_older_lists() {
         let mut l: Listed<Item> = Listed::default();
         let before = Instant::now();
-        l.replace(before, vec![item("s1", 1), item("gone", 1)]);
+        let listed = |items: &[Item]| items.iter().cloned().map(Arc::new).collect::<Vec<_>>();
+        let current = |l: &Listed<Item>| l.current().into_iter().map(|a| (**a).clone()).collect::<Vec<_>>();
+        l.replace(before, listed(&[item("s1", 1), item("gone", 1)]));
         l.note("new", Some(item("new", 1)));
         l.note("gone", None);
         l.note("s1", Some(item("s1", 2)));
         // the service loop's list, read before the changes
-        l.replace(before, vec![item("s1", 1), item("gone", 1)]);
-        let mut cur = l.current();
+        l.replace(before, listed(&[item("s1", 1), item("gone", 1)]));
+        let mut cur = current(&l);
         cur.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(cur, vec![&item("new", 1), &item("s1", 2)]);
+        assert_eq!(cur, vec![item("new", 1), item("s1", 2)]);
         // a list read after the changes has them (or what came of them since) and wins
         let after = Instant::now();
-        l.replace(after, vec![item("s1", 3)]);
-        assert_eq!(l.current(), vec![&item("s1", 3)]);
+        l.replace(after, listed(&[item("s1", 3)]));
+        assert_eq!(current(&l), vec![item("s1", 3)]);
         assert!(l.notes.is_empty());
         // and an older list arriving late is ignored
-        l.replace(before, vec![item("s1", 1), item("gone", 1)]);
-        assert_eq!(l.current(), vec![&item("s1", 3)]);
+        l.replace(before, listed(&[item("s1", 1), item("gone", 1)]));
+        assert_eq!(current(&l), vec![item("s1", 3)]);
     }
 }

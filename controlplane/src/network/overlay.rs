@@ -7,6 +7,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -228,7 +229,8 @@ pub(super) fn cached(store: &Store) -> Result<Vec<NetworkRecord>> {
 /// What the cluster says about overlays, read from etcd before the operation lock is taken.
 pub struct ClusterView {
     overlays: Vec<NetworkRecord>,
-    endpoints: Vec<RemoteEndpoint>,
+    /// Shared with the listing: an endpoint unchanged since the last read is the same `Arc`.
+    endpoints: Vec<Arc<RemoteEndpoint>>,
 }
 
 impl ClusterView {
@@ -237,12 +239,12 @@ impl ClusterView {
     pub async fn read(etcd: &Etcd) -> Result<ClusterView> {
         Ok(ClusterView {
             overlays: etcd.list_copy(cluster::NETWORKS).await?.into_iter().map(|(_, n)| n).collect(),
-            endpoints: etcd.list_copy(cluster::ENDPOINTS).await?.into_iter().map(|(_, e)| e).collect(),
+            endpoints: etcd.list_copy_shared(cluster::ENDPOINTS).await?,
         })
     }
 
     /// Every overlay endpoint of the swarm, this node's included.
-    pub fn endpoints(&self) -> &[RemoteEndpoint] {
+    pub fn endpoints(&self) -> &[Arc<RemoteEndpoint>] {
         &self.endpoints
     }
 }

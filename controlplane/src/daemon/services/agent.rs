@@ -66,14 +66,15 @@ impl Daemon {
     /// load balancers and answers other services' changes between batches.
     pub(in crate::daemon) async fn run_my_tasks(
         self: &Arc<Self>,
-        services: &[ServiceRecord],
-        tasks: &[TaskRecord],
+        services: &[Arc<ServiceRecord>],
+        tasks: &[Arc<TaskRecord>],
     ) -> Result<AgentPass> {
         let mut started = 0;
         let mut pending = false;
         let mut changed = false;
         let me = self.my_node_id();
-        let tasks: Vec<TaskRecord> = tasks.iter().filter(|t| t.node_id == me).cloned().collect();
+        // shared: a task is copied only when the agent changes it (most passes change none)
+        let tasks: Vec<Arc<TaskRecord>> = tasks.iter().filter(|t| t.node_id == me).cloned().collect();
         // what the pass needs of this node's task containers, copied (not the shared table: the
         // starts below write it, and a write copies the whole table while a reader holds it; nor
         // whole records: every pass on every change copied each task's container, issue 18)
@@ -95,6 +96,7 @@ impl Daemon {
                 match (t.state, ct) {
                     (TaskState::Assigned, None) => {
                         let Some(s) = services.iter().find(|s| s.id == t.service_id) else { continue };
+                        let s: &ServiceRecord = s;
                         // the task runs the spec it carries (during an update, old and new ones run)
                         let view;
                         let s = match &t.spec {
@@ -110,9 +112,10 @@ impl Daemon {
                         }
                         started += 1;
                         changed = true;
+                        let t = Arc::make_mut(&mut t);
                         t.state = TaskState::Starting;
-                        self.shared().put(&t).await?;
-                        match self.start_task(s, &t).await {
+                        self.shared().put(&*t).await?;
+                        match self.start_task(s, t).await {
                             Ok((cid, addrs)) => {
                                 t.container_id = Some(cid);
                                 t.addrs = addrs;
@@ -125,24 +128,26 @@ impl Daemon {
                         }
                         t.updated = Utc::now();
                         // `tasks.S` lists it by the time anyone reads Running (see `note_task`)
-                        self.note_task(&t).await;
-                        self.shared().put(&t).await?;
-                        self.note_task(&t).await;
+                        self.note_task(t).await;
+                        self.shared().put(&*t).await?;
+                        self.note_task(t).await;
                     }
                     (TaskState::Running | TaskState::Starting, Some(c)) if c.status != Status::Running => {
                         changed = true;
+                        let t = Arc::make_mut(&mut t);
                         t.state = TaskState::Failed;
                         t.message = format!("task exited with code {}", c.exit_code);
                         t.updated = Utc::now();
-                        self.shared().put(&t).await?;
+                        self.shared().put(&*t).await?;
                         let _ = self.container_remove(&c.id, true).await;
                     }
                     (TaskState::Running | TaskState::Starting, None) => {
                         changed = true;
+                        let t = Arc::make_mut(&mut t);
                         t.state = TaskState::Failed;
                         t.message = "task container disappeared".into();
                         t.updated = Utc::now();
-                        self.shared().put(&t).await?;
+                        self.shared().put(&*t).await?;
                     }
                     _ => {}
                 }
@@ -162,9 +167,10 @@ impl Daemon {
                     }
                     let _ = d.container_stop(&cid, 10).await;
                     let _ = d.container_remove(&cid, true).await;
+                    let t = Arc::make_mut(&mut t);
                     t.state = TaskState::Shutdown;
                     t.updated = Utc::now();
-                    if let Err(e) = d.shared().put(&t).await {
+                    if let Err(e) = d.shared().put(&*t).await {
                         warn!(task = %t.id, "recording shutdown: {e:#}");
                     }
                     d.services.draining.lock().unwrap().remove(&t.id);
@@ -174,9 +180,10 @@ impl Daemon {
                 TaskState::Running | TaskState::Starting | TaskState::Assigned | TaskState::Orphaned
             ) {
                 changed = true;
+                let t = Arc::make_mut(&mut t);
                 t.state = TaskState::Shutdown;
                 t.updated = Utc::now();
-                self.shared().put(&t).await?;
+                self.shared().put(&*t).await?;
             }
         }
         Ok(AgentPass { pending, changed })

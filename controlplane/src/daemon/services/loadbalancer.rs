@@ -3,6 +3,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 use anyhow::Result;
@@ -27,8 +28,8 @@ impl Daemon {
     /// slot so the rotation is the same on every pass.
     pub(in crate::daemon) fn program_services(
         &self,
-        services: &[ServiceRecord],
-        tasks: &[TaskRecord],
+        services: &[Arc<ServiceRecord>],
+        tasks: &[Arc<TaskRecord>],
         alive: &HashSet<String>,
         nodes: &[NodeRecord],
     ) -> Result<()> {

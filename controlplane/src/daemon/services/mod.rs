@@ -164,7 +164,8 @@ impl Daemon {
             || !self.store.list::<ServiceRecord>()?.is_empty()
             || !self.store.list::<TaskRecord>()?.is_empty()
         {
-            let services: Vec<ServiceRecord> = self.shared_copy().list::<ServiceRecord>().await?;
+            // shared, not copied: this runs on every node on every change in the swarm (issue 18)
+            let services: Vec<Arc<ServiceRecord>> = self.shared_copy().list_shared::<ServiceRecord>().await?;
             let (nodes, alive) = self.cluster_nodes(Reads::Copy).await?;
             self.events.observe_nodes(&nodes, &alive);
             if self.is_scheduler() {
@@ -178,12 +179,12 @@ impl Daemon {
             }
             // the load balancers first: a lost node's tasks and stopping ones leave them before
             // this node spends the pass starting its own (each waits until it listens)
-            let mut tasks: Vec<TaskRecord> = self.shared_copy().list::<TaskRecord>().await?;
+            let mut tasks: Vec<Arc<TaskRecord>> = self.shared_copy().list_shared::<TaskRecord>().await?;
             self.program_services(&services, &tasks, &alive, &nodes)?;
             let agent = self.run_my_tasks(&services, &tasks).await?;
             pending |= agent.pending;
             if agent.changed {
-                tasks = self.shared_copy().list::<TaskRecord>().await?;
+                tasks = self.shared_copy().list_shared::<TaskRecord>().await?;
                 self.program_services(&services, &tasks, &alive, &nodes)?;
             }
             self.update_dns(read_at, services, tasks).await;

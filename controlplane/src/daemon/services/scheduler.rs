@@ -1,7 +1,10 @@
 //! Placement: on the elected leader (every lone node is its own), each pass shuts down the tasks
 //! that can no longer run where they are and places the missing replica slots on eligible nodes,
 //! spreading each service evenly, then by total load.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use anyhow::Result;
 use chrono::Utc;
@@ -90,7 +93,7 @@ impl Daemon {
     /// One placement pass; places at most `PLACEMENTS_PER_PASS` new tasks per service.
     pub(in crate::daemon) async fn schedule(
         &self,
-        services: &[ServiceRecord],
+        services: &[Arc<ServiceRecord>],
         nodes: &[NodeRecord],
         alive: &HashSet<String>,
     ) -> Result<Pending> {
@@ -102,13 +105,17 @@ impl Daemon {
         let fence = fence.as_deref();
         // the copy holds every task this leader wrote; another leader's writes (before this one
         // won the election, which is a write of its own) too
-        let mut tasks: Vec<TaskRecord> = self.shared_copy().list::<TaskRecord>().await?;
+        // shared with the other loops: a task is copied only when this pass changes it
+        let mut tasks: Vec<Arc<TaskRecord>> = self.shared_copy().list_shared::<TaskRecord>().await?;
         let now = Utc::now();
         let mut pending = false;
+        // looked up, not searched: a search per task (or per service) made every pass of the
+        // leader cost tasks × services (issue 18)
+        let service_ids: HashSet<&str> = services.iter().map(|s| s.id.as_str()).collect();
         // tasks whose service is gone, whose node is gone/down/drained, or that failed: shut down
         for t in tasks.iter_mut().filter(|t| t.desired_running) {
             let node = nodes.iter().find(|n| n.id == t.node_id);
-            let reason = if !services.iter().any(|s| s.id == t.service_id) {
+            let reason = if !service_ids.contains(t.service_id.as_str()) {
                 Some("service removed")
             } else if node.is_none() {
                 Some("node removed")
@@ -122,6 +129,7 @@ impl Daemon {
                 None
             };
             if let Some(r) = reason {
+                let t = Arc::make_mut(t);
                 t.desired_running = false;
                 if !alive.contains(&t.node_id) && t.state == TaskState::Running {
                     t.state = TaskState::Orphaned;
@@ -138,14 +146,24 @@ impl Daemon {
         for t in tasks.iter().filter(|t| t.desired_running) {
             *per_node_total.entry(t.node_id.clone()).or_default() += 1;
         }
+        // each service's tasks (indices into `tasks`), grouped once
+        let mut by_service: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            by_service.entry(t.service_id.clone()).or_default().push(i);
+        }
         for s in services {
-            if self.advance_update(s, &tasks, now, fence).await? {
-                // the record changed (a rollback swapped the spec): place from it next pass
-                pending = true;
-                continue;
-            }
-            let step =
-                update::plan(s, &tasks.iter().filter(|t| t.service_id == s.id).cloned().collect::<Vec<_>>(), now);
+            let mut of_service = by_service.remove(&s.id).unwrap_or_default();
+            let step = if s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
+                let mine: Vec<TaskRecord> = of_service.iter().map(|i| (*tasks[*i]).clone()).collect();
+                if self.advance_update(s, &mine, now, fence).await? {
+                    // the record changed (a rollback swapped the spec): place from it next pass
+                    pending = true;
+                    continue;
+                }
+                update::plan(s, &mine, now)
+            } else {
+                update::Step::default()
+            };
             let rolling = s.update_status.as_ref().is_some_and(|u| u.state.in_progress());
             let stop_first = rolling && update::active_config(s).order == UpdateOrder::StopFirst;
             let constraints: Vec<Constraint> =
@@ -159,13 +177,19 @@ impl Daemon {
                 .collect();
             let mut per_service: HashMap<String, usize> = HashMap::new();
             let mut by_slot: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-            for (i, t) in tasks.iter_mut().enumerate().filter(|(_, t)| t.service_id == s.id && t.desired_running) {
+            for &i in &of_service {
+                if !tasks[i].desired_running {
+                    continue;
+                }
+                let t = &mut tasks[i];
                 if t.spec.is_none() {
+                    let t = Arc::make_mut(t);
                     // made before tasks carried their spec: it runs the current one
-                    t.spec = Some(std::sync::Arc::new(s.spec.clone()));
+                    t.spec = Some(Arc::new(s.spec.clone()));
                     self.shared().put_fenced(fence, &*t).await?;
                 }
                 if t.slot > s.spec.replicas || step.shutdown.contains(&t.id) {
+                    let t = Arc::make_mut(t);
                     t.desired_running = false;
                     t.message = if t.slot > s.spec.replicas { "scaled down".into() } else { String::new() };
                     t.updated = now;
@@ -188,7 +212,7 @@ impl Daemon {
                 let keep_old = !stop_first && rolling && tasks[keep].state != TaskState::Running;
                 for i in idx {
                     if i != keep && !(keep_old && tasks[i].state == TaskState::Running) {
-                        let t = &mut tasks[i];
+                        let t = Arc::make_mut(&mut tasks[i]);
                         t.desired_running = false;
                         t.message = String::new();
                         t.updated = now;
@@ -206,9 +230,8 @@ impl Daemon {
                 }
                 // stop-first: the new task waits until the old one has stopped
                 if stop_first
-                    && tasks.iter().any(|t| {
-                        t.service_id == s.id
-                            && t.slot == slot
+                    && of_service.iter().map(|i| &tasks[*i]).any(|t| {
+                        t.slot == slot
                             && !t.desired_running
                             && matches!(t.state, TaskState::Running | TaskState::Starting)
                             && alive.contains(&t.node_id)
@@ -237,20 +260,21 @@ impl Daemon {
                     addrs: vec![],
                     created: now,
                     updated: now,
-                    spec: Some(std::sync::Arc::new(s.spec.clone())),
+                    spec: Some(Arc::new(s.spec.clone())),
                 };
                 *per_service.entry(node.id.clone()).or_default() += 1;
                 *per_node_total.entry(node.id.clone()).or_default() += 1;
                 self.shared().put_fenced(fence, &t).await?;
-                tasks.push(t);
+                of_service.push(tasks.len());
+                tasks.push(Arc::new(t));
             }
         }
         // keep a short history of shut-down tasks per slot (service ps shows it)
-        let mut by_slot: BTreeMap<(String, u64), Vec<&TaskRecord>> = BTreeMap::new();
+        let mut by_slot: BTreeMap<(&str, u64), Vec<&TaskRecord>> = BTreeMap::new();
         for t in tasks.iter().filter(|t| {
             !t.desired_running && matches!(t.state, TaskState::Shutdown | TaskState::Failed | TaskState::Orphaned)
         }) {
-            by_slot.entry((t.service_id.clone(), t.slot)).or_default().push(t);
+            by_slot.entry((t.service_id.as_str(), t.slot)).or_default().push(t);
         }
         for (_, mut old) in by_slot {
             old.sort_by_key(|t| std::cmp::Reverse(t.updated));
@@ -258,7 +282,7 @@ impl Daemon {
                 self.shared().delete_fenced::<TaskRecord>(fence, &t.id).await?;
             }
         }
-        for t in tasks.iter().filter(|t| !t.desired_running && !services.iter().any(|s| s.id == t.service_id)) {
+        for t in tasks.iter().filter(|t| !t.desired_running && !service_ids.contains(t.service_id.as_str())) {
             if matches!(t.state, TaskState::Shutdown | TaskState::Failed) {
                 self.shared().delete_fenced::<TaskRecord>(fence, &t.id).await?;
             }
@@ -275,15 +299,14 @@ impl Daemon {
     async fn advance_update(
         &self,
         s: &ServiceRecord,
-        tasks: &[TaskRecord],
+        mine: &[TaskRecord],
         now: chrono::DateTime<Utc>,
         fence: Option<&str>,
     ) -> Result<bool> {
         if !s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
             return Ok(false);
         }
-        let mine: Vec<TaskRecord> = tasks.iter().filter(|t| t.service_id == s.id).cloned().collect();
-        let step = update::plan(s, &mine, now);
+        let step = update::plan(s, mine, now);
         let Some(status) = step.status else { return Ok(false) };
         let mut next = s.clone();
         if step.rollback {

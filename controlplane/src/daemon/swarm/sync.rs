@@ -90,8 +90,8 @@ impl Daemon {
         // this watch sees every change of another node's tasks and containers first: their names
         // follow at once (once the datapath reaches them), not at the service loop's next pass
         let (read_at, view) = view;
-        let services: Vec<ServiceRecord> = self.shared_copy().list().await?;
-        let tasks: Vec<TaskRecord> = self.shared_copy().list().await?;
+        let services: Vec<Arc<ServiceRecord>> = self.shared_copy().list_shared().await?;
+        let tasks: Vec<Arc<TaskRecord>> = self.shared_copy().list_shared().await?;
         self.dns_sources_from_cluster(read_at, view.endpoints(), services, tasks).await;
         self.dns.names.synced();
         self.write_host_ports(None).await;
