@@ -56,7 +56,8 @@ impl Place<'_> {
     pub fn cmd(&self, program: &str) -> Command {
         match self {
             Place::Container { node, name } => {
-                let mut c = netbee_cmd(node);
+                // in the node's cgroup: a client left running is killed with the node
+                let mut c = against(node, node.cmd(&netbee_bin().to_string_lossy()));
                 c.args(["exec", name, program]);
                 c
             }
@@ -75,10 +76,15 @@ impl Place<'_> {
     }
 }
 
-/// `netbee` CLI against a node's daemon, run inside the node's namespace and cgroup (what
-/// [`Node::netbee`] does, but as a [`Command`] we can time or spawn).
+/// `netbee` CLI against a node's daemon, run inside the node's network namespace (what
+/// [`Node::netbee`] does, but as a [`Command`] we can time), not its cgroup: every call is waited
+/// for, and joining a cgroup costs an RCU grace period per call (see `Ns::cmd_in_netns`).
 pub fn netbee_cmd(node: &Node) -> Command {
-    let mut c = node.cmd(&netbee_bin().to_string_lossy());
+    against(node, node.cmd_in_netns(&netbee_bin().to_string_lossy()))
+}
+
+/// `c` talking to `node`'s daemon.
+fn against(node: &Node, mut c: Command) -> Command {
     c.env("NETBEE_HOST", format!("unix://{}", node.socket().display())).stdin(Stdio::null());
     c
 }

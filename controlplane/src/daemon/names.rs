@@ -403,8 +403,10 @@ struct Index {
     /// What each owner has in the table (owners with nothing are absent).
     containers: HashMap<String, Entries>,
     remotes: HashMap<Owner, Entries>,
-    /// The `Sources::remote_version` the remote endpoints were last compared at.
+    /// The `Sources::remote_version` the remote endpoints were last compared at, and those
+    /// endpoints (held, so that a pointer compared against them cannot be a reused address).
     remote_version: Option<u64>,
+    remotes_compared: Vec<Arc<RemoteEndpoint>>,
     services: HashMap<String, Entries>,
     /// Each service's record and live tasks (by slot) when its entries were last compared: a
     /// service whose record and tasks are the same shared values is not compared again. The
@@ -475,17 +477,26 @@ impl Index {
             }
         }
         if self.remote_version != Some(remote_version) {
-            let mut seen: HashSet<Owner> = HashSet::new();
-            for r in remote {
+            // only the endpoints that are not the shared values compared last time (new or
+            // changed), and those gone since: one task starting elsewhere is one endpoint to
+            // compare, not all of the swarm's
+            let before: HashSet<*const RemoteEndpoint> = self.remotes_compared.iter().map(Arc::as_ptr).collect();
+            let now: HashSet<*const RemoteEndpoint> = remote.iter().map(Arc::as_ptr).collect();
+            let mut compared: HashSet<Owner> = HashSet::new();
+            for r in remote.iter().filter(|r| !before.contains(&Arc::as_ptr(r))) {
                 let owner = remote_owner(r);
                 if let Some(e) = changed(self.remotes.get(&owner), |s| remote_entries(r, s)) {
                     out.push((owner.clone(), e));
                 }
-                seen.insert(owner);
+                compared.insert(owner);
             }
-            for owner in self.remotes.keys().filter(|o| !seen.contains(*o)) {
-                out.push((owner.clone(), Entries::default()));
+            for r in self.remotes_compared.iter().filter(|r| !now.contains(&Arc::as_ptr(r))) {
+                let owner = remote_owner(r);
+                if !compared.contains(&owner) && self.remotes.contains_key(&owner) {
+                    out.push((owner, Entries::default()));
+                }
             }
+            self.remotes_compared = remote.to_vec();
             self.remote_version = Some(remote_version);
         }
         // the live tasks grouped once: filtering all tasks for each service made a refresh cost

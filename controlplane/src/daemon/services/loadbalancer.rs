@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::Result;
-use netbee_abi::{Backend, BackendKey, FrontendKey, Service, svc_flags};
+use netbee_abi::{Backend, BackendKey, Endpoint, FrontendKey, Service, svc_flags};
 
 use crate::{
     daemon::{Daemon, ports::proto_num},
@@ -21,6 +21,31 @@ pub const SERVICE_ID_BASE: u32 = 32768;
 
 /// How long an unchanged wanted state may go without being written again.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A frontend `program_services` wants: its key, network id, backends and flags.
+type Wanted = (FrontendKey, u32, Vec<Backend>, u32);
+
+/// What the last pass computed for each service, and from what. Every node runs a pass on every
+/// change in the swarm, and one change (a task started) concerns one service: recomputing every
+/// service's frontends from every task was most of a pass with 100 services (issue 18).
+#[derive(Default)]
+pub(in crate::daemon) struct WantedCache {
+    /// The networks' datapath ids and the nodes' addresses the entries were computed with: when
+    /// either changes, everything is computed again.
+    nets: Vec<(String, u32)>,
+    nodes: Vec<(String, Ipv4Addr)>,
+    services: HashMap<String, WantedOfService>,
+}
+
+struct WantedOfService {
+    /// The record and live tasks (by slot) it was computed from; held, so a pointer compared
+    /// against them cannot be a reused address.
+    service: Arc<ServiceRecord>,
+    live: Vec<Arc<TaskRecord>>,
+    /// The ENDPOINTS entry of each live task address then (whether this node delivers to it).
+    delivery: Vec<Option<Endpoint>>,
+    frontends: Vec<Wanted>,
+}
 
 impl Daemon {
     /// Programs every service's VIP frontends (one per network) and routing-mesh frontends
@@ -36,6 +61,12 @@ impl Daemon {
         let nets = self.networks()?;
         let me = self.my_node_id();
         let mut dp = self.dp.lock().unwrap();
+        let mut cache = self.services.wanted.lock().unwrap();
+        let env_nets: Vec<(String, u32)> = nets.iter().map(|n| (n.id.clone(), n.net_id)).collect();
+        let env_nodes: Vec<(String, Ipv4Addr)> = nodes.iter().map(|n| (n.id.clone(), n.addr)).collect();
+        if cache.nets != env_nets || cache.nodes != env_nodes {
+            *cache = WantedCache { nets: env_nets, nodes: env_nodes, services: HashMap::new() };
+        }
         // A task's address takes part only once this node delivers it to the task's node: the
         // lowest free address goes to the next task, so a replacement can get the address of a
         // lost node's task before the endpoint sync moves it, and would send its connections to
@@ -48,10 +79,10 @@ impl Daemon {
                 datapath::is_remote(ep) && nodes.iter().any(|n| n.id == t.node_id && u32::from(n.addr) == ep.node_ip)
             }
         };
-        let mut want: Vec<(FrontendKey, u32, Vec<Backend>, u32)> = Vec::new();
+        let mut want: Vec<Wanted> = Vec::new();
         // the live tasks grouped once: filtering all tasks for each service made every pass cost
         // services × tasks
-        let mut live_by_service: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+        let mut live_by_service: HashMap<&str, Vec<&Arc<TaskRecord>>> = HashMap::new();
         for t in tasks
             .iter()
             .filter(|t| t.desired_running && t.state == TaskState::Running)
@@ -59,9 +90,23 @@ impl Daemon {
         {
             live_by_service.entry(t.service_id.as_str()).or_default().push(t);
         }
+        let mut seen: HashSet<&str> = HashSet::new();
         for s in services {
             let mut live = live_by_service.remove(s.id.as_str()).unwrap_or_default();
             live.sort_by_key(|t| t.slot);
+            seen.insert(&s.id);
+            let delivery: Vec<Option<Endpoint>> =
+                live.iter().flat_map(|t| t.addrs.iter().map(|(_, ip)| dp.endpoint(ip_be(*ip)).copied())).collect();
+            if let Some(c) = cache.services.get(&s.id)
+                && Arc::ptr_eq(&c.service, s)
+                && c.live.len() == live.len()
+                && c.live.iter().zip(&live).all(|(a, b)| Arc::ptr_eq(a, b))
+                && c.delivery == delivery
+            {
+                want.extend(c.frontends.iter().cloned());
+                continue;
+            }
+            let first = want.len();
             let mesh_net = s.spec.networks.first();
             for p in &s.spec.ports {
                 let backends: Vec<Backend> = live
@@ -88,7 +133,15 @@ impl Daemon {
                     want.push((key, net_id, backends.clone(), svc_flags::VIP));
                 }
             }
+            let entry = WantedOfService {
+                service: Arc::clone(s),
+                live: live.into_iter().cloned().collect(),
+                delivery,
+                frontends: want[first..].to_vec(),
+            };
+            cache.services.insert(s.id.clone(), entry);
         }
+        cache.services.retain(|id, _| seen.contains(id.as_str()));
         let want_vips: Vec<(u32, u32)> = services
             .iter()
             .flat_map(|s| s.vips.iter())

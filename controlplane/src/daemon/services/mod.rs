@@ -48,6 +48,8 @@ pub(super) struct ServiceState {
     draining: std::sync::Mutex<HashSet<String>>,
     /// Held while a task's image is pulled (see `ensure_image`); taken with no other lock held.
     pulling: tokio::sync::Mutex<()>,
+    /// What `program_services` computed for each service last (taken after the datapath's lock).
+    wanted: std::sync::Mutex<loadbalancer::WantedCache>,
 }
 
 impl Daemon {
