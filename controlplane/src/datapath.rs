@@ -51,7 +51,7 @@ pub struct Datapath {
     /// What ENDPOINTS holds. The daemon is its only writer (the programs only read it), so its
     /// readers ask this copy: a system call per lookup made every load-balancer pass cost one
     /// per task in the cluster, and the cluster sync read the whole map on every change (issue 18).
-    endpoints_written: std::collections::HashMap<u32, Endpoint>,
+    endpoints_written: foldhash::HashMap<u32, Endpoint>,
     pub ifaces: HashMap<MapData, u32, Iface>,
     pub networks: HashMap<MapData, u32, Network>,
     pub subnets: LpmTrie<MapData, u32, u32>,
@@ -441,7 +441,7 @@ impl Datapath {
     /// ENDPOINTS entries of other nodes' containers (the overlay sync is their only writer):
     /// only the entries that differ are written. True when any was.
     pub fn sync_remote_endpoints(&mut self, want: &[(u32, Endpoint)]) -> Result<bool> {
-        let want_keys: std::collections::HashSet<u32> = want.iter().map(|(k, _)| *k).collect();
+        let want_keys: foldhash::HashSet<u32> = want.iter().map(|(k, _)| *k).collect();
         let mut changed = self.prune_endpoints(|k, v| !is_remote(v) || want_keys.contains(k))? > 0;
         for (k, v) in want {
             if self.endpoints_written.get(k) != Some(v) {

@@ -480,8 +480,9 @@ impl Index {
             // only the endpoints that are not the shared values compared last time (new or
             // changed), and those gone since: one task starting elsewhere is one endpoint to
             // compare, not all of the swarm's
-            let before: HashSet<*const RemoteEndpoint> = self.remotes_compared.iter().map(Arc::as_ptr).collect();
-            let now: HashSet<*const RemoteEndpoint> = remote.iter().map(Arc::as_ptr).collect();
+            let before: foldhash::HashSet<*const RemoteEndpoint> =
+                self.remotes_compared.iter().map(Arc::as_ptr).collect();
+            let now: foldhash::HashSet<*const RemoteEndpoint> = remote.iter().map(Arc::as_ptr).collect();
             let mut compared: HashSet<Owner> = HashSet::new();
             for r in remote.iter().filter(|r| !before.contains(&Arc::as_ptr(r))) {
                 let owner = remote_owner(r);
@@ -500,8 +501,8 @@ impl Index {
             self.remote_version = Some(remote_version);
         }
         // the live tasks grouped once: filtering all tasks for each service made a refresh cost
-        // services × tasks
-        let mut live_by_service: HashMap<&str, Vec<&Arc<TaskRecord>>> = HashMap::new();
+        // services × tasks (a fast hash: this runs over every task on every refresh)
+        let mut live_by_service: foldhash::HashMap<&str, Vec<&Arc<TaskRecord>>> = Default::default();
         for t in tasks.iter().filter(|t| t.desired_running && t.state == TaskState::Running) {
             live_by_service.entry(t.service_id.as_str()).or_default().push(t);
         }

@@ -272,7 +272,7 @@ pub async fn sync_cluster_view<'a>(
         cx.store.delete::<CachedOverlay>(&n.id)?;
     }
     // looked up once each: searching the list for every local endpoint cost local × cluster
-    let registered: HashSet<(&str, Ipv4Addr)> =
+    let registered: foldhash::HashSet<(&str, Ipv4Addr)> =
         view.endpoints.iter().map(|r| (r.network_id.as_str(), r.ip)).collect();
     for ct in containers.filter(|ct| ct.state.status == Status::Running) {
         for e in &ct.endpoints {

@@ -81,8 +81,8 @@ impl Daemon {
         };
         let mut want: Vec<Wanted> = Vec::new();
         // the live tasks grouped once: filtering all tasks for each service made every pass cost
-        // services × tasks
-        let mut live_by_service: HashMap<&str, Vec<&Arc<TaskRecord>>> = HashMap::new();
+        // services × tasks (a fast hash: this runs over every task on every pass)
+        let mut live_by_service: foldhash::HashMap<&str, Vec<&Arc<TaskRecord>>> = Default::default();
         for t in tasks
             .iter()
             .filter(|t| t.desired_running && t.state == TaskState::Running)
@@ -90,7 +90,7 @@ impl Daemon {
         {
             live_by_service.entry(t.service_id.as_str()).or_default().push(t);
         }
-        let mut seen: HashSet<&str> = HashSet::new();
+        let mut seen: foldhash::HashSet<&str> = Default::default();
         for s in services {
             let mut live = live_by_service.remove(s.id.as_str()).unwrap_or_default();
             live.sort_by_key(|t| t.slot);
