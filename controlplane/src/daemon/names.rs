@@ -3,8 +3,9 @@
 //! container is on (each of them, not only the one its resolv.conf's gateway belongs to), and
 //! forwarding everything else to the node's resolvers.
 //!
-//! The table is rebuilt whole (`refresh_names`) from three sources, each kept current by whoever
-//! changes it, so a name is there when the command that made it returns:
+//! The table is brought up to date (`refresh_names`, one owner at a time: see `Index`) from three
+//! sources, each kept current by whoever changes it, so a name is there when the command that made
+//! it returns:
 //! - this node's containers, read from the store at every rebuild; every operation that starts,
 //!   stops, connects or disconnects one rebuilds before it returns;
 //! - other nodes' overlay endpoints, as the cluster sync read them from etcd (its watch fires on
