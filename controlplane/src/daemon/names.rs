@@ -30,7 +30,7 @@ use futures::future::BoxFuture;
 
 use tracing::warn;
 
-use super::Daemon;
+use super::{Daemon, services::ServiceSnapshot};
 use crate::{
     dns::{self, Lookup, Names},
     model::{ContainerRecord, NetworkRecord, RemoteEndpoint, ServiceRecord, Status, TaskRecord, TaskState},
@@ -374,20 +374,6 @@ fn service_entries(s: &ServiceRecord, live: &[&Arc<TaskRecord>], out: &mut dyn S
     }
 }
 
-/// A service's record and live tasks, as `Index::changes` last compared them.
-struct ServiceInputs {
-    service: Arc<ServiceRecord>,
-    live: Vec<Arc<TaskRecord>>,
-}
-
-impl ServiceInputs {
-    fn same(&self, service: &Arc<ServiceRecord>, live: &[&Arc<TaskRecord>]) -> bool {
-        Arc::ptr_eq(&self.service, service)
-            && self.live.len() == live.len()
-            && self.live.iter().zip(live).all(|(a, b)| Arc::ptr_eq(a, b))
-    }
-}
-
 fn remote_owner(e: &RemoteEndpoint) -> Owner {
     Owner::Remote(e.network_id.clone(), e.ip, e.container_id.clone())
 }
@@ -409,10 +395,9 @@ struct Index {
     remote_version: Option<u64>,
     remotes_compared: Vec<Arc<RemoteEndpoint>>,
     services: HashMap<String, Entries>,
-    /// Each service's record and live tasks (by slot) when its entries were last compared: a
-    /// service whose record and tasks are the same shared values is not compared again. The
-    /// values are held, not their addresses, so an address cannot be reused meanwhile.
-    service_inputs: HashMap<String, ServiceInputs>,
+    /// Each service's record and live tasks when its entries were last compared: a service whose
+    /// record and tasks are the same shared values is not compared again.
+    service_inputs: HashMap<String, ServiceSnapshot>,
     /// (network, name) → each owner's addresses for it.
     by_name: HashMap<(String, String), BTreeMap<Owner, Vec<Ipv4Addr>>>,
     /// Address → the containers that have it, with their networks (the last one wins, as it did
@@ -522,8 +507,7 @@ impl Index {
             if let Some(e) = changed(self.services.get(&s.id), |out| service_entries(s, &live, out)) {
                 out.push((Owner::Service(s.id.clone()), e));
             }
-            let inputs = ServiceInputs { service: Arc::clone(s), live: live.into_iter().cloned().collect() };
-            self.service_inputs.insert(s.id.clone(), inputs);
+            self.service_inputs.insert(s.id.clone(), ServiceSnapshot::new(s, &live));
         }
         for id in self.services.keys().filter(|id| !seen.contains(id.as_str())) {
             out.push((Owner::Service(id.clone()), Entries::default()));

@@ -9,6 +9,7 @@ use std::{
 use anyhow::Result;
 use netbee_abi::{Backend, BackendKey, Endpoint, FrontendKey, Service, svc_flags};
 
+use super::ServiceSnapshot;
 use crate::{
     daemon::{Daemon, ports::proto_num},
     datapath::{self, ignore_missing, ip_be},
@@ -38,10 +39,8 @@ pub(in crate::daemon) struct WantedCache {
 }
 
 struct WantedOfService {
-    /// The record and live tasks (by slot) it was computed from; held, so a pointer compared
-    /// against them cannot be a reused address.
-    service: Arc<ServiceRecord>,
-    live: Vec<Arc<TaskRecord>>,
+    /// The record and live tasks it was computed from.
+    inputs: ServiceSnapshot,
     /// The ENDPOINTS entry of each live task address then (whether this node delivers to it).
     delivery: Vec<Option<Endpoint>>,
     frontends: Vec<Wanted>,
@@ -98,9 +97,7 @@ impl Daemon {
             let delivery: Vec<Option<Endpoint>> =
                 live.iter().flat_map(|t| t.addrs.iter().map(|(_, ip)| dp.endpoint(ip_be(*ip)).copied())).collect();
             if let Some(c) = cache.services.get(&s.id)
-                && Arc::ptr_eq(&c.service, s)
-                && c.live.len() == live.len()
-                && c.live.iter().zip(&live).all(|(a, b)| Arc::ptr_eq(a, b))
+                && c.inputs.same(s, &live)
                 && c.delivery == delivery
             {
                 want.extend(c.frontends.iter().cloned());
@@ -133,12 +130,8 @@ impl Daemon {
                     want.push((key, net_id, backends.clone(), svc_flags::VIP));
                 }
             }
-            let entry = WantedOfService {
-                service: Arc::clone(s),
-                live: live.into_iter().cloned().collect(),
-                delivery,
-                frontends: want[first..].to_vec(),
-            };
+            let entry =
+                WantedOfService { inputs: ServiceSnapshot::new(s, &live), delivery, frontends: want[first..].to_vec() };
             cache.services.insert(s.id.clone(), entry);
         }
         cache.services.retain(|id, _| seen.contains(id.as_str()));

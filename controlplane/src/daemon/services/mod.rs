@@ -36,6 +36,27 @@ pub use update::parse_duration;
 /// The shortest time between the starts of two service passes woken by another node's change.
 const MIN_PASS_INTERVAL: Duration = Duration::from_millis(100);
 
+/// A service's record and its live tasks (by slot) as a pass last used them. The listings share a
+/// record that did not change (the same `Arc`), so "unchanged since" is a pointer comparison; the
+/// values are held, not their addresses, so a reused address cannot pass for an unchanged record.
+/// The name table and the load balancer recompute a service only when it differs (issue 18).
+pub(in crate::daemon) struct ServiceSnapshot {
+    service: Arc<ServiceRecord>,
+    live: Vec<Arc<TaskRecord>>,
+}
+
+impl ServiceSnapshot {
+    pub(in crate::daemon) fn new(service: &Arc<ServiceRecord>, live: &[&Arc<TaskRecord>]) -> Self {
+        ServiceSnapshot { service: Arc::clone(service), live: live.iter().map(|t| Arc::clone(t)).collect() }
+    }
+
+    pub(in crate::daemon) fn same(&self, service: &Arc<ServiceRecord>, live: &[&Arc<TaskRecord>]) -> bool {
+        Arc::ptr_eq(&self.service, service)
+            && self.live.len() == live.len()
+            && self.live.iter().zip(live).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+}
+
 /// What the service loop and the service API share on a node.
 #[derive(Default)]
 pub(super) struct ServiceState {

@@ -153,7 +153,8 @@ impl Daemon {
         }
         for s in services {
             let mut of_service = by_service.remove(&s.id).unwrap_or_default();
-            let step = if s.update_status.as_ref().is_some_and(|u| u.state.in_progress()) {
+            let rolling = s.update_status.as_ref().is_some_and(|u| u.state.in_progress());
+            let step = if rolling {
                 let mine: Vec<TaskRecord> = of_service.iter().map(|i| (*tasks[*i]).clone()).collect();
                 if self.advance_update(s, &mine, now, fence).await? {
                     // the record changed (a rollback swapped the spec): place from it next pass
@@ -164,7 +165,6 @@ impl Daemon {
             } else {
                 update::Step::default()
             };
-            let rolling = s.update_status.as_ref().is_some_and(|u| u.state.in_progress());
             let stop_first = rolling && update::active_config(s).order == UpdateOrder::StopFirst;
             let constraints: Vec<Constraint> =
                 s.spec.constraints.iter().filter_map(|c| parse_constraint(c).ok()).collect();
